@@ -1,0 +1,2 @@
+//! imrs-build
+fn main() {}

@@ -1,0 +1,2 @@
+//! imrs-init
+fn main() {}
