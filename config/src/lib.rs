@@ -1,1 +1,20 @@
-//! placeholder
+//! imrs-config: the typed, validated data every imrs program speaks.
+//!
+//! - [`imrs`]: the facts (AS 20144, the five prefixes, service addresses, transfer servers).
+//! - [`recipe`], [`profile`], [`site`], [`lock`]: the files engineers write, each rejecting unknown
+//!   keys and naming file, key, value and rule on error ([`ConfigError`]).
+//! - [`image`]: what a built image says about itself (manifest, image info), canonical JSON.
+//! - [`keys`]: Ed25519 keys and detached signatures.
+//! - [`signed`]: signed site configs as the init receives them.
+
+mod error;
+pub mod image;
+pub mod imrs;
+pub mod keys;
+pub mod lock;
+pub mod profile;
+pub mod recipe;
+pub mod signed;
+pub mod site;
+
+pub use error::ConfigError;

@@ -1,0 +1,139 @@
+//! What an image says about itself: `image.json` inside the initramfs (read by the init) and the
+//! signed `manifest.json` next to the artifacts (read by `verify`, flashing and reports).
+//!
+//! Both are written canonically (sorted keys, two-space indentation, trailing newline) so that the
+//! same inputs always give the same bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::profile::Profile;
+use crate::recipe::DnsImpl;
+
+/// Manifest schema version.
+pub const MANIFEST_SCHEMA: u32 = 1;
+
+/// Path of [`ImageInfo`] inside the image.
+pub const IMAGE_INFO_PATH: &str = "/etc/imrs/image.json";
+/// Path of the IANA trust anchors inside the image.
+pub const ANCHORS_PATH: &str = "/etc/imrs/root-anchors.xml";
+/// Path of the public key that site configs must be signed with, inside the image.
+pub const SITE_PUBKEY_PATH: &str = "/etc/imrs/site-signing.pub";
+
+/// Facts about the image that the init needs at boot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInfo {
+    /// Image name from the recipe.
+    pub name: String,
+    /// Image version from the recipe.
+    pub version: String,
+    /// Build epoch (SOURCE_DATE_EPOCH of the lock): the clock may never be earlier.
+    pub source_date_epoch: i64,
+    /// DNS implementation.
+    pub dns: DnsImpl,
+    /// Kernel release (`uname -r`), the folder under `/lib/modules`.
+    pub kernel_release: String,
+    /// Module files to load at boot, relative to `/lib/modules/<release>/`, dependencies first.
+    pub modules: Vec<String>,
+    /// The hardware profile the init checks.
+    pub profile: Profile,
+    /// The builder that made the image.
+    pub builder: String,
+}
+
+/// One output file of a build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// File name inside the image folder.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// sha256, lowercase hex.
+    pub sha256: String,
+}
+
+/// A package the image was built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestPackage {
+    /// Package name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// sha256 of the .deb.
+    pub sha256: String,
+}
+
+/// The signed description of an image folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// [`MANIFEST_SCHEMA`].
+    pub schema: u32,
+    /// Image name.
+    pub name: String,
+    /// Image version.
+    pub version: String,
+    /// Hardware profile name.
+    pub profile: String,
+    /// DNS implementation.
+    pub dns: DnsImpl,
+    /// Builder name and version.
+    pub builder: String,
+    /// SOURCE_DATE_EPOCH used for every timestamp.
+    pub source_date_epoch: i64,
+    /// sha256 of the recipe file.
+    pub recipe_sha256: String,
+    /// sha256 of the lock file.
+    pub lock_sha256: String,
+    /// Kernel release.
+    pub kernel_release: String,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Output files (not the manifest and signature themselves), sorted by name.
+    pub artifacts: Vec<Artifact>,
+    /// Number of entries in the initramfs.
+    pub files_count: u64,
+    /// sha256 over the sorted initramfs file list (`mode size sha256 path` lines).
+    pub files_sha256: String,
+    /// Packages used, sorted by name.
+    pub packages: Vec<ManifestPackage>,
+}
+
+/// Serialises any value canonically: keys sorted, two-space indentation, trailing newline.
+pub fn canonical_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // serde_json's Map is a BTreeMap (no preserve_order feature): converting to a Value sorts keys.
+    let v = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    let mut out = serde_json::to_vec_pretty(&v).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_sorts_keys_and_is_stable() {
+        #[derive(Serialize)]
+        struct S {
+            zeta: u32,
+            alpha: &'static str,
+        }
+        let a = canonical_json(&S {
+            zeta: 1,
+            alpha: "x",
+        });
+        let text = String::from_utf8(a.clone()).unwrap();
+        assert!(text.find("alpha").unwrap() < text.find("zeta").unwrap());
+        assert!(text.ends_with("}\n"));
+        assert_eq!(
+            a,
+            canonical_json(&S {
+                zeta: 1,
+                alpha: "x"
+            })
+        );
+    }
+}
