@@ -1,0 +1,157 @@
+//! The command line: every subcommand and flag of imrs-build, with clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Build, sign, verify and inspect IMRS appliance images.
+#[derive(Debug, Parser)]
+#[command(name = "imrs-build", version, about, long_about = None)]
+pub struct Cli {
+    /// No progress bars or status lines (errors and warnings still go to stderr).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Print a machine-readable JSON summary on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a recipe and its hardware profile and print the resolved recipe.
+    Check {
+        /// Recipe file (images/*.toml).
+        recipe: PathBuf,
+    },
+    /// Site configs: check or sign.
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Resolve the recipe's Debian packages through the host's apt and write the lock.
+    Lock {
+        /// Recipe file.
+        recipe: PathBuf,
+        /// Lock file to write (default: next to the recipe, RECIPE.lock.json).
+        #[arg(long)]
+        lock: Option<PathBuf>,
+        /// SOURCE_DATE_EPOCH for the image (default: keep the current lock's if the package set
+        /// is unchanged, else $SOURCE_DATE_EPOCH, else now).
+        #[arg(long)]
+        epoch: Option<i64>,
+    },
+    /// Download exactly the locked packages into the cache and check every sha256.
+    Fetch {
+        /// Recipe file.
+        recipe: PathBuf,
+        /// Package inputs.
+        #[command(flatten)]
+        inputs: Inputs,
+    },
+    /// Build the signed image folder from the recipe and its lock.
+    Build(BuildArgs),
+    /// Write a new Ed25519 key pair: PATH (secret, mode 0600) and PATH.pub.
+    Keygen {
+        /// Secret key path.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check an image folder's signature and every artifact; names the first thing wrong.
+    Verify {
+        /// Image folder.
+        dir: PathBuf,
+        /// Public key (PEM) the manifest must be signed with.
+        #[arg(long)]
+        pubkey: PathBuf,
+    },
+    /// List an image's packages and files.
+    Inspect {
+        /// Image folder.
+        dir: PathBuf,
+    },
+    /// Boot an image folder under QEMU with its serial console on stdout; returns when the guest
+    /// powers off (exit 0) or the time limit passes.
+    Boot {
+        /// Image folder.
+        dir: PathBuf,
+        /// Extra kernel command-line words (e.g. imrs.poweroff_after_boot=1).
+        #[arg(long = "append", value_name = "WORD")]
+        append: Vec<String>,
+        /// Accelerator: tcg always works; kvm needs a working /dev/kvm.
+        #[arg(long, value_enum, default_value = "tcg")]
+        accel: crate::qemu::Accel,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+        /// Kill the VM after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Fail unless this text appears on the console.
+        #[arg(long)]
+        expect: Vec<String>,
+    },
+}
+
+/// Where package inputs come from.
+#[derive(Debug, Args, Clone)]
+pub struct Inputs {
+    /// Lock file (default: RECIPE.lock.json next to the recipe).
+    #[arg(long)]
+    pub lock: Option<PathBuf>,
+    /// Package cache folder (default: $IMRS_CACHE, else $XDG_CACHE_HOME/imrs, else ~/.cache/imrs).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Snapshot archive base URL for locked versions that have left the mirror (overrides the
+    /// recipe's apt.snapshot).
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Never touch the network: use only the cache.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// `build` arguments.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Recipe file.
+    pub recipe: PathBuf,
+    /// Secret key that signs the manifest.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Output image folder (replaced atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Package inputs.
+    #[command(flatten)]
+    pub inputs: Inputs,
+    /// Use this static imrs-init instead of building it from the workspace.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Public key that site configs must be signed with (default: the --key's public half).
+    #[arg(long)]
+    pub site_pubkey: Option<PathBuf>,
+    /// A signed site config to embed (`FILE` and `FILE.sig`), for provisioning without a config
+    /// partition.
+    #[arg(long)]
+    pub site: Option<PathBuf>,
+}
+
+/// `site` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Validate a site config.
+    Check {
+        /// Site config file.
+        file: PathBuf,
+    },
+    /// Validate and sign a site config, writing FILE.sig.
+    Sign {
+        /// Site config file.
+        file: PathBuf,
+        /// Secret key.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}

@@ -1,0 +1,456 @@
+//! What each subcommand does: load inputs, call the modules that do the work, print the result
+//! for people (stderr) or machines (`--json`, stdout), and pick the exit code.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use imrs_config::{keys, lock, recipe, signed, site};
+use serde_json::json;
+
+use crate::apt::AptError;
+use crate::cache::{Cache, CacheError};
+use crate::cli::{BuildArgs, Cli, Command, Inputs, SiteCommand};
+use crate::ui::Ui;
+use crate::verify::VerifyError;
+use crate::{EXIT_ERROR, EXIT_GONE, EXIT_VERIFY, apt, assemble, verify};
+
+/// Maps an error to the documented exit code.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.downcast_ref::<VerifyError>().is_some() {
+            return EXIT_VERIFY;
+        }
+        if matches!(cause.downcast_ref::<AptError>(), Some(AptError::Gone { .. }))
+            || matches!(
+                cause.downcast_ref::<CacheError>(),
+                Some(CacheError::Apt(AptError::Gone { .. }))
+            )
+        {
+            return EXIT_GONE;
+        }
+    }
+    EXIT_ERROR
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<u8> {
+    let ui = Ui {
+        quiet: cli.quiet,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Check { recipe } => check(&recipe, &ui),
+        Command::Site(SiteCommand::Check { file }) => {
+            let s = site::load(&file)?;
+            if ui.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                ui.info(format!(
+                    "{}: ok: instance {}, site {}{}, {} interface(s), {} BGP neighbour(s), announces {}",
+                    file.display(),
+                    s.instance,
+                    s.site_id,
+                    if s.lab { " (LAB)" } else { "" },
+                    s.interfaces.len(),
+                    s.bgp.neighbors.len(),
+                    s.announced()
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+            }
+            Ok(0)
+        }
+        Command::Site(SiteCommand::Sign { file, key }) => {
+            let k = keys::read_secret(&key)?;
+            let sig = signed::sign(&file, &k)?;
+            ui.info(format!(
+                "{}: signed with key {} -> {}",
+                file.display(),
+                keys::key_id(&k.verifying_key()),
+                sig.display()
+            ));
+            Ok(0)
+        }
+        Command::Lock {
+            recipe,
+            lock,
+            epoch,
+        } => lock_cmd(&recipe, lock, epoch, &ui),
+        Command::Fetch { recipe, inputs } => {
+            let r = recipe::load(&recipe)?;
+            let (lock, _) = load_lock(&r, &inputs)?;
+            let cache = open_cache(&inputs)?;
+            let t = Instant::now();
+            let snap = inputs.snapshot.as_deref().or(r.recipe.apt.snapshot.as_deref());
+            let s = cache.fetch(&lock, snap, inputs.offline, &ui)?;
+            if ui.json {
+                println!(
+                    "{}",
+                    json!({"cache": cache.dir(), "cached": s.cached, "downloaded": s.downloaded,
+                           "bytes": s.bytes, "seconds": t.elapsed().as_secs_f64()})
+                );
+            } else {
+                ui.info(format!(
+                    "{} packages ready in {}: {} cached, {} downloaded ({} bytes)",
+                    lock.packages.len(),
+                    cache.dir().display(),
+                    s.cached,
+                    s.downloaded,
+                    s.bytes
+                ));
+            }
+            Ok(0)
+        }
+        Command::Build(args) => build(args, &ui),
+        Command::Keygen { out } => {
+            let k = keys::generate()?;
+            let p = keys::write_keypair(&k, &out)?;
+            if ui.json {
+                println!(
+                    "{}",
+                    json!({"secret": out, "public": p, "key_id": keys::key_id(&k.verifying_key())})
+                );
+            } else {
+                ui.info(format!(
+                    "wrote {} (secret, mode 0600) and {} (key id {})",
+                    out.display(),
+                    p.display(),
+                    keys::key_id(&k.verifying_key())
+                ));
+            }
+            Ok(0)
+        }
+        Command::Verify { dir, pubkey } => {
+            let key = keys::read_public(&pubkey)?;
+            let t = Instant::now();
+            let m = verify::verify(&dir, &key)?;
+            if ui.json {
+                println!(
+                    "{}",
+                    json!({"ok": true, "name": m.name, "version": m.version,
+                           "artifacts": m.artifacts, "files": m.files_count,
+                           "key_id": keys::key_id(&key), "seconds": t.elapsed().as_secs_f64()})
+                );
+            } else {
+                ui.info(format!(
+                    "{}: ok: {} {} signed by key {}; {} artifacts and {} initramfs entries verified",
+                    dir.display(),
+                    m.name,
+                    m.version,
+                    keys::key_id(&key),
+                    m.artifacts.len(),
+                    m.files_count
+                ));
+            }
+            Ok(0)
+        }
+        Command::Inspect { dir } => inspect(&dir, &ui),
+        Command::Boot {
+            dir,
+            append,
+            accel,
+            memory,
+            timeout,
+            expect,
+        } => {
+            let mut opts = crate::qemu::BootOptions::new(&dir);
+            opts.append = append;
+            opts.accel = accel;
+            opts.memory_mib = memory;
+            opts.timeout = std::time::Duration::from_secs(timeout);
+            let quiet = ui.quiet || ui.json;
+            let res = crate::qemu::boot(&opts, |line| {
+                if !quiet {
+                    println!("{line}");
+                }
+            })?;
+            let missing: Vec<&String> = expect
+                .iter()
+                .filter(|e| !res.console.iter().any(|l| l.contains(e.as_str())))
+                .collect();
+            if ui.json {
+                println!(
+                    "{}",
+                    json!({"exit_code": res.exit_code, "seconds": res.seconds,
+                           "console": res.console, "missing": missing})
+                );
+            } else {
+                ui.info(format!(
+                    "VM exited ({}) after {:.1} s",
+                    res.exit_code.map_or("killed".to_string(), |c| format!("code {c}")),
+                    res.seconds
+                ));
+            }
+            if !missing.is_empty() {
+                bail!("console never showed: {missing:?}");
+            }
+            Ok(if res.exit_code == Some(0) { 0 } else { EXIT_ERROR })
+        }
+    }
+}
+
+fn check(path: &Path, ui: &Ui) -> Result<u8> {
+    let r = recipe::load(path)?;
+    if ui.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(0);
+    }
+    let rr = &r.recipe;
+    println!("recipe      {} (sha256 {})", r.path.display(), r.sha256);
+    println!("image       {} {}", rr.name, rr.image_version);
+    println!("profile     {}: {}", r.profile.name, r.profile.description);
+    println!("dns         {}", rr.dns);
+    println!("kernel      {} ({})", rr.kernel.package, rr.kernel.cmdline);
+    println!("modules     {}", r.modules.join(" "));
+    println!("packages    {}", rr.userland.packages.join(" "));
+    println!("binaries    {}", rr.userland.binaries.join(" "));
+    for f in &rr.files {
+        println!("file        {} -> {}", f.source.display(), f.dest);
+    }
+    let lock_path = r.default_lock_path();
+    match lock::load(&lock_path) {
+        Ok(l) => println!(
+            "lock        {}: {} packages, kernel {}, epoch {}",
+            lock_path.display(),
+            l.packages.len(),
+            l.kernel_release,
+            l.source_date_epoch
+        ),
+        Err(e) => println!("lock        none usable ({e})"),
+    }
+    Ok(0)
+}
+
+fn lock_cmd(path: &Path, out: Option<PathBuf>, epoch: Option<i64>, ui: &Ui) -> Result<u8> {
+    let r = recipe::load(path)?;
+    let out = out.unwrap_or_else(|| r.default_lock_path());
+    let spinner = ui.spinner("resolving packages with apt");
+    let mut new = apt::resolve(&r, 0)?;
+    spinner.finish_and_clear();
+    let previous = lock::load(&out).ok();
+    let env_epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok());
+    new.source_date_epoch = match (epoch, &previous) {
+        (Some(e), _) => e,
+        (None, Some(p)) if p.packages == new.packages => p.source_date_epoch,
+        _ => env_epoch.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(1)
+        }),
+    };
+    let changed = previous.as_ref() != Some(&new);
+    let bytes = imrs_config::image::canonical_json(&new);
+    write_atomic(&out, &bytes)?;
+    if ui.json {
+        println!(
+            "{}",
+            json!({"lock": out, "packages": new.packages.len(), "kernel_release": new.kernel_release,
+                   "source_date_epoch": new.source_date_epoch, "changed": changed})
+        );
+    } else {
+        ui.info(format!(
+            "{}: {} packages, kernel {}, SOURCE_DATE_EPOCH {}{}",
+            out.display(),
+            new.packages.len(),
+            new.kernel_release,
+            new.source_date_epoch,
+            if changed { "" } else { " (unchanged)" }
+        ));
+    }
+    Ok(0)
+}
+
+/// Writes a file atomically: temp file in the same folder, fsync, rename, fsync folder.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+    Ok(())
+}
+
+fn open_cache(inputs: &Inputs) -> Result<Cache> {
+    let dir = match &inputs.cache {
+        Some(d) => d.clone(),
+        None => match std::env::var_os("IMRS_CACHE") {
+            Some(d) => PathBuf::from(d),
+            None => match std::env::var_os("XDG_CACHE_HOME") {
+                Some(d) => PathBuf::from(d).join("imrs"),
+                None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+                    .join(".cache/imrs"),
+            },
+        },
+    };
+    Ok(Cache::open(&dir)?)
+}
+
+/// Loads the lock for a recipe and checks that it covers the recipe; returns it with its bytes.
+fn load_lock(r: &recipe::ResolvedRecipe, inputs: &Inputs) -> Result<(lock::Lock, Vec<u8>)> {
+    let path = inputs.lock.clone().unwrap_or_else(|| r.default_lock_path());
+    if !path.exists() {
+        bail!(
+            "{}: no lock file for {}; run `imrs-build lock {}` first",
+            path.display(),
+            r.path.display(),
+            r.path.display()
+        );
+    }
+    let l = lock::load(&path)?;
+    for p in &r.recipe.userland.packages {
+        if l.get(p).is_none() {
+            bail!(
+                "{}: the lock has no package {p}, which {} asks for; re-run `imrs-build lock`",
+                path.display(),
+                r.path.display()
+            );
+        }
+    }
+    if l.architecture != r.recipe.architecture {
+        bail!(
+            "{}: locked for {}, the recipe wants {}",
+            path.display(),
+            l.architecture,
+            r.recipe.architecture
+        );
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok((l, bytes))
+}
+
+fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
+    let t0 = Instant::now();
+    let r = recipe::load(&args.recipe)?;
+    let (lock, lock_bytes) = load_lock(&r, &args.inputs)?;
+    // Keys first: a missing key must fail before any work.
+    let key = keys::read_secret(&args.key)?;
+    let site_pub = match &args.site_pubkey {
+        Some(p) => keys::read_public(p)?,
+        None => key.verifying_key(),
+    };
+    let site = match &args.site {
+        Some(p) => {
+            let text = std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+            let sig_path = signed::sig_path_for(p);
+            let sig = std::fs::read_to_string(&sig_path)
+                .with_context(|| format!("{}: cannot read the site signature", sig_path.display()))?;
+            signed::verify_text(p, &text, &sig, &site_pub)
+                .context("the site config to embed does not verify with the site public key")?;
+            Some((text, sig))
+        }
+        None => None,
+    };
+    let cache = open_cache(&args.inputs)?;
+    let snap = args
+        .inputs
+        .snapshot
+        .as_deref()
+        .or(r.recipe.apt.snapshot.as_deref());
+    let fetched = cache.fetch(&lock, snap, args.inputs.offline, ui)?;
+    let t_fetch = t0.elapsed();
+    let init = match &args.init {
+        Some(p) => crate::initbin::read(p)?,
+        None => {
+            let sp = ui.spinner("building static imrs-init");
+            let b = crate::initbin::build(true)?;
+            sp.finish_and_clear();
+            b
+        }
+    };
+    let inputs = assemble::Inputs {
+        recipe: &r,
+        lock: &lock,
+        lock_sha256: crate::image_dir::sha256_hex(&lock_bytes),
+        cache: &cache,
+        init: &init,
+        site_pubkey: &site_pub,
+        site: site.as_ref().map(|(t, s)| (t.as_slice(), s.as_str())),
+    };
+    let out = assemble::build_image(&inputs, &args.out, &key, ui)?;
+    let secs = t0.elapsed().as_secs_f64();
+    if ui.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "out": args.out, "name": out.manifest.name, "version": out.manifest.version,
+                "artifacts": out.manifest.artifacts, "files": out.manifest.files_count,
+                "packages": out.manifest.packages.len(), "downloaded": fetched.downloaded,
+                "seconds": secs, "seconds_fetch": t_fetch.as_secs_f64(),
+                "stages": out.timings,
+                "manifest_sha256": crate::image_dir::sha256_hex(&out.manifest_bytes),
+            }))?
+        );
+    } else {
+        for a in &out.manifest.artifacts {
+            ui.info(format!("  {:22} {:>10} bytes  sha256 {}", a.name, a.size, a.sha256));
+        }
+        ui.info(format!(
+            "built {} {} into {} in {:.1} s ({} files, manifest signed by key {})",
+            out.manifest.name,
+            out.manifest.version,
+            args.out.display(),
+            secs,
+            out.manifest.files_count,
+            keys::key_id(&key.verifying_key())
+        ));
+    }
+    Ok(0)
+}
+
+fn inspect(dir: &Path, ui: &Ui) -> Result<u8> {
+    let mpath = dir.join(crate::image_dir::MANIFEST);
+    let m: imrs_config::image::Manifest = serde_json::from_slice(
+        &std::fs::read(&mpath).with_context(|| format!("{}: cannot read", mpath.display()))?,
+    )
+    .with_context(|| format!("{}: not a manifest", mpath.display()))?;
+    let entries = verify::read_initramfs(&dir.join(crate::image_dir::INITRAMFS))?;
+    if ui.json {
+        let files: Vec<_> = entries
+            .iter()
+            .map(|e| json!({"path": format!("/{}", e.name), "mode": format!("{:o}", e.mode), "size": e.data.len()}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"manifest": m, "files": files}))?
+        );
+        return Ok(0);
+    }
+    println!(
+        "{} {} (profile {}, dns {}, kernel {}, epoch {})",
+        m.name, m.version, m.profile, m.dns, m.kernel_release, m.source_date_epoch
+    );
+    println!("packages:");
+    for p in &m.packages {
+        println!("  {:32} {}", p.name, p.version);
+    }
+    println!("files:");
+    for e in &entries {
+        let kind = match e.mode & 0o170000 {
+            0o040000 => 'd',
+            0o120000 => 'l',
+            0o020000 => 'c',
+            _ => '-',
+        };
+        let extra = if kind == 'l' {
+            format!(" -> {}", String::from_utf8_lossy(&e.data))
+        } else {
+            String::new()
+        };
+        println!("  {kind}{:04o} {:>10}  /{}{extra}", e.mode & 0o7777, e.data.len(), e.name);
+    }
+    Ok(0)
+}

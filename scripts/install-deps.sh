@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages imrs needs on a build/test machine (run as root).
+#   qemu-system-x86   boots images in tests and the lab
+#   bird2 frr         BGP: the appliance's daemon and the host router in tests
+#   nsd knot          DNS daemons (transfer servers in tests, reference behaviour)
+#   knot-dnsutils bind9-dnsutils   kdig / dig for queries
+#   ldnsutils bind9-utils          reference zone verifiers (ldns-verify-zone, dnssec-verify)
+#   iproute2          network namespaces for tests
+#   cpio zstd         cross-checking our archives with the standard tools
+#   hyperfine time    benchmarks
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(qemu-system-x86 bird2 frr nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils
+      iproute2 cpio zstd xz-utils hyperfine time ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# The package lists are needed by `imrs-build lock` (apt-cache) even when nothing is missing.
+if [ ! -e /var/lib/apt/lists/lock ] || [ -z "$(ls /var/lib/apt/lists/*_Packages* 2>/dev/null)" ] || [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The daemons are run by the tests themselves, never as system services.
+for s in bird frr nsd knot; do
+  systemctl disable --now "$s" >/dev/null 2>&1 || service "$s" stop >/dev/null 2>&1 || true
+done
