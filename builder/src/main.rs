@@ -7,6 +7,7 @@
 
 mod apt;
 mod assemble;
+mod bzimage;
 mod cache;
 mod cli;
 mod cmd;

@@ -78,6 +78,8 @@ pub struct BootOptions {
     pub extra: Vec<String>,
     /// Kill the VM after this long.
     pub timeout: Duration,
+    /// Boot the ELF vmlinux inside the bzImage through its PVH entry (faster under TCG).
+    pub pvh: bool,
 }
 
 impl BootOptions {
@@ -92,6 +94,7 @@ impl BootOptions {
             user_nic: true,
             extra: Vec::new(),
             timeout: Duration::from_secs(120),
+            pvh: true,
         }
     }
 }
@@ -127,6 +130,11 @@ pub fn command(opts: &BootOptions) -> Result<Command, QemuError> {
         append.push(' ');
         append.push_str(a);
     }
+    let kernel = if opts.pvh {
+        pvh_kernel(&opts.dir.join(KERNEL)).unwrap_or_else(|| opts.dir.join(KERNEL))
+    } else {
+        opts.dir.join(KERNEL)
+    };
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
         .args(["-machine", "q35", "-cpu", "max"])
@@ -135,7 +143,7 @@ pub fn command(opts: &BootOptions) -> Result<Command, QemuError> {
         .args(["-serial", "stdio", "-monitor", "none"])
         .args(["-accel", if opts.accel == Accel::Kvm { "kvm" } else { "tcg" }])
         .arg("-kernel")
-        .arg(opts.dir.join(KERNEL))
+        .arg(kernel)
         .arg("-initrd")
         .arg(opts.dir.join(INITRAMFS))
         .args(["-append", &append])
@@ -145,6 +153,22 @@ pub fn command(opts: &BootOptions) -> Result<Command, QemuError> {
     }
     cmd.args(&opts.extra);
     Ok(cmd)
+}
+
+/// The vmlinux ELF for a bzImage, extracted once into the temp dir (keyed by the bzImage's
+/// sha256). `None` (boot the bzImage) when it cannot be extracted.
+fn pvh_kernel(bz_path: &Path) -> Option<PathBuf> {
+    let bz = std::fs::read(bz_path).ok()?;
+    let key = &crate::image_dir::sha256_hex(&bz)[..16];
+    let path = std::env::temp_dir().join(format!("imrs-vmlinux-{key}"));
+    if path.exists() {
+        return Some(path);
+    }
+    let elf = crate::bzimage::vmlinux(&bz).ok()?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, elf).ok()?;
+    std::fs::rename(&tmp, &path).ok()?;
+    Some(path)
 }
 
 struct KillOnDrop(Child);
