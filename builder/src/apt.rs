@@ -149,10 +149,12 @@ pub fn depends_groups(field: &str) -> Vec<Vec<String>> {
 
 fn locked(st: &Stanza, role: Role) -> Result<LockedPackage, AptError> {
     let field = |k: &str| {
-        st.get(k).map(str::to_string).ok_or_else(|| AptError::Output {
-            cmd: "apt-cache show".into(),
-            line: format!("{} has no {k} field", st.get("Package").unwrap_or("?")),
-        })
+        st.get(k)
+            .map(str::to_string)
+            .ok_or_else(|| AptError::Output {
+                cmd: "apt-cache show".into(),
+                line: format!("{} has no {k} field", st.get("Package").unwrap_or("?")),
+            })
     };
     Ok(LockedPackage {
         name: field("Package")?,
@@ -223,7 +225,11 @@ pub fn resolve(recipe: &ResolvedRecipe, source_date_epoch: i64) -> Result<Lock, 
     let mut first = true;
     while !queue.is_empty() {
         let level: Vec<(String, String)> = queue.drain(..).collect();
-        let role = if first { Role::Userland } else { Role::Dependency };
+        let role = if first {
+            Role::Userland
+        } else {
+            Role::Dependency
+        };
         first = false;
         let mut next: Vec<(Vec<String>, String)> = Vec::new();
         for (name, needed_by) in level {
@@ -256,7 +262,9 @@ pub fn resolve(recipe: &ResolvedRecipe, source_date_epoch: i64) -> Result<Lock, 
         let want: Vec<String> = next
             .iter()
             .flat_map(|(g, _)| g.iter().cloned())
-            .filter(|n| !known.contains_key(n) && !missing.contains(n) && !exclude.contains(n.as_str()))
+            .filter(|n| {
+                !known.contains_key(n) && !missing.contains(n) && !exclude.contains(n.as_str())
+            })
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -268,7 +276,10 @@ pub fn resolve(recipe: &ResolvedRecipe, source_date_epoch: i64) -> Result<Lock, 
         }
         known.extend(got);
         for (group, needed_by) in next {
-            if group.iter().any(|n| exclude.contains(n.as_str()) || chosen.contains_key(n)) {
+            if group
+                .iter()
+                .any(|n| exclude.contains(n.as_str()) || chosen.contains_key(n))
+            {
                 continue;
             }
             match group.iter().find(|n| known.contains_key(*n)) {
@@ -366,14 +377,19 @@ mod tests {
 
     #[test]
     fn deb822_and_depends() {
-        let text = "Package: a\nVersion: 1\nDepends: b (>= 1) | c, d:any,\n e\n\nPackage: f\nVersion: 2\n";
+        let text =
+            "Package: a\nVersion: 1\nDepends: b (>= 1) | c, d:any,\n e\n\nPackage: f\nVersion: 2\n";
         let st = parse_deb822(text);
         assert_eq!(st.len(), 2);
         assert_eq!(st[1].get("Package"), Some("f"));
         let g = depends_groups(st[0].get("Depends").unwrap());
         assert_eq!(
             g,
-            vec![vec!["b".to_string(), "c".into()], vec!["d".into()], vec!["e".into()]]
+            vec![
+                vec!["b".to_string(), "c".into()],
+                vec!["d".into()],
+                vec!["e".into()]
+            ]
         );
     }
 }

@@ -3,7 +3,6 @@
 //! init, the recipe's files and the image's own metadata; writes a sorted newc archive with fixed
 //! metadata, compresses it with zstd, and signs the manifest.
 
-use std::collections::BTreeSet;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -21,10 +20,10 @@ use crate::deb::DebArchive;
 use crate::image_dir::{self, INITRAMFS, KERNEL};
 use crate::tree::{Node, Tree};
 use crate::ui::Ui;
-use crate::{cpio, elf, kmod};
+use crate::{cpio, elf};
 
 /// zstd level of the initramfs: measured in BENCHMARKS.md (size vs warm rebuild time).
-pub const ZSTD_LEVEL: i32 = 19;
+pub const ZSTD_LEVEL: i32 = 9;
 
 /// Builder identification recorded in images.
 pub const BUILDER: &str = concat!("imrs-build ", env!("CARGO_PKG_VERSION"));
@@ -93,7 +92,7 @@ fn copy_resolved(dst: &mut Tree, src: &Tree, path: &str) -> Result<()> {
     let traced = src
         .resolve_traced(path)
         .with_context(|| format!("/{path}: not found in the packages"))?;
-    for link in &traced.links {
+    for link in &traced.symlinks {
         dst.copy_from(src, link)?;
     }
     dst.copy_from(src, &traced.path)?;
@@ -101,7 +100,12 @@ fn copy_resolved(dst: &mut Tree, src: &Tree, path: &str) -> Result<()> {
 }
 
 /// Builds the image into `out`.
-pub fn build_image(inp: &Inputs<'_>, out: &std::path::Path, key: &SigningKey, ui: &Ui) -> Result<Built> {
+pub fn build_image(
+    inp: &Inputs<'_>,
+    out: &std::path::Path,
+    key: &SigningKey,
+    ui: &Ui,
+) -> Result<Built> {
     let mut timings = serde_json::Map::new();
     let mut lap = Instant::now();
     let mut time = |name: &str, lap: &mut Instant| {
@@ -114,7 +118,11 @@ pub fn build_image(inp: &Inputs<'_>, out: &std::path::Path, key: &SigningKey, ui
 
     // 1. Userland packages into a staging tree.
     let mut staging = skeleton()?;
-    let userland: Vec<&LockedPackage> = lock.packages.iter().filter(|p| p.role != Role::Kernel).collect();
+    let userland: Vec<&LockedPackage> = lock
+        .packages
+        .iter()
+        .filter(|p| p.role != Role::Kernel)
+        .collect();
     let pb = ui.count(userland.len() as u64, "extracting packages");
     for p in &userland {
         pb.set_message(p.name.clone());
@@ -144,8 +152,18 @@ pub fn build_image(inp: &Inputs<'_>, out: &std::path::Path, key: &SigningKey, ui
     for name in ["poweroff", "reboot", "halt"] {
         img.insert(&format!("usr/sbin/{name}"), Node::symlink("/init"))?;
     }
-    img.insert("etc/passwd", Node::file(b"root:x:0:0:root:/root:/init\nnobody:x:65534:65534:nobody:/nonexistent:/init\n".to_vec(), 0o644))?;
-    img.insert("etc/group", Node::file(b"root:x:0:\nnogroup:x:65534:\n".to_vec(), 0o644))?;
+    img.insert(
+        "etc/passwd",
+        Node::file(
+            b"root:x:0:0:root:/root:/init\nnobody:x:65534:65534:nobody:/nonexistent:/init\n"
+                .to_vec(),
+            0o644,
+        ),
+    )?;
+    img.insert(
+        "etc/group",
+        Node::file(b"root:x:0:\nnogroup:x:65534:\n".to_vec(), 0o644),
+    )?;
     img.insert("etc/hostname", Node::file(b"imrs\n".to_vec(), 0o644))?;
     // Executables and their libraries.
     let mut binaries: Vec<String> = Vec::new();
@@ -160,9 +178,10 @@ pub fn build_image(inp: &Inputs<'_>, out: &std::path::Path, key: &SigningKey, ui
         }
         binaries.push(p);
     }
-    let needed: BTreeSet<String> = elf::closure(&staging, &binaries)
+    let bins: Vec<&str> = binaries.iter().map(String::as_str).collect();
+    let closure = elf::needed_closure(&staging, &bins)
         .with_context(|| format!("{}: library closure of userland.binaries", r.path.display()))?;
-    for p in binaries.iter().chain(needed.iter()) {
+    for p in &closure.paths {
         copy_resolved(&mut img, &staging, p)?;
     }
     // Kernel modules.
@@ -172,7 +191,8 @@ pub fn build_image(inp: &Inputs<'_>, out: &std::path::Path, key: &SigningKey, ui
     // Recipe files, checked against their pinned digests.
     for f in &r.recipe.files {
         let src = r.dir().join(&f.source);
-        let data = std::fs::read(&src).with_context(|| format!("{}: cannot read", src.display()))?;
+        let data =
+            std::fs::read(&src).with_context(|| format!("{}: cannot read", src.display()))?;
         let got = image_dir::sha256_hex(&data);
         if got != f.sha256.to_lowercase() {
             bail!(
@@ -185,12 +205,21 @@ pub fn build_image(inp: &Inputs<'_>, out: &std::path::Path, key: &SigningKey, ui
         img.insert(&f.dest, Node::file(data, f.mode))?;
     }
     if !img.contains(ANCHORS_PATH) {
-        bail!("{}: the image needs the IANA trust anchors at {ANCHORS_PATH} (files)", r.path.display());
+        bail!(
+            "{}: the image needs the IANA trust anchors at {ANCHORS_PATH} (files)",
+            r.path.display()
+        );
     }
-    img.insert(SITE_PUBKEY_PATH, Node::file(keys::public_pem(inp.site_pubkey).into_bytes(), 0o644))?;
+    img.insert(
+        SITE_PUBKEY_PATH,
+        Node::file(keys::public_pem(inp.site_pubkey).into_bytes(), 0o644),
+    )?;
     if let Some((text, sig)) = inp.site {
         img.insert("etc/imrs/site.toml", Node::file(text.to_vec(), 0o644))?;
-        img.insert("etc/imrs/site.toml.sig", Node::file(sig.as_bytes().to_vec(), 0o644))?;
+        img.insert(
+            "etc/imrs/site.toml.sig",
+            Node::file(sig.as_bytes().to_vec(), 0o644),
+        )?;
     }
     let info = ImageInfo {
         name: r.recipe.name.clone(),
@@ -206,19 +235,30 @@ pub fn build_image(inp: &Inputs<'_>, out: &std::path::Path, key: &SigningKey, ui
     time("assemble", &mut lap);
 
     // 4. Archive and compress.
-    let epoch = u64::try_from(lock.source_date_epoch).context("negative SOURCE_DATE_EPOCH")?;
-    let mut raw = Vec::with_capacity(img.total_size() as usize + (1 << 20));
-    cpio::write_archive(&img, epoch, &mut raw).context("writing the initramfs archive")?;
+    let epoch = u32::try_from(lock.source_date_epoch)
+        .context("SOURCE_DATE_EPOCH does not fit the newc format (1970..2106)")?;
+    let raw = cpio::write(
+        &img,
+        epoch,
+        Vec::with_capacity(img.total_size() as usize + (1 << 20)),
+    )
+    .context("writing the initramfs archive")?;
     time("cpio", &mut lap);
-    let sp = ui.spinner(format!("compressing initramfs ({} MiB, zstd -{ZSTD_LEVEL})", raw.len() >> 20));
+    let sp = ui.spinner(format!(
+        "compressing initramfs ({} MiB, zstd -{ZSTD_LEVEL})",
+        raw.len() >> 20
+    ));
     let zst = cpio::compress_zstd(&raw, ZSTD_LEVEL).context("compressing the initramfs")?;
     sp.finish_and_clear();
     time("compress", &mut lap);
-    let entries = cpio::read_archive(&raw).context("re-reading the archive just written")?;
+    let entries = cpio::read(&raw).context("re-reading the archive just written")?;
     let (files_count, files_sha256) = image_dir::file_list_digest(&entries);
 
     // 5. Manifest, signature, atomic output.
-    let mut artifacts = vec![image_dir::artifact(INITRAMFS, &zst), image_dir::artifact(KERNEL, &kernel.vmlinuz)];
+    let mut artifacts = vec![
+        image_dir::artifact(INITRAMFS, &zst),
+        image_dir::artifact(KERNEL, &kernel.vmlinuz),
+    ];
     artifacts.sort_by(|a, b| a.name.cmp(&b.name));
     let manifest = Manifest {
         schema: MANIFEST_SCHEMA,

@@ -52,7 +52,9 @@ pub enum CacheError {
         path: PathBuf,
     },
     /// The mirror or snapshot served something else than the lock says.
-    #[error("{package} {version}: downloaded from {url}: sha256 {actual}, the lock says {expected}")]
+    #[error(
+        "{package} {version}: downloaded from {url}: sha256 {actual}, the lock says {expected}"
+    )]
     Mismatch {
         /// Package.
         package: String,
@@ -274,7 +276,10 @@ impl Cache {
             });
         }
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
-        ui.info(format!("fetched {} {} ({} bytes)", p.name, p.version, total));
+        ui.info(format!(
+            "fetched {} {} ({} bytes)",
+            p.name, p.version, total
+        ));
         Ok(total)
     }
 }

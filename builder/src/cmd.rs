@@ -21,12 +21,13 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<VerifyError>().is_some() {
             return EXIT_VERIFY;
         }
-        if matches!(cause.downcast_ref::<AptError>(), Some(AptError::Gone { .. }))
-            || matches!(
-                cause.downcast_ref::<CacheError>(),
-                Some(CacheError::Apt(AptError::Gone { .. }))
-            )
-        {
+        if matches!(
+            cause.downcast_ref::<AptError>(),
+            Some(AptError::Gone { .. })
+        ) || matches!(
+            cause.downcast_ref::<CacheError>(),
+            Some(CacheError::Apt(AptError::Gone { .. }))
+        ) {
             return EXIT_GONE;
         }
     }
@@ -84,7 +85,10 @@ pub fn run(cli: Cli) -> Result<u8> {
             let (lock, _) = load_lock(&r, &inputs)?;
             let cache = open_cache(&inputs)?;
             let t = Instant::now();
-            let snap = inputs.snapshot.as_deref().or(r.recipe.apt.snapshot.as_deref());
+            let snap = inputs
+                .snapshot
+                .as_deref()
+                .or(r.recipe.apt.snapshot.as_deref());
             let s = cache.fetch(&lock, snap, inputs.offline, &ui)?;
             if ui.json {
                 println!(
@@ -174,20 +178,28 @@ pub fn run(cli: Cli) -> Result<u8> {
             if ui.json {
                 println!(
                     "{}",
-                    json!({"exit_code": res.exit_code, "seconds": res.seconds,
+                    json!({"exit_code": res.exit_code, "seconds": res.seconds, "panicked": res.panicked,
                            "console": res.console, "missing": missing})
                 );
             } else {
                 ui.info(format!(
                     "VM exited ({}) after {:.1} s",
-                    res.exit_code.map_or("killed".to_string(), |c| format!("code {c}")),
+                    res.exit_code
+                        .map_or("killed".to_string(), |c| format!("code {c}")),
                     res.seconds
                 ));
+            }
+            if res.panicked {
+                bail!("the guest kernel panicked (see the console above)");
             }
             if !missing.is_empty() {
                 bail!("console never showed: {missing:?}");
             }
-            Ok(if res.exit_code == Some(0) { 0 } else { EXIT_ERROR })
+            Ok(if res.exit_code == Some(0) {
+                0
+            } else {
+                EXIT_ERROR
+            })
         }
     }
 }
@@ -269,13 +281,19 @@ fn lock_cmd(path: &Path, out: Option<PathBuf>, epoch: Option<i64>, ui: &Ui) -> R
 /// Writes a file atomically: temp file in the same folder, fsync, rename, fsync folder.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("{}: cannot write", tmp.display()))?;
@@ -346,8 +364,9 @@ fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
         Some(p) => {
             let text = std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
             let sig_path = signed::sig_path_for(p);
-            let sig = std::fs::read_to_string(&sig_path)
-                .with_context(|| format!("{}: cannot read the site signature", sig_path.display()))?;
+            let sig = std::fs::read_to_string(&sig_path).with_context(|| {
+                format!("{}: cannot read the site signature", sig_path.display())
+            })?;
             signed::verify_text(p, &text, &sig, &site_pub)
                 .context("the site config to embed does not verify with the site public key")?;
             Some((text, sig))
@@ -396,7 +415,10 @@ fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
         );
     } else {
         for a in &out.manifest.artifacts {
-            ui.info(format!("  {:22} {:>10} bytes  sha256 {}", a.name, a.size, a.sha256));
+            ui.info(format!(
+                "  {:22} {:>10} bytes  sha256 {}",
+                a.name, a.size, a.sha256
+            ));
         }
         ui.info(format!(
             "built {} {} into {} in {:.1} s ({} files, manifest signed by key {})",
@@ -450,7 +472,12 @@ fn inspect(dir: &Path, ui: &Ui) -> Result<u8> {
         } else {
             String::new()
         };
-        println!("  {kind}{:04o} {:>10}  /{}{extra}", e.mode & 0o7777, e.data.len(), e.name);
+        println!(
+            "  {kind}{:04o} {:>10}  /{}{extra}",
+            e.mode & 0o7777,
+            e.data.len(),
+            e.name
+        );
     }
     Ok(0)
 }

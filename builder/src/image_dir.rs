@@ -34,7 +34,9 @@ pub enum ImageDirError {
         source: std::io::Error,
     },
     /// The output exists and is not an image folder: refuse to replace it.
-    #[error("{path}: exists and is not an imrs image folder (no manifest.json); refusing to replace it")]
+    #[error(
+        "{path}: exists and is not an imrs image folder (no manifest.json); refusing to replace it"
+    )]
     NotAnImage {
         /// Path.
         path: PathBuf,
@@ -144,7 +146,10 @@ pub fn write(
         }
         let mbytes = canonical_json(manifest);
         write_file(&tmp.join(MANIFEST), &mbytes)?;
-        write_file(&tmp.join(SIGNATURE), keys::sign_hex(key, &mbytes).as_bytes())?;
+        write_file(
+            &tmp.join(SIGNATURE),
+            keys::sign_hex(key, &mbytes).as_bytes(),
+        )?;
         fsync_dir(&tmp)?;
         Ok(mbytes)
     })();

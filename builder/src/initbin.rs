@@ -38,7 +38,7 @@ pub enum InitBinError {
         source: std::io::Error,
     },
     /// The binary is not statically linked.
-    #[error("{path}: not a static executable (it has an ELF interpreter); the image has no libc for it")]
+    #[error("{path}: not a static ELF executable; the image has no dynamic loader for the init")]
     NotStatic {
         /// Path.
         path: PathBuf,
@@ -62,8 +62,12 @@ fn cargo_home() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
 }
 
-fn rust_sysroot() -> Option<PathBuf> {
-    let out = Command::new("rustc").args(["--print", "sysroot"]).output().ok()?;
+fn rust_sysroot(ws: &Path) -> Option<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(ws)
+        .output()
+        .ok()?;
     Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
@@ -74,17 +78,33 @@ pub fn build(quiet: bool) -> Result<Vec<u8>, InitBinError> {
         return Err(InitBinError::NoWorkspace { path: ws });
     }
     let target_dir = ws.join("target/init-static");
-    let mut flags = vec!["-C target-feature=+crt-static".to_string()];
-    flags.push(format!("--remap-path-prefix={}=/imrs", ws.display()));
+    let mut flags = vec!["-C".to_string(), "target-feature=+crt-static".to_string()];
+    let mut remap = |from: &Path, to: &str| {
+        flags.push(format!("--remap-path-prefix={}={to}", from.display()));
+        if let Ok(real) = from.canonicalize()
+            && real != from
+        {
+            flags.push(format!("--remap-path-prefix={}={to}", real.display()));
+        }
+    };
+    remap(&ws, "/imrs");
     if let Some(h) = cargo_home() {
-        flags.push(format!("--remap-path-prefix={}=/cargo", h.display()));
+        remap(&h, "/cargo");
     }
-    if let Some(s) = rust_sysroot() {
-        flags.push(format!("--remap-path-prefix={}=/rustc", s.display()));
+    if let Some(s) = rust_sysroot(&ws) {
+        remap(&s, "/rustc");
     }
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(&ws)
-        .args(["build", "--release", "--locked", "-p", "imrs-init", "--target", TARGET])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "imrs-init",
+            "--target",
+            TARGET,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         // Separate flags with \x1f so paths with spaces survive.
@@ -113,7 +133,8 @@ pub fn read(path: &Path) -> Result<Vec<u8>, InitBinError> {
         path: path.to_path_buf(),
         source,
     })?;
-    if crate::elf::interpreter(&data).is_some() {
+    let deps = crate::elf::dependencies(&path.display().to_string(), &data);
+    if deps.map(|d| d.interpreter.is_some()).unwrap_or(true) {
         return Err(InitBinError::NotStatic {
             path: path.to_path_buf(),
         });

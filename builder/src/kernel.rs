@@ -69,7 +69,9 @@ pub fn extract(
                 && (p.ends_with(".ko")
                     || p.ends_with(".ko.xz")
                     || p.ends_with(".ko.zst")
-                    || p.rsplit('/').next().is_some_and(|f| f.starts_with("modules."))))
+                    || p.rsplit('/')
+                        .next()
+                        .is_some_and(|f| f.starts_with("modules."))))
     })
     .with_context(|| format!("extracting {}", kpkg.name))?;
     sp.finish_and_clear();
@@ -78,35 +80,39 @@ pub fn extract(
         .and_then(Node::data)
         .map(<[u8]>::to_vec)
         .with_context(|| format!("{}: has no /{vmlinuz_path}", kpkg.name))?;
-    let text = |name: &str| -> Result<String> {
-        let p = format!("{mods_dir}{name}");
-        let data = all
-            .get(&p)
-            .and_then(Node::data)
-            .with_context(|| format!("{}: has no /{p}", kpkg.name))?;
-        Ok(String::from_utf8_lossy(data).into_owned())
-    };
-    let index = kmod::ModuleIndex::parse(&text("modules.dep")?, &text("modules.builtin").unwrap_or_default())
-        .with_context(|| format!("{}: modules.dep", kpkg.name))?;
-    let load_order = index
-        .closure(wanted)
+    // Debian's package has no modules.dep (depmod writes it at install): the index reads each
+    // module's .modinfo instead.
+    let index = kmod::ModuleIndex::from_tree(&all, release)
+        .with_context(|| format!("{}: kernel modules", kpkg.name))?;
+    let wanted_refs: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let order = index
+        .load_order(&wanted_refs)
         .with_context(|| format!("kernel {release}: modules wanted by the profile and recipe"))?;
+    let load_order: Vec<String> = order.iter().map(|m| m.path.clone()).collect();
     let mut modules = Tree::new();
     let out_dir = format!("usr/lib/modules/{release}/");
     for rel in &load_order {
         let src = format!("{mods_dir}{rel}");
-        let node = all
-            .get(&src)
-            .cloned()
-            .with_context(|| format!("{}: modules.dep names /{src}, which the package lacks", kpkg.name))?;
+        let node = all.get(&src).cloned().with_context(|| {
+            format!(
+                "{}: modules.dep names /{src}, which the package lacks",
+                kpkg.name
+            )
+        })?;
         modules.insert(&format!("{out_dir}{rel}"), node)?;
     }
     modules.insert(
         &format!("{out_dir}modules.dep"),
-        Node::file(index.dep_for(&load_order).into_bytes(), 0o644),
+        Node::file(index.modules_dep(&order).into_bytes(), 0o644),
     )?;
-    if let Ok(b) = text("modules.builtin") {
-        modules.insert(&format!("{out_dir}modules.builtin"), Node::file(b.into_bytes(), 0o644))?;
+    for name in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
+        if let Some(node) = all.get(&format!("{mods_dir}{name}")) {
+            modules.insert(&format!("{out_dir}{name}"), node.clone())?;
+        }
     }
     store_cached(&dir, &vmlinuz, &modules, &load_order)?;
     Ok(Kernel {
@@ -123,7 +129,10 @@ fn load_cached(dir: &Path, release: &str) -> Result<Option<Kernel>> {
     let Ok(idx) = serde_json::from_slice::<CacheIndex>(&idx) else {
         return Ok(None);
     };
-    let (Ok(vmlinuz), Ok(mods)) = (std::fs::read(dir.join("vmlinuz")), std::fs::read(dir.join("modules.cpio"))) else {
+    let (Ok(vmlinuz), Ok(mods)) = (
+        std::fs::read(dir.join("vmlinuz")),
+        std::fs::read(dir.join("modules.cpio")),
+    ) else {
         return Ok(None);
     };
     if crate::image_dir::sha256_hex(&vmlinuz) != idx.vmlinuz_sha256
@@ -134,7 +143,7 @@ fn load_cached(dir: &Path, release: &str) -> Result<Option<Kernel>> {
         return Ok(None);
     }
     let mut modules = Tree::new();
-    for e in cpio::read_archive(&mods).context("kernel cache entry")? {
+    for e in cpio::read(&mods).context("kernel cache entry")? {
         if e.mode & 0o170000 == 0o100000 {
             modules.insert(&e.name, Node::file(e.data.clone(), e.mode & 0o7777))?;
         }
@@ -150,8 +159,7 @@ fn load_cached(dir: &Path, release: &str) -> Result<Option<Kernel>> {
 }
 
 fn store_cached(dir: &Path, vmlinuz: &[u8], modules: &Tree, load_order: &[String]) -> Result<()> {
-    let mut mods = Vec::new();
-    cpio::write_archive(modules, 0, &mut mods)?;
+    let mods = cpio::write(modules, 0, Vec::new())?;
     let idx = CacheIndex {
         load_order: load_order.to_vec(),
         vmlinuz_sha256: crate::image_dir::sha256_hex(vmlinuz),
@@ -166,6 +174,7 @@ fn store_cached(dir: &Path, vmlinuz: &[u8], modules: &Tree, load_order: &[String
     std::fs::write(tmp.join("modules.cpio"), &mods)?;
     std::fs::write(tmp.join("index.json"), serde_json::to_vec(&idx)?)?;
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp, dir).with_context(|| format!("{}: cannot store kernel cache", dir.display()))?;
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("{}: cannot store kernel cache", dir.display()))?;
     Ok(())
 }

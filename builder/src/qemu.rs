@@ -108,6 +108,8 @@ pub struct BootResult {
     pub console: Vec<String>,
     /// Wall time from QEMU start to exit.
     pub seconds: f64,
+    /// The kernel panicked (QEMU also exits 0 then, because of `-no-reboot`).
+    pub panicked: bool,
 }
 
 /// The QEMU command line for an image.
@@ -136,18 +138,31 @@ pub fn command(opts: &BootOptions) -> Result<Command, QemuError> {
         opts.dir.join(KERNEL)
     };
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
-        .args(["-machine", "q35", "-cpu", "max"])
-        .args(["-m", &opts.memory_mib.to_string()])
-        .args(["-smp", &opts.cpus.to_string()])
-        .args(["-serial", "stdio", "-monitor", "none"])
-        .args(["-accel", if opts.accel == Accel::Kvm { "kvm" } else { "tcg" }])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(opts.dir.join(INITRAMFS))
-        .args(["-append", &append])
-        .args(["-device", "virtio-rng-pci"]);
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .args(["-machine", "q35", "-cpu", "max"])
+    .args(["-m", &opts.memory_mib.to_string()])
+    .args(["-smp", &opts.cpus.to_string()])
+    .args(["-serial", "stdio", "-monitor", "none"])
+    .args([
+        "-accel",
+        if opts.accel == Accel::Kvm {
+            "kvm"
+        } else {
+            "tcg"
+        },
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(opts.dir.join(INITRAMFS))
+    .args(["-append", &append])
+    .args(["-device", "virtio-rng-pci"]);
     if opts.user_nic {
         cmd.args(["-nic", "user,model=virtio-net-pci"]);
     }
@@ -183,7 +198,9 @@ impl Drop for KillOnDrop {
 /// Boots and waits for the VM to exit, calling `on_line` for each console line.
 pub fn boot(opts: &BootOptions, mut on_line: impl FnMut(&str)) -> Result<BootResult, QemuError> {
     let mut cmd = command(opts)?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     let start = Instant::now();
     let child = cmd.spawn().map_err(|source| QemuError::Spawn {
         binary: "qemu-system-x86_64".into(),
@@ -200,7 +217,9 @@ pub fn boot(opts: &BootOptions, mut on_line: impl FnMut(&str)) -> Result<BootRes
                 if n == 0 {
                     break;
                 }
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
                 buf.clear();
                 if tx.send(line).is_err() {
                     break;
@@ -237,8 +256,10 @@ pub fn boot(opts: &BootOptions, mut on_line: impl FnMut(&str)) -> Result<BootRes
         }
     };
     let _ = reader.join();
+    let panicked = console.iter().any(|l| l.contains("Kernel panic"));
     Ok(BootResult {
         exit_code,
+        panicked,
         console,
         seconds: start.elapsed().as_secs_f64(),
     })

@@ -3,14 +3,17 @@
 //! Owns the path convention of the builder: a path is *relative to the image root*, with no
 //! leading `/`, no `.` or empty components and no `..` (for example
 //! `usr/lib/x86_64-linux-gnu/libc.so.6`); the root itself is the empty path and is implicit.
-//! [`normalize`] turns `/usr/lib`, `./usr//lib/` into that form. Nodes are kept in a
-//! [`BTreeMap`], so iteration is sorted by path bytes, which puts every directory before its
-//! children and makes every consumer deterministic.
+//! [`normalize`](crate::tree::normalize) turns `/usr/lib`, `./usr//lib/` into that form.
+//! Nodes are kept in a [`BTreeMap`](std::collections::BTreeMap), so iteration is sorted by
+//! path bytes, which puts every directory before its children and makes every consumer
+//! deterministic.
 //!
-//! Symlinks are followed the way the kernel follows them: [`Tree::resolve`] handles absolute
-//! targets (relative to the image root) and relative ones (relative to the link's directory),
-//! and [`Tree::insert`] follows symlinked parent directories, so with merged-usr links
-//! (`lib -> usr/lib`) inserting `lib/x86_64-linux-gnu/libc.so.6` stores the file under `usr/lib`.
+//! Symlinks are followed the way the kernel follows them:
+//! [`Tree::resolve`](crate::tree::Tree::resolve) handles absolute targets (relative to the
+//! image root) and relative ones (relative to the link's directory), and
+//! [`Tree::insert`](crate::tree::Tree::insert) follows symlinked parent directories, so with
+//! merged-usr links (`lib -> usr/lib`) inserting `lib/x86_64-linux-gnu/libc.so.6` stores the
+//! file under `usr/lib`.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map;
@@ -81,22 +84,34 @@ pub struct Node {
 impl Node {
     /// A regular file.
     pub fn file(data: impl Into<Arc<[u8]>>, mode: u32) -> Self {
-        Node { kind: NodeKind::File(data.into()), mode: mode & 0o7777 }
+        Node {
+            kind: NodeKind::File(data.into()),
+            mode: mode & 0o7777,
+        }
     }
 
     /// A directory.
     pub fn dir(mode: u32) -> Self {
-        Node { kind: NodeKind::Dir, mode: mode & 0o7777 }
+        Node {
+            kind: NodeKind::Dir,
+            mode: mode & 0o7777,
+        }
     }
 
     /// A symbolic link (mode `0o777`, as Linux reports for every symlink).
     pub fn symlink(target: impl Into<String>) -> Self {
-        Node { kind: NodeKind::Symlink(target.into()), mode: 0o777 }
+        Node {
+            kind: NodeKind::Symlink(target.into()),
+            mode: 0o777,
+        }
     }
 
     /// A character device node.
     pub fn char_device(major: u32, minor: u32, mode: u32) -> Self {
-        Node { kind: NodeKind::CharDevice { major, minor }, mode: mode & 0o7777 }
+        Node {
+            kind: NodeKind::CharDevice { major, minor },
+            mode: mode & 0o7777,
+        }
     }
 
     /// The file contents, if this is a regular file.
@@ -120,7 +135,11 @@ pub fn normalize(path: &str) -> Result<String, TreeError> {
     for component in path.split('/') {
         match component {
             "" | "." => {}
-            ".." => return Err(TreeError::InvalidPath { path: path.to_owned() }),
+            ".." => {
+                return Err(TreeError::InvalidPath {
+                    path: path.to_owned(),
+                });
+            }
             c => {
                 if !out.is_empty() {
                     out.push('/');
@@ -178,13 +197,16 @@ impl Tree {
     }
 
     /// Inserts `node` at `path`, replacing any node there (a directory's children are kept
-    /// when a directory replaces a directory, and removed otherwise). Missing parent
+    /// when a directory replaces a directory, and removed otherwise; a directory inserted
+    /// over a symlink to a directory leaves the link in place). Missing parent
     /// directories are created with [`DEFAULT_DIR_MODE`]; existing parents that are symlinks
     /// are followed, as `open(O_CREAT)` would. Returns the normalised path actually written.
     pub fn insert(&mut self, path: &str, node: Node) -> Result<String, TreeError> {
         let norm = normalize(path)?;
         if norm.is_empty() {
-            return Err(TreeError::InvalidPath { path: path.to_owned() });
+            return Err(TreeError::InvalidPath {
+                path: path.to_owned(),
+            });
         }
         let (dir, name) = match norm.rfind('/') {
             Some(i) => (&norm[..i], &norm[i + 1..]),
@@ -192,6 +214,21 @@ impl Tree {
         };
         let dir = self.mkdir_all(dir, &norm)?;
         let full = join(&dir, name);
+        // A directory over a symlink to a directory keeps the link, as dpkg and tar do: a
+        // package's `./lib/` entry must not undo merged-usr's `lib -> usr/lib`.
+        if node.is_dir()
+            && matches!(
+                self.nodes.get(&full),
+                Some(Node {
+                    kind: NodeKind::Symlink(_),
+                    ..
+                })
+            )
+            && let Ok(target) = self.resolve(&full)
+            && (target.is_empty() || self.nodes.get(&target).is_some_and(Node::is_dir))
+        {
+            return Ok(target);
+        }
         let keep_children = node.is_dir() && self.nodes.get(&full).is_some_and(Node::is_dir);
         if !keep_children {
             self.remove(&full);
@@ -208,24 +245,34 @@ impl Tree {
             let candidate = join(&current, component);
             current = match self.nodes.get(&candidate) {
                 None => {
-                    self.nodes.insert(candidate.clone(), Node::dir(DEFAULT_DIR_MODE));
+                    self.nodes
+                        .insert(candidate.clone(), Node::dir(DEFAULT_DIR_MODE));
                     candidate
                 }
                 Some(node) if node.is_dir() => candidate,
-                Some(Node { kind: NodeKind::Symlink(_), .. }) => {
+                Some(Node {
+                    kind: NodeKind::Symlink(_),
+                    ..
+                }) => {
                     let resolved = self.resolve(&candidate).map_err(|e| match e {
-                        TreeError::NotFound { .. } => {
-                            TreeError::NotFound { path: for_path.to_owned() }
-                        }
+                        TreeError::NotFound { .. } => TreeError::NotFound {
+                            path: for_path.to_owned(),
+                        },
                         other => other,
                     })?;
                     if !self.nodes.get(&resolved).is_some_and(Node::is_dir) && !resolved.is_empty()
                     {
-                        return Err(TreeError::NotADirectory { path: for_path.to_owned() });
+                        return Err(TreeError::NotADirectory {
+                            path: for_path.to_owned(),
+                        });
                     }
                     resolved
                 }
-                Some(_) => return Err(TreeError::NotADirectory { path: for_path.to_owned() }),
+                Some(_) => {
+                    return Err(TreeError::NotADirectory {
+                        path: for_path.to_owned(),
+                    });
+                }
             };
         }
         Ok(current)
@@ -268,7 +315,10 @@ impl Tree {
             let candidate = join(&current, &component);
             match self.nodes.get(&candidate) {
                 None => return Err(TreeError::NotFound { path: err_path() }),
-                Some(Node { kind: NodeKind::Symlink(target), .. }) => {
+                Some(Node {
+                    kind: NodeKind::Symlink(target),
+                    ..
+                }) => {
                     if symlinks.len() >= MAX_SYMLINK_FOLLOWS {
                         return Err(TreeError::SymlinkLoop { path: err_path() });
                     }
@@ -286,7 +336,10 @@ impl Tree {
                 }
             }
         }
-        Ok(Resolved { path: current, symlinks })
+        Ok(Resolved {
+            path: current,
+            symlinks,
+        })
     }
 
     /// Removes the node at exactly `path` (and everything below it if it is a directory).
@@ -296,8 +349,13 @@ impl Tree {
         let removed = self.nodes.remove(&norm)?;
         if removed.is_dir() {
             let prefix = format!("{norm}/");
-            let below: Vec<String> =
-                self.nodes.range(prefix.clone()..).map(|(k, _)| k).take_while(|k| k.starts_with(&prefix)).cloned().collect();
+            let below: Vec<String> = self
+                .nodes
+                .range(prefix.clone()..)
+                .map(|(k, _)| k)
+                .take_while(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
             for key in below {
                 self.nodes.remove(&key);
             }
@@ -309,7 +367,10 @@ impl Tree {
     /// copied as symlinks). Missing parent directories take their mode from `src`.
     pub fn copy_from(&mut self, src: &Tree, path: &str) -> Result<(), TreeError> {
         let norm = normalize(path)?;
-        let node = src.nodes.get(&norm).ok_or_else(|| TreeError::NotFound { path: norm.clone() })?;
+        let node = src
+            .nodes
+            .get(&norm)
+            .ok_or_else(|| TreeError::NotFound { path: norm.clone() })?;
         let mut ancestor = String::new();
         for component in parent(&norm).split('/').filter(|c| !c.is_empty()) {
             ancestor = join(&ancestor, component);
@@ -333,7 +394,10 @@ impl Tree {
     }
 
     /// Iterates over the nodes strictly below directory `dir` (any depth), sorted.
-    pub fn iter_under<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
+    pub fn iter_under<'a>(
+        &'a self,
+        dir: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
         let prefix = match normalize(dir) {
             Ok(d) if d.is_empty() => String::new(),
             Ok(d) => format!("{d}/"),
@@ -346,7 +410,11 @@ impl Tree {
 
     /// Sum of the sizes of all regular files (symlink targets and directories not counted).
     pub fn total_size(&self) -> u64 {
-        self.nodes.values().filter_map(Node::data).map(|d| d.len() as u64).sum()
+        self.nodes
+            .values()
+            .filter_map(Node::data)
+            .map(|d| d.len() as u64)
+            .sum()
     }
 }
 
@@ -366,23 +434,40 @@ mod tests {
     /// A merged-usr tree with a loader and a versioned library behind a soname link.
     fn merged_usr() -> Tree {
         let mut t = Tree::new();
-        for (link, target) in
-            [("lib", "usr/lib"), ("lib64", "usr/lib64"), ("bin", "usr/bin"), ("sbin", "usr/sbin")]
-        {
+        for (link, target) in [
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+            ("bin", "usr/bin"),
+            ("sbin", "usr/sbin"),
+        ] {
             t.insert(target, Node::dir(0o755)).unwrap();
             t.insert(link, Node::symlink(target)).unwrap();
         }
-        t.insert("usr/lib/x86_64-linux-gnu/libc.so.6", Node::file(&b"libc"[..], 0o644)).unwrap();
-        t.insert("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", Node::file(&b"ld"[..], 0o755))
-            .unwrap();
+        t.insert(
+            "usr/lib/x86_64-linux-gnu/libc.so.6",
+            Node::file(&b"libc"[..], 0o644),
+        )
+        .unwrap();
+        t.insert(
+            "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            Node::file(&b"ld"[..], 0o755),
+        )
+        .unwrap();
         t.insert(
             "usr/lib64/ld-linux-x86-64.so.2",
             Node::symlink("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
         )
         .unwrap();
-        t.insert("usr/lib/x86_64-linux-gnu/libfoo.so.1.2.3", Node::file(&b"foo"[..], 0o644))
-            .unwrap();
-        t.insert("usr/lib/x86_64-linux-gnu/libfoo.so.1", Node::symlink("libfoo.so.1.2.3")).unwrap();
+        t.insert(
+            "usr/lib/x86_64-linux-gnu/libfoo.so.1.2.3",
+            Node::file(&b"foo"[..], 0o644),
+        )
+        .unwrap();
+        t.insert(
+            "usr/lib/x86_64-linux-gnu/libfoo.so.1",
+            Node::symlink("libfoo.so.1.2.3"),
+        )
+        .unwrap();
         t
     }
 
@@ -397,7 +482,11 @@ mod tests {
             ("usr/../etc", Err(())),
         ];
         for (input, want) in cases {
-            assert_eq!(normalize(input).map_err(|_| ()), want.map(str::to_owned), "{input}");
+            assert_eq!(
+                normalize(input).map_err(|_| ()),
+                want.map(str::to_owned),
+                "{input}"
+            );
         }
     }
 
@@ -405,20 +494,49 @@ mod tests {
     fn insert_creates_parents_and_follows_symlinked_parents() {
         let mut t = merged_usr();
         assert!(t.get("usr/lib/x86_64-linux-gnu").is_some_and(Node::is_dir));
-        let written = t.insert("/lib/x86_64-linux-gnu/libm.so.6", Node::file(&b"m"[..], 0o644));
+        let written = t.insert(
+            "/lib/x86_64-linux-gnu/libm.so.6",
+            Node::file(&b"m"[..], 0o644),
+        );
         assert_eq!(written.unwrap(), "usr/lib/x86_64-linux-gnu/libm.so.6");
         assert!(t.get("lib/x86_64-linux-gnu/libm.so.6").is_none());
+        let written = t.insert("lib", Node::dir(0o755));
+        assert_eq!(written.unwrap(), "usr/lib");
+        assert_eq!(
+            t.get("lib"),
+            Some(&Node::symlink("usr/lib")),
+            "merged-usr link kept"
+        );
+        assert!(t.get("usr/lib/x86_64-linux-gnu/libc.so.6").is_some());
+        t.insert("bin", Node::file(&b"x"[..], 0o644)).unwrap();
+        assert!(
+            t.get("bin").and_then(Node::data).is_some(),
+            "a file replaces a link"
+        );
         let err = t.insert("usr/lib/x86_64-linux-gnu/libc.so.6/x", Node::dir(0o755));
-        assert!(matches!(err, Err(TreeError::NotADirectory { .. })), "{err:?}");
-        assert!(matches!(t.insert("/", Node::dir(0o755)), Err(TreeError::InvalidPath { .. })));
+        assert!(
+            matches!(err, Err(TreeError::NotADirectory { .. })),
+            "{err:?}"
+        );
+        assert!(matches!(
+            t.insert("/", Node::dir(0o755)),
+            Err(TreeError::InvalidPath { .. })
+        ));
     }
 
     #[test]
     fn resolve_table() {
         let t = merged_usr();
-        let cases: [(&str, Result<(&str, &[&str]), ()>); 7] = [
-            ("usr/lib/x86_64-linux-gnu/libc.so.6", Ok(("usr/lib/x86_64-linux-gnu/libc.so.6", &[]))),
-            ("/lib/x86_64-linux-gnu/libc.so.6", Ok(("usr/lib/x86_64-linux-gnu/libc.so.6", &["lib"]))),
+        type Want = Result<(&'static str, &'static [&'static str]), ()>;
+        let cases: [(&str, Want); 7] = [
+            (
+                "usr/lib/x86_64-linux-gnu/libc.so.6",
+                Ok(("usr/lib/x86_64-linux-gnu/libc.so.6", &[])),
+            ),
+            (
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                Ok(("usr/lib/x86_64-linux-gnu/libc.so.6", &["lib"])),
+            ),
             (
                 "/lib64/ld-linux-x86-64.so.2",
                 Ok((
@@ -428,7 +546,10 @@ mod tests {
             ),
             (
                 "lib/x86_64-linux-gnu/libfoo.so.1",
-                Ok(("usr/lib/x86_64-linux-gnu/libfoo.so.1.2.3", &["lib", "usr/lib/x86_64-linux-gnu/libfoo.so.1"])),
+                Ok((
+                    "usr/lib/x86_64-linux-gnu/libfoo.so.1.2.3",
+                    &["lib", "usr/lib/x86_64-linux-gnu/libfoo.so.1"],
+                )),
             ),
             ("usr/lib/../lib64/../bin", Ok(("usr/bin", &[]))),
             ("lib/missing.so", Err(())),
@@ -450,15 +571,24 @@ mod tests {
         t.insert("a", Node::symlink("b")).unwrap();
         t.insert("b", Node::symlink("/a")).unwrap();
         t.insert("dangling", Node::symlink("nowhere")).unwrap();
-        assert_eq!(t.resolve("a"), Err(TreeError::SymlinkLoop { path: "a".into() }));
-        assert_eq!(t.resolve("dangling"), Err(TreeError::NotFound { path: "dangling".into() }));
+        assert_eq!(
+            t.resolve("a"),
+            Err(TreeError::SymlinkLoop { path: "a".into() })
+        );
+        assert_eq!(
+            t.resolve("dangling"),
+            Err(TreeError::NotFound {
+                path: "dangling".into()
+            })
+        );
         assert_eq!(t.resolve("/"), Ok(String::new()));
     }
 
     #[test]
     fn remove_takes_children_and_iteration_is_sorted() {
         let mut t = merged_usr();
-        t.insert("usr/lib-extra/x", Node::file(&b"x"[..], 0o644)).unwrap();
+        t.insert("usr/lib-extra/x", Node::file(&b"x"[..], 0o644))
+            .unwrap();
         let paths: Vec<&String> = t.iter().map(|(p, _)| p).collect();
         let mut sorted = paths.clone();
         sorted.sort();
@@ -466,7 +596,10 @@ mod tests {
         assert_eq!(t.iter_under("usr/lib64").count(), 1);
         assert!(t.remove("usr/lib").is_some_and(|n| n.is_dir()));
         assert!(t.get("usr/lib/x86_64-linux-gnu/libc.so.6").is_none());
-        assert!(t.get("usr/lib-extra/x").is_some(), "a sibling sharing the prefix survives");
+        assert!(
+            t.get("usr/lib-extra/x").is_some(),
+            "a sibling sharing the prefix survives"
+        );
         assert_eq!(t.total_size(), 1);
     }
 
@@ -474,16 +607,21 @@ mod tests {
     fn copy_from_keeps_links_and_parent_modes() {
         let mut src = merged_usr();
         src.insert("etc/secret", Node::dir(0o700)).unwrap();
-        src.insert("etc/secret/key", Node::file(&b"k"[..], 0o600)).unwrap();
+        src.insert("etc/secret/key", Node::file(&b"k"[..], 0o600))
+            .unwrap();
         let mut dst = Tree::new();
         dst.copy_from(&src, "etc/secret/key").unwrap();
-        dst.copy_from(&src, "usr/lib/x86_64-linux-gnu/libfoo.so.1").unwrap();
+        dst.copy_from(&src, "usr/lib/x86_64-linux-gnu/libfoo.so.1")
+            .unwrap();
         assert_eq!(dst.get("etc/secret").map(|n| n.mode), Some(0o700));
         assert_eq!(dst.get("etc/secret/key"), src.get("etc/secret/key"));
         assert_eq!(
             dst.get("usr/lib/x86_64-linux-gnu/libfoo.so.1"),
             Some(&Node::symlink("libfoo.so.1.2.3"))
         );
-        assert!(matches!(dst.copy_from(&src, "nope"), Err(TreeError::NotFound { .. })));
+        assert!(matches!(
+            dst.copy_from(&src, "nope"),
+            Err(TreeError::NotFound { .. })
+        ));
     }
 }

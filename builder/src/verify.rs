@@ -180,7 +180,7 @@ pub fn read_initramfs(path: &Path) -> Result<Vec<cpio::Entry>, VerifyError> {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
-    cpio::read_archive(&raw).map_err(|e| VerifyError::Archive {
+    cpio::read(&raw).map_err(|e| VerifyError::Archive {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })

@@ -15,7 +15,10 @@ pub fn bin() -> Command {
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Scratch space that survives between test runs (package cache).
@@ -67,7 +70,10 @@ pub fn have_apt() -> bool {
 /// A lock usable for `recipe` now: the committed one if the mirror still has its versions,
 /// else a fresh lock in scratch space. Fetches into the shared cache.
 pub fn usable_lock(recipe: &str) -> Option<PathBuf> {
-    if !require(have_apt(), "apt package lists (run scripts/install-deps.sh)") {
+    if !require(
+        have_apt(),
+        "apt package lists (run scripts/install-deps.sh)",
+    ) {
         return None;
     }
     let recipe_path = repo().join("images").join(recipe);
@@ -91,9 +97,16 @@ pub fn usable_lock(recipe: &str) -> Option<PathBuf> {
         "fetch failed for another reason than a gone version: {}",
         text(&o)
     );
-    eprintln!("committed lock is stale ({}); re-locking into scratch", text(&o).trim());
+    eprintln!(
+        "committed lock is stale ({}); re-locking into scratch",
+        text(&o).trim()
+    );
     let fresh = scratch().join(format!("{recipe}.lock.json"));
-    let o = run(bin().args(["--quiet", "lock"]).arg(&recipe_path).arg("--lock").arg(&fresh));
+    let o = run(bin()
+        .args(["--quiet", "lock"])
+        .arg(&recipe_path)
+        .arg("--lock")
+        .arg(&fresh));
     assert!(o.status.success(), "lock: {}", text(&o));
     let o = fetch(&fresh);
     assert!(o.status.success(), "fetch: {}", text(&o));

@@ -26,7 +26,9 @@ fn build_cmd(recipe: &Path, lock: &Path, key: &Path, out: &Path) -> Command {
 
 #[test]
 fn builds_are_bit_for_bit_reproducible() {
-    let Some((first, key, lock)) = qemu_image() else { return };
+    let Some((first, key, lock)) = qemu_image() else {
+        return;
+    };
     // Second build: another working directory, another time, umask and time zone.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let tmp = tempfile::tempdir().unwrap();
@@ -66,9 +68,12 @@ fn builds_are_bit_for_bit_reproducible() {
 
 #[test]
 fn verify_names_what_was_tampered_with() {
-    let Some((image, key, _)) = qemu_image() else { return };
+    let Some((image, key, _)) = qemu_image() else {
+        return;
+    };
     let pubkey = format!("{}.pub", key.display());
-    let verify = |dir: &Path, pubkey: &str| run(bin().arg("verify").arg(dir).arg("--pubkey").arg(pubkey));
+    let verify =
+        |dir: &Path, pubkey: &str| run(bin().arg("verify").arg(dir).arg("--pubkey").arg(pubkey));
     let o = verify(image, &pubkey);
     assert!(o.status.success(), "clean image: {}", text(&o));
 
@@ -108,7 +113,11 @@ fn verify_names_what_was_tampered_with() {
     std::fs::write(&p, &data[..data.len() - 4096]).unwrap();
     let o = verify(&d, &pubkey);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
-    assert!(text(&o).contains("initramfs.cpio.zst: size"), "{}", text(&o));
+    assert!(
+        text(&o).contains("initramfs.cpio.zst: size"),
+        "{}",
+        text(&o)
+    );
     // A file the manifest does not list.
     let d = tmp.path().join("extra");
     copy_dir(image, &d);
@@ -120,11 +129,22 @@ fn verify_names_what_was_tampered_with() {
 
 #[test]
 fn inspect_lists_packages_and_files() {
-    let Some((image, _, _)) = qemu_image() else { return };
+    let Some((image, _, _)) = qemu_image() else {
+        return;
+    };
     let o = run(bin().arg("inspect").arg(image));
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
-    for needle in ["bird2", "nsd", "/init", "/usr/sbin/bird", "/usr/sbin/nsd", "/etc/imrs/image.json", "virtio_net.ko", "/etc/imrs/root-anchors.xml"] {
+    for needle in [
+        "bird2",
+        "nsd",
+        "/init",
+        "/usr/sbin/bird",
+        "/usr/sbin/nsd",
+        "/etc/imrs/image.json",
+        "virtio_net.ko",
+        "/etc/imrs/root-anchors.xml",
+    ] {
         assert!(t.contains(needle), "inspect lacks {needle}:\n{t}");
     }
     let o = run(bin().args(["--json", "inspect"]).arg(image));
@@ -134,13 +154,20 @@ fn inspect_lists_packages_and_files() {
 
 #[test]
 fn bad_build_inputs_fail_cleanly_and_write_nothing() {
-    let Some((_, key, lock)) = qemu_image() else { return };
+    let Some((_, key, lock)) = qemu_image() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let recipe = repo().join("images/qemu.toml");
 
     // Missing key: named, nothing written.
     let out = tmp.path().join("nokey");
-    let o = run(&mut build_cmd(&recipe, lock, &tmp.path().join("absent-key"), &out));
+    let o = run(&mut build_cmd(
+        &recipe,
+        lock,
+        &tmp.path().join("absent-key"),
+        &out,
+    ));
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("absent-key"), "{}", text(&o));
     assert!(!out.exists());
@@ -160,7 +187,13 @@ fn bad_build_inputs_fail_cleanly_and_write_nothing() {
         .unwrap()
         .iter()
         .find(|p| p["name"] == "libfstrm0")
-        .or_else(|| l["packages"].as_array().unwrap().iter().find(|p| p["role"] == "dependency"))
+        .or_else(|| {
+            l["packages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["role"] == "dependency")
+        })
         .unwrap();
     let name = pkg["name"].as_str().unwrap();
     let deb = format!(
@@ -174,7 +207,9 @@ fn bad_build_inputs_fail_cleanly_and_write_nothing() {
     for e in std::fs::read_dir(cache().join("debs")).unwrap() {
         let e = e.unwrap();
         std::fs::hard_link(e.path(), cache2.join("debs").join(e.file_name()))
-            .or_else(|_| std::fs::copy(e.path(), cache2.join("debs").join(e.file_name())).map(|_| ()))
+            .or_else(|_| {
+                std::fs::copy(e.path(), cache2.join("debs").join(e.file_name())).map(|_| ())
+            })
             .unwrap();
     }
     let victim = cache2.join("debs").join(&deb);
@@ -187,17 +222,33 @@ fn bad_build_inputs_fail_cleanly_and_write_nothing() {
     c.args(["--offline", "--cache"]).arg(&cache2);
     let o = run(&mut c);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains(name) && text(&o).contains("sha256"), "{}", text(&o));
+    assert!(
+        text(&o).contains(name) && text(&o).contains("sha256"),
+        "{}",
+        text(&o)
+    );
     assert!(!out.exists(), "nothing may appear in --out");
 
     // A module that does not exist.
     let rdir = tmp.path().join("recipe");
     std::fs::create_dir_all(rdir.join("profiles")).unwrap();
     std::fs::create_dir_all(rdir.join("files")).unwrap();
-    std::fs::copy(repo().join("images/profiles/qemu.toml"), rdir.join("profiles/qemu.toml")).unwrap();
-    std::fs::copy(repo().join("images/files/root-anchors.xml"), rdir.join("files/root-anchors.xml")).unwrap();
+    std::fs::copy(
+        repo().join("images/profiles/qemu.toml"),
+        rdir.join("profiles/qemu.toml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("images/files/root-anchors.xml"),
+        rdir.join("files/root-anchors.xml"),
+    )
+    .unwrap();
     let text_r = std::fs::read_to_string(&recipe).unwrap();
-    std::fs::write(rdir.join("qemu.toml"), text_r.replace("\"dummy\"", "\"no_such_module_xyz\"")).unwrap();
+    std::fs::write(
+        rdir.join("qemu.toml"),
+        text_r.replace("\"dummy\"", "\"no_such_module_xyz\""),
+    )
+    .unwrap();
     let out = tmp.path().join("nomod");
     let o = run(&mut build_cmd(&rdir.join("qemu.toml"), lock, key, &out));
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -207,15 +258,27 @@ fn bad_build_inputs_fail_cleanly_and_write_nothing() {
 
 #[test]
 fn qemu_image_boots_to_the_init_banner() {
-    let Some((image, _, _)) = qemu_image() else { return };
-    let have_qemu = Command::new("qemu-system-x86_64").arg("--version").output().is_ok();
+    let Some((image, _, _)) = qemu_image() else {
+        return;
+    };
+    let have_qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok();
     if !require(have_qemu, "qemu-system-x86_64 (install qemu-system-x86)") {
         return;
     }
     let o = run(bin()
         .args(["--json", "boot"])
         .arg(image)
-        .args(["--append", "imrs.poweroff_after_boot=1", "--timeout", "240", "--expect", "imrs-init"])
+        .args([
+            "--append",
+            "imrs.poweroff_after_boot=1",
+            "--timeout",
+            "240",
+            "--expect",
+            "imrs-init",
+        ])
         .args(["--expect", "imrs-qemu 0.1.0"]));
     let t = text(&o);
     assert!(o.status.success(), "boot failed:\n{t}");

@@ -1,0 +1,32 @@
+//! imrs-build as a library: the modules behind the `imrs-build` command, usable from tests and
+//! other tools. See ARCHITECTURE.md for the map.
+//!
+//! Exit codes of the command: 0 success; 1 error; 2 usage error; 3 verification failed (the
+//! image, signature or zone is not what it should be); 4 a locked package has left the apt
+//! mirror (re-lock or use a snapshot).
+
+pub mod apt;
+pub mod assemble;
+pub mod bzimage;
+pub mod cache;
+pub mod cli;
+pub mod cmd;
+pub mod cpio;
+pub mod deb;
+pub mod elf;
+pub mod image_dir;
+pub mod initbin;
+pub mod kernel;
+pub mod kmod;
+pub mod qemu;
+pub mod tree;
+pub mod ui;
+pub mod verify;
+pub mod xz;
+
+/// Exit code: something failed.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: an image, signature or zone did not verify.
+pub const EXIT_VERIFY: u8 = 3;
+/// Exit code: a locked package is no longer on the mirror.
+pub const EXIT_GONE: u8 = 4;
