@@ -4,13 +4,14 @@
 #   bird2 frr         BGP: the appliance's daemon and the host router in tests
 #   nsd knot          DNS daemons (transfer servers in tests, reference behaviour)
 #   knot-dnsutils bind9-dnsutils   kdig / dig for queries
-#   ldnsutils bind9-utils          reference zone verifiers (ldns-verify-zone, dnssec-verify)
+#   ldnsutils bind9-utils knot-dnssecutils   reference zone verifiers (ldns-verify-zone,
+#                     dnssec-verify, kzonecheck)
 #   iproute2          network namespaces for tests
 #   cpio zstd         cross-checking our archives with the standard tools
 #   hyperfine time    benchmarks
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(qemu-system-x86 bird2 frr nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils
+pkgs=(qemu-system-x86 bird2 frr nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils knot-dnssecutils
       iproute2 cpio zstd xz-utils hyperfine time bc ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do

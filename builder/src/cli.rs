@@ -71,6 +71,9 @@ pub enum Command {
         /// Image folder.
         dir: PathBuf,
     },
+    /// Root zone: verify a zone file, or transfer, verify and write one.
+    #[command(subcommand)]
+    Zone(crate::zone_cli::ZoneCommand),
     /// Boot an image folder under QEMU with its serial console on stdout; returns when the guest
     /// powers off (exit 0) or the time limit passes.
     Boot {

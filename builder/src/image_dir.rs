@@ -140,6 +140,10 @@ pub fn write(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(io(&tmp))?;
+    }
     let result = (|| {
         for (fname, data) in files {
             write_file(&tmp.join(fname), data)?;

@@ -23,6 +23,7 @@ pub mod tree;
 pub mod ui;
 pub mod verify;
 pub mod xz;
+pub mod zone_cli;
 
 /// Exit code: something failed.
 pub const EXIT_ERROR: u8 = 1;

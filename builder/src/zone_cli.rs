@@ -25,9 +25,6 @@ pub enum ZoneCommand {
         /// Verify as of this time (RFC 3339), default now.
         #[arg(long)]
         at: Option<Timestamp>,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
     /// Transfer the root zone by AXFR, verify it, and write it atomically.
     Fetch {
@@ -44,21 +41,14 @@ pub enum ZoneCommand {
         /// Where to write the verified zone (and `FILE.verified.json`).
         #[arg(long)]
         out: PathBuf,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
     },
 }
 
 /// Runs a zone command; returns the process exit code (0: verified).
-pub fn run(cmd: ZoneCommand) -> anyhow::Result<i32> {
+/// `json` is the global `--json` flag: print one JSON object instead of text.
+pub fn run(cmd: ZoneCommand, json: bool) -> anyhow::Result<i32> {
     match cmd {
-        ZoneCommand::Verify {
-            file,
-            anchors,
-            at,
-            json,
-        } => {
+        ZoneCommand::Verify { file, anchors, at } => {
             let anchors = load_anchors(&anchors)?;
             let at = at.unwrap_or_else(Timestamp::now);
             let start = Instant::now();
@@ -66,14 +56,17 @@ pub fn run(cmd: ZoneCommand) -> anyhow::Result<i32> {
             let v = imrs_zone::verify(&zone, &anchors, at);
             let total = start.elapsed();
             report(&v, &file.display().to_string(), total, json, None);
-            Ok(if v.is_verified() { 0 } else { 1 })
+            Ok(if v.is_verified() {
+                0
+            } else {
+                i32::from(crate::EXIT_VERIFY)
+            })
         }
         ZoneCommand::Fetch {
             servers,
             anchors,
             at,
             out,
-            json,
         } => {
             let anchors = load_anchors(&anchors)?;
             let mut config = AxfrConfig::default();
@@ -90,7 +83,9 @@ pub fn run(cmd: ZoneCommand) -> anyhow::Result<i32> {
             let source = format!("axfr://{}", transfer.server);
             let store = ZoneStore::new(&out);
             let written = if v.is_verified() {
-                let current = store.current().context("reading the current zone's record")?;
+                let current = store
+                    .current()
+                    .context("reading the current zone's record")?;
                 let rec = imrs_zone::accept(
                     Candidate {
                         zone: &transfer.zone,
@@ -113,7 +108,8 @@ pub fn run(cmd: ZoneCommand) -> anyhow::Result<i32> {
             report(&v, &source, total, json, accepted.clone());
             Ok(match accepted {
                 Some(Ok(_)) => 0,
-                _ => 1,
+                None => i32::from(crate::EXIT_VERIFY),
+                Some(Err(_)) => i32::from(crate::EXIT_ERROR),
             })
         }
     }
@@ -131,7 +127,11 @@ fn parse_server(s: &str) -> anyhow::Result<SocketAddr> {
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, 53));
     }
-    let with_port = if s.contains(':') { s.to_owned() } else { format!("{s}:53") };
+    let with_port = if s.contains(':') {
+        s.to_owned()
+    } else {
+        format!("{s}:53")
+    };
     match with_port.to_socket_addrs() {
         Ok(mut addrs) => match addrs.next() {
             Some(a) => Ok(a),
@@ -201,5 +201,12 @@ fn report(
             Err(e) => println!("not written: {e}"),
         }
     }
-    println!("verdict:    {}", if v.is_verified() { "VERIFIED" } else { "NOT VERIFIED" });
+    println!(
+        "verdict:    {}",
+        if v.is_verified() {
+            "VERIFIED"
+        } else {
+            "NOT VERIFIED"
+        }
+    );
 }

@@ -5,9 +5,29 @@
 //! Map of the modules:
 //! - [`name`]: canonical wire-format names and their order.
 //! - [`zone`]: loading and the canonical in-memory zone.
+//! - [`zonemd`]: the RFC 8976 zone digest.
+//! - [`anchors`]: IANA trust anchors.
+//! - [`dnssec`]: RRSIGs, chain of trust, NSEC chain.
+//! - [`verify`]: the combined verdict.
+//! - [`accept`]: serial policy and atomic writing of an accepted zone.
+//! - [`refresh`]: when to poll, when the zone expires.
+//! - [`axfr`]: the transfer client.
 
+pub mod accept;
+pub mod anchors;
+pub mod axfr;
+pub mod dnssec;
 pub mod name;
+pub mod refresh;
+pub mod verify;
 pub mod zone;
+pub mod zonemd;
 
+pub use accept::{AcceptError, AcceptedRecord, Candidate, ZoneStore, accept, serial_is_newer};
+pub use anchors::{DEFAULT_ANCHORS_PATH, TrustAnchor, TrustAnchors};
+pub use axfr::{AxfrConfig, AxfrError, Transfer};
+pub use jiff::Timestamp;
 pub use name::WireName;
+pub use refresh::{RefreshDecision, RefreshState, SoaTimers};
+pub use verify::{Proof, Verification, VerifyError, verify};
 pub use zone::{LoadError, Record, Zone};

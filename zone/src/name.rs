@@ -6,11 +6,12 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::sync::Arc;
 
 /// An absolute domain name in uncompressed wire format, lowercased
 /// (the canonical form of RFC 4034 section 6.2).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct WireName(Box<[u8]>);
+pub struct WireName(Arc<[u8]>);
 
 /// The root name `.` in wire format.
 pub const ROOT_WIRE: &[u8] = &[0];
@@ -21,7 +22,7 @@ impl WireName {
     /// The caller guarantees well-formed labels ending in the root label.
     pub(crate) fn from_canonical(wire: Box<[u8]>) -> Self {
         debug_assert!(wire_is_well_formed(&wire));
-        WireName(wire)
+        WireName(wire.into())
     }
 
     /// The root name.

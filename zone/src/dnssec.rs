@@ -1,0 +1,813 @@
+//! DNSSEC verification of a whole signed zone against trust anchors.
+//!
+//! Owns: the chain from the IANA anchors to the apex DNSKEY RRset (DS digest
+//! of a KSK matching an anchor valid at the verification time, and a valid
+//! RRSIG over the DNSKEY RRset by that key), the verification of every RRSIG
+//! in the zone (cryptography by `domain`'s ring backend, spread over all
+//! cores with rayon), signature validity windows, that every authoritative
+//! RRset is signed (delegation NS and glue are not; DS and NSEC at
+//! delegations are), the NSEC chain, and apex sanity.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use domain::base::iana::{Rtype, SecurityAlgorithm};
+use domain::crypto::common::{DigestBuilder, DigestType, PublicKey};
+use domain::dep::octseq::Parser;
+use domain::rdata::Dnskey;
+use jiff::Timestamp;
+use rayon::prelude::*;
+
+use crate::anchors::TrustAnchors;
+use crate::name::{WireName, lowercase_wire};
+use crate::zone::{Record, Zone};
+
+/// What DNSSEC verification established.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DnssecReport {
+    /// RRSIG records verified cryptographically (all of them).
+    pub signatures_verified: usize,
+    /// Authoritative RRsets found signed.
+    pub rrsets_signed: usize,
+    /// NSEC records checked.
+    pub nsec_checked: usize,
+    /// Key tags of the anchored KSKs whose signature over the DNSKEY RRset verified.
+    pub anchors_used: Vec<u16>,
+    /// Key tags of all DNSKEYs at the apex.
+    pub zone_keys: Vec<u16>,
+}
+
+/// Why a zone fails DNSSEC verification. Each variant names the record,
+/// RRset or signature concerned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DnssecError {
+    /// Not exactly one SOA at the apex.
+    #[error("zone apex has {count} SOA records, need exactly one")]
+    SoaCount {
+        /// How many.
+        count: usize,
+    },
+    /// No NS RRset at the apex.
+    #[error("no NS RRset at the zone apex")]
+    NoApexNs,
+    /// No DNSKEY RRset at the apex.
+    #[error("no DNSKEY RRset at the zone apex")]
+    NoDnskey,
+    /// NSEC3 zones are not handled (the root uses NSEC).
+    #[error("zone uses NSEC3, which this verifier does not handle")]
+    Nsec3,
+    /// No apex DNSKEY matches a trust anchor valid at the verification time.
+    #[error(
+        "no DNSKEY matches a trust anchor valid at {at} (valid anchors: {anchors:?}; zone keys: {keys:?})"
+    )]
+    NoAnchoredKey {
+        /// Key tags of the anchors valid at `at`.
+        anchors: Vec<u16>,
+        /// Key tags of the zone's DNSKEYs.
+        keys: Vec<u16>,
+        /// The verification time.
+        at: Timestamp,
+    },
+    /// Anchored keys exist, but none has a valid RRSIG over the DNSKEY RRset.
+    #[error("DNSKEY RRset has no valid signature by an anchored key (anchored keys: {anchored:?})")]
+    DnskeyNotSignedByAnchor {
+        /// Key tags of the DNSKEYs matching an anchor.
+        anchored: Vec<u16>,
+    },
+    /// An RRSIG RDATA that cannot be decoded.
+    #[error("malformed RRSIG at {owner}")]
+    MalformedRrsig {
+        /// Owner of the RRSIG.
+        owner: String,
+    },
+    /// The signer is not the zone apex.
+    #[error("RRSIG {owner} {covered} key {key_tag}: signer {signer} is not the zone apex")]
+    ForeignSigner {
+        /// Owner of the RRSIG.
+        owner: String,
+        /// Type covered.
+        covered: Rtype,
+        /// Key tag.
+        key_tag: u16,
+        /// Signer name.
+        signer: String,
+    },
+    /// Labels field larger than the owner's label count.
+    #[error(
+        "RRSIG {owner} {covered} key {key_tag}: labels field {labels} exceeds the owner's labels"
+    )]
+    BadLabels {
+        /// Owner of the RRSIG.
+        owner: String,
+        /// Type covered.
+        covered: Rtype,
+        /// Key tag.
+        key_tag: u16,
+        /// The labels field.
+        labels: u8,
+    },
+    /// The RRSIG covers an RRset that does not exist.
+    #[error("RRSIG {owner} {covered} key {key_tag}: no such RRset")]
+    OrphanSignature {
+        /// Owner of the RRSIG.
+        owner: String,
+        /// Type covered.
+        covered: Rtype,
+        /// Key tag.
+        key_tag: u16,
+    },
+    /// No apex DNSKEY has the RRSIG's key tag and algorithm.
+    #[error("RRSIG {owner} {covered} key {key_tag} algorithm {algorithm}: no such DNSKEY")]
+    UnknownKey {
+        /// Owner of the RRSIG.
+        owner: String,
+        /// Type covered.
+        covered: Rtype,
+        /// Key tag.
+        key_tag: u16,
+        /// Algorithm number.
+        algorithm: u8,
+    },
+    /// The signature is not valid yet at the verification time.
+    #[error(
+        "RRSIG {owner} {covered} key {key_tag}: not valid before {inception} (verifying at {at})"
+    )]
+    NotYetValid {
+        /// Owner of the RRSIG.
+        owner: String,
+        /// Type covered.
+        covered: Rtype,
+        /// Key tag.
+        key_tag: u16,
+        /// Inception time.
+        inception: Timestamp,
+        /// The verification time.
+        at: Timestamp,
+    },
+    /// The signature has expired at the verification time.
+    #[error("RRSIG {owner} {covered} key {key_tag}: expired at {expiration} (verifying at {at})")]
+    Expired {
+        /// Owner of the RRSIG.
+        owner: String,
+        /// Type covered.
+        covered: Rtype,
+        /// Key tag.
+        key_tag: u16,
+        /// Expiration time.
+        expiration: Timestamp,
+        /// The verification time.
+        at: Timestamp,
+    },
+    /// The cryptographic check failed.
+    #[error("RRSIG {owner} {covered} key {key_tag}: signature does not verify")]
+    BadSignature {
+        /// Owner of the RRSIG.
+        owner: String,
+        /// Type covered.
+        covered: Rtype,
+        /// Key tag.
+        key_tag: u16,
+    },
+    /// An authoritative RRset has no valid signature.
+    #[error("RRset {owner} {rtype} is not signed")]
+    Unsigned {
+        /// Owner.
+        owner: String,
+        /// Type.
+        rtype: Rtype,
+    },
+    /// A name that needs an NSEC record has none (or several).
+    #[error("{owner}: expected one NSEC record, found {count}")]
+    NsecCount {
+        /// The name.
+        owner: String,
+        /// How many NSEC records it has.
+        count: usize,
+    },
+    /// An NSEC record at a name that must not have one (glue, below a cut).
+    #[error("{owner}: NSEC record at a non-authoritative name")]
+    UnexpectedNsec {
+        /// The name.
+        owner: String,
+    },
+    /// The NSEC next name breaks the chain.
+    #[error("NSEC {owner}: next name {next}, expected {expected}")]
+    NsecNext {
+        /// Owner of the NSEC.
+        owner: String,
+        /// The next name in the record.
+        next: String,
+        /// The next authoritative name in the zone.
+        expected: String,
+    },
+    /// The NSEC type bitmap differs from the types present.
+    #[error("NSEC {owner}: type bitmap lists [{listed}], name has [{present}]")]
+    NsecBitmap {
+        /// Owner of the NSEC.
+        owner: String,
+        /// Types in the bitmap.
+        listed: String,
+        /// Types present at the name.
+        present: String,
+    },
+    /// An NSEC RDATA that cannot be decoded.
+    #[error("malformed NSEC at {owner}")]
+    MalformedNsec {
+        /// Owner of the NSEC.
+        owner: String,
+    },
+}
+
+/// An RRSIG RDATA decoded just enough to verify it.
+struct Rrsig<'a> {
+    covered: Rtype,
+    algorithm: u8,
+    labels: u8,
+    original_ttl: u32,
+    expiration: u32,
+    inception: u32,
+    key_tag: u16,
+    signer: &'a [u8],
+    /// RDATA up to and including the signer name (the signed prefix).
+    head: &'a [u8],
+    signature: &'a [u8],
+}
+
+impl<'a> Rrsig<'a> {
+    fn parse(rdata: &'a [u8]) -> Option<Self> {
+        if rdata.len() < 19 {
+            return None;
+        }
+        let mut pos = 18;
+        loop {
+            let len = *rdata.get(pos)? as usize;
+            if len > 63 {
+                return None;
+            }
+            pos += 1 + len;
+            if len == 0 {
+                break;
+            }
+        }
+        if pos > rdata.len() {
+            return None;
+        }
+        let u32_at =
+            |i: usize| u32::from_be_bytes([rdata[i], rdata[i + 1], rdata[i + 2], rdata[i + 3]]);
+        Some(Rrsig {
+            covered: Rtype::from_int(u16::from_be_bytes([rdata[0], rdata[1]])),
+            algorithm: rdata[2],
+            labels: rdata[3],
+            original_ttl: u32_at(4),
+            expiration: u32_at(8),
+            inception: u32_at(12),
+            key_tag: u16::from_be_bytes([rdata[16], rdata[17]]),
+            signer: &rdata[18..pos],
+            head: &rdata[..pos],
+            signature: &rdata[pos..],
+        })
+    }
+}
+
+/// A zone key ready for verification.
+struct ZoneKey {
+    key_tag: u16,
+    algorithm: u8,
+    /// `None` if the algorithm is not supported or the key is malformed.
+    public: Option<PublicKey>,
+}
+
+/// RFC 4034 Appendix B key tag of DNSKEY RDATA.
+pub fn key_tag(dnskey_rdata: &[u8]) -> u16 {
+    if dnskey_rdata.len() >= 4 && dnskey_rdata[3] == 1 {
+        // RSA/MD5: the tag is taken from the modulus (RFC 4034 B.1).
+        let n = dnskey_rdata.len();
+        if n >= 3 {
+            return u16::from_be_bytes([dnskey_rdata[n - 3], dnskey_rdata[n - 2]]);
+        }
+    }
+    let mut ac: u32 = 0;
+    for (i, &b) in dnskey_rdata.iter().enumerate() {
+        ac += if i & 1 == 1 {
+            b as u32
+        } else {
+            (b as u32) << 8
+        };
+    }
+    ac += (ac >> 16) & 0xffff;
+    (ac & 0xffff) as u16
+}
+
+/// The DS digest of a DNSKEY (RFC 4034 section 5.1.4), `None` for digest
+/// types other than SHA-1 (1), SHA-256 (2) and SHA-384 (4).
+pub fn ds_digest(owner: &WireName, dnskey_rdata: &[u8], digest_type: u8) -> Option<Vec<u8>> {
+    let t = match digest_type {
+        1 => DigestType::Sha1,
+        2 => DigestType::Sha256,
+        4 => DigestType::Sha384,
+        _ => return None,
+    };
+    let mut d = DigestBuilder::new(t);
+    d.update(owner.as_wire());
+    d.update(dnskey_rdata);
+    Some(d.finish().as_ref().to_vec())
+}
+
+fn ts(secs: u32, at: Timestamp) -> Timestamp {
+    // RRSIG times are serial numbers modulo 2^32 (RFC 4034 section 3.1.5):
+    // pick the representative closest to `at`.
+    let at_s = at.as_second();
+    let delta = secs.wrapping_sub(at_s as u32) as i32 as i64;
+    Timestamp::from_second(at_s + delta).unwrap_or(at)
+}
+
+/// Verifies the DNSSEC signatures, chain of trust and NSEC chain of `zone`
+/// at time `at`. Returns the first failure in canonical order.
+pub fn verify(
+    zone: &Zone,
+    anchors: &TrustAnchors,
+    at: Timestamp,
+) -> Result<DnssecReport, DnssecError> {
+    let apex = zone.apex();
+    let records = zone.records();
+    let soas = zone.apex_soas().count();
+    if soas != 1 {
+        return Err(DnssecError::SoaCount { count: soas });
+    }
+    if zone.rrset(apex, Rtype::NS).is_empty() {
+        return Err(DnssecError::NoApexNs);
+    }
+    if !zone.rrset(apex, Rtype::NSEC3PARAM).is_empty() {
+        return Err(DnssecError::Nsec3);
+    }
+    let dnskeys = zone.rrset(apex, Rtype::DNSKEY);
+    if dnskeys.is_empty() {
+        return Err(DnssecError::NoDnskey);
+    }
+    let keys: Vec<ZoneKey> = dnskeys
+        .iter()
+        .map(|r| ZoneKey {
+            key_tag: key_tag(&r.rdata),
+            algorithm: r.rdata.get(3).copied().unwrap_or(0),
+            public: Dnskey::parse(&mut Parser::from_ref(&r.rdata[..]))
+                .ok()
+                // Only zone keys (flag bit 7) may sign zone data.
+                .filter(|k: &Dnskey<&[u8]>| k.is_zone_key())
+                .and_then(|k| PublicKey::from_dnskey(&k).ok()),
+        })
+        .collect();
+
+    // Trust anchors -> DNSKEY: which apex keys match an anchor valid at `at`.
+    let valid_anchors: Vec<_> = anchors.valid_at(at).collect();
+    let anchored: Vec<usize> = dnskeys
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| {
+            let flags = u16::from_be_bytes([r.rdata[0], r.rdata[1]]);
+            let revoked = flags & 0x0080 != 0;
+            !revoked
+                && valid_anchors.iter().any(|a| {
+                    a.key_tag == keys[*i].key_tag
+                        && a.algorithm == keys[*i].algorithm
+                        && ds_digest(apex, &r.rdata, a.digest_type).as_deref()
+                            == Some(&a.digest[..])
+                })
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if anchored.is_empty() {
+        return Err(DnssecError::NoAnchoredKey {
+            anchors: valid_anchors.iter().map(|a| a.key_tag).collect(),
+            keys: keys.iter().map(|k| k.key_tag).collect(),
+            at,
+        });
+    }
+
+    // Every RRSIG, in parallel.
+    let at32 = at.as_second() as u32;
+    let sig_indices: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.rtype == Rtype::RRSIG)
+        .map(|(i, _)| i)
+        .collect();
+    let results: Vec<Result<SigOk, DnssecError>> = sig_indices
+        .par_iter()
+        .with_min_len(16)
+        .map(|&i| verify_one(zone, &records[i], &keys, at, at32))
+        .collect();
+    let mut signed: BTreeSet<usize> = BTreeSet::new();
+    let mut anchors_used = BTreeSet::new();
+    for res in &results {
+        let ok = res.clone()?;
+        signed.insert(ok.rrset_start);
+        if ok.covered == Rtype::DNSKEY
+            && ok.owner_is_apex
+            && let Some(&k) = anchored.iter().find(|&&k| ok.key_index == k)
+        {
+            anchors_used.insert(keys[k].key_tag);
+        }
+    }
+    if anchors_used.is_empty() {
+        return Err(DnssecError::DnskeyNotSignedByAnchor {
+            anchored: anchored.iter().map(|&k| keys[k].key_tag).collect(),
+        });
+    }
+
+    // Signing coverage and the NSEC chain.
+    let (rrsets_signed, nsec_checked) = check_coverage_and_nsec(zone, &signed)?;
+
+    Ok(DnssecReport {
+        signatures_verified: sig_indices.len(),
+        rrsets_signed,
+        nsec_checked,
+        anchors_used: anchors_used.into_iter().collect(),
+        zone_keys: keys.iter().map(|k| k.key_tag).collect(),
+    })
+}
+
+#[derive(Clone)]
+struct SigOk {
+    rrset_start: usize,
+    covered: Rtype,
+    owner_is_apex: bool,
+    key_index: usize,
+}
+
+fn verify_one(
+    zone: &Zone,
+    rec: &Record,
+    keys: &[ZoneKey],
+    at: Timestamp,
+    at32: u32,
+) -> Result<SigOk, DnssecError> {
+    let owner = || rec.owner.to_string();
+    let sig =
+        Rrsig::parse(&rec.rdata).ok_or_else(|| DnssecError::MalformedRrsig { owner: owner() })?;
+    if sig.signer != zone.apex().as_wire() {
+        let mut signer = String::new();
+        let _ = crate::name::fmt_wire(sig.signer, &mut signer);
+        return Err(DnssecError::ForeignSigner {
+            owner: owner(),
+            covered: sig.covered,
+            key_tag: sig.key_tag,
+            signer,
+        });
+    }
+    let owner_labels = rec.owner.rrsig_label_count();
+    if sig.labels > owner_labels {
+        return Err(DnssecError::BadLabels {
+            owner: owner(),
+            covered: sig.covered,
+            key_tag: sig.key_tag,
+            labels: sig.labels,
+        });
+    }
+    let rrset = zone.rrset(&rec.owner, sig.covered);
+    if rrset.is_empty() {
+        return Err(DnssecError::OrphanSignature {
+            owner: owner(),
+            covered: sig.covered,
+            key_tag: sig.key_tag,
+        });
+    }
+    // Validity window in serial arithmetic (RFC 4034 section 3.1.5).
+    if (at32.wrapping_sub(sig.inception) as i32) < 0 {
+        return Err(DnssecError::NotYetValid {
+            owner: owner(),
+            covered: sig.covered,
+            key_tag: sig.key_tag,
+            inception: ts(sig.inception, at),
+            at,
+        });
+    }
+    if (sig.expiration.wrapping_sub(at32) as i32) < 0 {
+        return Err(DnssecError::Expired {
+            owner: owner(),
+            covered: sig.covered,
+            key_tag: sig.key_tag,
+            expiration: ts(sig.expiration, at),
+            at,
+        });
+    }
+    // Signed data (RFC 4034 section 3.1.8.1), wildcard owner per 5.3.2.
+    let signed_owner: Vec<u8> = if sig.labels < owner_labels {
+        let mut w = vec![1, b'*'];
+        w.extend_from_slice(
+            rec.owner
+                .suffix(rec.owner.label_count() - sig.labels)
+                .as_wire(),
+        );
+        w
+    } else {
+        rec.owner.as_wire().to_vec()
+    };
+    let mut data = Vec::with_capacity(
+        sig.head.len()
+            + rrset
+                .iter()
+                .map(|r| r.rdata.len() + signed_owner.len() + 10)
+                .sum::<usize>(),
+    );
+    data.extend_from_slice(sig.head);
+    let mut signer_lc = data[18..].to_vec();
+    lowercase_wire(&mut signer_lc);
+    data.truncate(18);
+    data.extend_from_slice(&signer_lc);
+    for r in rrset {
+        data.extend_from_slice(&signed_owner);
+        data.extend_from_slice(&r.rtype.to_int().to_be_bytes());
+        data.extend_from_slice(&r.class.to_int().to_be_bytes());
+        data.extend_from_slice(&sig.original_ttl.to_be_bytes());
+        data.extend_from_slice(&(r.rdata.len() as u16).to_be_bytes());
+        data.extend_from_slice(&r.rdata);
+    }
+    let mut found = false;
+    for (i, key) in keys.iter().enumerate() {
+        if key.key_tag != sig.key_tag || key.algorithm != sig.algorithm {
+            continue;
+        }
+        let Some(public) = &key.public else { continue };
+        found = true;
+        if public.verify(&data, sig.signature).is_ok() {
+            let start = rrset.as_ptr() as usize - zone.records().as_ptr() as usize;
+            return Ok(SigOk {
+                rrset_start: start / std::mem::size_of::<Record>(),
+                covered: sig.covered,
+                owner_is_apex: rec.owner == *zone.apex(),
+                key_index: i,
+            });
+        }
+    }
+    if !found {
+        return Err(DnssecError::UnknownKey {
+            owner: owner(),
+            covered: sig.covered,
+            key_tag: sig.key_tag,
+            algorithm: sig.algorithm,
+        });
+    }
+    Err(DnssecError::BadSignature {
+        owner: owner(),
+        covered: sig.covered,
+        key_tag: sig.key_tag,
+    })
+}
+
+/// Walks the zone in canonical order: every authoritative RRset must be
+/// signed, every authoritative name and delegation point must have an NSEC
+/// whose next name and bitmap are right, and no other name may have one.
+fn check_coverage_and_nsec(
+    zone: &Zone,
+    signed: &BTreeSet<usize>,
+) -> Result<(usize, usize), DnssecError> {
+    let apex = zone.apex();
+    let records = zone.records();
+    // Names in canonical order, each with its record range.
+    let mut names: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < records.len() {
+        let mut j = i + 1;
+        while j < records.len() && records[j].owner == records[i].owner {
+            j += 1;
+        }
+        names.push((i, j));
+        i = j;
+    }
+    // Classify names: authoritative, delegation point, or below a cut (glue).
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Auth,
+        Cut,
+        Glue,
+    }
+    let mut kinds = Vec::with_capacity(names.len());
+    let mut cut: Option<&WireName> = None;
+    for &(s, e) in &names {
+        let owner = &records[s].owner;
+        if let Some(c) = cut {
+            if owner.is_at_or_below(c) {
+                kinds.push(Kind::Glue);
+                continue;
+            }
+            cut = None;
+        }
+        let has_ns = records[s..e].iter().any(|r| r.rtype == Rtype::NS);
+        if has_ns && owner != apex {
+            cut = Some(owner);
+            kinds.push(Kind::Cut);
+        } else {
+            kinds.push(Kind::Auth);
+        }
+    }
+
+    // Every authoritative RRset signed (at a cut: DS and NSEC; not NS).
+    let mut rrsets_signed = 0;
+    for (n, &(s, e)) in names.iter().enumerate() {
+        if kinds[n] == Kind::Glue {
+            continue;
+        }
+        let mut k = s;
+        while k < e {
+            let rtype = records[k].rtype;
+            let mut l = k + 1;
+            while l < e && records[l].rtype == rtype {
+                l += 1;
+            }
+            let authoritative = match kinds[n] {
+                Kind::Auth => rtype != Rtype::RRSIG,
+                Kind::Cut => rtype == Rtype::DS || rtype == Rtype::NSEC,
+                Kind::Glue => false,
+            };
+            if authoritative {
+                if !signed.contains(&k) {
+                    return Err(DnssecError::Unsigned {
+                        owner: records[k].owner.to_string(),
+                        rtype,
+                    });
+                }
+                rrsets_signed += 1;
+            }
+            k = l;
+        }
+    }
+
+    // NSEC chain over authoritative names and delegation points.
+    let chain: Vec<usize> = (0..names.len())
+        .filter(|&n| kinds[n] != Kind::Glue)
+        .collect();
+    let mut nsec_checked = 0;
+    for (n, &(s, e)) in names.iter().enumerate() {
+        let nsecs: Vec<&Record> = records[s..e]
+            .iter()
+            .filter(|r| r.rtype == Rtype::NSEC)
+            .collect();
+        if kinds[n] == Kind::Glue {
+            if !nsecs.is_empty() {
+                return Err(DnssecError::UnexpectedNsec {
+                    owner: records[s].owner.to_string(),
+                });
+            }
+            continue;
+        }
+        let owner = &records[s].owner;
+        if nsecs.len() != 1 {
+            return Err(DnssecError::NsecCount {
+                owner: owner.to_string(),
+                count: nsecs.len(),
+            });
+        }
+        let nsec = nsecs[0];
+        let (next, bitmap) = parse_nsec(&nsec.rdata).ok_or_else(|| DnssecError::MalformedNsec {
+            owner: owner.to_string(),
+        })?;
+        // The next authoritative name, wrapping to the apex.
+        let pos = chain.binary_search(&n).unwrap_or(0);
+        let expected = match chain.get(pos + 1) {
+            Some(&m) => &records[names[m].0].owner,
+            None => apex,
+        };
+        let mut next_lc = next.to_vec();
+        lowercase_wire(&mut next_lc);
+        if next_lc != expected.as_wire() {
+            let mut next_s = String::new();
+            let _ = crate::name::fmt_wire(next, &mut next_s);
+            return Err(DnssecError::NsecNext {
+                owner: owner.to_string(),
+                next: next_s,
+                expected: expected.to_string(),
+            });
+        }
+        let mut present: Vec<u16> = records[s..e]
+            .iter()
+            .map(|r| r.rtype)
+            .filter(|&t| match kinds[n] {
+                Kind::Cut => matches!(t, Rtype::NS | Rtype::DS | Rtype::NSEC | Rtype::RRSIG),
+                _ => true,
+            })
+            .map(|t| t.to_int())
+            .collect();
+        present.dedup();
+        if bitmap != present {
+            return Err(DnssecError::NsecBitmap {
+                owner: owner.to_string(),
+                listed: type_list(&bitmap),
+                present: type_list(&present),
+            });
+        }
+        nsec_checked += 1;
+    }
+    Ok((rrsets_signed, nsec_checked))
+}
+
+fn type_list(types: &[u16]) -> String {
+    let mut s = String::new();
+    for (i, t) in types.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        let _ = write!(s, "{}", Rtype::from_int(*t));
+    }
+    s
+}
+
+/// Decodes NSEC RDATA into (next name wire, sorted type list).
+fn parse_nsec(rdata: &[u8]) -> Option<(&[u8], Vec<u16>)> {
+    let mut pos = 0;
+    loop {
+        let len = *rdata.get(pos)? as usize;
+        pos += 1 + len;
+        if len == 0 {
+            break;
+        }
+    }
+    let next = rdata.get(..pos)?;
+    let mut types = Vec::new();
+    let mut last_window: Option<u8> = None;
+    while pos < rdata.len() {
+        let window = *rdata.get(pos)?;
+        let len = *rdata.get(pos + 1)? as usize;
+        if len == 0 || len > 32 || last_window.is_some_and(|w| w >= window) {
+            return None;
+        }
+        last_window = Some(window);
+        let bits = rdata.get(pos + 2..pos + 2 + len)?;
+        for (byte_i, &b) in bits.iter().enumerate() {
+            for bit in 0..8 {
+                if b & (0x80 >> bit) != 0 {
+                    types.push(((window as u16) << 8) | (byte_i as u16 * 8 + bit));
+                }
+            }
+        }
+        pos += 2 + len;
+    }
+    Some((next, types))
+}
+
+/// Whether `alg` is one this verifier can check (for reporting).
+pub fn algorithm_supported(alg: u8) -> bool {
+    matches!(
+        SecurityAlgorithm::from_int(alg),
+        SecurityAlgorithm::RSASHA1
+            | SecurityAlgorithm::RSASHA1_NSEC3_SHA1
+            | SecurityAlgorithm::RSASHA256
+            | SecurityAlgorithm::RSASHA512
+            | SecurityAlgorithm::ECDSAP256SHA256
+            | SecurityAlgorithm::ECDSAP384SHA384
+            | SecurityAlgorithm::ED25519
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_tags_of_the_root_keys() {
+        let text = std::fs::read_to_string("../../shared/data/rootzone/root.zone.2026073102")
+            .or_else(|_| std::fs::read_to_string("/work/shared/data/rootzone/root.zone.2026073102"))
+            .unwrap();
+        let head: String = text.lines().take(30).map(|l| format!("{l}\n")).collect();
+        let zone = Zone::from_text(head.as_bytes()).unwrap();
+        let mut tags: Vec<u16> = zone
+            .rrset(zone.apex(), Rtype::DNSKEY)
+            .iter()
+            .map(|r| key_tag(&r.rdata))
+            .collect();
+        tags.sort();
+        assert_eq!(tags, [20326, 38696, 57780]);
+        let ksk = zone
+            .rrset(zone.apex(), Rtype::DNSKEY)
+            .iter()
+            .find(|r| key_tag(&r.rdata) == 20326)
+            .unwrap();
+        assert_eq!(
+            hex::encode_upper(ds_digest(zone.apex(), &ksk.rdata, 2).unwrap()),
+            "E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D"
+        );
+    }
+
+    #[test]
+    fn nsec_bitmap_decoding() {
+        // next name "aaa." then window 0: NS(2) SOA(6) RRSIG(46) NSEC(47) DNSKEY(48);
+        // window 0 byte 7 covers 56..63: ZONEMD(63).
+        let mut rdata = vec![3, b'a', b'a', b'a', 0, 0, 8];
+        let mut bm = [0u8; 8];
+        for t in [2u16, 6, 46, 47, 48, 63] {
+            bm[(t / 8) as usize] |= 0x80 >> (t % 8);
+        }
+        rdata.extend_from_slice(&bm);
+        let (next, types) = parse_nsec(&rdata).unwrap();
+        assert_eq!(next, &[3, b'a', b'a', b'a', 0]);
+        assert_eq!(types, [2, 6, 46, 47, 48, 63]);
+        assert!(parse_nsec(&[0, 0, 0]).is_none());
+        assert_eq!(type_list(&types), "NS SOA RRSIG NSEC DNSKEY ZONEMD");
+    }
+
+    #[test]
+    fn serial_time_representative() {
+        let at: Timestamp = "2026-08-01T00:00:00Z".parse().unwrap();
+        let t = ts(at.as_second() as u32 + 60, at);
+        assert_eq!(t.as_second(), at.as_second() + 60);
+    }
+}
