@@ -73,7 +73,7 @@ fn bad_recipes_name_key_and_rule() {
         (
             "bad module",
             &|t| t.replace("\"dummy\"", "\"dum my\""),
-            "kernel.modules[2]",
+            "kernel.modules[1]",
         ),
         (
             "not a kernel",
