@@ -10,13 +10,17 @@ use std::process::Command;
 use common::*;
 
 fn build_cmd(recipe: &Path, lock: &Path, key: &Path, out: &Path) -> Command {
+    build_cmd_cache(recipe, lock, key, out, &cache())
+}
+
+fn build_cmd_cache(recipe: &Path, lock: &Path, key: &Path, out: &Path, cache: &Path) -> Command {
     let mut c = bin();
     c.args(["--quiet", "build"])
         .arg(recipe)
         .arg("--lock")
         .arg(lock)
         .arg("--cache")
-        .arg(cache())
+        .arg(cache)
         .arg("--key")
         .arg(key)
         .arg("--out")
@@ -218,8 +222,8 @@ fn bad_build_inputs_fail_cleanly_and_write_nothing() {
     std::fs::remove_file(&victim).unwrap();
     std::fs::write(&victim, &data).unwrap();
     let out = tmp.path().join("corrupt");
-    let mut c = build_cmd(&recipe, lock, key, &out);
-    c.args(["--offline", "--cache"]).arg(&cache2);
+    let mut c = build_cmd_cache(&recipe, lock, key, &out, &cache2);
+    c.arg("--offline");
     let o = run(&mut c);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
