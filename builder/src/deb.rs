@@ -815,5 +815,4 @@ mod tests {
         let result = crate::xz::with_reader(&corrupt, |r| r.read_to_end(&mut Vec::new()));
         assert!(result.is_err());
     }
-
 }

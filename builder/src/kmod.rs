@@ -526,5 +526,4 @@ kernel/c.ko: kernel/gone.ko
             Err(KmodError::Modinfo { .. })
         ));
     }
-
 }

@@ -64,7 +64,11 @@ fn real_kernel_module_order_from_modinfo() {
     for (i, m) in order.iter().enumerate() {
         for d in &m.depends {
             let pos = names.iter().position(|n| n == d);
-            assert!(pos.is_some_and(|p| p < i), "{} needs {d} first: {names:?}", m.name);
+            assert!(
+                pos.is_some_and(|p| p < i),
+                "{} needs {d} first: {names:?}",
+                m.name
+            );
         }
     }
     assert_eq!(names.last().map(String::as_str), Some("virtio_net"));
@@ -84,8 +88,15 @@ fn real_kernel_module_order_from_modinfo() {
             "virtio_ring"
         ]
     );
-    assert!(order.iter().all(|m| tree.get(&tree::join(&index.dir(), &m.path)).is_some()));
+    assert!(
+        order
+            .iter()
+            .all(|m| tree.get(&tree::join(&index.dir(), &m.path)).is_some())
+    );
     assert!(index.is_builtin("unix"));
     let err = index.load_order(&["virtio_nett"]).unwrap_err().to_string();
-    assert!(err.contains("virtio_nett") && err.contains("virtio_net"), "{err}");
+    assert!(
+        err.contains("virtio_nett") && err.contains("virtio_net"),
+        "{err}"
+    );
 }
