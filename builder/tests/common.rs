@@ -121,7 +121,8 @@ pub fn keygen(dir: &Path, name: &str) -> PathBuf {
     key
 }
 
-/// The qemu image, built once per test binary: (image dir, secret key, lock).
+/// The qemu image with the signed lab site embedded, built once per test binary:
+/// (image dir, secret key, lock).
 pub fn qemu_image() -> Option<&'static (PathBuf, PathBuf, PathBuf)> {
     static IMAGE: OnceLock<Option<(PathBuf, PathBuf, PathBuf)>> = OnceLock::new();
     IMAGE
@@ -131,6 +132,16 @@ pub fn qemu_image() -> Option<&'static (PathBuf, PathBuf, PathBuf)> {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             let key = keygen(&dir, "image-key");
+            // The lab site config, signed with the image key (the default site public key), is
+            // embedded so that the boot gets past the site stage.
+            let site = dir.join("site.toml");
+            std::fs::copy(repo().join("images/sites/lab.toml"), &site).unwrap();
+            let o = run(bin()
+                .args(["--quiet", "site", "sign"])
+                .arg(&site)
+                .arg("--key")
+                .arg(&key));
+            assert!(o.status.success(), "site sign: {}", text(&o));
             let out = dir.join("image");
             let o = run(bin()
                 .args(["--quiet", "build"])
@@ -142,7 +153,9 @@ pub fn qemu_image() -> Option<&'static (PathBuf, PathBuf, PathBuf)> {
                 .arg("--key")
                 .arg(&key)
                 .arg("--out")
-                .arg(&out));
+                .arg(&out)
+                .arg("--site")
+                .arg(&site));
             assert!(o.status.success(), "build: {}", text(&o));
             Some((out, key, lock))
         })

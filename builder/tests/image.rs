@@ -52,6 +52,8 @@ fn builds_are_bit_for_bit_reproducible() {
         .arg(key)
         .arg("--out")
         .arg(&out)
+        .arg("--site")
+        .arg(first.parent().unwrap().join("site.toml"))
         .current_dir(tmp.path())
         .env("TZ", "Pacific/Kiritimati")
         .env("LC_ALL", "C");
@@ -261,7 +263,7 @@ fn bad_build_inputs_fail_cleanly_and_write_nothing() {
 }
 
 #[test]
-fn qemu_image_boots_to_the_init_banner() {
+fn qemu_image_boots_through_platform_site_and_hardware() {
     let Some((image, _, _)) = qemu_image() else {
         return;
     };
@@ -283,7 +285,14 @@ fn qemu_image_boots_to_the_init_banner() {
             "--expect",
             "imrs-init",
         ])
-        .args(["--expect", "imrs-qemu 0.1.0"]));
+        .args(["--expect", "imrs-qemu 0.1.0", "--expect", "boot summary"])
+        .args([
+            "--expect",
+            "platform    PASSED",
+            "--expect",
+            "site        PASSED",
+        ])
+        .args(["--expect", "hardware    PASSED", "--expect", "LAB SITE"]));
     let t = text(&o);
     assert!(o.status.success(), "boot failed:\n{t}");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use imrs_config::image::{IMAGE_INFO_PATH, ImageInfo};
 
-use crate::{log, modules, site};
+use crate::{hardware, log, modules, site, state};
 
 /// Pipeline stages, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -51,6 +51,20 @@ impl Stage {
         Stage::Steady,
     ];
 
+    /// The stage after this one.
+    pub fn next(self) -> Option<Stage> {
+        let i = Stage::ALL.iter().position(|s| *s == self)?;
+        Stage::ALL.get(i + 1).copied()
+    }
+
+    /// Stages that run on the first boot only (once passed, later boots skip them): hardware
+    /// acceptance and the installation report. Every other stage sets up this boot's state
+    /// (mounts, modules, interfaces, clock, zone, daemons) and runs on every boot; all are
+    /// idempotent.
+    pub fn first_boot_only(self) -> bool {
+        matches!(self, Stage::Hardware | Stage::PhoneHome)
+    }
+
     /// Name as printed.
     pub fn name(self) -> &'static str {
         match self {
@@ -80,6 +94,8 @@ pub enum Outcome {
     NotBuiltYet,
     /// Not reached because an earlier stage did not pass.
     Skipped,
+    /// A first-boot-only stage that passed in an earlier boot: not repeated.
+    DoneEarlier,
 }
 
 /// One line of the summary.
@@ -100,6 +116,42 @@ pub struct Context {
     pub image: Option<ImageInfo>,
     /// The verified site config.
     pub site: Option<imrs_config::site::Site>,
+    /// Kernel modules that did not load (reported by the hardware stage).
+    pub module_failures: Vec<modules::ModuleFailure>,
+    /// The hardware report.
+    pub hardware: Option<hardware::Report>,
+}
+
+/// Where the pipeline is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Running this stage.
+    Run(Stage),
+    /// Stopped at this stage (it did not pass).
+    Stopped(Stage),
+    /// Every stage passed.
+    Complete,
+}
+
+/// What happened to the running stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The stage ended.
+    Ended(Outcome),
+}
+
+/// The pipeline's transition function.
+pub fn step(phase: Phase, event: &Event) -> Phase {
+    match (phase, event) {
+        (Phase::Run(s), Event::Ended(Outcome::Passed | Outcome::DoneEarlier)) => {
+            s.next().map_or(Phase::Complete, Phase::Run)
+        }
+        (
+            Phase::Run(s),
+            Event::Ended(Outcome::Failed(_) | Outcome::NotBuiltYet | Outcome::Skipped),
+        ) => Phase::Stopped(s),
+        (p @ (Phase::Stopped(_) | Phase::Complete), _) => p,
+    }
 }
 
 fn platform(root: &Path, ctx: &mut Context, mount_errors: &[crate::pid1::MountError]) -> Outcome {
@@ -146,16 +198,60 @@ fn site_stage(root: &Path, ctx: &mut Context) -> Outcome {
     }
 }
 
-/// Runs the pipeline from the first stage until one does not pass.
+fn hardware_stage(root: &Path, ctx: &mut Context) -> Outcome {
+    let Some(info) = ctx.image.as_ref() else {
+        return Outcome::Failed("no image info: no profile to check against".into());
+    };
+    let report = hardware::check(
+        root,
+        &info.profile,
+        info.source_date_epoch,
+        &ctx.module_failures,
+    );
+    for c in &report.checks {
+        let line = format!(
+            "hardware {}: {} (required {})",
+            c.name, c.measured, c.required
+        );
+        match c.status {
+            hardware::Status::Fail => log::error(format!("{line}: FAIL")),
+            hardware::Status::Warn => log::warn(line),
+            hardware::Status::Pass => {}
+        }
+    }
+    let outcome = if report.passed() {
+        log::info(format!(
+            "hardware matches profile {} ({} checks, {} warnings)",
+            report.profile,
+            report.checks.len(),
+            report.warnings().len()
+        ));
+        Outcome::Passed
+    } else {
+        let names: Vec<String> = report
+            .failures()
+            .iter()
+            .map(|c| format!("{}: {}, required {}", c.name, c.measured, c.required))
+            .collect();
+        Outcome::Failed(format!("profile {}: {}", report.profile, names.join("; ")))
+    };
+    ctx.hardware = Some(report);
+    outcome
+}
+
+/// Runs the pipeline as far as it goes, recording every outcome in `state` and saving it after
+/// each stage. First-boot-only stages that passed in an earlier boot are not repeated.
 pub fn run(
     root: &Path,
     ctx: &mut Context,
     mount_errors: &[crate::pid1::MountError],
+    store: &state::Store,
+    state: &mut state::State,
 ) -> Vec<StageResult> {
     let mut results = Vec::new();
-    let mut stopped = false;
+    let mut phase = Phase::Run(Stage::Platform);
     for stage in Stage::ALL {
-        if stopped {
+        if phase != Phase::Run(stage) {
             results.push(StageResult {
                 stage,
                 outcome: Outcome::Skipped,
@@ -165,10 +261,11 @@ pub fn run(
         }
         let t = Instant::now();
         let outcome = match stage {
+            _ if stage.first_boot_only() && state.passed(stage) => Outcome::DoneEarlier,
             Stage::Platform => platform(root, ctx, mount_errors),
             Stage::Site => site_stage(root, ctx),
-            Stage::Hardware
-            | Stage::Network
+            Stage::Hardware => hardware_stage(root, ctx),
+            Stage::Network
             | Stage::Clock
             | Stage::Zone
             | Stage::Dns
@@ -176,11 +273,19 @@ pub fn run(
             | Stage::PhoneHome
             | Stage::Steady => Outcome::NotBuiltYet,
         };
-        stopped = outcome != Outcome::Passed;
+        let seconds = t.elapsed().as_secs_f64();
+        state.record(stage, &outcome, seconds);
+        if stage == Stage::PhoneHome && matches!(outcome, Outcome::Passed | Outcome::DoneEarlier) {
+            state.first_boot_passed = true;
+        }
+        if let Err(e) = store.save(state) {
+            log::error(format!("{e}: {}", e.source));
+        }
+        phase = step(phase, &Event::Ended(outcome.clone()));
         results.push(StageResult {
             stage,
             outcome,
-            seconds: t.elapsed().as_secs_f64(),
+            seconds,
         });
     }
     results
@@ -198,6 +303,7 @@ pub fn print_summary(results: &[StageResult], since_start: Duration) {
             Outcome::Failed(why) => ("FAILED", format!("  {why}")),
             Outcome::NotBuiltYet => ("NOT BUILT YET", "  (stops the pipeline)".into()),
             Outcome::Skipped => ("skipped", String::new()),
+            Outcome::DoneEarlier => ("DONE EARLIER", "  (first boot passed it)".into()),
         };
         let line = format!(
             "  {:<11} {:<13} {:>7.3} s{reason}",
@@ -209,5 +315,38 @@ pub fn print_summary(results: &[StageResult], since_start: Duration) {
             Outcome::Failed(_) => log::error(line),
             _ => log::info(line),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transitions() {
+        let p = step(Phase::Run(Stage::Platform), &Event::Ended(Outcome::Passed));
+        assert_eq!(p, Phase::Run(Stage::Site));
+        let p = step(
+            Phase::Run(Stage::Hardware),
+            &Event::Ended(Outcome::DoneEarlier),
+        );
+        assert_eq!(p, Phase::Run(Stage::Network));
+        let p = step(
+            Phase::Run(Stage::Site),
+            &Event::Ended(Outcome::Failed("x".into())),
+        );
+        assert_eq!(p, Phase::Stopped(Stage::Site));
+        let p = step(Phase::Run(Stage::Zone), &Event::Ended(Outcome::NotBuiltYet));
+        assert_eq!(p, Phase::Stopped(Stage::Zone));
+        let p = step(Phase::Run(Stage::Steady), &Event::Ended(Outcome::Passed));
+        assert_eq!(p, Phase::Complete);
+        assert_eq!(
+            step(Phase::Complete, &Event::Ended(Outcome::Passed)),
+            Phase::Complete
+        );
+        assert_eq!(
+            step(Phase::Stopped(Stage::Site), &Event::Ended(Outcome::Passed)),
+            Phase::Stopped(Stage::Site)
+        );
     }
 }

@@ -11,12 +11,14 @@
 
 mod boot;
 mod cmdline;
+mod hardware;
 mod log;
 mod modules;
 mod pid1;
 mod reaper;
 mod signals;
 mod site;
+mod state;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -116,11 +118,29 @@ fn run() {
     for w in &cmdline.unknown {
         log::warn(format!("unknown kernel parameter {w} ignored"));
     }
+    let store = state::open(root, cmdline.state_dir.as_deref(), &mut |w| log::warn(w));
+    let mut st = store.load(&mut |w| log::warn(w));
+    st.boots += 1;
+    log::info(format!(
+        "state in {} ({}), boot {}{}",
+        store.dir.display(),
+        if store.persistent {
+            "persistent"
+        } else {
+            "volatile"
+        },
+        st.boots,
+        if st.first_boot_passed {
+            ", first boot passed earlier"
+        } else {
+            ""
+        }
+    ));
     let mut ctx = boot::Context {
         image,
         ..Default::default()
     };
-    let results = boot::run(root, &mut ctx, &mount_errors);
+    let results = boot::run(root, &mut ctx, &mount_errors, &store, &mut st);
     boot::print_summary(&results, start.elapsed());
 
     if cmdline.poweroff_after_boot {
