@@ -1,38 +1,140 @@
-//! Kernel command-line parameters the init understands (all prefixed `imrs.`):
+//! Kernel command-line parameters the init understands (all prefixed `imrs.`), and the one
+//! environment hook for tests.
 //!
-//! - `imrs.poweroff_after_boot=1`: once the boot pipeline has gone as far as it can and the
-//!   summary is printed, power off cleanly (CI and image smoke tests end this way).
-//! - `imrs.state=PATH`: state directory override (tests; default: the data partition, else
-//!   `/run/imrs`).
+//! | parameter | meaning |
+//! |---|---|
+//! | `imrs.poweroff_after_boot=1` | once the boot pipeline has gone as far as it can and the summary is printed, shut down cleanly and power off (CI and the QEMU boot test end this way) |
+//! | `imrs.state=PATH` | state directory (default: the `IMRS-DATA` partition at `/var/lib/imrs`, else `/run/imrs`) |
+//! | `imrs.root=PATH` | root under which the pipeline reads everything: `etc/imrs/*`, `lib/modules`, `sys`, `proc`, `dev`, `usr/sbin/chronyd` (default `/`; tests point it at a fixture tree) |
+//! | `imrs.supervise=PATH` | supervise the program `PATH` (no arguments) as a daemon from boot; repeatable (tests; real daemons are started by their stages) |
+//! | `imrs.hold=STAGE` | stop before running `STAGE` and wait (tests: kill the init at a known stage) |
+//! | `imrs.grace=SECONDS` | grace between SIGTERM and SIGKILL at shutdown (default 5) |
 //!
-//! Unknown `imrs.*` parameters are reported as warnings, never ignored silently.
+//! Unknown or malformed `imrs.*` parameters are reported on the console, never ignored silently.
+//!
+//! Environment hook: when the init is *not* the machine's PID 1 (a PID namespace or a plain
+//! child, see [`crate::pid1::Role`]), `IMRS_INIT_CMDLINE` is read instead of `/proc/cmdline`.
+//! The machine's init ignores it: the kernel turns unknown `key=value` boot parameters into
+//! environment variables, and those must not change behaviour.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::pipeline::Stage;
+
+/// Environment variable read instead of `/proc/cmdline` outside the machine's PID 1.
+pub const CMDLINE_ENV: &str = "IMRS_INIT_CMDLINE";
+
+/// Default grace period between SIGTERM and SIGKILL at shutdown.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// A parameter that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CmdlineError {
+    /// An `imrs.*` key this build does not know.
+    #[error("unknown kernel parameter {word}: ignored")]
+    Unknown {
+        /// The whole word.
+        word: String,
+    },
+    /// A known key with a value that does not parse.
+    #[error("kernel parameter {word}: {expected}; ignored")]
+    BadValue {
+        /// The whole word.
+        word: String,
+        /// What the value must be.
+        expected: &'static str,
+    },
+}
 
 /// Parsed parameters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cmdline {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
     /// `imrs.poweroff_after_boot=1`.
     pub poweroff_after_boot: bool,
     /// `imrs.state=PATH`.
-    pub state_dir: Option<String>,
-    /// `imrs.*` words not understood.
-    pub unknown: Vec<String>,
+    pub state_dir: Option<PathBuf>,
+    /// `imrs.root=PATH`.
+    pub root: PathBuf,
+    /// `imrs.supervise=PATH`, in order.
+    pub supervise: Vec<PathBuf>,
+    /// `imrs.hold=STAGE`.
+    pub hold: Option<Stage>,
+    /// `imrs.grace=SECONDS`.
+    pub grace: Duration,
+    /// Parameters that could not be used.
+    pub problems: Vec<CmdlineError>,
 }
 
-/// Parses `/proc/cmdline` text.
-pub fn parse(text: &str) -> Cmdline {
-    let mut c = Cmdline::default();
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            poweroff_after_boot: false,
+            state_dir: None,
+            root: PathBuf::from("/"),
+            supervise: Vec::new(),
+            hold: None,
+            grace: DEFAULT_GRACE,
+            problems: Vec::new(),
+        }
+    }
+}
+
+fn flag(value: &str) -> Option<bool> {
+    match value {
+        "1" | "yes" | "true" => Some(true),
+        "0" | "no" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses command-line text.
+pub fn parse(text: &str) -> Settings {
+    let mut s = Settings::default();
     for word in text.split_whitespace() {
         let Some(rest) = word.strip_prefix("imrs.") else {
             continue;
         };
         let (key, value) = rest.split_once('=').unwrap_or((rest, "1"));
-        match key {
-            "poweroff_after_boot" => c.poweroff_after_boot = matches!(value, "1" | "yes" | "true"),
-            "state" => c.state_dir = Some(value.to_string()),
-            _ => c.unknown.push(word.to_string()),
+        let bad = |expected| CmdlineError::BadValue {
+            word: word.to_string(),
+            expected,
+        };
+        let absolute = |v: &str| {
+            let p = PathBuf::from(v);
+            p.is_absolute().then_some(p)
+        };
+        let result = match key {
+            "poweroff_after_boot" => flag(value)
+                .map(|b| s.poweroff_after_boot = b)
+                .ok_or(bad("0 or 1")),
+            "state" => absolute(value)
+                .map(|p| s.state_dir = Some(p))
+                .ok_or(bad("an absolute path")),
+            "root" => absolute(value)
+                .map(|p| s.root = p)
+                .ok_or(bad("an absolute path")),
+            "supervise" => absolute(value)
+                .map(|p| s.supervise.push(p))
+                .ok_or(bad("an absolute path")),
+            "hold" => Stage::from_name(value)
+                .map(|st| s.hold = Some(st))
+                .ok_or(bad("a stage name")),
+            "grace" => value
+                .parse::<f64>()
+                .ok()
+                .filter(|g| g.is_finite() && (0.0..=600.0).contains(g))
+                .map(|g| s.grace = Duration::from_secs_f64(g))
+                .ok_or(bad("seconds, 0 to 600")),
+            _ => Err(CmdlineError::Unknown {
+                word: word.to_string(),
+            }),
+        };
+        if let Err(e) = result {
+            s.problems.push(e);
         }
     }
-    c
+    s
 }
 
 #[cfg(test)]
@@ -40,13 +142,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_known_and_reports_unknown() {
-        let c =
-            parse("console=ttyS0 imrs.poweroff_after_boot=1 imrs.state=/x imrs.colour=red quiet");
-        assert!(c.poweroff_after_boot);
-        assert_eq!(c.state_dir.as_deref(), Some("/x"));
-        assert_eq!(c.unknown, vec!["imrs.colour=red".to_string()]);
-        assert!(!parse("imrs.poweroff_after_boot=0").poweroff_after_boot);
-        assert!(parse("imrs.poweroff_after_boot").poweroff_after_boot);
+    fn parses_known_and_reports_unknown_and_bad() {
+        let s = parse(
+            "console=ttyS0 imrs.poweroff_after_boot=1 imrs.state=/x imrs.colour=red quiet \
+             imrs.root=/fx imrs.supervise=/a imrs.supervise=/b imrs.hold=clock imrs.grace=0.5 \
+             imrs.state=relative imrs.hold=lunch",
+        );
+        assert!(s.poweroff_after_boot);
+        assert_eq!(s.state_dir, Some(PathBuf::from("/x")));
+        assert_eq!(s.root, PathBuf::from("/fx"));
+        assert_eq!(s.supervise, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(s.hold, Some(Stage::Clock));
+        assert_eq!(s.grace, Duration::from_millis(500));
+        assert_eq!(
+            s.problems,
+            vec![
+                CmdlineError::Unknown {
+                    word: "imrs.colour=red".into()
+                },
+                CmdlineError::BadValue {
+                    word: "imrs.state=relative".into(),
+                    expected: "an absolute path"
+                },
+                CmdlineError::BadValue {
+                    word: "imrs.hold=lunch".into(),
+                    expected: "a stage name"
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn flags_and_defaults() {
+        let table = [
+            ("", false),
+            ("imrs.poweroff_after_boot", true),
+            ("imrs.poweroff_after_boot=1", true),
+            ("imrs.poweroff_after_boot=0", false),
+            ("imrs.poweroff_after_boot=maybe", false),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse(text).poweroff_after_boot, want, "{text}");
+        }
+        let d = parse("ro quiet");
+        assert_eq!(d, Settings::default());
+        assert_eq!(d.grace, DEFAULT_GRACE);
     }
 }

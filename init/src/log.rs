@@ -4,7 +4,8 @@
 //! Policy: `info` for stage results and lifecycle, `warn` for degraded-but-continuing, `error` for
 //! failures that keep the node off the air. `/dev/kmsg` is rate limited (a token bucket, 20
 //! records/s with a burst of 100) so a crash-looping daemon cannot flood the kernel log; records
-//! dropped are counted and reported when the bucket refills.
+//! dropped are counted and reported when the bucket refills. Daemon output has its own bucket per
+//! daemon ([`RateLimit`], used by the supervisor) before it reaches either.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -42,16 +43,66 @@ impl Level {
     }
 }
 
-struct Bucket {
+/// A token bucket: `rate` records per second on average, bursts up to `burst`. Counts what it
+/// refuses so the caller can say how much was dropped.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
     tokens: f64,
     last: Instant,
     dropped: u64,
 }
 
-const RATE: f64 = 20.0;
-const BURST: f64 = 100.0;
+/// What [`RateLimit::admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Write the record; `dropped` records were refused since the last one written.
+    Yes {
+        /// Records refused before this one.
+        dropped: u64,
+    },
+    /// Drop it.
+    No,
+}
 
-static KMSG: Mutex<Option<(std::fs::File, Bucket)>> = Mutex::new(None);
+impl RateLimit {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64) -> RateLimit {
+        RateLimit {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether a record at `now` may be written.
+    pub fn admit(&mut self, now: Instant) -> Admit {
+        let elapsed = now.saturating_duration_since(self.last);
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens < 1.0 {
+            self.dropped += 1;
+            return Admit::No;
+        }
+        self.tokens -= 1.0;
+        let dropped = std::mem::take(&mut self.dropped);
+        Admit::Yes { dropped }
+    }
+
+    /// Records refused and not yet reported.
+    #[cfg(test)]
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+const KMSG_RATE: f64 = 20.0;
+const KMSG_BURST: f64 = 100.0;
+
+static KMSG: Mutex<Option<(std::fs::File, RateLimit)>> = Mutex::new(None);
 
 /// Starts mirroring records to `/dev/kmsg` (call once `/dev` is mounted; silently skipped if the
 /// device cannot be opened, e.g. in tests without privileges).
@@ -59,18 +110,11 @@ pub fn enable_kmsg() {
     if let Ok(f) = OpenOptions::new().write(true).open("/dev/kmsg")
         && let Ok(mut g) = KMSG.lock()
     {
-        *g = Some((
-            f,
-            Bucket {
-                tokens: BURST,
-                last: Instant::now(),
-                dropped: 0,
-            },
-        ));
+        *g = Some((f, RateLimit::new(KMSG_RATE, KMSG_BURST)));
     }
 }
 
-/// Writes one record.
+/// Writes one record: one `write` to the console and one to `/dev/kmsg`.
 pub fn log(level: Level, msg: &str) {
     let line = format!("imrs-init: {}{msg}\n", level.tag());
     let mut out = std::io::stdout().lock();
@@ -78,23 +122,14 @@ pub fn log(level: Level, msg: &str) {
     let _ = out.flush();
     drop(out);
     if let Ok(mut g) = KMSG.lock()
-        && let Some((f, b)) = g.as_mut()
+        && let Some((f, bucket)) = g.as_mut()
     {
-        let now = Instant::now();
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * RATE).min(BURST);
-        b.last = now;
-        if b.tokens < 1.0 {
-            b.dropped += 1;
+        let Admit::Yes { dropped } = bucket.admit(Instant::now()) else {
             return;
-        }
-        b.tokens -= 1.0;
-        if b.dropped > 0 {
-            let note = format!(
-                "<4>imrs-init: {} log records dropped (rate limit)\n",
-                b.dropped
-            );
+        };
+        if dropped > 0 {
+            let note = format!("<5>imrs-init: {dropped} log records dropped (rate limit)");
             let _ = f.write_all(note.as_bytes());
-            b.dropped = 0;
         }
         let rec = format!("<{}>imrs-init: {}{msg}", level.kmsg_priority(), level.tag());
         let _ = f.write_all(rec.as_bytes());
@@ -114,4 +149,57 @@ pub fn warn(msg: impl AsRef<str>) {
 /// `error` record.
 pub fn error(msg: impl AsRef<str>) {
     log(Level::Error, msg.as_ref());
+}
+
+/// An error and its whole `source()` chain on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn bucket_limits_bursts_refills_and_counts_drops() {
+        let t0 = Instant::now();
+        let mut b = RateLimit::new(2.0, 3.0);
+        let got: Vec<Admit> = (0..5).map(|_| b.admit(t0)).collect();
+        assert_eq!(
+            got,
+            vec![
+                Admit::Yes { dropped: 0 },
+                Admit::Yes { dropped: 0 },
+                Admit::Yes { dropped: 0 },
+                Admit::No,
+                Admit::No
+            ]
+        );
+        assert_eq!(b.dropped(), 2);
+        // Half a second later one token is back; the two refused records are reported with it.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(b.admit(t1), Admit::Yes { dropped: 2 });
+        assert_eq!(b.admit(t1), Admit::No);
+        // Never more than the burst after a long pause.
+        let t2 = t1 + Duration::from_secs(3600);
+        let admitted = (0..10)
+            .filter(|_| matches!(b.admit(t2), Admit::Yes { .. }))
+            .count();
+        assert_eq!(admitted, 3);
+    }
+
+    #[test]
+    fn chain_joins_sources() {
+        let e = std::io::Error::other(std::fmt::Error);
+        assert!(chain(&e).contains("error"));
+    }
 }

@@ -1,37 +1,51 @@
 //! imrs-init: PID 1 of the IMRS appliance.
 //!
-//! Order of work: signals first (blocked, read from a signalfd), console, mounts, `/dev/kmsg`
-//! logging, panic hook, then the banner and the boot pipeline ([`boot`]), then the event loop:
-//! reap children, shut down on request. It never exits as PID 1: a shutdown ends in `reboot(2)`.
-//! When it is not PID 1 (tests, containers) it becomes a child subreaper and exits instead.
+//! Order of work: the handled signals are blocked first ([`signals`]); then, as the machine's
+//! init, the kernel filesystems are mounted, the console is put on fds 0/1/2 and logging to
+//! `/dev/kmsg` starts ([`pid1`], [`log`]); the panic hook (log, then reboot) is installed; the
+//! banner is printed; then one tokio current-thread runtime runs the event loop: signals from a
+//! signalfd, the reaper ([`reaper`]) on SIGCHLD and every second, the supervisor
+//! ([`supervisor`]) and the boot pipeline ([`pipeline`], [`stages`]). A shutdown signal (or
+//! `imrs.poweroff_after_boot=1` once the pipeline has gone as far as it can) runs the orderly
+//! shutdown ([`shutdown`]) once. As the machine's PID 1 it never exits: it ends in `reboot(2)`.
+//! Outside the machine role (tests, containers) it exits with a status instead.
 //!
 //! Invoked as `poweroff`, `reboot` or `halt` (the `/sbin` links in the image), or as
 //! `imrs-init poweroff|reboot|halt`, it asks PID 1 to do so with the signal documented in
-//! [`signals`] and exits.
+//! [`signals`] and exits. Kernel parameters and test hooks: [`cmdline`].
 
-mod boot;
+mod clock;
 mod cmdline;
 mod hardware;
 mod log;
 mod modules;
 mod pid1;
+mod pipeline;
 mod reaper;
+mod shutdown;
 mod signals;
 mod site;
+mod stages;
 mod state;
+mod summary;
+mod supervisor;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use imrs_config::image::{IMAGE_INFO_PATH, ImageInfo};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-use crate::pid1::Halt;
-use crate::signals::Request;
+use crate::cmdline::Settings;
+use crate::log::{Admit, RateLimit};
+use crate::pid1::{Halt, Role};
+use crate::reaper::Reaper;
+use crate::signals::{Request, Signals};
+use crate::stages::Context;
+use crate::supervisor::{Spec, Supervisor};
 
-/// Grace period between SIGTERM and SIGKILL at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The reaper's safety net: reap at least this often even without SIGCHLD.
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -42,14 +56,14 @@ fn main() {
         .unwrap_or_default();
     // As PID 1 the arguments are whatever the kernel command line left over: never verbs.
     let verb = match argv0.as_str() {
-        _ if pid1::is_pid1() => None,
+        _ if std::process::id() == 1 => None,
         "poweroff" | "reboot" | "halt" => Some(argv0.clone()),
         _ => args.get(1).cloned(),
     };
     if let Some(verb) = verb {
         std::process::exit(request(&verb));
     }
-    run();
+    run()
 }
 
 /// `imrs-init poweroff|reboot|halt`: signal PID 1.
@@ -72,35 +86,19 @@ fn request(verb: &str) -> i32 {
     }
 }
 
-fn run() {
-    let start = Instant::now();
-    // Signals first: PID 1 ignores any signal it has no handler for, and we want none lost.
-    let sigfd = match signals::setup() {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            eprintln!("imrs-init: cannot set up signal handling: {e}");
-            None
-        }
-    };
-    pid1::setup_console();
-    let mount_errors = if pid1::is_pid1() {
-        pid1::mount_kernel_filesystems()
-    } else {
-        Vec::new()
-    };
-    log::enable_kmsg();
-    std::panic::set_hook(Box::new(|info| {
-        log::error(format!("PANIC: {info}; rebooting"));
-        pid1::finish(Halt::Reboot);
-    }));
-    pid1::claim_children();
+/// The command-line text: `/proc/cmdline`, or the test hook outside the machine role.
+fn cmdline_text(role: Role) -> String {
+    if role != Role::Machine
+        && let Ok(t) = std::env::var(cmdline::CMDLINE_ENV)
+    {
+        return t;
+    }
+    std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+}
 
-    let root = Path::new("/");
-    let image: Option<ImageInfo> = std::fs::read(IMAGE_INFO_PATH)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    match &image {
-        Some(i) => log::info(format!(
+fn banner(image: &Result<imrs_config::image::ImageInfo, String>) -> String {
+    match image {
+        Ok(i) => format!(
             "imrs-init {}: {} {} ({}, profile {}, kernel {})",
             env!("CARGO_PKG_VERSION"),
             i.name,
@@ -108,17 +106,121 @@ fn run() {
             i.dns,
             i.profile.name,
             i.kernel_release
-        )),
-        None => log::info(format!(
-            "imrs-init {}: no {IMAGE_INFO_PATH}; not running from an imrs image",
+        ),
+        Err(e) => format!(
+            "imrs-init {}: not running from an imrs image ({e})",
             env!("CARGO_PKG_VERSION")
-        )),
+        ),
     }
-    let cmdline = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
-    for w in &cmdline.unknown {
-        log::warn(format!("unknown kernel parameter {w} ignored"));
+}
+
+fn run() -> ! {
+    let start = Instant::now();
+    // Signals first: nothing may be lost or interrupt the steps below.
+    let blocked = signals::block();
+    let role = Role::detect();
+    let mut mount_errors = Vec::new();
+    if role == Role::Machine {
+        mount_errors = pid1::mount_kernel_filesystems()
+            .iter()
+            .map(|e| log::chain(e))
+            .collect();
+        // The kernel opened /dev/console from the initramfs already; reopen it on devtmpfs.
+        let _ = pid1::setup_console();
+        log::enable_kmsg();
     }
-    let store = state::open(root, cmdline.state_dir.as_deref(), &mut |w| log::warn(w));
+    std::panic::set_hook(Box::new(move |info| {
+        log::error(format!("PANIC: {info}; rebooting"));
+        pid1::finish(role, Halt::Reboot, pid1::PANIC_EXIT);
+    }));
+    let settings = cmdline::parse(&cmdline_text(role));
+    let image = stages::read_image(&settings.root);
+    // First line on the console.
+    log::info(banner(&image));
+    if let Err(e) = blocked {
+        log::error(log::chain(&e));
+    }
+    if role != Role::Machine {
+        log::info(format!(
+            "running as {} (pid {}): no kernel mounts, no module loading, no reboot(2)",
+            role.name(),
+            std::process::id()
+        ));
+    }
+    for e in &mount_errors {
+        log::error(e);
+    }
+    if let Err(e) = pid1::claim_children(role) {
+        log::warn(log::chain(&e));
+    }
+    for p in &settings.problems {
+        log::warn(p.to_string());
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(2)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error(format!("cannot start the event loop: {e}; rebooting"));
+            pid1::finish(role, Halt::Reboot, pid1::PANIC_EXIT)
+        }
+    };
+    rt.block_on(event_loop(role, settings, image, mount_errors, start))
+}
+
+/// Reaps and logs orphans (rate limited: orphans are rare, a storm of them must not flood).
+fn reap(reaper: &Reaper, limit: &mut RateLimit) {
+    for (pid, how) in reaper.reap().orphans {
+        if let Admit::Yes { dropped } = limit.admit(Instant::now()) {
+            let more = if dropped > 0 {
+                format!(" ({dropped} more not shown)")
+            } else {
+                String::new()
+            };
+            log::info(format!("reaped orphan pid {pid} ({how}){more}"));
+        }
+    }
+}
+
+async fn event_loop(
+    role: Role,
+    settings: Settings,
+    image: Result<imrs_config::image::ImageInfo, String>,
+    mount_errors: Vec<String>,
+    start: Instant,
+) -> ! {
+    let reaper = Reaper::new();
+    let mut signals = match Signals::open() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::error(format!(
+                "{}: shutdown signals cannot be received; reaping on a timer only",
+                log::chain(&e)
+            ));
+            None
+        }
+    };
+    let mut ctx = Context {
+        root: settings.root.clone(),
+        role,
+        image,
+        mount_errors,
+        site: None,
+        module_failures: Vec::new(),
+        hardware: None,
+        reaper: reaper.clone(),
+        notes: Vec::new(),
+    };
+    // Disk and filesystem drivers first: the state may live on the data partition.
+    stages::load_modules(&mut ctx).await;
+    let store = state::open(
+        &settings.root,
+        settings.state_dir.as_deref(),
+        role == Role::Machine,
+        &mut |w| log::warn(w),
+    );
     let mut st = store.load(&mut |w| log::warn(w));
     st.boots += 1;
     log::info(format!(
@@ -136,71 +238,73 @@ fn run() {
             ""
         }
     ));
-    let mut ctx = boot::Context {
-        image,
-        ..Default::default()
-    };
-    let results = boot::run(root, &mut ctx, &mount_errors, &store, &mut st);
-    boot::print_summary(&results, start.elapsed());
-
-    if cmdline.poweroff_after_boot {
-        log::info("imrs.poweroff_after_boot=1: powering off");
-        shutdown(Halt::Poweroff);
+    if let Err(e) = store.save(&st) {
+        log::error(log::chain(&e));
     }
-    event_loop(sigfd);
-}
-
-/// Waits for signals forever: reaps on SIGCHLD, shuts down on request (once).
-fn event_loop(sigfd: Option<nix::sys::signalfd::SignalFd>) -> ! {
-    let Some(fd) = sigfd else {
-        // No signalfd: still reap, on a timer.
+    let mut supervisor = Supervisor::new(reaper.clone());
+    for (i, program) in settings.supervise.iter().enumerate() {
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("daemon{i}"));
+        supervisor.start(Spec::new(name, program));
+    }
+    let mut orphan_log = RateLimit::new(5.0, 20.0);
+    let how = {
+        let pipeline = async {
+            let results = pipeline::run(&mut ctx, &store, &mut st, settings.hold).await;
+            summary::print(&results, start.elapsed());
+        };
+        let mut pipeline = std::pin::pin!(pipeline);
+        let mut pipeline_done = false;
+        let mut tick = tokio::time::interval(REAP_INTERVAL);
         loop {
-            reaper::reap_all();
-            std::thread::sleep(Duration::from_secs(1));
+            tokio::select! {
+                _ = &mut pipeline, if !pipeline_done => {
+                    pipeline_done = true;
+                    if settings.poweroff_after_boot {
+                        log::info("imrs.poweroff_after_boot=1: powering off");
+                        break Halt::Poweroff;
+                    }
+                }
+                sig = next_signal(&mut signals) => match signals::meaning(sig) {
+                    Request::Reap => reap(&reaper, &mut orphan_log),
+                    Request::Shutdown(how) => {
+                        log::info(format!("{} received", sig.as_str()));
+                        break how;
+                    }
+                    Request::Ignore => {}
+                },
+                _ = tick.tick() => reap(&reaper, &mut orphan_log),
+            }
         }
     };
-    loop {
-        match fd.read_signal() {
-            Ok(Some(info)) => {
-                let sig = Signal::try_from(info.ssi_signo as i32).ok();
-                match sig.map(signals::meaning) {
-                    Some(Request::Reap) => {
-                        reaper::reap_all();
-                    }
-                    Some(Request::Shutdown(how)) => {
-                        log::info(format!("{:?} received: shutting down ({how:?})", sig));
-                        shutdown(how);
-                    }
-                    Some(Request::Ignore) | None => {}
+    // Shutdown runs once: later requests are only logged.
+    if let Some(mut s) = signals.take() {
+        tokio::spawn(async move {
+            loop {
+                let sig = s.next().await;
+                if let Request::Shutdown(_) = signals::meaning(sig) {
+                    log::info(format!("{} ignored: shutdown in progress", sig.as_str()));
                 }
             }
-            Ok(None) => {}
-            Err(e) => {
-                log::warn(format!("reading signals failed: {e}"));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        // Safety net: a coalesced SIGCHLD must not leave zombies.
-        reaper::reap_all();
+        });
     }
+    shutdown::run(
+        role,
+        how,
+        settings.grace,
+        &mut supervisor,
+        &reaper,
+        &store,
+        &mut st,
+    )
+    .await
 }
 
-/// Orderly shutdown, run once: TERM to everyone, grace period while reaping, KILL, reap, sync,
-/// then reboot(2) (PID 1) or exit.
-fn shutdown(how: Halt) -> ! {
-    let everyone = Pid::from_raw(-1);
-    if pid1::is_pid1() {
-        let _ = kill(everyone, Signal::SIGTERM);
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while Instant::now() < deadline {
-            if reaper::reap_all().none_left {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = kill(everyone, Signal::SIGKILL);
-        reaper::reap_all();
+async fn next_signal(signals: &mut Option<Signals>) -> nix::sys::signal::Signal {
+    match signals {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
     }
-    log::info(format!("{how:?}"));
-    pid1::finish(how)
 }

@@ -1,11 +1,36 @@
 //! Kernel modules: the image lists them (`image.json` `modules`, dependencies first, computed by
 //! the builder from the modules' own `.modinfo`); the init loads each with `finit_module`.
-//! A module that is missing or fails to load is a named failure the platform stage reports; it
-//! never stops the init.
+//! Already loaded (`EEXIST`) is fine. A module that is missing or fails to load is a named
+//! failure that the hardware stage reports as a failed check; it never stops the init.
+//! Outside the machine role modules are only checked for presence, never loaded (a test must
+//! not load modules into the host kernel).
 
 use std::path::{Path, PathBuf};
 
 /// One module that did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// The file is missing or unreadable.
+    #[error("{path}: cannot open")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel refused it.
+    #[error("{path}: finit_module")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// errno.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// A module failure as reported (the hardware report is serialisable).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ModuleFailure {
     /// Module path relative to the release folder.
@@ -14,31 +39,45 @@ pub struct ModuleFailure {
     pub reason: String,
 }
 
-/// Loads `modules` (paths relative to `root/lib/modules/<release>/`) in order. Returns how many
-/// were loaded (or already present) and the failures.
-pub fn load_all(root: &Path, release: &str, modules: &[String]) -> (usize, Vec<ModuleFailure>) {
-    let dir: PathBuf = root.join("lib/modules").join(release);
-    let mut loaded = 0;
+/// Loads (or, with `load` false, only checks) `modules`, paths relative to
+/// `root/lib/modules/<release>/`, in order. Returns how many are fine and the failures.
+pub fn load_all(
+    root: &Path,
+    release: &str,
+    modules: &[String],
+    load: bool,
+) -> (usize, Vec<ModuleFailure>) {
+    let dir = root.join("lib/modules").join(release);
+    let mut ok = 0;
     let mut failures = Vec::new();
     for m in modules {
         let path = dir.join(m);
         let result = std::fs::File::open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))
+            .map_err(|source| ModuleError::Open {
+                path: path.clone(),
+                source,
+            })
             .and_then(|f| {
+                if !load {
+                    return Ok(());
+                }
                 match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
                     Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
-                    Err(e) => Err(format!("finit_module: {e}")),
+                    Err(source) => Err(ModuleError::Load {
+                        path: path.clone(),
+                        source,
+                    }),
                 }
             });
         match result {
-            Ok(()) => loaded += 1,
-            Err(reason) => failures.push(ModuleFailure {
+            Ok(()) => ok += 1,
+            Err(e) => failures.push(ModuleFailure {
                 module: m.clone(),
-                reason,
+                reason: crate::log::chain(&e),
             }),
         }
     }
-    (loaded, failures)
+    (ok, failures)
 }
 
 #[cfg(test)]
@@ -46,12 +85,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn missing_module_is_a_named_failure() {
+    fn missing_module_is_a_named_failure_and_present_ones_count() {
         let dir = tempfile::tempdir().unwrap();
-        let (n, f) = load_all(dir.path(), "6.1.0-test", &["kernel/net/nope.ko".into()]);
-        assert_eq!(n, 0);
+        let rel = "kernel/drivers/net/virtio_net.ko";
+        let p = dir.path().join("lib/modules/6.1.0-test").join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, b"\x7fELF").unwrap();
+        let list = vec![rel.to_string(), "kernel/net/nope.ko".to_string()];
+        let (n, f) = load_all(dir.path(), "6.1.0-test", &list, false);
+        assert_eq!(n, 1);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].module, "kernel/net/nope.ko");
-        assert!(f[0].reason.contains("cannot open"), "{}", f[0].reason);
+        assert!(
+            f[0].reason.contains("nope.ko: cannot open: No such file"),
+            "{}",
+            f[0].reason
+        );
     }
 }

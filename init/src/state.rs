@@ -1,11 +1,12 @@
-//! Persistent first-boot state: each stage's outcome and timing, saved atomically (temp file,
-//! fsync, rename, fsync directory) after every stage, so a power cut resumes where it stopped
-//! and a passed first boot is never repeated.
+//! Persistent boot state: each stage's outcome and timing, saved atomically (temp file, fsync,
+//! rename, fsync directory) whenever it changes, so a power cut resumes where it stopped and a
+//! passed first boot is never repeated (see [`crate::pipeline`] for which stages repeat).
 //!
-//! Where: `imrs.state=PATH` on the kernel command line (tests), else the GPT partition named
-//! `IMRS-DATA` (ext4) mounted at `/var/lib/imrs`, else volatile `/run/imrs` with a warning (the
-//! first boot then repeats after a power cut). A state file that cannot be parsed is treated as
-//! unknown with a warning, never a crash.
+//! Where: `imrs.state=PATH` (tests), else the GPT partition named `IMRS-DATA` (ext4) mounted at
+//! `/var/lib/imrs`, else volatile `/run/imrs` with a warning (the first boot then repeats after a
+//! power cut). A state file that cannot be read or parsed is treated as unknown with a warning,
+//! never a crash. Files: `state.json` ([`State`]) and `hardware-report.json` (the last hardware
+//! report, for the phone-home report).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
 
-use crate::boot::{Outcome, Stage};
+use crate::pid1::Halt;
+use crate::pipeline::{Outcome, Stage};
 
 /// GPT partition name of the persistent data partition.
 pub const DATA_PARTNAME: &str = "IMRS-DATA";
@@ -22,23 +24,77 @@ pub const DATA_MOUNT: &str = "/var/lib/imrs";
 /// Volatile fallback.
 pub const VOLATILE: &str = "/run/imrs";
 /// State file name.
-pub const STATE_FILE: &str = "first-boot.json";
+pub const STATE_FILE: &str = "state.json";
+/// Hardware report file name.
+pub const HARDWARE_REPORT: &str = "hardware-report.json";
 /// State schema version.
 pub const STATE_VERSION: u32 = 1;
+
+/// Saving state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Writing, syncing or renaming the file failed.
+    #[error("{path}: cannot save")]
+    Save {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data partition could not be mounted.
+    #[error("data partition {device}: cannot mount ext4 on {DATA_MOUNT}")]
+    Mount {
+        /// Device node.
+        device: PathBuf,
+        /// errno.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// A saved stage status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Started, not finished (a power cut or kill happened here if the boot is over).
+    Running,
+    /// Passed.
+    Passed,
+    /// Failed (see the reason).
+    Failed,
+    /// Not implemented yet.
+    NotBuiltYet,
+}
 
 /// One stage's saved outcome.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavedStage {
-    /// `passed`, `failed`, `not-built-yet`, `skipped`.
-    pub status: String,
+    /// Status.
+    pub status: Status,
     /// Failure reason.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Something the stage wants recorded (e.g. the clock was taken from the RTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// Seconds taken.
     pub seconds: f64,
     /// Boot number it was recorded in.
     pub boot: u64,
+}
+
+/// The last orderly shutdown.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shutdown {
+    /// Boot it ended.
+    pub boot: u64,
+    /// `reboot`, `halt` or `poweroff`.
+    pub how: String,
+    /// Unix time.
+    pub at: i64,
 }
 
 /// The saved state.
@@ -49,43 +105,77 @@ pub struct State {
     pub version: u32,
     /// Boots counted so far (this one included once started).
     pub boots: u64,
-    /// The first boot passed every stage.
+    /// The first boot passed every stage (written only after success).
     pub first_boot_passed: bool,
     /// Latest outcome per stage.
     pub stages: BTreeMap<String, SavedStage>,
+    /// The last orderly shutdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_shutdown: Option<Shutdown>,
 }
 
 impl State {
+    /// Fresh state.
+    pub fn fresh() -> State {
+        State {
+            version: STATE_VERSION,
+            ..State::default()
+        }
+    }
+
     /// Whether `stage` passed in an earlier or this boot.
     pub fn passed(&self, stage: Stage) -> bool {
         self.stages
             .get(stage.name())
-            .is_some_and(|s| s.status == "passed")
+            .is_some_and(|s| s.status == Status::Passed)
     }
 
-    /// Records an outcome.
-    pub fn record(&mut self, stage: Stage, outcome: &Outcome, seconds: f64) {
+    /// Marks `stage` as running.
+    pub fn start(&mut self, stage: Stage) {
+        self.stages.insert(
+            stage.name().to_string(),
+            SavedStage {
+                status: Status::Running,
+                reason: None,
+                note: None,
+                seconds: 0.0,
+                boot: self.boots,
+            },
+        );
+    }
+
+    /// Records an outcome ("done earlier" keeps the earlier record).
+    pub fn record(&mut self, stage: Stage, outcome: &Outcome, seconds: f64, note: Vec<String>) {
         let (status, reason) = match outcome {
-            Outcome::Passed => ("passed", None),
-            Outcome::Failed(r) => ("failed", Some(r.clone())),
-            Outcome::NotBuiltYet => ("not-built-yet", None),
-            Outcome::Skipped => ("skipped", None),
+            Outcome::Passed => (Status::Passed, None),
+            Outcome::Failed(r) => (Status::Failed, Some(r.clone())),
+            Outcome::NotBuiltYet => (Status::NotBuiltYet, None),
             Outcome::DoneEarlier => return,
         };
         self.stages.insert(
             stage.name().to_string(),
             SavedStage {
-                status: status.into(),
+                status,
                 reason,
+                note: (!note.is_empty()).then(|| note.join("; ")),
                 seconds,
                 boot: self.boots,
             },
         );
     }
+
+    /// Records an orderly shutdown.
+    pub fn shutdown(&mut self, how: Halt, at: i64) {
+        self.last_shutdown = Some(Shutdown {
+            boot: self.boots,
+            how: how.name().to_string(),
+            at,
+        });
+    }
 }
 
 /// A state directory and what is known about it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Store {
     /// The directory.
     pub dir: PathBuf,
@@ -93,51 +183,56 @@ pub struct Store {
     pub persistent: bool,
 }
 
-/// Why state could not be saved.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: cannot save state")]
-pub struct SaveError {
-    /// File.
-    pub path: PathBuf,
-    /// Why.
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// Picks the state directory (see the module docs). `warn` receives what the console must say.
-pub fn open(root: &Path, override_dir: Option<&str>, warn: &mut dyn FnMut(String)) -> Store {
+/// Picks the state directory (see the module docs). `mount_allowed`: the machine's init may
+/// mount the data partition; tests and containers may not. `warn` receives what the console
+/// must say.
+pub fn open(
+    root: &Path,
+    override_dir: Option<&Path>,
+    mount_allowed: bool,
+    warn: &mut dyn FnMut(String),
+) -> Store {
     if let Some(d) = override_dir {
-        let _ = std::fs::create_dir_all(d);
+        if let Err(e) = std::fs::create_dir_all(d) {
+            warn(format!("{}: cannot create ({e})", d.display()));
+        }
         return Store {
-            dir: PathBuf::from(d),
+            dir: d.to_path_buf(),
             persistent: true,
         };
     }
     if let Some(dev) =
         crate::site::find_partition(&root.join("sys"), &root.join("dev"), DATA_PARTNAME)
     {
-        let _ = std::fs::create_dir_all(DATA_MOUNT);
-        match mount(
-            Some(dev.as_path()),
-            DATA_MOUNT,
-            Some("ext4"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        ) {
-            Ok(()) => {
-                return Store {
-                    dir: PathBuf::from(DATA_MOUNT),
-                    persistent: true,
-                };
-            }
-            Err(e) => warn(format!(
-                "data partition {}: cannot mount ext4: {e}",
+        if !mount_allowed {
+            warn(format!(
+                "data partition {} found but not mounted outside the machine role",
                 dev.display()
-            )),
+            ));
+        } else {
+            let _ = std::fs::create_dir_all(DATA_MOUNT);
+            match mount(
+                Some(dev.as_path()),
+                DATA_MOUNT,
+                Some("ext4"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            ) {
+                Ok(()) => {
+                    return Store {
+                        dir: PathBuf::from(DATA_MOUNT),
+                        persistent: true,
+                    };
+                }
+                Err(source) => warn(crate::log::chain(&StateError::Mount {
+                    device: dev,
+                    source,
+                })),
+            }
         }
     }
     warn(format!(
-        "no {DATA_PARTNAME} partition: state kept in volatile {VOLATILE}; a power cut repeats the first boot"
+        "no usable {DATA_PARTNAME} partition: state kept in volatile {VOLATILE}; a power cut repeats the first boot"
     ));
     let _ = std::fs::create_dir_all(VOLATILE);
     Store {
@@ -150,19 +245,15 @@ impl Store {
     /// Loads the state; missing is fresh, unreadable or corrupt is fresh with a warning.
     pub fn load(&self, warn: &mut dyn FnMut(String)) -> State {
         let path = self.dir.join(STATE_FILE);
-        let fresh = State {
-            version: STATE_VERSION,
-            ..State::default()
-        };
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return fresh,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return State::fresh(),
             Err(e) => {
                 warn(format!(
                     "{}: unreadable ({e}); treating the state as unknown",
                     path.display()
                 ));
-                return fresh;
+                return State::fresh();
             }
         };
         match serde_json::from_slice::<State>(&bytes) {
@@ -173,27 +264,34 @@ impl Store {
                     path.display(),
                     s.version
                 ));
-                fresh
+                State::fresh()
             }
             Err(e) => {
                 warn(format!(
                     "{}: corrupt ({e}); treating the state as unknown",
                     path.display()
                 ));
-                fresh
+                State::fresh()
             }
         }
     }
 
-    /// Saves atomically: temp file, fsync, rename, fsync directory.
-    pub fn save(&self, state: &State) -> Result<(), SaveError> {
-        let path = self.dir.join(STATE_FILE);
-        let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
-        let err = |source| SaveError {
+    /// Saves the state atomically.
+    pub fn save(&self, state: &State) -> Result<(), StateError> {
+        self.save_json(STATE_FILE, state)
+    }
+
+    /// Saves any value as JSON under `name`, atomically: temp file, fsync, rename, fsync dir.
+    pub fn save_json<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let err = |source| StateError::Save {
             path: path.clone(),
             source,
         };
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+        let mut bytes =
+            serde_json::to_vec_pretty(value).map_err(|e| err(std::io::Error::other(e)))?;
+        bytes.push(b'\n');
         let mut f = std::fs::File::create(&tmp).map_err(err)?;
         f.write_all(&bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
@@ -209,35 +307,70 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn store(d: &Path) -> Store {
+        open(Path::new("/nonexistent"), Some(d), false, &mut |w| {
+            panic!("unexpected warning {w}")
+        })
+    }
+
     #[test]
-    fn save_load_roundtrip_and_corrupt_is_unknown() {
+    fn save_load_roundtrip() {
         let d = tempfile::tempdir().unwrap();
-        let mut warnings = Vec::new();
-        let store = open(
-            Path::new("/nonexistent"),
-            Some(d.path().to_str().unwrap()),
-            &mut |w| warnings.push(w),
-        );
-        let mut s = store.load(&mut |w| warnings.push(w));
-        assert_eq!(
-            s,
-            State {
-                version: STATE_VERSION,
-                ..State::default()
-            }
-        );
+        let store = store(d.path());
+        let mut s = store.load(&mut |w| panic!("{w}"));
+        assert_eq!(s, State::fresh());
         s.boots = 1;
-        s.record(Stage::Platform, &Outcome::Passed, 0.5);
-        s.record(Stage::Site, &Outcome::Failed("no site".into()), 0.1);
+        s.record(Stage::Platform, &Outcome::Passed, 0.5, vec![]);
+        s.start(Stage::Site);
         store.save(&s).unwrap();
-        let back = store.load(&mut |w| warnings.push(w));
+        s.record(
+            Stage::Site,
+            &Outcome::Failed("no site".into()),
+            0.1,
+            vec!["n".into()],
+        );
+        s.record(Stage::Hardware, &Outcome::DoneEarlier, 0.0, vec![]);
+        s.shutdown(Halt::Reboot, 1_800_000_000);
+        store.save(&s).unwrap();
+        let back = store.load(&mut |w| panic!("{w}"));
         assert_eq!(back, s);
         assert!(back.passed(Stage::Platform) && !back.passed(Stage::Site));
-        assert!(warnings.is_empty(), "{warnings:?}");
-        std::fs::write(d.path().join(STATE_FILE), b"{\"version\": 1, \"boo").unwrap();
-        let back = store.load(&mut |w| warnings.push(w));
-        assert_eq!(back.boots, 0);
-        assert!(warnings[0].contains("corrupt"), "{warnings:?}");
+        assert!(!back.stages.contains_key("hardware"));
+        assert_eq!(back.last_shutdown.unwrap().how, "reboot");
         assert!(!d.path().join(format!(".{STATE_FILE}.tmp")).exists());
+    }
+
+    #[test]
+    fn unusable_state_is_unknown_with_a_warning() {
+        let cases: [(&str, &[u8], &str); 4] = [
+            ("truncated", b"{\"version\": 1, \"boo", "corrupt"),
+            ("not json", b"\x00\x01garbage", "corrupt"),
+            ("unknown field", b"{\"version\":1,\"boots\":3,\"first_boot_passed\":false,\"stages\":{},\"extra\":1}", "corrupt"),
+            ("future version", b"{\"version\":9,\"boots\":3,\"first_boot_passed\":true,\"stages\":{}}", "version 9"),
+        ];
+        for (what, bytes, expect) in cases {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::write(d.path().join(STATE_FILE), bytes).unwrap();
+            let mut warnings = Vec::new();
+            let s = store(d.path()).load(&mut |w| warnings.push(w));
+            assert_eq!(s, State::fresh(), "{what}");
+            assert!(
+                warnings.len() == 1 && warnings[0].contains(expect),
+                "{what}: {warnings:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn save_into_a_missing_directory_names_the_file() {
+        let s = Store {
+            dir: PathBuf::from("/nonexistent/imrs"),
+            persistent: false,
+        };
+        let e = s.save(&State::fresh()).unwrap_err();
+        assert!(
+            e.to_string().contains("/nonexistent/imrs/state.json"),
+            "{e}"
+        );
     }
 }

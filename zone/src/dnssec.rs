@@ -383,7 +383,8 @@ pub fn verify(
         });
     }
 
-    // Every RRSIG, in parallel.
+    // Every RRSIG, in parallel; the zone's structure (which RRsets must be
+    // signed, the NSEC chain) is checked at the same time.
     let at32 = at.as_second() as u32;
     let sig_indices: Vec<usize> = records
         .iter()
@@ -391,16 +392,23 @@ pub fn verify(
         .filter(|(_, r)| r.rtype == Rtype::RRSIG)
         .map(|(i, _)| i)
         .collect();
-    let results: Vec<Result<SigOk, DnssecError>> = sig_indices
-        .par_iter()
-        .with_min_len(16)
-        .map(|&i| verify_one(zone, &records[i], &keys, at, at32))
-        .collect();
-    let mut signed: BTreeSet<usize> = BTreeSet::new();
+    let (results, structure) = rayon::join(
+        || {
+            sig_indices
+                .par_iter()
+                .with_min_len(16)
+                .map_init(Vec::new, |buf, &i| {
+                    verify_one(zone, i, &keys, at, at32, buf)
+                })
+                .collect::<Vec<Result<SigOk, DnssecError>>>()
+        },
+        || check_structure(zone),
+    );
+    let mut signed = vec![false; records.len()];
     let mut anchors_used = BTreeSet::new();
     for res in &results {
         let ok = res.clone()?;
-        signed.insert(ok.rrset_start);
+        signed[ok.rrset_start] = true;
         if ok.covered == Rtype::DNSKEY
             && ok.owner_is_apex
             && let Some(&k) = anchored.iter().find(|&&k| ok.key_index == k)
@@ -414,12 +422,22 @@ pub fn verify(
         });
     }
 
-    // Signing coverage and the NSEC chain.
-    let (rrsets_signed, nsec_checked) = check_coverage_and_nsec(zone, &signed)?;
+    // Signing coverage, then the NSEC chain.
+    let Structure {
+        must_be_signed,
+        nsec,
+    } = structure;
+    if let Some(&k) = must_be_signed.iter().find(|&&k| !signed[k]) {
+        return Err(DnssecError::Unsigned {
+            owner: records[k].owner.to_string(),
+            rtype: records[k].rtype,
+        });
+    }
+    let nsec_checked = nsec?;
 
     Ok(DnssecReport {
         signatures_verified: sig_indices.len(),
-        rrsets_signed,
+        rrsets_signed: must_be_signed.len(),
         nsec_checked,
         anchors_used: anchors_used.into_iter().collect(),
         zone_keys: keys.iter().map(|k| k.key_tag).collect(),
@@ -434,13 +452,18 @@ struct SigOk {
     key_index: usize,
 }
 
+/// Verifies the RRSIG at `records[index]`; `data` is scratch space for
+/// the signed data, reused between calls.
 fn verify_one(
     zone: &Zone,
-    rec: &Record,
+    index: usize,
     keys: &[ZoneKey],
     at: Timestamp,
     at32: u32,
+    data: &mut Vec<u8>,
 ) -> Result<SigOk, DnssecError> {
+    let records = zone.records();
+    let rec = &records[index];
     let owner = || rec.owner.to_string();
     let sig =
         Rrsig::parse(&rec.rdata).ok_or_else(|| DnssecError::MalformedRrsig { owner: owner() })?;
@@ -463,7 +486,7 @@ fn verify_one(
             labels: sig.labels,
         });
     }
-    let rrset = zone.rrset(&rec.owner, sig.covered);
+    let (rrset_start, rrset) = rrset_of_owner_at(records, index, sig.covered);
     if rrset.is_empty() {
         return Err(DnssecError::OrphanSignature {
             owner: owner(),
@@ -490,32 +513,28 @@ fn verify_one(
             at,
         });
     }
-    // Signed data (RFC 4034 section 3.1.8.1), wildcard owner per 5.3.2.
-    let signed_owner: Vec<u8> = if sig.labels < owner_labels {
-        let mut w = vec![1, b'*'];
-        w.extend_from_slice(
+    // Signed data (RFC 4034 section 3.1.8.1): the RRSIG RDATA without the
+    // signature (signer name lowercased), then each record of the RRset in
+    // canonical order with the original TTL; a wildcard owner per 5.3.2.
+    data.clear();
+    data.extend_from_slice(sig.head);
+    lowercase_wire(&mut data[18..]);
+    let owner_at = data.len();
+    if sig.labels < owner_labels {
+        data.extend_from_slice(&[1, b'*']);
+        data.extend_from_slice(
             rec.owner
                 .suffix(rec.owner.label_count() - sig.labels)
                 .as_wire(),
         );
-        w
     } else {
-        rec.owner.as_wire().to_vec()
-    };
-    let mut data = Vec::with_capacity(
-        sig.head.len()
-            + rrset
-                .iter()
-                .map(|r| r.rdata.len() + signed_owner.len() + 10)
-                .sum::<usize>(),
-    );
-    data.extend_from_slice(sig.head);
-    let mut signer_lc = data[18..].to_vec();
-    lowercase_wire(&mut signer_lc);
-    data.truncate(18);
-    data.extend_from_slice(&signer_lc);
-    for r in rrset {
-        data.extend_from_slice(&signed_owner);
+        data.extend_from_slice(rec.owner.as_wire());
+    }
+    let owner_len = data.len() - owner_at;
+    for (n, r) in rrset.iter().enumerate() {
+        if n > 0 {
+            data.extend_from_within(owner_at..owner_at + owner_len);
+        }
         data.extend_from_slice(&r.rtype.to_int().to_be_bytes());
         data.extend_from_slice(&r.class.to_int().to_be_bytes());
         data.extend_from_slice(&sig.original_ttl.to_be_bytes());
@@ -529,10 +548,9 @@ fn verify_one(
         }
         let Some(public) = &key.public else { continue };
         found = true;
-        if public.verify(&data, sig.signature).is_ok() {
-            let start = rrset.as_ptr() as usize - zone.records().as_ptr() as usize;
+        if public.verify(data, sig.signature).is_ok() {
             return Ok(SigOk {
-                rrset_start: start / std::mem::size_of::<Record>(),
+                rrset_start,
                 covered: sig.covered,
                 owner_is_apex: rec.owner == *zone.apex(),
                 key_index: i,
@@ -554,13 +572,42 @@ fn verify_one(
     })
 }
 
-/// Walks the zone in canonical order: every authoritative RRset must be
-/// signed, every authoritative name and delegation point must have an NSEC
-/// whose next name and bitmap are right, and no other name may have one.
-fn check_coverage_and_nsec(
-    zone: &Zone,
-    signed: &BTreeSet<usize>,
-) -> Result<(usize, usize), DnssecError> {
+/// The RRset of type `rtype` owned by the owner of `records[index]`, and
+/// where it starts. Records of one owner are adjacent, so the search stays
+/// among them.
+fn rrset_of_owner_at(records: &[Record], index: usize, rtype: Rtype) -> (usize, &[Record]) {
+    let owner = &records[index].owner;
+    let first = index
+        - records[..index]
+            .iter()
+            .rev()
+            .take_while(|r| r.owner == *owner)
+            .count();
+    let end = index
+        + records[index..]
+            .iter()
+            .take_while(|r| r.owner == *owner)
+            .count();
+    let run = &records[first..end];
+    let start = run.partition_point(|r| r.rtype.to_int() < rtype.to_int());
+    let len = run[start..].iter().take_while(|r| r.rtype == rtype).count();
+    (first + start, &run[start..start + len])
+}
+
+/// What the zone's structure requires, found without the signatures.
+struct Structure {
+    /// Where each authoritative RRset starts (at a cut: DS and NSEC; not NS),
+    /// in canonical order: each must carry a valid signature.
+    must_be_signed: Vec<usize>,
+    /// The NSEC chain check: NSEC records checked, or the first failure.
+    nsec: Result<usize, DnssecError>,
+}
+
+/// Walks the zone in canonical order: finds every authoritative RRset (which
+/// must be signed), and checks that every authoritative name and delegation
+/// point has an NSEC whose next name and bitmap are right, and no other name
+/// has one.
+fn check_structure(zone: &Zone) -> Structure {
     let apex = zone.apex();
     let records = zone.records();
     // Names in canonical order, each with its record range.
@@ -575,12 +622,6 @@ fn check_coverage_and_nsec(
         i = j;
     }
     // Classify names: authoritative, delegation point, or below a cut (glue).
-    #[derive(Clone, Copy, PartialEq)]
-    enum Kind {
-        Auth,
-        Cut,
-        Glue,
-    }
     let mut kinds = Vec::with_capacity(names.len());
     let mut cut: Option<&WireName> = None;
     for &(s, e) in &names {
@@ -601,8 +642,8 @@ fn check_coverage_and_nsec(
         }
     }
 
-    // Every authoritative RRset signed (at a cut: DS and NSEC; not NS).
-    let mut rrsets_signed = 0;
+    // Every authoritative RRset (at a cut: DS and NSEC; not NS).
+    let mut must_be_signed = Vec::new();
     for (n, &(s, e)) in names.iter().enumerate() {
         if kinds[n] == Kind::Glue {
             continue;
@@ -620,18 +661,34 @@ fn check_coverage_and_nsec(
                 Kind::Glue => false,
             };
             if authoritative {
-                if !signed.contains(&k) {
-                    return Err(DnssecError::Unsigned {
-                        owner: records[k].owner.to_string(),
-                        rtype,
-                    });
-                }
-                rrsets_signed += 1;
+                must_be_signed.push(k);
             }
             k = l;
         }
     }
+    let nsec = check_nsec_chain(zone, &names, &kinds);
+    Structure {
+        must_be_signed,
+        nsec,
+    }
+}
 
+/// Authoritative data, a delegation point, or data below a cut (glue).
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Auth,
+    Cut,
+    Glue,
+}
+
+/// The NSEC chain over authoritative names and delegation points.
+fn check_nsec_chain(
+    zone: &Zone,
+    names: &[(usize, usize)],
+    kinds: &[Kind],
+) -> Result<usize, DnssecError> {
+    let apex = zone.apex();
+    let records = zone.records();
     // NSEC chain over authoritative names and delegation points.
     let chain: Vec<usize> = (0..names.len())
         .filter(|&n| kinds[n] != Kind::Glue)
@@ -697,7 +754,7 @@ fn check_coverage_and_nsec(
         }
         nsec_checked += 1;
     }
-    Ok((rrsets_signed, nsec_checked))
+    Ok(nsec_checked)
 }
 
 fn type_list(types: &[u16]) -> String {

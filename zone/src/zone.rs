@@ -213,16 +213,25 @@ impl Zone {
                 .chain(cuts.iter().copied())
                 .zip(cuts.iter().copied().chain(std::iter::once(text.len())))
                 .collect();
+            // Each piece is parsed and put in canonical order on its own
+            // core; the sorted pieces are then joined.
             let parts: Vec<Result<Vec<Record>, LoadError>> = ranges
                 .par_iter()
-                .map(|&(a, b)| parse_records(&text[a..b]))
+                .map(|&(a, b)| {
+                    let mut records = parse_records(&text[a..b])?;
+                    canonical_sort(&mut records);
+                    Ok(records)
+                })
                 .collect();
             if parts.iter().all(Result::is_ok) {
                 let mut records = Vec::with_capacity(parts.iter().flatten().map(Vec::len).sum());
+                let mut bounds = Vec::with_capacity(parts.len());
                 for part in parts.into_iter().flatten() {
+                    bounds.push(records.len());
                     records.extend(part);
                 }
-                return Zone::from_records(records);
+                join_sorted_pieces(&mut records, &bounds[1..]);
+                return Zone::from_sorted_records(records);
             }
         }
         Zone::from_records(parse_records(text)?)
@@ -231,32 +240,37 @@ impl Zone {
     /// Builds a zone from canonical records in any order: sorts them and
     /// removes duplicates. The apex is the owner of the first SOA record.
     pub fn from_records(mut records: Vec<Record>) -> Result<Zone, LoadError> {
-        let apex = records
+        canonical_sort(&mut records);
+        Zone::from_sorted_records(records)
+    }
+
+    /// [`Zone::from_records`] for records already in canonical order.
+    fn from_sorted_records(mut records: Vec<Record>) -> Result<Zone, LoadError> {
+        debug_assert!(records.is_sorted_by(|a, b| a.canonical_cmp(b).is_le()));
+        let soa = records
             .iter()
             .find(|r| r.rtype == Rtype::SOA)
-            .map(|r| r.owner.clone())
             .ok_or(LoadError::NoSoa)?;
-        let class = records
-            .iter()
-            .find(|r| r.rtype == Rtype::SOA)
-            .map(|r| r.class);
-        if let Some(r) = records.iter().find(|r| Some(r.class) != class) {
+        let (apex, class) = (soa.owner.clone(), soa.class);
+        if let Some(r) = records.iter().find(|r| r.class != class) {
             return Err(LoadError::ClassMismatch {
                 owner: r.owner.to_string(),
                 rtype: r.rtype,
                 class: r.class,
             });
         }
-        if let Some(r) = records.iter().find(|r| !r.owner.is_at_or_below(&apex)) {
+        // Records of one owner are adjacent: test each owner once.
+        if let Some(r) = records
+            .chunk_by(|a, b| a.owner == b.owner)
+            .map(|run| &run[0])
+            .find(|r| !r.owner.is_at_or_below(&apex))
+        {
             return Err(LoadError::OutOfZone {
                 owner: r.owner.to_string(),
                 rtype: r.rtype,
                 apex: apex.to_string(),
             });
         }
-        // Zone files are usually close to canonical order already; a stable
-        // merge sort finds the runs.
-        records.sort_by(Record::canonical_cmp);
         let before = records.len();
         records.dedup_by(|a, b| {
             a.owner == b.owner && a.rtype == b.rtype && a.class == b.class && a.rdata == b.rdata
@@ -396,6 +410,73 @@ fn parse_records(text: &[u8]) -> Result<Vec<Record>, LoadError> {
     Ok(records)
 }
 
+/// Puts records in canonical order (owner, type, RDATA; stable for equal
+/// records, so duplicates stay adjacent).
+///
+/// Zone files and transfers list each owner's records together and owners
+/// in canonical order: then only the records within each owner need
+/// sorting, by type and RDATA, and owner names are compared once per owner
+/// instead of once per comparison. Any other order falls back to a full
+/// sort.
+fn canonical_sort(records: &mut [Record]) {
+    let mut start = 0;
+    for i in 1..=records.len() {
+        if i < records.len() && records[i].owner == records[start].owner {
+            continue;
+        }
+        if i < records.len() && records[start].owner > records[i].owner {
+            records.sort_by(Record::canonical_cmp);
+            return;
+        }
+        sort_within_owner(&mut records[start..i]);
+        start = i;
+    }
+}
+
+/// Sorts records of one owner by type, then RDATA.
+fn sort_within_owner(run: &mut [Record]) {
+    let key = |a: &Record, b: &Record| {
+        a.rtype
+            .to_int()
+            .cmp(&b.rtype.to_int())
+            .then_with(|| a.rdata.cmp(&b.rdata))
+    };
+    if !run.is_sorted_by(|a, b| key(a, b).is_le()) {
+        run.sort_by(key);
+    }
+}
+
+/// Joins pieces that are each in canonical order (`bounds`: where each piece
+/// after the first starts). A piece may start in the middle of an owner's
+/// records: that owner's records are sorted again across the seam.
+fn join_sorted_pieces(records: &mut [Record], bounds: &[usize]) {
+    for &b in bounds {
+        if b == 0 || b >= records.len() {
+            continue;
+        }
+        match records[b - 1].owner.cmp(&records[b].owner) {
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Equal => {
+                let owner = &records[b].owner;
+                let start = b - records[..b]
+                    .iter()
+                    .rev()
+                    .take_while(|r| r.owner == *owner)
+                    .count();
+                let end = b + records[b..]
+                    .iter()
+                    .take_while(|r| r.owner == *owner)
+                    .count();
+                sort_within_owner(&mut records[start..end]);
+            }
+            std::cmp::Ordering::Greater => {
+                canonical_sort(records);
+                return;
+            }
+        }
+    }
+}
+
 /// Byte offsets where `text` can be cut into `pieces` independently
 /// parseable parts, or `None` if it cannot be cut safely: there must be no
 /// `$` directive anywhere (they carry state), and each cut is at the start of
@@ -407,6 +488,10 @@ fn split_points(text: &[u8], pieces: usize) -> Option<Vec<usize>> {
     if pieces < 2 || text.len() < 2 * MIN_PIECE {
         return None;
     }
+    // `$` directives carry state: a text without any `$` byte has none, and
+    // then only the text before the last cut needs scanning (for the state
+    // at each cut); otherwise every line start is checked.
+    let dollar_free = !text.contains(&b'$');
     let mut cuts = Vec::with_capacity(pieces - 1);
     let mut next_target = text.len() / pieces;
     let (mut depth, mut in_quote, mut in_comment) = (0i32, false, false);
@@ -423,7 +508,25 @@ fn split_points(text: &[u8], pieces: usize) -> Option<Vec<usize>> {
                 if i >= next_target && cuts.len() < pieces - 1 && self_contained_line(&text[i..]) {
                     cuts.push(i);
                     next_target = text.len() / pieces * (cuts.len() + 1);
+                    if dollar_free && cuts.len() == pieces - 1 {
+                        return Some(cuts);
+                    }
                 }
+                // Most lines hold no byte that changes the state: skip
+                // straight to the next line (or to the first such byte).
+                let skip = text[i..]
+                    .iter()
+                    .position(|&c| c == b'\n' || SPECIAL[c as usize])
+                    .unwrap_or(text.len() - i);
+                i += skip;
+                if i == text.len() {
+                    break;
+                }
+                if text[i] == b'\n' {
+                    line_start = true;
+                    i += 1;
+                }
+                continue;
             }
         }
         match c {
@@ -445,6 +548,17 @@ fn split_points(text: &[u8], pieces: usize) -> Option<Vec<usize>> {
     }
     Some(cuts)
 }
+
+/// Bytes that change the scanner state of [`split_points`].
+const SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'\\' as usize] = true;
+    t[b'"' as usize] = true;
+    t[b';' as usize] = true;
+    t[b'(' as usize] = true;
+    t[b')' as usize] = true;
+    t
+};
 
 /// Whether a line starts `owner. TTL IN ...` with an absolute owner.
 fn self_contained_line(line: &[u8]) -> bool {
@@ -576,6 +690,45 @@ mod tests {
             format!("{err:?}").contains(&format!("line: {line},")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn fast_canonical_sort_equals_full_sort() {
+        // Owners in canonical order with records of one owner out of order,
+        // then owners out of order, then an owner split across a seam.
+        let text = "example. 300 IN SOA ns.example. h.example. 1 2 3 4 5\n\
+            example. 300 IN NS b.example.\n\
+            example. 300 IN NS a.example.\n\
+            a.example. 300 IN TXT \"z\"\n\
+            a.example. 300 IN A 192.0.2.9\n\
+            a.example. 300 IN TXT \"a\"\n\
+            a.example. 300 IN A 192.0.2.1\n\
+            b.example. 300 IN A 192.0.2.2\n";
+        let records = parse_records(text.as_bytes()).unwrap();
+        let full = |mut r: Vec<Record>| {
+            r.sort_by(Record::canonical_cmp);
+            r
+        };
+        let mut fast = records.clone();
+        canonical_sort(&mut fast);
+        assert_eq!(fast, full(records.clone()));
+        let mut reversed: Vec<Record> = records.iter().rev().cloned().collect();
+        canonical_sort(&mut reversed);
+        assert_eq!(reversed, full(records.clone()));
+        // Pieces cut in the middle of a.example.'s records, and pieces in
+        // the wrong order.
+        for cut in 1..records.len() {
+            let (a, b) = records.split_at(cut);
+            let (mut a, mut b) = (a.to_vec(), b.to_vec());
+            canonical_sort(&mut a);
+            canonical_sort(&mut b);
+            for (first, second) in [(&a, &b), (&b, &a)] {
+                let mut joined = first.clone();
+                joined.extend(second.iter().cloned());
+                join_sorted_pieces(&mut joined, &[first.len()]);
+                assert_eq!(joined, full(records.clone()), "cut {cut}");
+            }
+        }
     }
 
     #[test]

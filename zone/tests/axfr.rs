@@ -1,11 +1,11 @@
-//! AXFR client against a real NSD serving the real root zone on loopback
-//! (IPv4 and IPv6, high port), plus fake servers that misbehave. Never
-//! contacts anything but 127.0.0.1 and ::1.
+//! AXFR client against a real NSD and a real Knot serving the real root zone
+//! on loopback (IPv4 and IPv6, high port), plus fake servers that misbehave.
+//! Never contacts anything but 127.0.0.1 and ::1.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,6 +117,110 @@ fn transfer_from_nsd_with_fallback() {
         matches!(err, ServerError::TooLarge { limit: 100_000, .. }),
         "{err}"
     );
+}
+
+fn start_knot(dir: &Path, port: u16) -> Daemon {
+    // Everything in the private directory; Knot needs its storage to exist.
+    let db = dir.join("db");
+    std::fs::create_dir_all(&db).unwrap();
+    let conf = format!(
+        "server:\n    rundir: \"{d}\"\n    user: root:root\n    pidfile: \"{d}/knot.pid\"\n    \
+         listen: [ \"127.0.0.1@{port}\", \"::1@{port}\" ]\n\
+         database:\n    storage: \"{db}\"\n\
+         control:\n    listen: \"{d}/knot.sock\"\n\
+         log:\n  - target: \"{d}/knot.log\"\n    any: info\n\
+         acl:\n  - id: local-transfer\n    address: [ \"127.0.0.1\", \"::1\" ]\n    action: transfer\n\
+         zone:\n  - domain: \".\"\n    storage: \"{d}\"\n    file: \"root.zone\"\n    \
+         acl: local-transfer\n    zonefile-sync: -1\n    journal-content: none\n",
+        d = dir.display(),
+        db = db.display(),
+    );
+    std::fs::write(dir.join("knot.conf"), conf).unwrap();
+    let child = Command::new("/usr/sbin/knotd")
+        .arg("-c")
+        .arg(dir.join("knot.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start knotd");
+    Daemon(child)
+}
+
+/// The serial of an authoritative NOERROR answer to a root SOA query over
+/// UDP, or `None` while the server is not ready (Knot answers SERVFAIL
+/// while it loads the zone).
+fn authoritative_soa_serial(server: SocketAddr) -> Option<u32> {
+    use domain::base::{Message, MessageBuilder, Name, Rtype, iana::Rcode};
+    let sock = UdpSocket::bind(if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    })
+    .ok()?;
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .ok()?;
+    let mut b = MessageBuilder::new_vec();
+    b.header_mut().set_id(0x4b4e);
+    let mut q = b.question();
+    q.push((Name::root_vec(), Rtype::SOA)).ok()?;
+    sock.send_to(q.finish().as_slice(), server).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).ok()?;
+    let msg = Message::from_octets(&buf[..n]).ok()?;
+    let h = msg.header();
+    if h.id() != 0x4b4e || !h.qr() || !h.aa() || h.rcode() != Rcode::NOERROR {
+        return None;
+    }
+    let soa = msg
+        .answer()
+        .ok()?
+        .limit_to::<domain::rdata::Soa<_>>()
+        .next()?
+        .ok()?;
+    Some(soa.data().serial().into_int())
+}
+
+#[test]
+fn transfer_from_knot_and_verify() {
+    if !common::have("/usr/sbin/knotd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Knot loads the zone file itself: the transfer then cross-checks this
+    // crate's parser against Knot's.
+    let source = common::data_dir().join("root.zone.2026073102");
+    std::fs::copy(&source, dir.path().join("root.zone")).unwrap();
+    let port = free_port();
+    let _knot = start_knot(dir.path(), port);
+    let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+
+    // Ready: NOERROR, AA and the expected serial.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while authoritative_soa_serial(v4) != Some(2026073102) {
+        assert!(
+            Instant::now() < deadline,
+            "Knot never served serial 2026073102\nlog: {}",
+            std::fs::read_to_string(dir.path().join("knot.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let original = Zone::load(&source).unwrap();
+    let anchors = TrustAnchors::load(&common::data_dir().join("root-anchors.xml")).unwrap();
+    let at: Timestamp = "2026-08-01T00:00:00Z".parse().unwrap();
+    for server in [v4, v6] {
+        let t = axfr::transfer_from(server, &config(vec![server]))
+            .unwrap_or_else(|e| panic!("AXFR from Knot at {server}: {e}"));
+        assert_eq!(t.server, server);
+        assert_eq!(t.zone.serial(), 2026073102);
+        assert_eq!(t.zone.records(), original.records());
+        let v = imrs_zone::verify(&t.zone, &anchors, at);
+        assert!(v.is_verified(), "{:?} {:?}", v.zonemd, v.dnssec);
+        let proof = v.proof().unwrap();
+        assert_eq!(proof.signatures_verified, 2792);
+        assert_eq!(proof.anchors_used, [20326]);
+    }
 }
 
 /// A one-shot fake server answering the first connection with `respond`.

@@ -1,0 +1,327 @@
+//! The clock stage: a trustworthy clock before anything checks DNSSEC signatures.
+//!
+//! Rules, in order:
+//! 1. The clock is never earlier than the image's build epoch (`source_date_epoch`). If it is
+//!    (a flat RTC battery), it is set to the epoch as a floor, which only makes later checks
+//!    sane: the stage still fails unless a real source then confirms the time.
+//! 2. Site `ntp.servers` given: `chronyd -q` sets the clock once from them
+//!    (`/usr/sbin/chronyd` in the image; missing is a failure that says so).
+//! 3. No servers but `ntp.trust_rtc = true` (labs): the RTC time is accepted, shown on the
+//!    console and recorded in the state file. Not if the RTC is behind the epoch.
+//! 4. Neither: failure, no time source.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::reaper::Reaper;
+
+/// chronyd inside the image.
+pub const CHRONYD: &str = "usr/sbin/chronyd";
+/// How long chronyd may take to set the clock.
+pub const NTP_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why the clock could not be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClockError {
+    /// The clock is behind the build epoch and only the RTC vouches for it.
+    #[error(
+        "clock {now} is behind the image build time {epoch}: set to it as a floor, but only the RTC (trust_rtc = true) vouches for the time and it is wrong"
+    )]
+    RtcBehind {
+        /// Unix time read.
+        now: i64,
+        /// Build epoch.
+        epoch: i64,
+    },
+    /// No time source configured.
+    #[error("no time source: the site config has no ntp.servers and trust_rtc is false")]
+    NoSource,
+    /// NTP servers configured but no client in the image.
+    #[error("site lists NTP servers but the image has no /{CHRONYD}")]
+    NoChronyd,
+    /// chronyd could not be started.
+    #[error("/{CHRONYD}: cannot start: {0}")]
+    Start(String),
+    /// chronyd failed or timed out.
+    #[error("chronyd -q against {servers}: {how}{output}")]
+    Ntp {
+        /// The servers.
+        servers: String,
+        /// Exit status or timeout.
+        how: String,
+        /// Its last output, if any.
+        output: String,
+    },
+    /// Even after NTP the clock is behind the epoch.
+    #[error("after NTP the clock reads {now}, still behind the image build time {epoch}")]
+    StillBehind {
+        /// Unix time read.
+        now: i64,
+        /// Build epoch.
+        epoch: i64,
+    },
+    /// Setting the floor failed.
+    #[error("clock_settime(CLOCK_REALTIME, {epoch})")]
+    SetFloor {
+        /// Build epoch.
+        epoch: i64,
+        /// errno.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// What the clock stage will do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Run chronyd with these arguments.
+    Ntp {
+        /// The program.
+        program: PathBuf,
+        /// Its arguments.
+        args: Vec<String>,
+    },
+    /// Accept the RTC.
+    TrustRtc,
+    /// Fail.
+    Fail(ClockError),
+}
+
+/// The decision, from facts alone.
+pub fn plan(
+    now: i64,
+    epoch: i64,
+    ntp: &imrs_config::site::Ntp,
+    chronyd: Option<&Path>,
+    run_dir: &Path,
+) -> Plan {
+    if !ntp.servers.is_empty() {
+        let Some(program) = chronyd else {
+            return Plan::Fail(ClockError::NoChronyd);
+        };
+        let mut args: Vec<String> = vec![
+            "-q".into(),
+            "-u".into(),
+            "root".into(),
+            "-t".into(),
+            NTP_TIMEOUT.as_secs().to_string(),
+            format!("pidfile {}", run_dir.join("chronyd.pid").display()),
+            "cmdport 0".into(),
+        ];
+        args.extend(ntp.servers.iter().map(|s| format!("server {s} iburst")));
+        return Plan::Ntp {
+            program: program.to_path_buf(),
+            args,
+        };
+    }
+    if ntp.trust_rtc {
+        if now < epoch {
+            return Plan::Fail(ClockError::RtcBehind { now, epoch });
+        }
+        return Plan::TrustRtc;
+    }
+    Plan::Fail(ClockError::NoSource)
+}
+
+/// Current Unix time.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Sets the system clock to `epoch` (machine role only).
+pub fn set_floor(epoch: i64) -> Result<(), ClockError> {
+    let ts = nix::sys::time::TimeSpec::new(epoch, 0);
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
+        .map_err(|source| ClockError::SetFloor { epoch, source })
+}
+
+/// Runs chronyd through the reaper; Ok when it exited 0.
+pub async fn run_ntp(
+    reaper: &Reaper,
+    program: &Path,
+    args: &[String],
+    servers: &[IpAddr],
+    timeout: Duration,
+) -> Result<(), ClockError> {
+    let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (mut child, exit) = reaper
+        .spawn(&mut cmd)
+        .map_err(|e| ClockError::Start(crate::log::chain(&e)))?;
+    let mut output = Vec::new();
+    for s in [
+        child.stdout.take().map(Into::into),
+        child.stderr.take().map(Into::into),
+    ] {
+        let s: Option<std::os::fd::OwnedFd> = s;
+        if let Some(fd) = s
+            && let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+        {
+            output.push(tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let _ = tokio::io::BufReader::new(rx).read_to_end(&mut buf).await;
+                buf
+            }));
+        }
+    }
+    let pid = child.id() as i32;
+    let how = match tokio::time::timeout(timeout, exit).await {
+        Ok(Ok(e)) if e.success() => return Ok(()),
+        Ok(Ok(e)) => e.to_string(),
+        Ok(Err(_)) => "exit status lost".to_string(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            format!("no answer within {} s", timeout.as_secs())
+        }
+    };
+    let mut text = String::new();
+    for o in output {
+        if let Ok(Ok(b)) = tokio::time::timeout(Duration::from_secs(1), o).await {
+            text.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+    let last: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = last[last.len().saturating_sub(2)..].join(" | ");
+    Err(ClockError::Ntp {
+        servers: list.join(", "),
+        how,
+        output: if tail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({tail})")
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use imrs_config::site::Ntp;
+
+    use super::*;
+    use crate::reaper::tests::CHILDREN;
+
+    const EPOCH: i64 = 1_795_000_000;
+
+    fn ntp(servers: &[&str], trust_rtc: bool) -> Ntp {
+        Ntp {
+            servers: servers.iter().map(|s| s.parse().unwrap()).collect(),
+            trust_rtc,
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let chrony = Path::new("/usr/sbin/chronyd");
+        let run = Path::new("/run/imrs");
+        let cases = [
+            (
+                "rtc trusted, ahead",
+                EPOCH + 5,
+                ntp(&[], true),
+                Some(chrony),
+                Plan::TrustRtc,
+            ),
+            (
+                "rtc trusted, behind",
+                EPOCH - 5,
+                ntp(&[], true),
+                Some(chrony),
+                Plan::Fail(ClockError::RtcBehind {
+                    now: EPOCH - 5,
+                    epoch: EPOCH,
+                }),
+            ),
+            (
+                "nothing",
+                EPOCH + 5,
+                ntp(&[], false),
+                Some(chrony),
+                Plan::Fail(ClockError::NoSource),
+            ),
+            (
+                "servers, no chronyd",
+                EPOCH + 5,
+                ntp(&["192.0.2.123"], false),
+                None,
+                Plan::Fail(ClockError::NoChronyd),
+            ),
+        ];
+        for (what, now, n, c, want) in cases {
+            assert_eq!(plan(now, EPOCH, &n, c, run), want, "{what}");
+        }
+        // Servers win over trust_rtc, even when behind (the floor is set first).
+        let Plan::Ntp { program, args } = plan(
+            EPOCH - 5,
+            EPOCH,
+            &ntp(&["192.0.2.123", "2001:db8::123"], true),
+            Some(chrony),
+            run,
+        ) else {
+            panic!("expected NTP");
+        };
+        assert_eq!(program, chrony);
+        assert_eq!(args[0], "-q");
+        assert!(args.contains(&"server 192.0.2.123 iburst".to_string()));
+        assert!(args.contains(&"server 2001:db8::123 iburst".to_string()));
+    }
+
+    fn fake(dir: &Path, script: &str) -> PathBuf {
+        let p = dir.join("chronyd");
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn chronyd_outcomes_come_through_the_reaper() {
+        let _g = CHILDREN.lock().unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let reaper = Reaper::new();
+            let r = reaper.clone();
+            let pump = tokio::spawn(async move {
+                loop {
+                    r.reap();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            let servers: Vec<IpAddr> = vec!["192.0.2.123".parse().unwrap()];
+            let ok = fake(d.path(), "exit 0");
+            assert_eq!(run_ntp(&reaper, &ok, &[], &servers, Duration::from_secs(10)).await, Ok(()));
+            let bad = fake(d.path(), "echo 'No suitable source for synchronisation' >&2; exit 1");
+            let e = run_ntp(&reaper, &bad, &[], &servers, Duration::from_secs(10))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "chronyd -q against 192.0.2.123: exit code 1 (No suitable source for synchronisation)"
+            );
+            let hang = fake(d.path(), "exec sleep 100");
+            let e = run_ntp(&reaper, &hang, &[], &servers, Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("no answer within"), "{e}");
+            pump.abort();
+        });
+    }
+}

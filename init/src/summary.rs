@@ -1,0 +1,98 @@
+//! The console summary: one line per stage with its status and time, and the reason of any
+//! failure, printed when the pipeline has gone as far as it can.
+
+use std::time::Duration;
+
+use crate::log;
+use crate::pipeline::{Outcome, StageResult};
+
+/// The summary lines, without the log prefix.
+pub fn lines(results: &[StageResult], since_start: Duration) -> Vec<(bool, String)> {
+    let mut out = vec![(
+        false,
+        format!(
+            "boot summary ({:.2} s since init start):",
+            since_start.as_secs_f64()
+        ),
+    )];
+    for r in results {
+        let (status, reason, failed) = match &r.outcome {
+            Some(Outcome::Passed) => ("PASSED", String::new(), false),
+            Some(Outcome::Failed(why)) => ("FAILED", format!("  {why}"), true),
+            Some(Outcome::NotBuiltYet) => (
+                "NOT BUILT YET",
+                "  (not implemented in this image: stops the pipeline)".into(),
+                false,
+            ),
+            Some(Outcome::DoneEarlier) => (
+                "DONE EARLIER",
+                "  (first-boot stage passed in an earlier boot)".into(),
+                false,
+            ),
+            None => ("not reached", String::new(), false),
+        };
+        let time = if r.outcome.is_some() {
+            format!("{:>7.3} s", r.seconds)
+        } else {
+            format!("{:>9}", "-")
+        };
+        out.push((
+            failed,
+            format!("  {:<11} {:<13} {time}{reason}", r.stage.name(), status),
+        ));
+    }
+    out
+}
+
+/// Prints the summary on the console (failures as errors).
+pub fn print(results: &[StageResult], since_start: Duration) {
+    for (failed, line) in lines(results, since_start) {
+        if failed {
+            log::error(line);
+        } else {
+            log::info(line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::Stage;
+
+    #[test]
+    fn one_line_per_stage_with_reason() {
+        let r = |stage, outcome, seconds| StageResult {
+            stage,
+            outcome,
+            seconds,
+        };
+        let results = vec![
+            r(Stage::Platform, Some(Outcome::Passed), 0.25),
+            r(
+                Stage::Site,
+                Some(Outcome::Failed("no site config".into())),
+                0.01,
+            ),
+            r(Stage::Hardware, None, 0.0),
+        ];
+        let l = lines(&results, Duration::from_millis(1500));
+        assert_eq!(l.len(), 4);
+        assert_eq!(l[0].1, "boot summary (1.50 s since init start):");
+        assert_eq!(
+            l[1],
+            (false, "  platform    PASSED          0.250 s".to_string())
+        );
+        assert_eq!(
+            l[2],
+            (
+                true,
+                "  site        FAILED          0.010 s  no site config".to_string()
+            )
+        );
+        assert_eq!(
+            l[3],
+            (false, "  hardware    not reached           -".to_string())
+        );
+    }
+}
