@@ -301,7 +301,9 @@ fn qemu_image_boots_through_platform_site_and_hardware() {
 
 #[test]
 fn a_version_gone_from_the_mirror_is_named_and_a_snapshot_serves_it() {
-    let Some((_, _, lock)) = qemu_image() else { return };
+    let Some((_, _, lock)) = qemu_image() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     // Pretend the mirror moved on: lock a version of libfstrm0 that apt does not know. The bytes
     // (and so the sha256) are the real package's, served from a local "snapshot" archive.
@@ -353,7 +355,11 @@ fn a_version_gone_from_the_mirror_is_named_and_a_snapshot_serves_it() {
     let url = format!("file://{}", snap.display());
     let o = fetch(&["--snapshot", &url]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(tmp.path().join("cache/debs/libfstrm0_0.0.0-superseded1_amd64.deb").exists());
+    assert!(
+        tmp.path()
+            .join("cache/debs/libfstrm0_0.0.0-superseded1_amd64.deb")
+            .exists()
+    );
     // A snapshot serving other bytes is refused.
     std::fs::write(snap.join(&pool), b"not the package").unwrap();
     std::fs::remove_dir_all(tmp.path().join("cache")).unwrap();
