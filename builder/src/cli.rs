@@ -71,6 +71,9 @@ pub enum Command {
         /// Image folder.
         dir: PathBuf,
     },
+    /// Phone-home receiver: serve reports over HTTPS, list the fleet.
+    #[command(subcommand)]
+    Home(crate::home::HomeCommand),
     /// Root zone: verify a zone file, or transfer, verify and write one.
     #[command(subcommand)]
     Zone(crate::zone_cli::ZoneCommand),

@@ -152,6 +152,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Inspect { dir } => inspect(&dir, &ui),
+        Command::Home(h) => crate::home::run(h, cli.json),
         Command::Zone(z) => {
             let code = crate::zone_cli::run(z, cli.json)?;
             Ok(u8::try_from(code).unwrap_or(EXIT_ERROR))

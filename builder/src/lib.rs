@@ -14,6 +14,7 @@ pub mod cmd;
 pub mod cpio;
 pub mod deb;
 pub mod elf;
+pub mod home;
 pub mod image_dir;
 pub mod initbin;
 pub mod kernel;

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod lock;
 pub mod profile;
 pub mod recipe;
+pub mod report;
 pub mod signed;
 pub mod site;
 

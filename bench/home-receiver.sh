@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Phone-home receiver under concurrent load on loopback (issue #6): signed reports per second
+# verified (Ed25519 over the exact bytes, schema, canonical form) and committed to SQLite
+# (WAL, synchronous=FULL, group commit), over TLS from concurrent clients on 127.0.0.1.
+# Two runs: clients keeping their connection, and a new TLS connection per report (as the
+# appliances do). Client and receiver share the machine's cores. Target: >= 1,000 reports/s.
+# Bounded: REPORTS reports per run (default 5000), at most TIME_LIMIT seconds each (default 120).
+# Usage: bench/home-receiver.sh   (env: REPORTS, CLIENTS, DEVICES, TIME_LIMIT)
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")/.." && pwd)"
+reports="${REPORTS:-5000}"
+clients="${CLIENTS:-16}"
+devices="${DEVICES:-100}"
+seconds="${TIME_LIMIT:-120}"   # (not SECONDS: bash sets that)
+
+(cd "$here" && cargo build --release --locked -p imrs-build --example home_load)
+target="${CARGO_TARGET_DIR:-$here/target}"
+load="$target/release/examples/home_load"
+
+common=(--reports "$reports" --clients "$clients" --devices "$devices" --seconds "$seconds")
+echo "keep-alive connections:"
+"$load" "${common[@]}"
+echo "new TLS connection per report:"
+"$load" "${common[@]}" --fresh

@@ -1,0 +1,224 @@
+//! Load benchmark of the phone-home receiver: signed reports per second verified and stored
+//! (committed to SQLite) under concurrent HTTPS clients on loopback.
+//!
+//! Starts the real receiver (`imrs_build::home::server`, TLS with an rcgen CA) on 127.0.0.1,
+//! signs `--reports` distinct reports from `--devices` device keys beforehand (not timed), then
+//! `--clients` threads POST them as fast as they are answered. Every answer must be a 201, and
+//! the database must hold exactly that many reports at the end. With `--fresh` each report uses
+//! a new TLS connection (as appliances do); otherwise clients keep their connection.
+//! Prints one JSON line. Run through `bench/home-receiver.sh`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use imrs_build::home::{fleet, server};
+use imrs_config::{keys, report};
+
+struct Args {
+    reports: usize,
+    clients: usize,
+    devices: usize,
+    seconds: u64,
+    fresh: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        reports: 5000,
+        clients: 16,
+        devices: 100,
+        seconds: 120,
+        fresh: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut num = |name: &str| -> usize {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} needs a number"))
+        };
+        match flag.as_str() {
+            "--reports" => a.reports = num("--reports"),
+            "--clients" => a.clients = num("--clients").max(1),
+            "--devices" => a.devices = num("--devices").max(1),
+            "--seconds" => a.seconds = num("--seconds") as u64,
+            "--fresh" => a.fresh = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+fn sample(i: usize) -> report::Report {
+    report::Report {
+        version: report::REPORT_VERSION,
+        id: report::ReportId::random().expect("random"),
+        event: report::Event::InstallPassed {},
+        created_unix: 1_767_225_600,
+        clock_source: "ntp".into(),
+        lab: true,
+        device: report::Device {
+            serial: format!("SN-{i:06}"),
+            profile: "calypso".into(),
+        },
+        site: report::SiteRef {
+            site_id: format!("site-{}", i % 97),
+            instance: "xx-lab-01.l.root-servers.org".into(),
+        },
+        image: report::ImageRef {
+            name: "calypso".into(),
+            version: "0.1.0".into(),
+            manifest_sha256: "0f".repeat(32),
+        },
+        stages: [
+            "pid1", "modules", "site", "hardware", "network", "clock", "zone", "dns",
+        ]
+        .iter()
+        .map(|s| report::StageOutcome {
+            stage: (*s).into(),
+            status: report::StageStatus::Passed,
+            reason: None,
+            seconds: 0.125,
+        })
+        .collect(),
+        hardware: serde_json::json!({"profile": "calypso", "checks": (0..20).map(|c| serde_json::json!(
+            {"name": format!("check.{c}"), "status": "pass", "measured": "ok", "required": "ok"})).collect::<Vec<_>>()}),
+        interfaces: vec![],
+        bgp: report::BgpReport::default(),
+        zone: Some(report::ZoneReport {
+            serial: 2026010100,
+            verification: "zonemd ok, dnssec ok".into(),
+        }),
+        dns: report::DnsReport {
+            ready: true,
+            daemon: Some("nsd".into()),
+            detail: None,
+        },
+    }
+}
+
+fn agent(certs: &[ureq::tls::Certificate<'static>]) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs.to_vec())))
+        .build();
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn main() {
+    let a = args();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // PKI.
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca, ca_key);
+    let srv_key = KeyPair::generate().expect("key");
+    let srv = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&srv_key, &issuer)
+        .expect("cert");
+    std::fs::write(dir.path().join("s.pem"), srv.pem()).expect("write");
+    std::fs::write(dir.path().join("s.key"), srv_key.serialize_pem()).expect("write");
+    let db = dir.path().join("home.sqlite");
+    let running = server::start(&server::ServeConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        db: db.clone(),
+        tls_cert: dir.path().join("s.pem"),
+        tls_key: dir.path().join("s.key"),
+        enrolled: None,
+        max_body: server::DEFAULT_MAX_BODY,
+        log: false,
+    })
+    .expect("start receiver");
+    let url = format!("https://{}/reports", running.addr);
+
+    // Sign beforehand.
+    let keys: Vec<_> = (0..a.devices)
+        .map(|_| keys::generate().expect("key"))
+        .collect();
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..a.reports)
+            .map(|i| report::sign(&sample(i), &keys[i % keys.len()]).to_json())
+            .collect(),
+    );
+    let body_bytes = bodies.first().map(Vec::len).unwrap_or(0);
+    let certs: Vec<_> = ureq::tls::parse_pem(ca_cert.pem().as_bytes())
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(a.seconds);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..a.clients)
+        .map(|_| {
+            let (bodies, next, url, certs) =
+                (bodies.clone(), next.clone(), url.clone(), certs.clone());
+            let fresh = a.fresh;
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut ag = agent(&certs);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= bodies.len() || Instant::now() > deadline {
+                        return lat;
+                    }
+                    if fresh {
+                        ag = agent(&certs);
+                    }
+                    let t = Instant::now();
+                    let mut resp = ag
+                        .post(&url)
+                        .content_type("application/json")
+                        .send(&bodies[i][..])
+                        .unwrap_or_else(|e| panic!("report {i}: {e}"));
+                    assert_eq!(resp.status().as_u16(), 201, "report {i}");
+                    // Reading the answer to the end returns the connection to the pool.
+                    let _ = resp.body_mut().read_to_vec();
+                    lat.push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut lat: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect();
+    let elapsed = start.elapsed();
+    let stored = fleet::count_reports(&db).expect("count");
+    running.stop();
+    assert_eq!(stored as usize, lat.len(), "every 201 is a stored report");
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "reports": lat.len(),
+            "clients": a.clients,
+            "devices": a.devices,
+            "fresh_connections": a.fresh,
+            "body_bytes": body_bytes,
+            "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            "reports_per_second": (lat.len() as f64 / elapsed.as_secs_f64()).round(),
+            "latency_ms_p50": (pct(0.50) * 100.0).round() / 100.0,
+            "latency_ms_p99": (pct(0.99) * 100.0).round() / 100.0,
+            "complete": lat.len() == a.reports,
+        })
+    );
+}

@@ -1,0 +1,246 @@
+//! What the receiver does with one submission, apart from HTTP: parse the envelope, verify the
+//! signature over the exact report bytes, check enrolment, store once per report id, and pick
+//! the answer the device relies on.
+//!
+//! Answers (JSON bodies, always with `status`, and `id` once the report is known):
+//! - `201 {"id","status":"stored"}`: new report stored (committed to disk).
+//! - `409 {"id","status":"duplicate"}`: the same signed report was stored before. The device
+//!   treats 201 and this 409 alike: delivered.
+//! - `400 malformed`, `413 too-large`, `422 bad-signature | invalid | id-conflict`,
+//!   `403 unknown-device`: refused and recorded in `rejected`; the device keeps its copy.
+//! - `503` when the database cannot store (not recorded; the device retries).
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hyper::StatusCode;
+use imrs_config::keys;
+use imrs_config::report::{self, Event, ReportError, SignedReport};
+use serde_json::json;
+use sha2::Digest;
+
+use super::enrol::Enrolment;
+use super::server::{ServeConfig, ServeError};
+use super::store::{NewReport, Rejection, Store, StoreError, Stored};
+
+/// The receiver's shared state: the store, the enrolment and the limits.
+#[derive(Debug)]
+pub struct Receiver {
+    store: Store,
+    enrolled: Option<Enrolment>,
+    pub(super) max_body: usize,
+    pub(super) log: bool,
+}
+
+impl Receiver {
+    /// Opens the database and reads the enrolment folder.
+    pub fn open(cfg: &ServeConfig) -> Result<Receiver, ServeError> {
+        let enrolled = cfg.enrolled.as_deref().map(Enrolment::load).transpose()?;
+        Ok(Receiver {
+            store: Store::start(&cfg.db)?,
+            enrolled,
+            max_body: cfg.max_body,
+            log: cfg.log,
+        })
+    }
+
+    /// Number of enrolled keys, when enrolment is on.
+    pub fn enrolled(&self) -> Option<usize> {
+        self.enrolled.as_ref().map(Enrolment::len)
+    }
+
+    /// Handles one submission body from `peer`: the status and the JSON answer.
+    pub async fn submit(&self, body: &[u8], peer: SocketAddr) -> (StatusCode, serde_json::Value) {
+        let now = unix_now();
+        let reject = |status: StatusCode, kind: &str, reason: String, known: Known| {
+            if self.log {
+                eprintln!("home: {peer}: {} {kind}: {reason}", status.as_u16());
+            }
+            self.store.reject(Rejection {
+                received_unix: now,
+                peer: peer.to_string(),
+                status: status.as_u16(),
+                reason: format!("{kind}: {reason}"),
+                key_id: known.key_id,
+                report_id: known.report_id.clone(),
+                serial: known.serial,
+                site_id: known.site_id,
+            });
+            let mut answer = json!({"status": kind, "error": reason});
+            if let Some(id) = known.report_id {
+                answer["id"] = id.into();
+            }
+            (status, answer)
+        };
+        let signed = match SignedReport::from_json(body) {
+            Ok(s) => s,
+            Err(e) => {
+                return reject(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    e.to_string(),
+                    Known::default(),
+                );
+            }
+        };
+        let key = signed.key().ok();
+        let key_id = key.as_ref().map(keys::key_id);
+        let parsed = match report::verify(&signed) {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = match e {
+                    ReportError::BadSignature { .. } | ReportError::SignatureFormat { .. } => {
+                        "bad-signature"
+                    }
+                    ReportError::PublicKey { .. } => "malformed",
+                    _ => "invalid",
+                };
+                let status = if kind == "malformed" {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                };
+                let known = Known {
+                    key_id,
+                    ..Known::default()
+                };
+                return reject(status, kind, error_chain(&e), known);
+            }
+        };
+        let (Some(key), Some(key_id)) = (key, key_id) else {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                "public key unusable".into(),
+                Known::default(),
+            );
+        };
+        let known = Known {
+            key_id: Some(key_id.clone()),
+            report_id: Some(parsed.id.to_string()),
+            serial: Some(parsed.device.serial.clone()),
+            site_id: Some(parsed.site.site_id.clone()),
+        };
+        if let Some(enrolled) = &self.enrolled
+            && !enrolled.contains(&key)
+        {
+            return reject(
+                StatusCode::FORBIDDEN,
+                "unknown-device",
+                format!("device key {key_id} is not enrolled"),
+                known,
+            );
+        }
+        let (failed_stage, failed_reason) = match &parsed.event {
+            Event::InstallFailed { stage, reason } => (Some(stage.clone()), Some(reason.clone())),
+            _ => (None, None),
+        };
+        let id = parsed.id.to_string();
+        let row = NewReport {
+            id: id.clone(),
+            key_id: key_id.clone(),
+            public_key: signed.public_key.clone(),
+            serial: parsed.device.serial.clone(),
+            profile: parsed.device.profile.clone(),
+            site_id: parsed.site.site_id.clone(),
+            instance: parsed.site.instance.clone(),
+            event: parsed.event.name().to_string(),
+            failed_stage,
+            failed_reason,
+            zone_serial: parsed.zone.as_ref().map(|z| z.serial),
+            image: format!("{} {}", parsed.image.name, parsed.image.version),
+            lab: parsed.lab,
+            created_unix: parsed.created_unix,
+            received_unix: now,
+            peer: peer.to_string(),
+            digest: hex::encode(sha2::Sha256::digest(signed.report.as_bytes())),
+            report: signed.report,
+            signature: signed.signature,
+        };
+        let outcome = match self.store.submit(row) {
+            Ok(rx) => match rx.await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::WriterGone {
+                    path: self.store.path().to_path_buf(),
+                }),
+            },
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(Stored::New) => {
+                if self.log {
+                    eprintln!(
+                        "home: {peer}: stored {} {id} from {key_id} ({} at {})",
+                        parsed.event.name(),
+                        parsed.device.serial,
+                        parsed.site.site_id
+                    );
+                }
+                (StatusCode::CREATED, json!({"id": id, "status": "stored"}))
+            }
+            Ok(Stored::Duplicate) => (
+                StatusCode::CONFLICT,
+                json!({"id": id, "status": "duplicate"}),
+            ),
+            Ok(Stored::IdConflict) => {
+                // Recorded as rejected by the writer in the same transaction.
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"id": id, "status": "id-conflict",
+                           "error": "another report with this id is stored"}),
+                )
+            }
+            Err(e) => {
+                eprintln!("home: {peer}: report {id}: {}", error_chain(&e));
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"id": id, "status": "unavailable", "error": "cannot store now"}),
+                )
+            }
+        }
+    }
+
+    /// Records a refusal that happened before the body was read (too large, timeout).
+    pub(super) fn refuse(&self, peer: SocketAddr, status: StatusCode, kind: &str, reason: String) {
+        if self.log {
+            eprintln!("home: {peer}: {} {kind}: {reason}", status.as_u16());
+        }
+        self.store.reject(Rejection {
+            received_unix: unix_now(),
+            peer: peer.to_string(),
+            status: status.as_u16(),
+            reason: format!("{kind}: {reason}"),
+            key_id: None,
+            report_id: None,
+            serial: None,
+            site_id: None,
+        });
+    }
+}
+
+/// What is known about a submission when it is refused.
+#[derive(Debug, Default)]
+struct Known {
+    key_id: Option<String>,
+    report_id: Option<String>,
+    serial: Option<String>,
+    site_id: Option<String>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,641 @@
+//! Phone-home reports: what an appliance tells ICANN after installing (passed or failed) and on
+//! later boots, and the signed envelope it travels in.
+//!
+//! The report is serialised as canonical JSON ([`crate::image::canonical_json`]: sorted keys,
+//! pretty-printed, trailing newline). The envelope [`SignedReport`] carries those exact bytes as
+//! a JSON string next to a detached Ed25519 signature (hex) and the device's public key (SPKI
+//! PEM). [`verify`] checks the signature over the exact bytes before parsing anything, then parses
+//! with `deny_unknown_fields`, validates, and insists the bytes are the canonical form of what
+//! they parse to, so one report has exactly one signed representation.
+//!
+//! The hardware report is kept as a free JSON value so the hardware module can evolve without a
+//! schema bump here; everything else is typed.
+
+use std::net::IpAddr;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::image::canonical_json;
+use crate::keys;
+
+/// The report schema version this build writes and understands.
+pub const REPORT_VERSION: u32 = 1;
+
+/// Bytes of randomness in a report id (shown as twice as many hex digits).
+pub const REPORT_ID_BYTES: usize = 16;
+
+/// A report could not be made, parsed or verified.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The envelope is not JSON of the envelope's shape.
+    #[error("signed report envelope: {message}")]
+    Envelope {
+        /// The parser's message.
+        message: String,
+    },
+    /// The envelope's public key is not an Ed25519 SPKI PEM key.
+    #[error("signed report: public key unusable")]
+    PublicKey {
+        /// Why.
+        #[source]
+        source: keys::KeyError,
+    },
+    /// The envelope's signature is not 128 hex digits.
+    #[error("signed report from device {key_id}: signature is not 128 hex digits")]
+    SignatureFormat {
+        /// The device key's id.
+        key_id: String,
+    },
+    /// The signature does not match the report bytes and the public key.
+    #[error("signed report from device {key_id}: signature does not verify")]
+    BadSignature {
+        /// The device key's id.
+        key_id: String,
+    },
+    /// The (signed) report text is not a report of this schema.
+    #[error("report from device {key_id}: {message}")]
+    Parse {
+        /// The device key's id.
+        key_id: String,
+        /// The parser's message (names the key).
+        message: String,
+    },
+    /// A field breaks a rule.
+    #[error("report {id}: {field} = {value}: {rule}")]
+    Invalid {
+        /// The report id as written.
+        id: String,
+        /// Dotted field path.
+        field: String,
+        /// The offending value.
+        value: String,
+        /// The rule it breaks.
+        rule: String,
+    },
+    /// The signed bytes are not the canonical JSON of the report they contain.
+    #[error("report {id}: signed bytes are not canonical JSON")]
+    NotCanonical {
+        /// The report id.
+        id: String,
+    },
+    /// The kernel random source failed while making a report id.
+    #[error("cannot get random bytes for a report id: {0}")]
+    Random(String),
+}
+
+/// A report id: [`REPORT_ID_BYTES`] random bytes as lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ReportId(String);
+
+impl ReportId {
+    /// A fresh id from the kernel's random source.
+    pub fn random() -> Result<ReportId, ReportError> {
+        let mut b = [0u8; REPORT_ID_BYTES];
+        getrandom::fill(&mut b).map_err(|e| ReportError::Random(e.to_string()))?;
+        Ok(ReportId(hex::encode(b)))
+    }
+
+    /// The id as text (also a safe file name).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ReportId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.len() == 2 * REPORT_ID_BYTES
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok {
+            Ok(ReportId(s))
+        } else {
+            Err(format!(
+                "report id {s:?} is not {} lowercase hex digits",
+                2 * REPORT_ID_BYTES
+            ))
+        }
+    }
+}
+
+impl From<ReportId> for String {
+    fn from(id: ReportId) -> String {
+        id.0
+    }
+}
+
+impl std::fmt::Display for ReportId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why the report was sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Event {
+    /// The first boot passed every stage.
+    InstallPassed {},
+    /// The first boot stopped at a stage.
+    InstallFailed {
+        /// The stage that failed.
+        stage: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A later boot (the installation passed earlier).
+    Boot {},
+}
+
+impl Event {
+    /// The event's name as written (`install-passed`, `install-failed`, `boot`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::InstallPassed {} => "install-passed",
+            Event::InstallFailed { .. } => "install-failed",
+            Event::Boot {} => "boot",
+        }
+    }
+}
+
+/// How a pipeline stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageStatus {
+    /// Done.
+    Passed,
+    /// Failed (see the reason).
+    Failed,
+    /// Not implemented in this image yet.
+    NotBuiltYet,
+    /// Not reached.
+    Skipped,
+}
+
+/// One pipeline stage's outcome and timing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageOutcome {
+    /// Stage name (`hardware`, `zone`, ...).
+    pub stage: String,
+    /// How it ended.
+    pub status: StageStatus,
+    /// Failure reason.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// The appliance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// DMI product serial (`sys/class/dmi/id/product_serial`).
+    pub serial: String,
+    /// Hardware profile name (`calypso`, `pandora`, `qemu`).
+    pub profile: String,
+}
+
+/// Where the appliance is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteRef {
+    /// The site config's `site_id`.
+    pub site_id: String,
+    /// The instance name.
+    pub instance: String,
+}
+
+/// The image the appliance runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRef {
+    /// Image name.
+    pub name: String,
+    /// Image version.
+    pub version: String,
+    /// sha256 (hex) of the signed manifest.
+    pub manifest_sha256: String,
+}
+
+/// One network interface as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceReport {
+    /// Kernel name.
+    pub name: String,
+    /// MAC address.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Link up.
+    pub up: bool,
+    /// Addresses with prefix length.
+    pub addresses: Vec<IpNet>,
+}
+
+/// One BGP session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpSession {
+    /// Neighbour name.
+    pub name: String,
+    /// Neighbour address.
+    pub address: IpAddr,
+    /// Neighbour AS.
+    pub asn: u32,
+    /// Session state as the BGP daemon names it (`Established`, `Active`, ...).
+    pub state: String,
+}
+
+/// BGP at report time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpReport {
+    /// Sessions.
+    pub sessions: Vec<BgpSession>,
+    /// Prefixes announced.
+    pub announced: Vec<IpNet>,
+}
+
+/// The root zone at report time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneReport {
+    /// SOA serial of the zone being served.
+    pub serial: u32,
+    /// Verification summary (ZONEMD, DNSSEC), one line.
+    pub verification: String,
+}
+
+/// The DNS service at report time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsReport {
+    /// Answering authoritatively for the root.
+    pub ready: bool,
+    /// Daemon (`nsd`, `knot`).
+    #[serde(default)]
+    pub daemon: Option<String>,
+    /// What is missing when not ready.
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
+/// A phone-home report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Schema version; must be [`REPORT_VERSION`].
+    pub version: u32,
+    /// Random id; retries of one report share it.
+    pub id: ReportId,
+    /// Why it was sent.
+    pub event: Event,
+    /// Creation time, seconds since the Unix epoch (UTC) by the device clock.
+    pub created_unix: i64,
+    /// Where the device clock came from (`ntp`, `rtc`, `none`).
+    pub clock_source: String,
+    /// A lab site.
+    pub lab: bool,
+    /// The appliance.
+    pub device: Device,
+    /// Its site.
+    pub site: SiteRef,
+    /// Its image.
+    pub image: ImageRef,
+    /// Every stage's outcome in pipeline order.
+    pub stages: Vec<StageOutcome>,
+    /// The hardware report as the hardware module serialised it.
+    pub hardware: serde_json::Value,
+    /// Interfaces and their addresses.
+    pub interfaces: Vec<InterfaceReport>,
+    /// BGP sessions and announced prefixes.
+    pub bgp: BgpReport,
+    /// The root zone, when one was loaded.
+    #[serde(default)]
+    pub zone: Option<ZoneReport>,
+    /// DNS readiness.
+    pub dns: DnsReport,
+}
+
+/// A report as sent: the canonical report bytes, their signature, and the signer's public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReport {
+    /// The report's canonical JSON, exactly the bytes signed.
+    pub report: String,
+    /// Ed25519 signature over `report`'s UTF-8 bytes, 128 lowercase hex digits.
+    pub signature: String,
+    /// The device public key, SPKI PEM.
+    pub public_key: String,
+}
+
+impl SignedReport {
+    /// Parses an envelope (as received over HTTP or read from an outbox file).
+    pub fn from_json(bytes: &[u8]) -> Result<SignedReport, ReportError> {
+        serde_json::from_slice(bytes).map_err(|e| ReportError::Envelope {
+            message: e.to_string(),
+        })
+    }
+
+    /// The envelope as JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The signer's public key.
+    pub fn key(&self) -> Result<VerifyingKey, ReportError> {
+        keys::parse_public(
+            &self.public_key,
+            std::path::Path::new("<report public_key>"),
+        )
+        .map_err(|source| ReportError::PublicKey { source })
+    }
+}
+
+/// Signs `report`'s canonical JSON with the device key.
+pub fn sign(report: &Report, key: &SigningKey) -> SignedReport {
+    let bytes = canonical_json(report);
+    let text = String::from_utf8(bytes).unwrap_or_default();
+    SignedReport {
+        signature: keys::sign_hex(key, text.as_bytes()).trim_end().to_string(),
+        report: text,
+        public_key: keys::public_pem(&key.verifying_key()),
+    }
+}
+
+/// Checks the signature over the exact report bytes, then parses and validates the report.
+/// Nothing in the report is looked at before the signature verifies.
+pub fn verify(signed: &SignedReport) -> Result<Report, ReportError> {
+    let key = signed.key()?;
+    let key_id = keys::key_id(&key);
+    let origin = std::path::Path::new("<report signature>");
+    let sig = keys::parse_signature(&signed.signature, origin).map_err(|_| {
+        ReportError::SignatureFormat {
+            key_id: key_id.clone(),
+        }
+    })?;
+    keys::verify(&key, signed.report.as_bytes(), &sig).map_err(|_| ReportError::BadSignature {
+        key_id: key_id.clone(),
+    })?;
+    let report: Report = serde_json::from_str(&signed.report).map_err(|e| ReportError::Parse {
+        key_id: key_id.clone(),
+        message: e.to_string(),
+    })?;
+    validate(&report)?;
+    if canonical_json(&report) != signed.report.as_bytes() {
+        return Err(ReportError::NotCanonical {
+            id: report.id.to_string(),
+        });
+    }
+    Ok(report)
+}
+
+/// Longest free-text field accepted (reasons, names).
+const MAX_TEXT: usize = 4096;
+
+/// Checks the rules serde cannot express.
+pub fn validate(r: &Report) -> Result<(), ReportError> {
+    let bad = |field: &str, value: &dyn std::fmt::Display, rule: &str| ReportError::Invalid {
+        id: r.id.to_string(),
+        field: field.to_string(),
+        value: value.to_string(),
+        rule: rule.to_string(),
+    };
+    if r.version != REPORT_VERSION {
+        return Err(bad(
+            "version",
+            &r.version,
+            &format!("this build understands report version {REPORT_VERSION}"),
+        ));
+    }
+    let texts = [
+        ("device.serial", r.device.serial.as_str(), false),
+        ("device.profile", r.device.profile.as_str(), false),
+        ("site.site_id", r.site.site_id.as_str(), true),
+        ("site.instance", r.site.instance.as_str(), true),
+        ("clock_source", r.clock_source.as_str(), true),
+    ];
+    for (field, value, required) in texts {
+        if (required && value.trim().is_empty()) || value.len() > MAX_TEXT {
+            return Err(bad(field, &value, "non-empty text of at most 4096 bytes"));
+        }
+    }
+    if let Event::InstallFailed { stage, reason } = &r.event {
+        if stage.trim().is_empty() {
+            return Err(bad(
+                "event.stage",
+                stage,
+                "an install-failed names its stage",
+            ));
+        }
+        if reason.len() > MAX_TEXT {
+            return Err(bad("event.reason", &reason.len(), "at most 4096 bytes"));
+        }
+    }
+    let m = &r.image.manifest_sha256;
+    let lower_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let digest_ok = m.is_empty() || (m.len() == 64 && lower_hex(m));
+    if !digest_ok {
+        return Err(bad(
+            "image.manifest_sha256",
+            m,
+            "64 lowercase hex digits (or empty when unknown)",
+        ));
+    }
+    for (i, s) in r.stages.iter().enumerate() {
+        if s.stage.trim().is_empty() {
+            return Err(bad(&format!("stages[{i}].stage"), &s.stage, "a stage name"));
+        }
+        if !(s.seconds.is_finite() && s.seconds >= 0.0) {
+            return Err(bad(
+                &format!("stages[{i}].seconds"),
+                &s.seconds,
+                "a non-negative number",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Report {
+        Report {
+            version: REPORT_VERSION,
+            id: ReportId::random().unwrap(),
+            event: Event::InstallPassed {},
+            created_unix: 1_767_225_600,
+            clock_source: "ntp".into(),
+            lab: true,
+            device: Device {
+                serial: "SN-0001".into(),
+                profile: "qemu".into(),
+            },
+            site: SiteRef {
+                site_id: "lab-1".into(),
+                instance: "xx-lab-01.l.root-servers.org".into(),
+            },
+            image: ImageRef {
+                name: "qemu".into(),
+                version: "0.1.0".into(),
+                manifest_sha256: "ab".repeat(32),
+            },
+            stages: vec![StageOutcome {
+                stage: "hardware".into(),
+                status: StageStatus::Passed,
+                reason: None,
+                seconds: 0.25,
+            }],
+            hardware: serde_json::json!({"profile": "qemu", "checks": [{"name": "cpu.count"}]}),
+            interfaces: vec![InterfaceReport {
+                name: "eth0".into(),
+                mac: Some("52:54:00:12:34:56".into()),
+                up: true,
+                addresses: vec!["192.0.2.10/24".parse().unwrap()],
+            }],
+            bgp: BgpReport {
+                sessions: vec![BgpSession {
+                    name: "r1".into(),
+                    address: "192.0.2.1".parse().unwrap(),
+                    asn: 64512,
+                    state: "Established".into(),
+                }],
+                announced: vec!["199.7.83.0/24".parse().unwrap()],
+            },
+            zone: Some(ZoneReport {
+                serial: 2026010100,
+                verification: "zonemd ok, dnssec ok".into(),
+            }),
+            dns: DnsReport {
+                ready: true,
+                daemon: Some("nsd".into()),
+                detail: None,
+            },
+        }
+    }
+
+    #[test]
+    fn roundtrip_through_envelope() {
+        let key = keys::generate().unwrap();
+        let r = sample();
+        let signed = sign(&r, &key);
+        let wire = signed.to_json();
+        let back = SignedReport::from_json(&wire).unwrap();
+        assert_eq!(verify(&back).unwrap(), r);
+        // A failure report too.
+        let mut f = sample();
+        f.event = Event::InstallFailed {
+            stage: "zone".into(),
+            reason: "AXFR from 192.0.2.53: connection refused".into(),
+        };
+        assert_eq!(verify(&sign(&f, &key)).unwrap(), f);
+        assert!(signed.report.contains("\"kind\": \"install-passed\""));
+    }
+
+    #[test]
+    fn tampering_and_wrong_keys_are_rejected() {
+        let key = keys::generate().unwrap();
+        let signed = sign(&sample(), &key);
+        // One field changed after signing.
+        let mut t = signed.clone();
+        t.report = t.report.replace("SN-0001", "SN-0002");
+        assert_ne!(t.report, signed.report);
+        assert!(matches!(verify(&t), Err(ReportError::BadSignature { .. })));
+        // Whitespace alone changes the bytes.
+        let mut t = signed.clone();
+        t.report.push(' ');
+        assert!(matches!(verify(&t), Err(ReportError::BadSignature { .. })));
+        // Another key's public half next to the original signature.
+        let other = keys::generate().unwrap();
+        let mut t = signed.clone();
+        t.public_key = keys::public_pem(&other.verifying_key());
+        assert!(matches!(verify(&t), Err(ReportError::BadSignature { .. })));
+        // Garbage signature and key.
+        let mut t = signed.clone();
+        t.signature = "abcd".into();
+        assert!(matches!(
+            verify(&t),
+            Err(ReportError::SignatureFormat { .. })
+        ));
+        let mut t = signed;
+        t.public_key = "not a key".into();
+        assert!(matches!(verify(&t), Err(ReportError::PublicKey { .. })));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_rejected_even_when_signed() {
+        let key = keys::generate().unwrap();
+        let resign = |v: serde_json::Value| {
+            let text = String::from_utf8(canonical_json(&v)).unwrap();
+            SignedReport {
+                signature: keys::sign_hex(&key, text.as_bytes()).trim().to_string(),
+                report: text,
+                public_key: keys::public_pem(&key.verifying_key()),
+            }
+        };
+        let base = serde_json::to_value(sample()).unwrap();
+        type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            ("top-level extra", Box::new(|v| v["extra"] = 1.into())),
+            (
+                "nested extra",
+                Box::new(|v| v["device"]["color"] = "red".into()),
+            ),
+            ("event extra", Box::new(|v| v["event"]["why"] = "x".into())),
+            (
+                "unknown event",
+                Box::new(|v| v["event"]["kind"] = "reboot".into()),
+            ),
+            (
+                "bad status",
+                Box::new(|v| v["stages"][0]["status"] = "ok".into()),
+            ),
+            ("bad id", Box::new(|v| v["id"] = "XYZ".into())),
+            ("version", Box::new(|v| v["version"] = 2.into())),
+            (
+                "neg seconds",
+                Box::new(|v| v["stages"][0]["seconds"] = (-1.0).into()),
+            ),
+            ("empty site", Box::new(|v| v["site"]["site_id"] = "".into())),
+            (
+                "digest",
+                Box::new(|v| v["image"]["manifest_sha256"] = "zz".into()),
+            ),
+        ];
+        for (name, edit) in cases {
+            let mut v = base.clone();
+            edit(&mut v);
+            let err = verify(&resign(v)).expect_err(name);
+            assert!(
+                matches!(err, ReportError::Parse { .. } | ReportError::Invalid { .. }),
+                "{name}: {err}"
+            );
+        }
+        // Signed but not canonical (compact JSON): rejected.
+        let compact = serde_json::to_string(&sample()).unwrap();
+        let s = SignedReport {
+            signature: keys::sign_hex(&key, compact.as_bytes()).trim().to_string(),
+            report: compact,
+            public_key: keys::public_pem(&key.verifying_key()),
+        };
+        assert!(matches!(verify(&s), Err(ReportError::NotCanonical { .. })));
+        // Unknown envelope field.
+        let mut env = serde_json::to_value(sign(&sample(), &key)).unwrap();
+        env["note"] = "hi".into();
+        let bytes = serde_json::to_vec(&env).unwrap();
+        assert!(matches!(
+            SignedReport::from_json(&bytes),
+            Err(ReportError::Envelope { .. })
+        ));
+    }
+}

@@ -1,0 +1,170 @@
+//! BIRD as a supervised daemon: its private run directory (config, control socket, pidfile), the
+//! atomic config write checked with `bird -p` before it replaces the old file, and the command
+//! line the supervisor runs.
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{BgpError, Birdc};
+
+/// The BIRD binary in the image.
+pub const BIRD_BIN: &str = "/usr/sbin/bird";
+
+/// One BIRD instance and its private run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BirdDaemon {
+    /// The `bird` binary.
+    pub bird: PathBuf,
+    /// Private directory holding `bird.conf`, `bird.ctl` and `bird.pid`.
+    pub run_dir: PathBuf,
+}
+
+impl BirdDaemon {
+    /// BIRD from [`BIRD_BIN`] running in `run_dir`.
+    pub fn new(run_dir: impl Into<PathBuf>) -> Self {
+        BirdDaemon {
+            bird: PathBuf::from(BIRD_BIN),
+            run_dir: run_dir.into(),
+        }
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.run_dir.join("bird.conf")
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.run_dir.join("bird.ctl")
+    }
+
+    /// The pidfile.
+    pub fn pidfile(&self) -> PathBuf {
+        self.run_dir.join("bird.pid")
+    }
+
+    /// A control client for this instance.
+    pub fn birdc(&self) -> Birdc {
+        Birdc::new(self.socket())
+    }
+
+    /// The command line: BIRD in the foreground (`-f`) so the supervisor owns the process.
+    pub fn command(&self) -> (PathBuf, Vec<String>) {
+        let s = |p: PathBuf| p.to_string_lossy().into_owned();
+        (
+            self.bird.clone(),
+            vec![
+                "-f".into(),
+                "-c".into(),
+                s(self.config_path()),
+                "-s".into(),
+                s(self.socket()),
+                "-P".into(),
+                s(self.pidfile()),
+            ],
+        )
+    }
+
+    /// Writes `text` as the config: creates the run directory, writes a temp file, has
+    /// `bird -p` check it, then renames it over the old config (fsyncing file and directory).
+    /// A config BIRD rejects never replaces a good one.
+    pub fn write_config(&self, text: &str) -> Result<(), BgpError> {
+        let werr = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BgpError::Write { path, source }
+        };
+        fs::create_dir_all(&self.run_dir).map_err(werr(&self.run_dir))?;
+        let target = self.config_path();
+        let tmp = self.run_dir.join(".bird.conf.tmp");
+        let mut f = File::create(&tmp).map_err(werr(&tmp))?;
+        f.write_all(text.as_bytes()).map_err(werr(&tmp))?;
+        f.sync_all().map_err(werr(&tmp))?;
+        drop(f);
+        if let Err(e) = check_config(&self.bird, &tmp) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, &target).map_err(werr(&target))?;
+        File::open(&self.run_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(werr(&self.run_dir))
+    }
+
+    /// Asks the running BIRD to load the (already checked) config file again.
+    pub fn reconfigure(&self) -> Result<(), BgpError> {
+        self.birdc().command("configure").map(drop)
+    }
+}
+
+/// Checks a config file with `bird -p -c FILE` (parse only, nothing is started).
+pub fn check_config(bird: &Path, path: &Path) -> Result<(), BgpError> {
+    let out = Command::new(bird)
+        .arg("-p")
+        .arg("-c")
+        .arg(path)
+        .output()
+        .map_err(|source| BgpError::CheckSpawn {
+            bird: bird.to_path_buf(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if message.is_empty() {
+            message = format!("exit status {}", out.status);
+        }
+        Err(BgpError::CheckFailed {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_uses_the_run_dir() {
+        let d = BirdDaemon::new("/run/imrs/bird");
+        let (bin, args) = d.command();
+        assert_eq!(bin, Path::new("/usr/sbin/bird"));
+        assert_eq!(
+            args,
+            [
+                "-f",
+                "-c",
+                "/run/imrs/bird/bird.conf",
+                "-s",
+                "/run/imrs/bird/bird.ctl",
+                "-P",
+                "/run/imrs/bird/bird.pid"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejected_config_never_replaces_the_good_one() {
+        if !Path::new(BIRD_BIN).exists() {
+            eprintln!("skip: {BIRD_BIN} not installed");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI needs bird"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = BirdDaemon::new(dir.path());
+        d.write_config("router id 192.0.2.10;\nprotocol device {}\n")
+            .unwrap();
+        let err = d.write_config("router id 192.0.2.10;\nprotocol nonsense {}\n");
+        assert!(matches!(err, Err(BgpError::CheckFailed { .. })), "{err:?}");
+        let kept = fs::read_to_string(d.config_path()).unwrap();
+        assert!(kept.contains("protocol device {}"));
+        assert!(!dir.path().join(".bird.conf.tmp").exists());
+    }
+}

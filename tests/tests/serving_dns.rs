@@ -1,0 +1,259 @@
+//! DNS serving tests against the real daemons: NSD and, separately, Knot DNS run with the
+//! generated config on loopback high ports, serving real root zones. The readiness probe must pass
+//! over UDP and TCP, IPv4 and IPv6, with AA, the expected serial and NSID; a reload to a new zone
+//! must not drop a single query; AXFR is refused; `hostname.bind` / `id.server` CH TXT answer the
+//! instance name; the version is hidden; nothing recurses.
+
+#[path = "../src/daemons.rs"]
+mod daemons;
+#[allow(dead_code, unused_imports)]
+#[path = "../../init/src/dns/mod.rs"]
+mod dns;
+#[path = "../src/netns.rs"]
+mod netns;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use daemons::{Daemon, KNOTD, NSD, wait_for};
+use dns::probe::{Probe, ProbeError, Transport, chaos_txt, query};
+use dns::{DnsConfig, Hardware};
+use domain::base::iana::{Class, Rcode};
+use domain::base::{Name, Rtype};
+use imrs_config::recipe::DnsImpl;
+use netns::require;
+
+const ZONE_DIR: &str = "/work/shared/data/rootzone";
+const SERIAL: u32 = 2026073102;
+const OLD_SERIAL: u32 = 2026073101;
+
+fn shared(rel: &str) -> std::path::PathBuf {
+    // The checkout's sibling `shared/` (CI lays it beside the clone), else the lab path.
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/rootzone");
+    let base = if beside.exists() {
+        beside
+    } else {
+        ZONE_DIR.into()
+    };
+    base.join(rel)
+}
+
+/// A port free for UDP and TCP on 127.0.0.1 and ::1 right now.
+fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let ok = UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("::1", port)).is_ok()
+            && TcpListener::bind(("::1", port)).is_ok();
+        if ok {
+            return port;
+        }
+    }
+}
+
+fn replace_atomically(from: &Path, to: &Path) {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+fn serve_and_probe(imp: DnsImpl, daemon_bin: &str) {
+    let test = format!("serving_dns_{imp}");
+    let zone_new = shared("root.zone.2026073102");
+    let zone_old = shared("stripped/root.zone.2026073101");
+    let zone_new_s = zone_new.to_string_lossy().into_owned();
+    if !require(&test, false, &[daemon_bin, &zone_new_s]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let zone = dir.path().join("root.zone");
+    replace_atomically(&zone_old, &zone);
+
+    let site = imrs_config::site::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
+    )
+    .unwrap();
+    let mut cfg = DnsConfig::for_site(
+        imp,
+        &site,
+        &Hardware::detect(Path::new("/proc")),
+        &zone,
+        dir.path().join("run"),
+    );
+    let port = free_port();
+    cfg.listen = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    cfg.port = port;
+    cfg.workers = 2;
+    cfg.write().unwrap();
+    cfg.check().unwrap();
+    let (bin, args) = cfg.command();
+    let t0 = Instant::now();
+    let mut d = Daemon::spawn(&test, None, &bin, &args, &dir.path().join("daemon.log"));
+
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    let ready = wait_for(Duration::from_secs(60), || {
+        Probe::new(v4, Transport::Udp, Some(OLD_SERIAL)).run().ok()
+    });
+    if ready.is_none() {
+        d.assert_running();
+        panic!(
+            "{imp} never became ready: {:?}\n{}",
+            Probe::new(v4, Transport::Udp, Some(OLD_SERIAL)).run(),
+            d.log()
+        );
+    }
+    eprintln!("{imp}: ready with {OLD_SERIAL} after {:?}", t0.elapsed());
+
+    // Reload to the new zone while a client queries without pause: no query may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let hammer = {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match Probe::new(v4, Transport::Udp, None).run() {
+                    Ok(r) if r.serial == OLD_SERIAL || r.serial == SERIAL => {}
+                    other => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(format!("{other:?}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            errors
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    replace_atomically(&zone_new, &zone);
+    let t1 = Instant::now();
+    cfg.reload().unwrap();
+    let switched = wait_for(Duration::from_secs(60), || {
+        Probe::new(v4, Transport::Udp, Some(SERIAL)).run().ok()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let errors = hammer.join().unwrap();
+    assert!(
+        switched.is_some(),
+        "{imp} never served {SERIAL}:\n{}",
+        d.log()
+    );
+    eprintln!(
+        "{imp}: serving {SERIAL} {:?} after reload; {} queries during reload, {} failed",
+        t1.elapsed(),
+        sent.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert!(
+        errors.is_empty(),
+        "queries failed during reload: {errors:?}"
+    );
+
+    // Readiness over every transport and family.
+    for server in [v4, v6] {
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let r = Probe::new(server, transport, Some(SERIAL))
+                .run()
+                .unwrap_or_else(|e| panic!("{imp} {server}/{transport}: {e}"));
+            assert_eq!(r.serial, SERIAL);
+            assert_eq!(r.nsid.as_deref(), Some(site.instance.as_str()));
+            eprintln!("{imp}: {server}/{transport} ready in {:?}", r.latency);
+            // The probe does fail on a wrong expectation.
+            assert!(matches!(
+                Probe::new(server, transport, Some(SERIAL + 1)).run(),
+                Err(ProbeError::Serial { got: SERIAL, .. })
+            ));
+        }
+    }
+
+    let timeout = Duration::from_secs(2);
+    for server in [v4, v6] {
+        // No zone transfer to anyone.
+        for qtype in [Rtype::AXFR, Rtype::IXFR] {
+            let (m, _) = query(
+                server,
+                Transport::Tcp,
+                timeout,
+                &Name::root_vec(),
+                qtype,
+                Class::IN,
+            )
+            .unwrap_or_else(|e| panic!("{imp} {qtype}: {e}"));
+            assert_ne!(m.header().rcode(), Rcode::NOERROR, "{imp} answered {qtype}");
+            assert_eq!(m.header_counts().ancount(), 0, "{imp} {qtype} has records");
+        }
+        // Identity.
+        for name in ["hostname.bind.", "id.server."] {
+            let txt = chaos_txt(server, Transport::Udp, timeout, name).unwrap();
+            assert_eq!(txt, std::slice::from_ref(&site.instance), "{imp} {name}");
+        }
+        // Version hidden.
+        match chaos_txt(server, Transport::Udp, timeout, "version.bind.") {
+            Ok(txt) => assert!(
+                txt.iter().all(|t| !t.chars().any(|c| c.is_ascii_digit())),
+                "{imp} reveals its version: {txt:?}"
+            ),
+            Err(ProbeError::Rcode { .. }) => {}
+            Err(e) => panic!("{imp} version.bind: {e}"),
+        }
+        // Authoritative only: a query below a TLD gets a referral, never recursion.
+        let qname: Name<Vec<u8>> = "www.example.com.".parse().unwrap();
+        let (m, _) = query(server, Transport::Udp, timeout, &qname, Rtype::A, Class::IN).unwrap();
+        assert!(!m.header().ra(), "{imp} offers recursion");
+        assert!(!m.header().aa(), "{imp} claims authority below the root");
+        assert_eq!(m.header_counts().ancount(), 0);
+        assert!(m.header_counts().nscount() > 0, "{imp}: no referral");
+    }
+    d.assert_running();
+}
+
+#[test]
+fn nsd_serves_the_root_zone() {
+    serve_and_probe(DnsImpl::Nsd, NSD);
+}
+
+#[test]
+fn knot_serves_the_root_zone() {
+    serve_and_probe(DnsImpl::Knot, KNOTD);
+}
+
+#[test]
+fn rate_limited_configs_pass_the_daemons_own_checks() {
+    for (imp, checker) in [
+        (DnsImpl::Nsd, "/usr/sbin/nsd-checkconf"),
+        (DnsImpl::Knot, "/usr/sbin/knotc"),
+    ] {
+        if !require("rate_limited_configs", false, &[checker]) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let site = imrs_config::site::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
+        )
+        .unwrap();
+        let hw = Hardware {
+            cpus: 8,
+            memory_mib: 16384,
+        };
+        let mut cfg = DnsConfig::for_site(imp, &site, &hw, "/nonexistent/root.zone", dir.path());
+        cfg.rate_limit = Some(dns::RateLimit {
+            responses_per_second: 200,
+            slip: 2,
+        });
+        cfg.write().unwrap();
+        cfg.check().unwrap_or_else(|e| panic!("{imp}: {e}"));
+        // And a broken one is refused by the same check.
+        std::fs::write(cfg.config_path(), "server:\n    no-such-option: 1\n").unwrap();
+        assert!(cfg.check().is_err(), "{imp} checker accepts garbage");
+    }
+}
