@@ -261,7 +261,7 @@ fn finish(p: Partial) -> Result<TrustAnchor, AnchorsError> {
 mod tests {
     use super::*;
 
-    const REAL: &str = include_str!("../../../shared/data/rootzone/root-anchors.xml");
+    const REAL: &str = include_str!("../../images/files/root-anchors.xml");
 
     #[test]
     fn parses_iana_file() {
