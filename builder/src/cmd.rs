@@ -263,7 +263,8 @@ fn lock_cmd(path: &Path, out: Option<PathBuf>, epoch: Option<i64>, ui: &Ui) -> R
     };
     let changed = previous.as_ref() != Some(&new);
     let bytes = imrs_config::image::canonical_json(&new);
-    write_atomic(&out, &bytes)?;
+    imrs_config::fsutil::write_atomic(&out, &bytes, 0o644)
+        .with_context(|| format!("{}: cannot write", out.display()))?;
     if ui.json {
         println!(
             "{}",
@@ -281,30 +282,6 @@ fn lock_cmd(path: &Path, out: Option<PathBuf>, epoch: Option<i64>, ui: &Ui) -> R
         ));
     }
     Ok(0)
-}
-
-/// Writes a file atomically: temp file in the same folder, fsync, rename, fsync folder.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
-    Ok(())
 }
 
 fn open_cache(inputs: &Inputs) -> Result<Cache> {

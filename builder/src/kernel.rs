@@ -44,7 +44,8 @@ fn cache_key(kpkg: &LockedPackage, wanted: &[String]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// Extracts (or reuses from the cache) the kernel and the closure of `wanted` modules.
+/// Extracts (or reuses from the cache) the kernel and the closure of `wanted` modules. `cache`
+/// must have been fetched (every sha256 checked) by the caller.
 pub fn extract(
     cache: &Cache,
     kpkg: &LockedPackage,
@@ -56,7 +57,8 @@ pub fn extract(
     if let Some(k) = load_cached(&dir, release)? {
         return Ok(k);
     }
-    let deb_path = cache.checked(kpkg)?;
+    // The caller fetched the cache just before: the package's sha256 is already checked.
+    let deb_path = cache.path(kpkg);
     let deb = DebArchive::open(&deb_path)
         .with_context(|| format!("package {} {}", kpkg.name, kpkg.version))?;
     let sp = ui.spinner(format!("extracting {} (modules for {release})", kpkg.name));

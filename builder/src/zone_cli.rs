@@ -103,7 +103,7 @@ pub fn run(cmd: ZoneCommand, json: bool) -> anyhow::Result<i32> {
             let total = start.elapsed();
             let accepted = written.as_ref().map(|r| match r {
                 Ok(_) => Ok(out.display().to_string()),
-                Err(e) => Err(chain(e)),
+                Err(e) => Err(imrs_config::error_chain(e)),
             });
             report(&v, &source, total, json, accepted.clone());
             Ok(match accepted {
@@ -139,17 +139,6 @@ fn parse_server(s: &str) -> anyhow::Result<SocketAddr> {
         },
         Err(e) => Err(e).with_context(|| format!("bad server {s:?}")),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 fn report(

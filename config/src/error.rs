@@ -95,3 +95,16 @@ pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(
         message: e.to_string().trim_end().replace('\n', "\n  "),
     })
 }
+
+/// An error and its whole `source()` chain on one line (`outer: cause: root cause`), for logs
+/// and reports that have one line per event.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}

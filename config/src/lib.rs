@@ -6,8 +6,10 @@
 //! - [`image`]: what a built image says about itself (manifest, image info), canonical JSON.
 //! - [`keys`]: Ed25519 keys and detached signatures.
 //! - [`signed`]: signed site configs as the init receives them.
+//! - [`fsutil`]: atomic, durable file writes shared by every program.
 
 mod error;
+pub mod fsutil;
 pub mod image;
 pub mod imrs;
 pub mod keys;
@@ -18,4 +20,4 @@ pub mod report;
 pub mod signed;
 pub mod site;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, error_chain};

@@ -104,12 +104,11 @@ pub fn sign(path: &Path, key: &SigningKey) -> Result<PathBuf, SignedSiteError> {
     })?;
     site::parse(path, s).map_err(SignedSiteError::Invalid)?;
     let sig = sig_path_for(path);
-    let tmp = sig.with_extension("sig.tmp");
-    std::fs::write(&tmp, keys::sign_hex(key, &text))
-        .and_then(|_| std::fs::rename(&tmp, &sig))
-        .map_err(|source| SignedSiteError::Read {
+    crate::fsutil::write_atomic(&sig, keys::sign_hex(key, &text).as_bytes(), 0o644).map_err(
+        |source| SignedSiteError::Read {
             path: sig.clone(),
             source,
-        })?;
+        },
+    )?;
     Ok(sig)
 }

@@ -152,16 +152,7 @@ pub fn error(msg: impl AsRef<str>) {
 }
 
 /// An error and its whole `source()` chain on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
+pub use imrs_config::error_chain as chain;
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,6 @@
 //! report, for the phone-home report).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
@@ -284,7 +283,6 @@ impl Store {
     /// Saves any value as JSON under `name`, atomically: temp file, fsync, rename, fsync dir.
     pub fn save_json<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
         let err = |source| StateError::Save {
             path: path.clone(),
             source,
@@ -292,14 +290,7 @@ impl Store {
         let mut bytes =
             serde_json::to_vec_pretty(value).map_err(|e| err(std::io::Error::other(e)))?;
         bytes.push(b'\n');
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(err)?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)
+        imrs_config::fsutil::write_atomic(&path, &bytes, 0o644).map_err(err)
     }
 }
 

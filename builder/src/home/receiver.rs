@@ -104,7 +104,7 @@ impl Receiver {
                     key_id,
                     ..Known::default()
                 };
-                return reject(status, kind, error_chain(&e), known);
+                return reject(status, kind, imrs_config::error_chain(&e), known);
             }
         };
         let (Some(key), Some(key_id)) = (key, key_id) else {
@@ -191,7 +191,10 @@ impl Receiver {
                 )
             }
             Err(e) => {
-                eprintln!("home: {peer}: report {id}: {}", error_chain(&e));
+                eprintln!(
+                    "home: {peer}: report {id}: {}",
+                    imrs_config::error_chain(&e)
+                );
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({"id": id, "status": "unavailable", "error": "cannot store now"}),
@@ -232,15 +235,4 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

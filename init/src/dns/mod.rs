@@ -18,8 +18,7 @@ pub mod knot;
 pub mod nsd;
 pub mod probe;
 
-use std::fs::{self, File};
-use std::io::Write as _;
+use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -281,15 +280,7 @@ impl DnsConfig {
             fs::create_dir_all(&db).map_err(werr(&db))?;
         }
         let target = self.config_path();
-        let tmp = self.run_dir.join(".config.tmp");
-        let mut f = File::create(&tmp).map_err(werr(&tmp))?;
-        f.write_all(text.as_bytes()).map_err(werr(&tmp))?;
-        f.sync_all().map_err(werr(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, &target).map_err(werr(&target))?;
-        File::open(&self.run_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(werr(&self.run_dir))
+        imrs_config::fsutil::write_atomic(&target, text.as_bytes(), 0o644).map_err(werr(&target))
     }
 
     /// The daemon's command line, in the foreground so the supervisor owns the process.

@@ -139,10 +139,7 @@ pub(crate) fn write_synced(path: &Path, data: &[u8], mode: u32) -> std::io::Resu
     f.sync_all()
 }
 
-/// fsyncs a folder so renames and links in it survive a power cut.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
+pub(crate) use imrs_config::fsutil::sync_dir;
 
 #[cfg(test)]
 mod tests {

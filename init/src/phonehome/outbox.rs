@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use imrs_config::report::SignedReport;
 
-use super::identity::{sync_dir, write_synced};
+use super::identity::sync_dir;
 
 /// Outbox folder name inside the state folder.
 pub const OUTBOX_DIR: &str = "outbox";
@@ -123,7 +123,6 @@ impl Outbox {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let path = self.dir.join(format!("{nanos:020}-{id}.json"));
-        let tmp = self.dir.join(format!(".{id}.{}.tmp", std::process::id()));
         let err = |p: &Path| {
             let p = p.to_path_buf();
             let id = id.to_string();
@@ -133,10 +132,7 @@ impl Outbox {
                 source,
             }
         };
-        let _ = std::fs::remove_file(&tmp);
-        write_synced(&tmp, &signed.to_json(), 0o600).map_err(err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(err(&path))?;
-        sync_dir(&self.dir).map_err(err(&self.dir))?;
+        imrs_config::fsutil::write_atomic(&path, &signed.to_json(), 0o600).map_err(err(&path))?;
         Ok(path)
     }
 
