@@ -8,6 +8,7 @@
 //! | `imrs.root=PATH` | root under which the pipeline reads everything: `etc/imrs/*`, `lib/modules`, `sys`, `proc`, `dev`, `usr/sbin/chronyd` (default `/`; tests point it at a fixture tree) |
 //! | `imrs.supervise=PATH` | supervise the program `PATH` (no arguments) as a daemon from boot; repeatable (tests; real daemons are started by their stages) |
 //! | `imrs.hold=STAGE` | stop before running `STAGE` and wait (tests: kill the init at a known stage) |
+//! | `imrs.manifest=SHA256` | the sha256 of the image's signed manifest, as the boot loader (or `imrs-build boot`/`lab`) knows it; carried in phone-home reports (the manifest covers the initramfs, so the image cannot carry its own digest) |
 //! | `imrs.grace=SECONDS` | grace between SIGTERM and SIGKILL at shutdown (default 5) |
 //!
 //! Unknown or malformed `imrs.*` parameters are reported on the console, never ignored silently.
@@ -62,6 +63,8 @@ pub struct Settings {
     pub hold: Option<Stage>,
     /// `imrs.grace=SECONDS`.
     pub grace: Duration,
+    /// `imrs.manifest=SHA256`.
+    pub manifest: Option<String>,
     /// Parameters that could not be used.
     pub problems: Vec<CmdlineError>,
 }
@@ -75,6 +78,7 @@ impl Default for Settings {
             supervise: Vec::new(),
             hold: None,
             grace: DEFAULT_GRACE,
+            manifest: None,
             problems: Vec::new(),
         }
     }
@@ -120,6 +124,14 @@ pub fn parse(text: &str) -> Settings {
             "hold" => Stage::from_name(value)
                 .map(|st| s.hold = Some(st))
                 .ok_or(bad("a stage name")),
+            "manifest" => Some(value)
+                .filter(|v| {
+                    v.len() == 64
+                        && v.bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                })
+                .map(|v| s.manifest = Some(v.to_string()))
+                .ok_or(bad("64 lowercase hex digits")),
             "grace" => value
                 .parse::<f64>()
                 .ok()

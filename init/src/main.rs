@@ -14,14 +14,31 @@
 //! `imrs-init poweroff|reboot|halt`, it asks PID 1 to do so with the signal documented in
 //! [`signals`] and exits. Kernel parameters and test hooks: [`cmdline`].
 
+// The serving and phone-home libraries are also compiled into imrs-tests (by path), which
+// exercise parts of their API the init does not call.
+#[allow(dead_code, unused_imports)]
+mod bgp;
 mod clock;
 mod cmdline;
+mod command;
+mod control;
+#[allow(dead_code, unused_imports)]
+mod dns;
 mod hardware;
+#[allow(dead_code, unused_imports)]
+mod health;
+mod installation;
 mod log;
 mod modules;
+#[allow(dead_code, unused_imports)]
+mod net;
+#[allow(dead_code, unused_imports)]
+mod phonehome;
 mod pid1;
 mod pipeline;
 mod reaper;
+mod rootzone;
+mod serve;
 mod shutdown;
 mod signals;
 mod site;
@@ -30,7 +47,7 @@ mod state;
 mod summary;
 mod supervisor;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::kill;
@@ -66,14 +83,23 @@ fn main() {
     run()
 }
 
-/// `imrs-init poweroff|reboot|halt`: signal PID 1.
+/// `imrs-init poweroff|reboot|halt`: signal PID 1; `imrs-init drain|undrain|status [SOCKET]`:
+/// ask it on the control socket ([`control`]).
 fn request(verb: &str) -> i32 {
     let how = match verb {
         "poweroff" => Halt::Poweroff,
         "reboot" => Halt::Reboot,
         "halt" => Halt::Stop,
+        "drain" | "undrain" | "status" => {
+            let socket = std::env::args()
+                .nth(2)
+                .map_or_else(|| PathBuf::from(control::MACHINE_SOCKET), PathBuf::from);
+            return control::client(verb, &socket);
+        }
         other => {
-            eprintln!("usage: imrs-init [poweroff|reboot|halt] (got {other:?})");
+            eprintln!(
+                "usage: imrs-init [poweroff|reboot|halt] | imrs-init drain|undrain|status [SOCKET] (got {other:?})"
+            );
             return 2;
         }
     };
@@ -212,6 +238,12 @@ async fn event_loop(
         hardware: None,
         reaper: reaper.clone(),
         notes: Vec::new(),
+        state_dir: PathBuf::new(),
+        supervisor: Supervisor::new(reaper.clone()),
+        serving: serve::Serving::default(),
+        clock_source: String::new(),
+        phone: None,
+        manifest_sha256: settings.manifest.clone(),
     };
     // Disk and filesystem drivers first: the state may live on the data partition.
     stages::load_modules(&mut ctx).await;
@@ -241,14 +273,15 @@ async fn event_loop(
     if let Err(e) = store.save(&st) {
         log::error(log::chain(&e));
     }
-    let mut supervisor = Supervisor::new(reaper.clone());
+    ctx.state_dir = store.dir.clone();
     for (i, program) in settings.supervise.iter().enumerate() {
         let name = program
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("daemon{i}"));
-        supervisor.start(Spec::new(name, program));
+        ctx.supervisor.start(Spec::new(name, program));
     }
+    control::start(role, &store.dir, ctx.serving.inputs.clone());
     let mut orphan_log = RateLimit::new(5.0, 20.0);
     let how = {
         let pipeline = async {
@@ -290,11 +323,17 @@ async fn event_loop(
             }
         });
     }
+    ctx.serving
+        .health_stop
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = ctx.phone.take() {
+        p.stop();
+    }
     shutdown::run(
         role,
         how,
         settings.grace,
-        &mut supervisor,
+        &mut ctx.supervisor,
         &reaper,
         &store,
         &mut st,

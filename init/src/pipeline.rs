@@ -1,8 +1,8 @@
 //! The boot pipeline as an explicit state machine: stages in a fixed order, each ending passed,
 //! failed (with the reason) or not built yet. The first stage that does not pass stops the
 //! pipeline: the node stays off the air and the console summary says exactly where and why.
-//! Stages that later work implements (network, zone, dns, bgp, phone-home, steady) report "not
-//! built yet" and stop the pipeline: never a fake pass.
+//! A first boot that stops at a failed stage queues an
+//! `install-failed` report naming it ([`crate::installation`]).
 //!
 //! Every outcome and its timing is saved in the state file ([`crate::state`]) as soon as it is
 //! known, and a stage is marked `running` before it starts, so a power cut leaves a record of
@@ -21,9 +21,9 @@
 
 use std::time::Instant;
 
-use crate::log;
 use crate::stages::{self, Context};
 use crate::state::{self, State, Store};
+use crate::{installation, log};
 
 /// Pipeline stages, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -106,8 +106,6 @@ pub enum Outcome {
     Passed,
     /// Failed, with the reason.
     Failed(String),
-    /// Not implemented in this image yet.
-    NotBuiltYet,
     /// A first-boot-only stage that passed in an earlier boot: not repeated.
     DoneEarlier,
 }
@@ -151,11 +149,19 @@ pub fn step(phase: Phase, event: &Event) -> Phase {
         (Phase::Run(s), Event::Ended(Outcome::Passed | Outcome::DoneEarlier)) => {
             s.next().map_or(Phase::Complete, Phase::Run)
         }
-        (Phase::Run(s), Event::Ended(Outcome::Failed(_) | Outcome::NotBuiltYet)) => {
-            Phase::Stopped(s)
-        }
+        (Phase::Run(s), Event::Ended(Outcome::Failed(_))) => Phase::Stopped(s),
         (Phase::Run(s), Event::Hold) => Phase::Held(s),
         (p @ (Phase::Held(_) | Phase::Stopped(_) | Phase::Complete), _) => p,
+    }
+}
+
+/// One console line per finished stage (the lab follows the boot by these).
+fn log_end(stage: Stage, outcome: &Outcome, seconds: f64) {
+    let name = stage.name();
+    match outcome {
+        Outcome::Passed => log::info(format!("stage {name}: PASSED ({seconds:.3} s)")),
+        Outcome::DoneEarlier => log::info(format!("stage {name}: DONE EARLIER ({seconds:.3} s)")),
+        Outcome::Failed(why) => log::error(format!("stage {name}: FAILED ({seconds:.3} s): {why}")),
     }
 }
 
@@ -187,9 +193,11 @@ pub async fn run(
                 } else {
                     st.start(stage);
                     save(store, st);
-                    stages::run(stage, ctx).await
+                    log::info(format!("stage {}: running", stage.name()));
+                    stages::run(stage, ctx, &results).await
                 };
                 let seconds = t.elapsed().as_secs_f64();
+                log_end(stage, &outcome, seconds);
                 let note = std::mem::take(&mut ctx.notes);
                 st.record(stage, &outcome, seconds, note);
                 if stage == Stage::PhoneHome && outcome == Outcome::Passed {
@@ -208,9 +216,12 @@ pub async fn run(
                 phase = step(phase, &Event::Ended(outcome.clone()));
                 results.push(StageResult {
                     stage,
-                    outcome: Some(outcome),
+                    outcome: Some(outcome.clone()),
                     seconds,
                 });
+                if let (Outcome::Failed(why), false) = (&outcome, st.first_boot_passed) {
+                    installation::report_failure(ctx, stage, why, &results).await;
+                }
             }
             Phase::Held(stage) => {
                 log::info(format!(
@@ -260,7 +271,7 @@ mod tests {
             ),
             (
                 Phase::Run(Stage::Zone),
-                Event::Ended(Outcome::NotBuiltYet),
+                Event::Ended(Outcome::Failed("refused".into())),
                 Phase::Stopped(Stage::Zone),
             ),
             (

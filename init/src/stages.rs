@@ -1,6 +1,6 @@
-//! The bodies of the stages built so far (platform, site, hardware, clock) and what they share
-//! ([`Context`]). Network, zone, dns, bgp, phone-home and steady are later work: they return
-//! "not built yet", which stops the pipeline.
+//! The stages' bodies and what they share ([`Context`]): platform, site, hardware and clock
+//! here; network, zone, dns, bgp and steady in [`crate::serve`]; phone-home in
+//! [`crate::installation`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,10 +8,13 @@ use std::time::Duration;
 use imrs_config::image::{IMAGE_INFO_PATH, ImageInfo};
 use imrs_config::site::Site;
 
+use crate::phonehome::PhoneHome;
 use crate::pid1::Role;
+use crate::pipeline::StageResult;
 use crate::pipeline::{Outcome, Stage};
 use crate::reaper::Reaper;
-use crate::{clock, hardware, log, modules, site};
+use crate::supervisor::Supervisor;
+use crate::{clock, hardware, installation, log, modules, serve, site};
 
 /// How long the hardware stage lets the kernel gather entropy (machine role).
 const ENTROPY_WAIT: Duration = Duration::from_secs(10);
@@ -36,6 +39,18 @@ pub struct Context {
     pub reaper: Reaper,
     /// Notes the running stage wants recorded in the state file.
     pub notes: Vec<String>,
+    /// The state folder (persistent data partition, or volatile `/run/imrs`).
+    pub state_dir: PathBuf,
+    /// The daemons' supervisor.
+    pub supervisor: Supervisor,
+    /// What the serving stages built.
+    pub serving: serve::Serving,
+    /// How the clock was set (for the report).
+    pub clock_source: String,
+    /// The phone-home service, once started.
+    pub phone: Option<PhoneHome>,
+    /// The image manifest's sha256 when the boot loader passed it (`imrs.manifest=`).
+    pub manifest_sha256: Option<String>,
 }
 
 /// Reads `image.json` under `root`.
@@ -45,19 +60,19 @@ pub fn read_image(root: &std::path::Path) -> Result<ImageInfo, String> {
     serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Runs one stage.
-pub async fn run(stage: Stage, ctx: &mut Context) -> Outcome {
+/// Runs one stage; `results` are the outcomes so far (for the phone-home report).
+pub async fn run(stage: Stage, ctx: &mut Context, results: &[StageResult]) -> Outcome {
     match stage {
         Stage::Platform => platform(ctx),
         Stage::Site => site_stage(ctx),
         Stage::Hardware => hardware_stage(ctx).await,
+        Stage::Network => serve::network_stage(ctx).await,
         Stage::Clock => clock_stage(ctx).await,
-        Stage::Network
-        | Stage::Zone
-        | Stage::Dns
-        | Stage::Bgp
-        | Stage::PhoneHome
-        | Stage::Steady => Outcome::NotBuiltYet,
+        Stage::Zone => serve::zone_stage(ctx).await,
+        Stage::Dns => serve::dns_stage(ctx).await,
+        Stage::Bgp => serve::bgp_stage(ctx).await,
+        Stage::PhoneHome => installation::phone_home_stage(ctx, results).await,
+        Stage::Steady => serve::steady_stage(ctx).await,
     }
 }
 
@@ -233,6 +248,7 @@ async fn clock_stage(ctx: &mut Context) -> Outcome {
             );
             log::warn(&msg);
             ctx.notes.push(msg);
+            ctx.clock_source = "rtc (trust_rtc = true, lab)".into();
             Outcome::Passed
         }
         clock::Plan::Ntp { program, args } => {
@@ -251,6 +267,8 @@ async fn clock_stage(ctx: &mut Context) -> Outcome {
                         );
                     }
                     ctx.notes.push(format!("clock set by NTP: {after}"));
+                    let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+                    ctx.clock_source = format!("ntp ({})", list.join(", "));
                     Outcome::Passed
                 }
             }

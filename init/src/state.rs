@@ -62,8 +62,6 @@ pub enum Status {
     Passed,
     /// Failed (see the reason).
     Failed,
-    /// Not implemented yet.
-    NotBuiltYet,
 }
 
 /// One stage's saved outcome.
@@ -148,7 +146,6 @@ impl State {
         let (status, reason) = match outcome {
             Outcome::Passed => (Status::Passed, None),
             Outcome::Failed(r) => (Status::Failed, Some(r.clone())),
-            Outcome::NotBuiltYet => (Status::NotBuiltYet, None),
             Outcome::DoneEarlier => return,
         };
         self.stages.insert(

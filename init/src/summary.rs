@@ -19,11 +19,6 @@ pub fn lines(results: &[StageResult], since_start: Duration) -> Vec<(bool, Strin
         let (status, reason, failed) = match &r.outcome {
             Some(Outcome::Passed) => ("PASSED", String::new(), false),
             Some(Outcome::Failed(why)) => ("FAILED", format!("  {why}"), true),
-            Some(Outcome::NotBuiltYet) => (
-                "NOT BUILT YET",
-                "  (not implemented in this image: stops the pipeline)".into(),
-                false,
-            ),
             Some(Outcome::DoneEarlier) => (
                 "DONE EARLIER",
                 "  (first-boot stage passed in an earlier boot)".into(),

@@ -71,6 +71,16 @@ impl BirdDaemon {
     /// `bird -p` check it, then renames it over the old config (fsyncing file and directory).
     /// A config BIRD rejects never replaces a good one.
     pub fn write_config(&self, text: &str) -> Result<(), BgpError> {
+        self.write_config_with(text, |tmp| check_config(&self.bird, tmp))
+    }
+
+    /// [`BirdDaemon::write_config`] with the check done by `check` (given the temp file): the
+    /// init runs `bird -p` through its reaper instead of `Command::output`.
+    pub fn write_config_with(
+        &self,
+        text: &str,
+        check: impl FnOnce(&Path) -> Result<(), BgpError>,
+    ) -> Result<(), BgpError> {
         let werr = |path: &Path| {
             let path = path.to_path_buf();
             move |source| BgpError::Write { path, source }
@@ -82,7 +92,7 @@ impl BirdDaemon {
         f.write_all(text.as_bytes()).map_err(werr(&tmp))?;
         f.sync_all().map_err(werr(&tmp))?;
         drop(f);
-        if let Err(e) = check_config(&self.bird, &tmp) {
+        if let Err(e) = check(&tmp) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }

@@ -20,7 +20,9 @@ mod daemon;
 use std::path::PathBuf;
 
 pub use birdc::{Birdc, ProtocolInfo, Reply};
-pub use config::{BirdOptions, COVER4, COVER6, SPEC4, SPEC6, render, static_protocols};
+pub use config::{
+    BirdOptions, COVER4, COVER6, SPEC4, SPEC6, render, session_name, static_protocols,
+};
 pub use daemon::BirdDaemon;
 
 /// Everything that can fail while configuring or controlling BIRD.

@@ -225,7 +225,8 @@ impl Probe {
     }
 }
 
-fn soa_serial(msg: &Message<Vec<u8>>) -> Option<u32> {
+/// The serial of the first SOA in the answer section.
+pub fn soa_serial(msg: &Message<Vec<u8>>) -> Option<u32> {
     let answer = msg.answer().ok()?;
     for rec in answer.limit_to::<Soa<_>>() {
         let rec = rec.ok()?;

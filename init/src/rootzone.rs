@@ -1,0 +1,366 @@
+//! The root zone on the appliance: the zone stage (a verified zone to serve) and the refresh
+//! loop that keeps it fresh in steady state, both on `imrs-zone`.
+//!
+//! - **Where**: `<state>/zone/root.zone` and its record `root.zone.verified.json` (what was
+//!   verified, when, from where), written atomically by [`imrs_zone::accept`]; the daemons load
+//!   that file. On the persistent data partition it survives reboots.
+//! - **Zone stage** ([`obtain`]): a stored zone whose verification is younger than the SOA
+//!   expire (604800 s) is served at once (the refresh loop polls the transfer servers right
+//!   after), so a later boot is on the air in seconds. Otherwise one round over the site's
+//!   transfer servers (ICANN's when the site names none): AXFR, ZONEMD + DNSSEC against the
+//!   image's trust anchors at the current time, acceptance (never an older serial). A server
+//!   that is unreachable is retried with backoff for as long as it takes (the node stays off
+//!   the air meanwhile); a zone that fails verification fails the stage with the exact reason.
+//! - **Refresh** ([`refresh_loop`]): polls the SOA serial of the transfer servers every SOA
+//!   refresh (retry after a failure); a newer serial is transferred, verified, accepted and
+//!   loaded into the running daemon without dropping queries. The zone expires 604800 s after
+//!   its last successful verification: the health inputs carry that time, so an expired zone
+//!   withdraws the specifics. An unreachable transfer server alone changes nothing (the
+//!   health machine is told, and ignores it while the zone is valid).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use domain::base::iana::Class;
+use domain::base::{Name, Rtype};
+use imrs_config::site::{Site, parse_server};
+use imrs_zone::accept::{AcceptError, AcceptedRecord, Candidate, ZoneStore};
+use imrs_zone::anchors::TrustAnchors;
+use imrs_zone::axfr::{AxfrConfig, transfer_from};
+use imrs_zone::refresh::{RefreshState, SoaTimers, decide};
+use jiff::Timestamp;
+
+use crate::dns::probe::{self, Transport};
+use crate::health::driver::SharedInputs;
+use crate::log;
+
+/// The image's copy of IANA's trust anchors (under the init's root).
+pub const ANCHORS: &str = "etc/imrs/root-anchors.xml";
+/// Folder of the accepted zone inside the state folder.
+pub const ZONE_DIR: &str = "zone";
+/// The accepted zone file.
+pub const ZONE_FILE: &str = "root.zone";
+/// First delay between rounds when every transfer server is unreachable; doubles up to
+/// [`RETRY_MAX`].
+pub const RETRY_MIN: Duration = Duration::from_secs(2);
+/// Longest delay between rounds in the zone stage.
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Where zones come from and go.
+#[derive(Debug, Clone)]
+pub struct ZoneSetup {
+    /// Transfer servers, in order.
+    pub servers: Vec<SocketAddr>,
+    /// Trust anchors file.
+    pub anchors_path: PathBuf,
+    /// The accepted zone and its record.
+    pub store: ZoneStore,
+    /// The SOA timers (the root zone's).
+    pub timers: SoaTimers,
+}
+
+impl ZoneSetup {
+    /// Servers from the site (ICANN's when it names none), anchors under `root`, the zone in
+    /// `state_dir`.
+    pub fn new(root: &Path, state_dir: &Path, site: &Site) -> ZoneSetup {
+        let servers = if site.zone.servers.is_empty() {
+            AxfrConfig::default().servers
+        } else {
+            // Validated with the site config: every entry parses.
+            site.zone
+                .servers
+                .iter()
+                .filter_map(|s| parse_server(s))
+                .collect()
+        };
+        ZoneSetup {
+            servers,
+            anchors_path: root.join(ANCHORS),
+            store: ZoneStore::new(&state_dir.join(ZONE_DIR).join(ZONE_FILE)),
+            timers: SoaTimers::ROOT,
+        }
+    }
+
+    /// When a zone verified at `verified_at` expires.
+    pub fn expires_at(&self, record: &AcceptedRecord) -> Option<SystemTime> {
+        let t: Timestamp = record.verified_at.parse().ok()?;
+        let d = decide(
+            self.timers,
+            RefreshState {
+                last_success: Some(t),
+                last_attempt: Some(t),
+                last_notify: None,
+            },
+            t,
+        );
+        d.expires_at.map(SystemTime::from)
+    }
+}
+
+/// Why a round over the transfer servers gave no zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoundError {
+    /// No server could be reached or transferred from (retry later).
+    Unreachable(String),
+    /// At least one server sent a zone that failed verification (and none sent a good one).
+    Refused(String),
+}
+
+impl std::fmt::Display for RoundError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoundError::Unreachable(s) | RoundError::Refused(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The result of a round.
+#[derive(Debug, Clone)]
+pub struct Round {
+    /// The zone now stored.
+    pub record: AcceptedRecord,
+    /// Whether it replaced the stored one (a new serial).
+    pub new: bool,
+}
+
+fn load_anchors(path: &Path) -> Result<TrustAnchors, RoundError> {
+    TrustAnchors::load(path).map_err(|e| {
+        RoundError::Refused(format!(
+            "trust anchors {}: {}",
+            path.display(),
+            log::chain(&e)
+        ))
+    })
+}
+
+/// One round over the servers (blocking): transfer, verify at the current time, accept.
+/// Stops at the first server whose zone is accepted or is the stored serial (then the stored
+/// zone stays).
+pub fn round(setup: &ZoneSetup) -> Result<Round, RoundError> {
+    let anchors = load_anchors(&setup.anchors_path)?;
+    let current = setup
+        .store
+        .current()
+        .map_err(|e| RoundError::Refused(log::chain(&e)))?;
+    let config = AxfrConfig {
+        servers: setup.servers.clone(),
+        connect_timeout: Duration::from_secs(3),
+        ..AxfrConfig::default()
+    };
+    let mut unreachable = Vec::new();
+    let mut refused = Vec::new();
+    for server in &setup.servers {
+        let t = match transfer_from(*server, &config) {
+            Ok(t) => t,
+            Err(e) => {
+                unreachable.push(format!("{server}: {}", log::chain(&e)));
+                continue;
+            }
+        };
+        let v = imrs_zone::verify(&t.zone, &anchors, Timestamp::now());
+        let source = format!("axfr://{server}");
+        let candidate = Candidate {
+            zone: &t.zone,
+            verification: &v,
+            source: &source,
+        };
+        match imrs_zone::accept(candidate, current.as_ref(), false, &setup.store) {
+            Ok(record) => return Ok(Round { record, new: true }),
+            Err(AcceptError::NotNewer {
+                candidate,
+                current: cur,
+            }) if candidate == cur => {
+                if let Some(record) = current.clone() {
+                    return Ok(Round { record, new: false });
+                }
+            }
+            Err(e @ AcceptError::NotNewer { .. }) => {
+                unreachable.push(format!("{server}: {}", log::chain(&e)));
+            }
+            Err(e) => refused.push(format!(
+                "zone serial {} from {server}: {}",
+                t.zone.serial(),
+                log::chain(&e)
+            )),
+        }
+    }
+    if refused.is_empty() {
+        Err(RoundError::Unreachable(format!(
+            "no transfer server answered: {}",
+            unreachable.join("; ")
+        )))
+    } else {
+        refused.extend(unreachable);
+        Err(RoundError::Refused(refused.join("; ")))
+    }
+}
+
+/// What the zone stage produced.
+#[derive(Debug, Clone)]
+pub struct Obtained {
+    /// The zone to serve.
+    pub record: AcceptedRecord,
+    /// It came from the store (verified in an earlier boot), not from a transfer now.
+    pub from_store: bool,
+}
+
+/// The zone stage: a stored zone that has not expired, else rounds until one is accepted
+/// (unreachable servers are retried with backoff; a refused zone ends the stage).
+pub async fn obtain(setup: &ZoneSetup) -> Result<Obtained, String> {
+    match setup.store.current() {
+        Ok(Some(record)) => {
+            let fresh = setup
+                .expires_at(&record)
+                .is_some_and(|e| SystemTime::now() < e);
+            if fresh && setup.store.zone_path.exists() {
+                return Ok(Obtained {
+                    record,
+                    from_store: true,
+                });
+            }
+            log::warn(format!(
+                "stored zone serial {} (verified {}) has expired: transferring a new one",
+                record.serial, record.verified_at
+            ));
+        }
+        Ok(None) => {}
+        Err(e) => log::warn(format!("{}: ignored, transferring anew", log::chain(&e))),
+    }
+    let mut delay = RETRY_MIN;
+    loop {
+        let s = setup.clone();
+        let r = tokio::task::spawn_blocking(move || round(&s))
+            .await
+            .map_err(|e| format!("zone round crashed: {e}"))?;
+        match r {
+            Ok(r) => {
+                return Ok(Obtained {
+                    record: r.record,
+                    from_store: false,
+                });
+            }
+            Err(RoundError::Refused(why)) => return Err(why),
+            Err(RoundError::Unreachable(why)) => {
+                log::warn(format!(
+                    "{why}; trying again in {} s (off the air until a zone verifies)",
+                    delay.as_secs()
+                ));
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// The SOA serial a transfer server publishes (UDP, then TCP).
+pub fn poll_serial(server: SocketAddr) -> Result<u32, String> {
+    let mut last = String::new();
+    for transport in [Transport::Udp, Transport::Tcp] {
+        match probe::query(
+            server,
+            transport,
+            Duration::from_secs(3),
+            &Name::root_vec(),
+            Rtype::SOA,
+            Class::IN,
+        ) {
+            Ok((msg, _)) => match probe::soa_serial(&msg) {
+                Some(s) => return Ok(s),
+                None => last = format!("{server}: no SOA in the answer ({})", msg.header().rcode()),
+            },
+            Err(e) => last = log::chain(&e),
+        }
+    }
+    Err(last)
+}
+
+/// What the refresh loop does when a newer zone was accepted: load it into the daemon.
+pub type OnNewZone = Box<dyn Fn(&AcceptedRecord) -> Result<(), String> + Send>;
+
+/// Keeps the zone fresh until the runtime stops: polls per the SOA timers, transfers newer
+/// serials, reloads the daemon through `on_new`, and keeps the health inputs (serial,
+/// expiry, transfer failures) current.
+pub async fn refresh_loop(
+    setup: ZoneSetup,
+    mut record: AcceptedRecord,
+    inputs: SharedInputs,
+    on_new: OnNewZone,
+) {
+    let mut state = RefreshState {
+        last_success: record.verified_at.parse().ok(),
+        last_attempt: None,
+        last_notify: None,
+    };
+    set_inputs(&setup, &inputs, &record);
+    loop {
+        let d = decide(setup.timers, state, Timestamp::now());
+        let wait = d
+            .next_poll
+            .duration_since(Timestamp::now())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(wait).await;
+        state.last_attempt = Some(Timestamp::now());
+        let s = setup.clone();
+        let current = record.serial;
+        let outcome = tokio::task::spawn_blocking(move || poll_and_fetch(&s, current)).await;
+        match outcome {
+            Ok(Ok(None)) => state.last_success = Some(Timestamp::now()),
+            Ok(Ok(Some(new))) => {
+                log::info(format!(
+                    "zone serial {} verified and accepted (was {}) from {}",
+                    new.serial, record.serial, new.source
+                ));
+                if let Err(e) = on_new(&new) {
+                    log::error(format!("loading zone serial {}: {e}", new.serial));
+                }
+                record = new;
+                state.last_success = Some(Timestamp::now());
+                set_inputs(&setup, &inputs, &record);
+            }
+            Ok(Err(why)) => {
+                log::warn(format!("zone refresh: {why}"));
+                inputs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .transfer_failure = Some(why);
+            }
+            Err(e) => log::error(format!("zone refresh crashed: {e}")),
+        }
+    }
+}
+
+/// Polls the servers' serial; transfers and accepts when one publishes a newer one.
+/// `Ok(None)`: the stored zone is current.
+fn poll_and_fetch(setup: &ZoneSetup, current: u32) -> Result<Option<AcceptedRecord>, String> {
+    let mut errors = Vec::new();
+    let mut newer = false;
+    for server in &setup.servers {
+        match poll_serial(*server) {
+            Ok(s) if imrs_zone::accept::serial_is_newer(s, current) => {
+                newer = true;
+                break;
+            }
+            Ok(_) => return Ok(None),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !newer {
+        return Err(format!(
+            "no transfer server answered: {}",
+            errors.join("; ")
+        ));
+    }
+    match round(setup) {
+        Ok(r) if r.new => Ok(Some(r.record)),
+        Ok(_) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn set_inputs(setup: &ZoneSetup, inputs: &SharedInputs, record: &AcceptedRecord) {
+    let mut g = inputs.lock().unwrap_or_else(|p| p.into_inner());
+    g.serial = Some(record.serial);
+    g.zone_expires = setup.expires_at(record);
+}
