@@ -127,9 +127,43 @@ pub fn plan(
     Plan::Fail(ClockError::NoSource)
 }
 
-/// Current Unix time.
-pub fn unix_now() -> i64 {
+/// Seconds added to the system clock by the test hook `imrs.fake_time` (0 otherwise).
+static FAKE_OFFSET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Test hook (never in the machine role): from now on the init's wall-clock reads start at
+/// `unix` and advance with the system clock. Network namespaces cannot have their own
+/// `CLOCK_REALTIME`, and the real root zone's signatures are only valid in their window.
+pub fn set_fake_time(unix: i64) {
+    let offset = unix - real_unix_now();
+    FAKE_OFFSET.store(offset, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn real_unix_now() -> i64 {
     std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The wall clock every decision of the init uses (zone verification, expiry, reports).
+pub fn wall_now() -> std::time::SystemTime {
+    let off = FAKE_OFFSET.load(std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now();
+    if off >= 0 {
+        now + std::time::Duration::from_secs(off as u64)
+    } else {
+        now - std::time::Duration::from_secs(off.unsigned_abs())
+    }
+}
+
+/// [`wall_now`] as a `jiff` timestamp.
+pub fn timestamp_now() -> jiff::Timestamp {
+    jiff::Timestamp::try_from(wall_now()).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// Current Unix time ([`wall_now`]).
+pub fn unix_now() -> i64 {
+    wall_now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)

@@ -9,6 +9,7 @@
 //! | `imrs.supervise=PATH` | supervise the program `PATH` (no arguments) as a daemon from boot; repeatable (tests; real daemons are started by their stages) |
 //! | `imrs.hold=STAGE` | stop before running `STAGE` and wait (tests: kill the init at a known stage) |
 //! | `imrs.manifest=SHA256` | the sha256 of the image's signed manifest, as the boot loader (or `imrs-build boot`/`lab`) knows it; carried in phone-home reports (the manifest covers the initramfs, so the image cannot carry its own digest) |
+//! | `imrs.fake_time=UNIX` | test hook, ignored (with a warning) as the machine's init: the init's clock reads start at this Unix time (the real zone's signatures need a time inside their window; a network namespace cannot have its own clock) |
 //! | `imrs.grace=SECONDS` | grace between SIGTERM and SIGKILL at shutdown (default 5) |
 //!
 //! Unknown or malformed `imrs.*` parameters are reported on the console, never ignored silently.
@@ -65,6 +66,8 @@ pub struct Settings {
     pub grace: Duration,
     /// `imrs.manifest=SHA256`.
     pub manifest: Option<String>,
+    /// `imrs.fake_time=UNIX`.
+    pub fake_time: Option<i64>,
     /// Parameters that could not be used.
     pub problems: Vec<CmdlineError>,
 }
@@ -79,6 +82,7 @@ impl Default for Settings {
             hold: None,
             grace: DEFAULT_GRACE,
             manifest: None,
+            fake_time: None,
             problems: Vec::new(),
         }
     }
@@ -132,6 +136,12 @@ pub fn parse(text: &str) -> Settings {
                 })
                 .map(|v| s.manifest = Some(v.to_string()))
                 .ok_or(bad("64 lowercase hex digits")),
+            "fake_time" => value
+                .parse::<i64>()
+                .ok()
+                .filter(|t| *t > 0)
+                .map(|t| s.fake_time = Some(t))
+                .ok_or(bad("Unix seconds")),
             "grace" => value
                 .parse::<f64>()
                 .ok()

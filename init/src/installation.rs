@@ -34,15 +34,6 @@ pub fn start(ctx: &mut Context) -> Result<(), String> {
     let log_line: deliver::Log = Box::new(|l: &str| log::info(l));
     let p =
         PhoneHome::start(&ctx.state_dir, &site.phone_home, log_line).map_err(|e| log::chain(&e))?;
-    log::info(format!(
-        "device key {} ({})",
-        p.key_id(),
-        if p.key_generated() {
-            "generated on this first boot"
-        } else {
-            "provisioned"
-        }
-    ));
     ctx.phone = Some(p);
     Ok(())
 }

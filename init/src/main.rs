@@ -182,6 +182,16 @@ fn run() -> ! {
     for p in &settings.problems {
         log::warn(p.to_string());
     }
+    if let Some(t) = settings.fake_time {
+        if role == Role::Machine {
+            log::warn("imrs.fake_time is a test hook: ignored as the machine's init");
+        } else {
+            clock::set_fake_time(t);
+            log::warn(format!(
+                "imrs.fake_time={t}: the init's clock is shifted (test)"
+            ));
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(2)

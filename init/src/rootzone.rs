@@ -139,6 +139,10 @@ fn load_anchors(path: &Path) -> Result<TrustAnchors, RoundError> {
 /// zone stays).
 pub fn round(setup: &ZoneSetup) -> Result<Round, RoundError> {
     let anchors = load_anchors(&setup.anchors_path)?;
+    if let Some(dir) = setup.store.zone_path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| RoundError::Refused(format!("cannot create {}: {e}", dir.display())))?;
+    }
     let current = setup
         .store
         .current()
@@ -158,7 +162,7 @@ pub fn round(setup: &ZoneSetup) -> Result<Round, RoundError> {
                 continue;
             }
         };
-        let v = imrs_zone::verify(&t.zone, &anchors, Timestamp::now());
+        let v = imrs_zone::verify(&t.zone, &anchors, crate::clock::timestamp_now());
         let source = format!("axfr://{server}");
         let candidate = Candidate {
             zone: &t.zone,
@@ -212,7 +216,7 @@ pub async fn obtain(setup: &ZoneSetup) -> Result<Obtained, String> {
         Ok(Some(record)) => {
             let fresh = setup
                 .expires_at(&record)
-                .is_some_and(|e| SystemTime::now() < e);
+                .is_some_and(|e| crate::clock::wall_now() < e);
             if fresh && setup.store.zone_path.exists() {
                 return Ok(Obtained {
                     record,
@@ -294,19 +298,19 @@ pub async fn refresh_loop(
     };
     set_inputs(&setup, &inputs, &record);
     loop {
-        let d = decide(setup.timers, state, Timestamp::now());
+        let d = decide(setup.timers, state, crate::clock::timestamp_now());
         let wait = d
             .next_poll
-            .duration_since(Timestamp::now())
+            .duration_since(crate::clock::timestamp_now())
             .try_into()
             .unwrap_or(Duration::ZERO);
         tokio::time::sleep(wait).await;
-        state.last_attempt = Some(Timestamp::now());
+        state.last_attempt = Some(crate::clock::timestamp_now());
         let s = setup.clone();
         let current = record.serial;
         let outcome = tokio::task::spawn_blocking(move || poll_and_fetch(&s, current)).await;
         match outcome {
-            Ok(Ok(None)) => state.last_success = Some(Timestamp::now()),
+            Ok(Ok(None)) => state.last_success = Some(crate::clock::timestamp_now()),
             Ok(Ok(Some(new))) => {
                 log::info(format!(
                     "zone serial {} verified and accepted (was {}) from {}",
@@ -316,7 +320,7 @@ pub async fn refresh_loop(
                     log::error(format!("loading zone serial {}: {e}", new.serial));
                 }
                 record = new;
-                state.last_success = Some(Timestamp::now());
+                state.last_success = Some(crate::clock::timestamp_now());
                 set_inputs(&setup, &inputs, &record);
             }
             Ok(Err(why)) => {

@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use imrs_config::recipe::DnsImpl;
 use imrs_config::report::{BgpReport, BgpSession, InterfaceReport};
@@ -32,13 +32,16 @@ use crate::pid1::Role;
 use crate::pipeline::Outcome;
 use crate::rootzone::{self, ZoneSetup};
 use crate::stages::Context;
-use crate::supervisor::Spec;
+use crate::supervisor::{DaemonState, Spec};
 use crate::{command, log, net};
 
 /// How long the DNS daemon may take to answer the verified serial.
 pub const DNS_READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the BGP sessions and the first announcement of the specifics may take.
 pub const BGP_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long IPv6 duplicate address detection may take on the management interfaces (a
+/// duplicate address never leaves the tentative state: the stage fails and says so).
+pub const DAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Helper programs (config checks, reloads) are killed after this long.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -108,6 +111,28 @@ pub async fn network_stage(ctx: &mut Context) -> Outcome {
         report.changes.len(),
         report.service_iface
     ));
+    // Usable addresses before anything talks: wait out IPv6 duplicate address detection.
+    let deadline = Instant::now() + DAD_TIMEOUT;
+    for (_, kernel_name) in &report.links {
+        loop {
+            match net::tentative(&handle, kernel_name).await {
+                Ok(t) if t.is_empty() => break,
+                Ok(t) if Instant::now() >= deadline => {
+                    let msg = format!(
+                        "{kernel_name}: still tentative after {} s (duplicate address detection): {}",
+                        DAD_TIMEOUT.as_secs(),
+                        t.iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    return Outcome::Failed(msg);
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => return Outcome::Failed(log::chain(&e)),
+            }
+        }
+    }
     let mut names: Vec<String> = report.links.iter().map(|(_, k)| k.clone()).collect();
     names.push(report.service_iface.clone());
     ctx.serving.interfaces.clear();
@@ -307,8 +332,20 @@ pub async fn bgp_stage(ctx: &mut Context) -> Outcome {
                 .unwrap_or(false)
         })
     }));
-    ctx.supervisor.start(spec);
+    let mut state = ctx.supervisor.start(spec);
     ctx.serving.bird = Some(bird.clone());
+    // The health loop talks to BIRD: start it once BIRD's control socket answers.
+    let ready = tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| matches!(s, DaemonState::Ready { .. })),
+    )
+    .await;
+    if !matches!(ready, Ok(Ok(_))) {
+        return Outcome::Failed(format!(
+            "BIRD's control socket {} did not answer within 30 s",
+            bird.socket().display()
+        ));
+    }
     let desired = start_health(ctx, &bird);
     ctx.serving.desired = Some(desired.clone());
 
@@ -381,7 +418,7 @@ fn start_health(ctx: &mut Context, bird: &BirdDaemon) -> watch::Receiver<Desired
             birdc: bird.birdc(),
         },
         ctx.serving.inputs.clone(),
-        |r| log::info(format!("health: {r}")),
+        |r| log::info(r.to_string()),
         {
             let mut limit = log::RateLimit::new(0.2, 3.0);
             move |e| {
@@ -398,7 +435,7 @@ fn start_health(ctx: &mut Context, bird: &BirdDaemon) -> watch::Receiver<Desired
         .spawn(move || {
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                driver.tick(Instant::now(), SystemTime::now());
+                driver.tick(Instant::now(), crate::clock::wall_now());
                 let d = driver.desired();
                 tx.send_if_modified(|cur| {
                     let changed = *cur != d;

@@ -122,6 +122,22 @@ async fn addresses(handle: &Handle, index: u32) -> Result<Vec<(IpNet, AddressMes
         .collect())
 }
 
+/// IPv6 addresses of interface `name` still in duplicate address detection (tentative: the
+/// kernel will not use them as a source yet, so traffic would leave from another address).
+pub async fn tentative(handle: &Handle, name: &str) -> Result<Vec<IpNet>, NetError> {
+    let Some(link) = link_state(handle, name).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(addresses(handle, link.index)
+        .await?
+        .into_iter()
+        .filter(|(a, m)| {
+            a.addr().is_ipv6() && m.header.flags.contains(AddressHeaderFlags::Tentative)
+        })
+        .map(|(a, _)| a)
+        .collect())
+}
+
 /// Reads one interface by name; `None` when it does not exist.
 pub async fn link_state(handle: &Handle, name: &str) -> Result<Option<LinkState>, NetError> {
     let got: Result<Vec<LinkMessage>, _> = handle

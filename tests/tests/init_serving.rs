@@ -1,0 +1,456 @@
+//! The whole first boot of the real `imrs-init`, as PID 1 of its own PID and mount namespaces
+//! inside an "appliance" network namespace, against a "host" namespace that plays the host
+//! organisation's network over a veth: FRR as the router (AS 64512, IPv4 and IPv6 sessions),
+//! NSD as the transfer server serving the real root zone, and the phone-home receiver
+//! (`imrs_build::home`, TLS with a test CA pinned in the signed site config).
+//!
+//! The init's clock is shifted into the real zone's signature window with the test hook
+//! `imrs.fake_time` (a network namespace cannot have its own wall clock).
+//!
+//! - `first_boot_passes_serves_announces_and_reports`: every stage passes; FRR learns exactly
+//!   the five IMRS prefixes from AS 20144 over both sessions; the appliance answers `. SOA`
+//!   with AA, the verified serial and NSID over UDP and TCP, IPv4 and IPv6; the receiver holds
+//!   one verified `install-passed` report from the device; drain/undrain on the control socket
+//!   withdraws and restores the specifics; a second boot on the same state serves again from
+//!   the stored zone without a new install report.
+//! - `tampered_zone_is_refused_and_reported`: the transfer server serves the real zone with
+//!   one glue address changed: the zone stage fails naming ZONEMD, BIRD never starts, and an
+//!   `install-failed` report naming the zone stage arrives.
+//!
+//! Needs root, unshare, ip, FRR, NSD, BIRD and the shared root zone; skips without them (fails
+//! under `CI=true`).
+
+#[path = "../src/appliance.rs"]
+mod appliance;
+#[path = "../src/daemons.rs"]
+mod daemons;
+#[path = "../src/netns.rs"]
+mod netns;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use appliance::{Init, fixture_with_site};
+use daemons::{BGPD, BIRD, Daemon, Frr, NSD, VTYSH, ZEBRA, frr_bgpd_conf, wait_for};
+use imrs_build::home::{fleet, server};
+use netns::{NetNs, require, veth};
+
+/// 2026-08-01T00:00:00Z: inside the signature window of root.zone.2026073102.
+const FAKE_TIME: i64 = 1_785_542_400;
+const SERIAL: u32 = 2026073102;
+const SPECIFICS: [&str; 3] = ["199.7.83.0/24", "2001:500:9f::/48", "2001:500:3::/48"];
+
+fn zone_file() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rel = here.join("../../shared/data/rootzone/root.zone.2026073102");
+    if rel.exists() {
+        rel
+    } else {
+        PathBuf::from("/work/shared/data/rootzone/root.zone.2026073102")
+    }
+}
+
+fn prerequisites(test: &str) -> bool {
+    require(
+        test,
+        true,
+        &[
+            "/usr/bin/unshare",
+            "/usr/sbin/ip",
+            BIRD,
+            ZEBRA,
+            BGPD,
+            VTYSH,
+            NSD,
+            "/usr/bin/dig",
+            &zone_file().to_string_lossy(),
+        ],
+    )
+}
+
+/// A CA and a server certificate for 192.0.2.80, valid from 2020 so that the shifted clock of
+/// the appliance accepts it.
+struct Pki {
+    ca_pem: String,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn pki(dir: &Path) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let from = rcgen::date_time_ymd(2020, 1, 1);
+    let until = rcgen::date_time_ymd(2040, 1, 1);
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "init_serving test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = from;
+    ca.not_after = until;
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let srv_key = KeyPair::generate().unwrap();
+    let mut srv = CertificateParams::new(vec!["192.0.2.80".to_string()]).unwrap();
+    srv.not_before = from;
+    srv.not_after = until;
+    let srv = srv.signed_by(&srv_key, &issuer).unwrap();
+    let cert = dir.join("receiver.pem");
+    let key = dir.join("receiver.key");
+    std::fs::write(&cert, srv.pem()).unwrap();
+    std::fs::write(&key, srv_key.serialize_pem()).unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        cert,
+        key,
+    }
+}
+
+/// The lab site config with the test CA pinned.
+fn site_text(ca_pem: &str) -> Vec<u8> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(repo.join("images/sites/lab.toml")).unwrap();
+    let start = text.find("ca_pem = \"\"\"").unwrap();
+    let end = text[start + 12..].find("\"\"\"").unwrap() + start + 15;
+    format!(
+        "{}ca_pem = \"\"\"\n{}\"\"\"{}",
+        &text[..start],
+        ca_pem,
+        &text[end..]
+    )
+    .into_bytes()
+}
+
+/// The host organisation's side.
+struct Host {
+    rtr: NetNs,
+    appl: NetNs,
+    frr: Frr,
+    xfr: Daemon,
+    receiver: server::Running,
+    db: PathBuf,
+}
+
+fn start_xfr(rtr: &NetNs, dir: &Path, zone: &Path) -> Daemon {
+    std::fs::create_dir_all(dir).unwrap();
+    let conf = format!(
+        "server:\n  ip-address: 192.0.2.53\n  ip-address: 2001:db8:1::53\n  port: 53\n  \
+         username: \"\"\n  chroot: \"\"\n  zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  \
+         database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  zonelistfile: \"{d}/zone.list\"\n  \
+         server-count: 1\n  verbosity: 1\n\
+         remote-control:\n  control-enable: no\n\
+         zone:\n  name: \".\"\n  zonefile: \"{z}\"\n  \
+         provide-xfr: 192.0.2.10 NOKEY\n  provide-xfr: 2001:db8:1::10 NOKEY\n",
+        d = dir.display(),
+        z = zone.display()
+    );
+    std::fs::write(dir.join("nsd.conf"), conf).unwrap();
+    let args = vec![
+        "-d".to_string(),
+        "-c".to_string(),
+        dir.join("nsd.conf").to_string_lossy().into_owned(),
+    ];
+    Daemon::spawn(
+        "xfr-nsd",
+        Some(rtr),
+        Path::new(NSD),
+        &args,
+        &dir.join("log"),
+    )
+}
+
+/// Starts the receiver with its listening socket in `rtr`.
+fn start_receiver(rtr: &NetNs, pki: &Pki, db: &Path) -> server::Running {
+    let cfg = server::ServeConfig {
+        listen: "192.0.2.80:8443".parse().unwrap(),
+        db: db.to_path_buf(),
+        tls_cert: pki.cert.clone(),
+        tls_key: pki.key.clone(),
+        enrolled: None,
+        max_body: server::DEFAULT_MAX_BODY,
+        log: false,
+    };
+    let ns = std::fs::File::open(rtr.path()).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        server::start(&cfg).unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+fn host(tag: &str, dir: &Path, zone: &Path, pki: &Pki) -> Host {
+    let appl = NetNs::new(&format!("{tag}a"));
+    let rtr = NetNs::new(&format!("{tag}r"));
+    veth(&appl, "eth0", &rtr, "eth0");
+    rtr.addr(
+        "eth0",
+        &[
+            "192.0.2.1/24",
+            "2001:db8:1::1/64",
+            "192.0.2.53/24",
+            "2001:db8:1::53/64",
+            "192.0.2.80/24",
+        ],
+    );
+    // The lab's documentation-range service addresses are reached through the appliance.
+    rtr.ip(&["route", "add", "198.51.100.42/32", "via", "192.0.2.10"]);
+    rtr.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:42::42/128",
+        "via",
+        "2001:db8:1::10",
+    ]);
+    let frr = Frr::start(
+        &rtr,
+        &dir.join("frr"),
+        &frr_bgpd_conf(
+            64512,
+            "192.0.2.1",
+            &[("192.0.2.10", 20144), ("2001:db8:1::10", 20144)],
+        ),
+    );
+    let xfr = start_xfr(&rtr, &dir.join("xfr"), zone);
+    let db = dir.join("home.sqlite");
+    let receiver = start_receiver(&rtr, pki, &db);
+    Host {
+        rtr,
+        appl,
+        frr,
+        xfr,
+        receiver,
+        db,
+    }
+}
+
+fn dig(ns: &NetNs, server: &str, tcp: bool) -> String {
+    let mut args = vec![
+        format!("@{server}"),
+        ".".into(),
+        "SOA".into(),
+        "+nsid".into(),
+        "+norec".into(),
+        "+time=2".into(),
+        "+tries=1".into(),
+    ];
+    if tcp {
+        args.push("+tcp".into());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ns.exec("dig", &refs);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn learned(frr: &Frr) -> Vec<String> {
+    let mut v = frr.prefixes("ipv4");
+    v.extend(frr.prefixes("ipv6"));
+    v.sort();
+    v
+}
+
+fn imrs_prefixes() -> Vec<String> {
+    let mut v: Vec<String> = imrs_config::imrs::IMRS_PREFIXES
+        .iter()
+        .map(|p| p.prefix.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn setup(tag: &str, zone: &Path) -> (tempfile::TempDir, PathBuf, PathBuf, Pki) {
+    let d = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pki = pki(d.path());
+    let (root, state) = (d.path().join("root"), d.path().join("state"));
+    fixture_with_site(&root, &site_text(&pki.ca_pem));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _ = (tag, zone);
+    (d, root, state, pki)
+}
+
+#[test]
+fn first_boot_passes_serves_announces_and_reports() {
+    if !prerequisites("init_serving") {
+        return;
+    }
+    let (d, root, state, pki) = setup("isp", &zone_file());
+    let mut h = host("isp", d.path(), &zone_file(), &pki);
+    let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
+    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    init.wait_for("boot summary", Duration::from_secs(240));
+    for stage in [
+        "platform", "site", "hardware", "network", "clock", "zone", "dns", "bgp",
+    ] {
+        assert_eq!(
+            init.count(&format!("stage {stage}: PASSED")),
+            1,
+            "stage {stage}: {:#?}",
+            init.console()
+        );
+    }
+    assert_eq!(init.count("stage phone-home: PASSED"), 1);
+    assert_eq!(init.count("stage steady: PASSED"), 1);
+
+    // The router learned exactly the five IMRS prefixes, from AS 20144.
+    let all = imrs_prefixes();
+    let got = wait_for(Duration::from_secs(30), || {
+        let l = learned(&h.frr);
+        (l == all).then_some(l)
+    });
+    assert_eq!(got, Some(all.clone()), "FRR learned {:?}", learned(&h.frr));
+    for family in ["ipv4", "ipv6"] {
+        for (prefix, route) in h.frr.routes(family).unwrap() {
+            assert_eq!(route.path, "20144", "{prefix}: {route:?}");
+        }
+    }
+
+    // The service answers from the host's side, UDP and TCP, v4 and v6.
+    for server in ["198.51.100.42", "2001:db8:42::42"] {
+        for tcp in [false, true] {
+            let out = dig(&h.rtr, server, tcp);
+            assert!(out.contains("status: NOERROR"), "{server} tcp={tcp}: {out}");
+            assert!(out.contains(" aa"), "{server} tcp={tcp}: no AA: {out}");
+            assert!(
+                out.contains(&SERIAL.to_string()),
+                "{server} tcp={tcp}: serial: {out}"
+            );
+            assert!(
+                out.contains("NSID:") && out.contains("lab-01.l.root-servers.test"),
+                "{server} tcp={tcp}: NSID: {out}"
+            );
+        }
+    }
+
+    // One verified install-passed report from this device.
+    let dev = wait_for(Duration::from_secs(60), || {
+        let f = fleet::fleet(&h.db, 10).ok()?;
+        f.devices
+            .into_iter()
+            .find(|d| d.last_event == "install-passed")
+    })
+    .expect("no install-passed report at the receiver");
+    assert_eq!(dev.site_id, "lab-01");
+    assert_eq!(dev.zone_serial, Some(SERIAL));
+    assert_eq!(
+        init.count(&format!("device key {}", dev.device)),
+        1,
+        "the report's device key is the one the console shows"
+    );
+
+    // Drain withdraws the specifics (covering stays); undrain brings them back.
+    let sock = state.join("control.sock");
+    let ctl = |req: &str| {
+        let out = Command::new(appliance::init_binary())
+            .args([req, &sock.to_string_lossy()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(ctl("drain"), "ok drained");
+    let covering: Vec<String> = all
+        .iter()
+        .filter(|p| !SPECIFICS.contains(&p.as_str()))
+        .cloned()
+        .collect();
+    let got = wait_for(Duration::from_secs(15), || {
+        let l = learned(&h.frr);
+        (l == covering).then_some(l)
+    });
+    assert_eq!(
+        got,
+        Some(covering),
+        "drained: FRR has {:?}",
+        learned(&h.frr)
+    );
+    assert_eq!(ctl("undrain"), "ok undrained");
+    let got = wait_for(Duration::from_secs(40), || {
+        let l = learned(&h.frr);
+        (l == all).then_some(l)
+    });
+    assert_eq!(
+        got,
+        Some(all.clone()),
+        "undrained: FRR has {:?}",
+        learned(&h.frr)
+    );
+
+    // Orderly shutdown, then a second boot on the same state: serves from the stored zone,
+    // no new install report.
+    init.signal(libc::SIGTERM);
+    init.wait(Duration::from_secs(30));
+    h.xfr.kill();
+    let mut second = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    second.wait_for("boot summary", Duration::from_secs(120));
+    assert_eq!(second.count("stage phone-home: DONE EARLIER"), 1);
+    assert_eq!(second.count("stage hardware: DONE EARLIER"), 1);
+    assert_eq!(
+        second.count("from the store, verified in an earlier boot"),
+        1
+    );
+    assert_eq!(second.count("stage steady: PASSED"), 1);
+    let out = dig(&h.rtr, "198.51.100.42", false);
+    assert!(out.contains(&SERIAL.to_string()), "second boot: {out}");
+    let f = fleet::fleet(&h.db, 10).unwrap();
+    assert_eq!(f.devices.len(), 1, "{f:?}");
+    second.signal(libc::SIGTERM);
+    second.wait(Duration::from_secs(30));
+    h.frr.assert_running();
+    h.receiver.stop();
+}
+
+#[test]
+fn tampered_zone_is_refused_and_reported() {
+    if !prerequisites("init_serving") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    // One glue address changed: signatures still verify (glue is unsigned), ZONEMD does not.
+    let text = std::fs::read_to_string(zone_file()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("a.root-servers.net.") && l.contains("\tA\t"))
+        .expect("glue for a.root-servers.net");
+    let tampered = text.replacen(line, &line.replace("198.41.0.4", "198.41.0.5"), 1);
+    assert_ne!(tampered, text, "glue line {line:?} not changed");
+    let zone = d.path().join("tampered.zone");
+    std::fs::write(&zone, tampered).unwrap();
+    let (d2, root, state, pki) = setup("itz", &zone);
+    let mut h = host("itz", d2.path(), &zone, &pki);
+    let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
+    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    init.wait_for("boot summary", Duration::from_secs(240));
+    assert_eq!(init.count("stage zone: FAILED"), 1, "{:#?}", init.console());
+    assert!(init.count("ZONEMD") >= 1, "{:#?}", init.console());
+    assert_eq!(init.count("stage dns: "), 0, "nothing after zone runs");
+    let dev = wait_for(Duration::from_secs(60), || {
+        let f = fleet::fleet(&h.db, 10).ok()?;
+        f.devices
+            .into_iter()
+            .find(|d| d.last_event == "install-failed")
+    })
+    .expect("no install-failed report at the receiver");
+    assert_eq!(dev.failed_stage.as_deref(), Some("zone"));
+    assert!(
+        dev.failed_reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("ZONEMD"),
+        "{dev:?}"
+    );
+    assert!(
+        learned(&h.frr).is_empty(),
+        "announced: {:?}",
+        learned(&h.frr)
+    );
+    init.signal(libc::SIGTERM);
+    init.wait(Duration::from_secs(30));
+    h.xfr.kill();
+    h.receiver.stop();
+}
