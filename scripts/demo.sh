@@ -35,4 +35,4 @@ cp images/sites/lab.toml "$OUT/site.toml"
 "$B" site sign "$OUT/site.toml" --key "$OUT/image-key"
 "$B" build "$RECIPE" --lock "$LOCK" --key "$OUT/image-key" --out "$OUT/imrs-qemu" --site "$OUT/site.toml"
 "$B" verify "$OUT/imrs-qemu" --pubkey "$OUT/image-key.pub"
-"$B" boot "$OUT/imrs-qemu" --append imrs.poweroff_after_boot=1 --expect "imrs-init" --expect "hardware    PASSED" --timeout 300
+"$B" boot "$OUT/imrs-qemu" --append imrs.poweroff_after_boot=1 --append imrs.stop_after=hardware --expect "imrs-init" --expect "hardware    PASSED" --timeout 300

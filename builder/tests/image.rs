@@ -280,6 +280,9 @@ fn qemu_image_boots_through_platform_site_and_hardware() {
         .args([
             "--append",
             "imrs.poweroff_after_boot=1",
+            "--append",
+            // No lab network here: end the pipeline after the hardware stage.
+            "imrs.stop_after=hardware",
             "--timeout",
             "240",
             "--expect",

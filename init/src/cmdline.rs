@@ -7,6 +7,7 @@
 //! | `imrs.state=PATH` | state directory (default: the `IMRS-DATA` partition at `/var/lib/imrs`, else `/run/imrs`) |
 //! | `imrs.root=PATH` | root under which the pipeline reads everything: `etc/imrs/*`, `lib/modules`, `sys`, `proc`, `dev`, `usr/sbin/chronyd` (default `/`; tests point it at a fixture tree) |
 //! | `imrs.supervise=PATH` | supervise the program `PATH` (no arguments) as a daemon from boot; repeatable (tests; real daemons are started by their stages) |
+//! | `imrs.stop_after=STAGE` | end the pipeline after `STAGE` passes (later stages "not reached", the summary printed as usual): a bench check of the hardware before shipment (`imrs.stop_after=hardware`), or a boot test without the lab network |
 //! | `imrs.hold=STAGE` | stop before running `STAGE` and wait (tests: kill the init at a known stage) |
 //! | `imrs.manifest=SHA256` | the sha256 of the image's signed manifest, as the boot loader (or `imrs-build boot`/`lab`) knows it; carried in phone-home reports (the manifest covers the initramfs, so the image cannot carry its own digest) |
 //! | `imrs.fake_time=UNIX` | test hook, ignored (with a warning) as the machine's init: the init's clock reads start at this Unix time (the real zone's signatures need a time inside their window; a network namespace cannot have its own clock) |
@@ -62,6 +63,8 @@ pub struct Settings {
     pub supervise: Vec<PathBuf>,
     /// `imrs.hold=STAGE`.
     pub hold: Option<Stage>,
+    /// `imrs.stop_after=STAGE`.
+    pub stop_after: Option<Stage>,
     /// `imrs.grace=SECONDS`.
     pub grace: Duration,
     /// `imrs.manifest=SHA256`.
@@ -82,6 +85,7 @@ impl Default for Settings {
             hold: None,
             grace: DEFAULT_GRACE,
             manifest: None,
+            stop_after: None,
             fake_time: None,
             problems: Vec::new(),
         }
@@ -125,6 +129,9 @@ pub fn parse(text: &str) -> Settings {
             "supervise" => absolute(value)
                 .map(|p| s.supervise.push(p))
                 .ok_or(bad("an absolute path")),
+            "stop_after" => Stage::from_name(value)
+                .map(|st| s.stop_after = Some(st))
+                .ok_or(bad("a stage name")),
             "hold" => Stage::from_name(value)
                 .map(|st| s.hold = Some(st))
                 .ok_or(bad("a stage name")),

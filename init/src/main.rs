@@ -295,7 +295,14 @@ async fn event_loop(
     let mut orphan_log = RateLimit::new(5.0, 20.0);
     let how = {
         let pipeline = async {
-            let results = pipeline::run(&mut ctx, &store, &mut st, settings.hold).await;
+            let results = pipeline::run(
+                &mut ctx,
+                &store,
+                &mut st,
+                settings.hold,
+                settings.stop_after,
+            )
+            .await;
             summary::print(&results, start.elapsed());
         };
         let mut pipeline = std::pin::pin!(pipeline);

@@ -178,6 +178,7 @@ pub async fn run(
     store: &Store,
     st: &mut State,
     hold: Option<Stage>,
+    stop_after: Option<Stage>,
 ) -> Vec<StageResult> {
     let mut results: Vec<StageResult> = Vec::new();
     let mut phase = Phase::Run(Stage::Platform);
@@ -221,6 +222,13 @@ pub async fn run(
                 });
                 if let (Outcome::Failed(why), false) = (&outcome, st.first_boot_passed) {
                     installation::report_failure(ctx, stage, why, &results).await;
+                }
+                if stop_after == Some(stage) && phase == Phase::Run(stage.next().unwrap_or(stage)) {
+                    log::info(format!(
+                        "imrs.stop_after={}: the pipeline ends here, as asked",
+                        stage.name()
+                    ));
+                    break;
                 }
             }
             Phase::Held(stage) => {
