@@ -10,12 +10,10 @@
 //!    console and recorded in the state file. Not if the RTC is behind the epoch.
 //! 4. Neither: failure, no time source.
 
+use crate::command::Failure;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
-
-use tokio::io::AsyncReadExt;
 
 use crate::reaper::Reaper;
 
@@ -185,60 +183,19 @@ pub async fn run_ntp(
     timeout: Duration,
 ) -> Result<(), ClockError> {
     let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let (mut child, exit) = reaper
-        .spawn(&mut cmd)
-        .map_err(|e| ClockError::Start(crate::log::chain(&e)))?;
-    let mut output = Vec::new();
-    for s in [
-        child.stdout.take().map(Into::into),
-        child.stderr.take().map(Into::into),
-    ] {
-        let s: Option<std::os::fd::OwnedFd> = s;
-        if let Some(fd) = s
-            && let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
-        {
-            output.push(tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let _ = tokio::io::BufReader::new(rx).read_to_end(&mut buf).await;
-                buf
-            }));
-        }
+    match crate::command::run_checked(reaper, program, args, timeout).await {
+        Ok(_) => Ok(()),
+        Err(Failure::Start(e)) => Err(ClockError::Start(e)),
+        Err(Failure::Ended { how, tail }) => Err(ClockError::Ntp {
+            servers: list.join(", "),
+            how,
+            output: if tail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({tail})")
+            },
+        }),
     }
-    let pid = child.id() as i32;
-    let how = match tokio::time::timeout(timeout, exit).await {
-        Ok(Ok(e)) if e.success() => return Ok(()),
-        Ok(Ok(e)) => e.to_string(),
-        Ok(Err(_)) => "exit status lost".to_string(),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            format!("no answer within {} s", timeout.as_secs())
-        }
-    };
-    let mut text = String::new();
-    for o in output {
-        if let Ok(Ok(b)) = tokio::time::timeout(Duration::from_secs(1), o).await {
-            text.push_str(&String::from_utf8_lossy(&b));
-        }
-    }
-    let last: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = last[last.len().saturating_sub(2)..].join(" | ");
-    Err(ClockError::Ntp {
-        servers: list.join(", "),
-        how,
-        output: if tail.is_empty() {
-            String::new()
-        } else {
-            format!(" ({tail})")
-        },
-    })
 }
 
 #[cfg(test)]

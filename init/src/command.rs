@@ -11,15 +11,27 @@ use tokio::io::AsyncReadExt;
 
 use crate::reaper::Reaper;
 
-/// Runs `program args`; `Ok` with its output (stdout then stderr) when it exits 0, else `Err`
-/// naming the command, how it ended and the last lines of its output.
-pub async fn run(
+/// How a helper program failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// It could not be started.
+    Start(String),
+    /// It ran and failed, or was killed at the timeout.
+    Ended {
+        /// Exit status, signal, or the timeout.
+        how: String,
+        /// Its last output lines, `|`-separated (empty when it printed nothing).
+        tail: String,
+    },
+}
+
+/// Runs `program args`; `Ok` with its output (stdout then stderr) when it exits 0.
+pub async fn run_checked(
     reaper: &Reaper,
     program: &Path,
     args: &[String],
     timeout: Duration,
-) -> Result<String, String> {
-    let shown = format!("{} {}", program.display(), args.join(" "));
+) -> Result<String, Failure> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -27,7 +39,7 @@ pub async fn run(
         .stderr(Stdio::piped());
     let (mut child, exit) = reaper
         .spawn(&mut cmd)
-        .map_err(|e| format!("{shown}: {}", crate::log::chain(&e)))?;
+        .map_err(|e| Failure::Start(crate::log::chain(&e)))?;
     let mut readers = Vec::new();
     let out: [Option<std::os::fd::OwnedFd>; 2] = [
         child.stdout.take().map(Into::into),
@@ -52,7 +64,7 @@ pub async fn run(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            Some(format!("killed after {} s", timeout.as_secs()))
+            Some(format!("no answer within {} s", timeout.as_secs()))
         }
     };
     let mut text = String::new();
@@ -66,14 +78,26 @@ pub async fn run(
         Some(how) => {
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
-            Err(format!(
-                "{shown}: {how}{}",
-                if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {tail}")
-                }
-            ))
+            Err(Failure::Ended { how, tail })
         }
     }
+}
+
+/// [`run_checked`] with the failure as one line naming the command.
+pub async fn run(
+    reaper: &Reaper,
+    program: &Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<String, String> {
+    run_checked(reaper, program, args, timeout)
+        .await
+        .map_err(|f| {
+            let shown = format!("{} {}", program.display(), args.join(" "));
+            match f {
+                Failure::Start(e) => format!("{shown}: {e}"),
+                Failure::Ended { how, tail } if tail.is_empty() => format!("{shown}: {how}"),
+                Failure::Ended { how, tail } => format!("{shown}: {how}: {tail}"),
+            }
+        })
 }
