@@ -115,15 +115,6 @@ impl std::fmt::Display for RoundError {
     }
 }
 
-/// The result of a round.
-#[derive(Debug, Clone)]
-pub struct Round {
-    /// The zone now stored.
-    pub record: AcceptedRecord,
-    /// Whether it replaced the stored one (a new serial).
-    pub new: bool,
-}
-
 fn load_anchors(path: &Path) -> Result<TrustAnchors, RoundError> {
     TrustAnchors::load(path).map_err(|e| {
         RoundError::Refused(format!(
@@ -135,9 +126,9 @@ fn load_anchors(path: &Path) -> Result<TrustAnchors, RoundError> {
 }
 
 /// One round over the servers (blocking): transfer, verify at the current time, accept.
-/// Stops at the first server whose zone is accepted or is the stored serial (then the stored
-/// zone stays).
-pub fn round(setup: &ZoneSetup) -> Result<Round, RoundError> {
+/// Stops at the first server whose zone is accepted: a newer serial, or the stored serial
+/// verified again (stored with the new verification time).
+pub fn round(setup: &ZoneSetup) -> Result<AcceptedRecord, RoundError> {
     let anchors = load_anchors(&setup.anchors_path)?;
     if let Some(dir) = setup.store.zone_path.parent() {
         std::fs::create_dir_all(dir)
@@ -170,13 +161,21 @@ pub fn round(setup: &ZoneSetup) -> Result<Round, RoundError> {
             source: &source,
         };
         match imrs_zone::accept(candidate, current.as_ref(), false, &setup.store) {
-            Ok(record) => return Ok(Round { record, new: true }),
+            Ok(record) => return Ok(record),
             Err(AcceptError::NotNewer {
                 candidate,
                 current: cur,
             }) if candidate == cur => {
-                if let Some(record) = current.clone() {
-                    return Ok(Round { record, new: false });
+                // The same serial, verified again now: stored again with this verification
+                // time (the expiry counts from the last successful verification).
+                let again = Candidate {
+                    zone: &t.zone,
+                    verification: &v,
+                    source: &source,
+                };
+                match imrs_zone::accept(again, current.as_ref(), true, &setup.store) {
+                    Ok(record) => return Ok(record),
+                    Err(e) => refused.push(format!("{server}: {}", log::chain(&e))),
                 }
             }
             Err(e @ AcceptError::NotNewer { .. }) => {
@@ -238,9 +237,9 @@ pub async fn obtain(setup: &ZoneSetup) -> Result<Obtained, String> {
             .await
             .map_err(|e| format!("zone round crashed: {e}"))?;
         match r {
-            Ok(r) => {
+            Ok(record) => {
                 return Ok(Obtained {
-                    record: r.record,
+                    record,
                     from_store: false,
                 });
             }
@@ -307,13 +306,13 @@ pub async fn refresh_loop(
         tokio::time::sleep(wait).await;
         state.last_attempt = Some(crate::clock::timestamp_now());
         let s = setup.clone();
-        let current = record.serial;
-        let outcome = tokio::task::spawn_blocking(move || poll_and_fetch(&s, current)).await;
+        let current = record.clone();
+        let outcome = tokio::task::spawn_blocking(move || poll_and_fetch(&s, &current)).await;
         match outcome {
-            Ok(Ok(None)) => state.last_success = Some(crate::clock::timestamp_now()),
-            Ok(Ok(Some(new))) => {
+            Ok(Ok(Refreshed::Current)) => state.last_success = Some(crate::clock::timestamp_now()),
+            Ok(Ok(Refreshed::Stored(new))) => {
                 log::info(format!(
-                    "zone serial {} verified and accepted (was {}) from {}",
+                    "zone serial {} verified and stored (was {}) from {}",
                     new.serial, record.serial, new.source
                 ));
                 if let Err(e) = on_new(&new) {
@@ -335,30 +334,51 @@ pub async fn refresh_loop(
     }
 }
 
-/// Polls the servers' serial; transfers and accepts when one publishes a newer one.
-/// `Ok(None)`: the stored zone is current.
-fn poll_and_fetch(setup: &ZoneSetup, current: u32) -> Result<Option<AcceptedRecord>, String> {
+/// How close to its expiry a zone whose serial has not changed is transferred and verified
+/// again (so a distribution that publishes no new serial does not expire a good zone).
+pub const REVERIFY_BEFORE_EXPIRY: Duration = Duration::from_secs(86_400);
+
+/// What a refresh found.
+enum Refreshed {
+    /// The stored zone is current.
+    Current,
+    /// A zone was transferred, verified and stored (a new serial, or the same one verified
+    /// again close to its expiry).
+    Stored(AcceptedRecord),
+}
+
+/// Polls the servers' serial; transfers, verifies and stores when one publishes a newer one,
+/// or the same one while the stored zone is close to expiring.
+fn poll_and_fetch(setup: &ZoneSetup, current: &AcceptedRecord) -> Result<Refreshed, String> {
     let mut errors = Vec::new();
-    let mut newer = false;
+    let mut fetch = false;
     for server in &setup.servers {
         match poll_serial(*server) {
-            Ok(s) if imrs_zone::accept::serial_is_newer(s, current) => {
-                newer = true;
+            Ok(s) if imrs_zone::accept::serial_is_newer(s, current.serial) => {
+                fetch = true;
                 break;
             }
-            Ok(_) => return Ok(None),
+            Ok(_) => {
+                let left = setup
+                    .expires_at(current)
+                    .and_then(|e| e.duration_since(crate::clock::wall_now()).ok());
+                if left.is_some_and(|l| l > REVERIFY_BEFORE_EXPIRY) {
+                    return Ok(Refreshed::Current);
+                }
+                fetch = true;
+                break;
+            }
             Err(e) => errors.push(e),
         }
     }
-    if !newer {
+    if !fetch {
         return Err(format!(
             "no transfer server answered: {}",
             errors.join("; ")
         ));
     }
     match round(setup) {
-        Ok(r) if r.new => Ok(Some(r.record)),
-        Ok(_) => Ok(None),
+        Ok(record) => Ok(Refreshed::Stored(record)),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -478,6 +478,9 @@ pub async fn steady_stage(ctx: &mut Context) -> Outcome {
         handle.block_on(command::run(&reaper, &prog, &args, HELPER_TIMEOUT))?;
         Ok(())
     });
+    if let (Some(desired), Some(cfg)) = (ctx.serving.desired.clone(), ctx.serving.dns.clone()) {
+        tokio::spawn(follow_serve_zone(desired, cfg, ctx.reaper.clone()));
+    }
     let inputs = ctx.serving.inputs.clone();
     // The refresh loop calls `reload` from a blocking thread (never from the runtime).
     tokio::spawn(rootzone::refresh_loop(setup, zone, inputs, reload));
@@ -499,6 +502,50 @@ pub async fn steady_stage(ctx: &mut Context) -> Outcome {
     log::info(&msg);
     ctx.notes.push(msg);
     Outcome::Passed
+}
+
+/// Stops serving an expired zone and serves again once a fresh one is verified: the health
+/// loop's `serve_zone` decides; the daemon's config is rewritten without (or with) the zone and
+/// applied in place (`nsd-control reconfig` / `knotc reload`), keeping its sockets.
+async fn follow_serve_zone(
+    mut desired: watch::Receiver<Desired>,
+    mut cfg: DnsConfig,
+    reaper: crate::reaper::Reaper,
+) {
+    let mut serving = true;
+    loop {
+        let want = desired.borrow_and_update().serve_zone;
+        if want != serving {
+            cfg.serve_zone = want;
+            let applied = match cfg.write() {
+                Err(e) => Err(log::chain(&e)),
+                Ok(()) => {
+                    let (prog, args) = cfg.reconfig_command();
+                    command::run(&reaper, &prog, &args, HELPER_TIMEOUT)
+                        .await
+                        .map(drop)
+                }
+            };
+            match applied {
+                Ok(()) => {
+                    serving = want;
+                    if want {
+                        log::info("zone fresh again: serving it");
+                    } else {
+                        log::error("zone expired: no longer serving it (queries for . refused)");
+                    }
+                }
+                Err(e) => {
+                    log::error(format!("changing what the DNS daemon serves: {e}"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        if desired.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The BGP part of the report: every session's state and what is announced.

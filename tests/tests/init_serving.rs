@@ -11,13 +11,16 @@
 //!   the five IMRS prefixes from AS 20144 over both sessions; the appliance answers `. SOA`
 //!   with AA, the verified serial and NSID over UDP and TCP, IPv4 and IPv6; the receiver holds
 //!   one verified `install-passed` report from the device; drain/undrain on the control socket
-//!   withdraws and restores the specifics; a second boot on the same state serves again from
-//!   the stored zone without a new install report.
+//!   withdraws and restores the specifics; a second boot on the same state (clock just before
+//!   the stored zone expires, transfer server down) serves again from the stored zone without a
+//!   new install report, withdraws nothing while the zone is valid, and once it expires
+//!   withdraws the specifics (covering kept) and stops serving `.`.
+//! - `knot_first_boot_serves_and_announces`: the same boot with Knot as the DNS daemon.
 //! - `tampered_zone_is_refused_and_reported`: the transfer server serves the real zone with
 //!   one glue address changed: the zone stage fails naming ZONEMD, BIRD never starts, and an
 //!   `install-failed` report naming the zone stage arrives.
 //!
-//! Needs root, unshare, ip, FRR, NSD, BIRD and the shared root zone; skips without them (fails
+//! Needs root, unshare, ip, FRR, NSD, Knot, BIRD, dig and the shared root zone; skips without them (fails
 //! under `CI=true`).
 
 #[path = "../src/appliance.rs"]
@@ -365,7 +368,7 @@ fn first_boot_passes_serves_announces_and_reports() {
     });
     assert_eq!(
         got,
-        Some(covering),
+        Some(covering.clone()),
         "drained: FRR has {:?}",
         learned(&h.frr)
     );
@@ -381,13 +384,21 @@ fn first_boot_passes_serves_announces_and_reports() {
         learned(&h.frr)
     );
 
-    // Orderly shutdown, then a second boot on the same state: serves from the stored zone,
-    // no new install report.
+    // Orderly shutdown. Then a second boot on the same state, its clock 20 s before the stored
+    // zone expires, the transfer server down: serves from the stored zone without a new install
+    // report; the unreachable transfer server withdraws nothing while the zone is valid; once
+    // it expires the specifics are withdrawn (covering kept) and `.` is no longer served.
     init.signal(libc::SIGTERM);
     init.wait(Duration::from_secs(30));
     h.xfr.kill();
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("zone/root.zone.verified.json")).unwrap())
+            .unwrap();
+    let verified: jiff::Timestamp = record["verified_at"].as_str().unwrap().parse().unwrap();
+    let near_expiry = verified.as_second() + 604_800 - 25;
+    let cmdline = format!("imrs.fake_time={near_expiry} imrs.grace=2");
     let mut second = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
-    second.wait_for("boot summary", Duration::from_secs(120));
+    second.wait_for("boot summary", Duration::from_secs(60));
     assert_eq!(second.count("stage phone-home: DONE EARLIER"), 1);
     assert_eq!(second.count("stage hardware: DONE EARLIER"), 1);
     assert_eq!(
@@ -397,6 +408,34 @@ fn first_boot_passes_serves_announces_and_reports() {
     assert_eq!(second.count("stage steady: PASSED"), 1);
     let out = dig(&h.rtr, "198.51.100.42", false);
     assert!(out.contains(&SERIAL.to_string()), "second boot: {out}");
+    second.wait_for(
+        "zone refresh: no transfer server answered",
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        learned(&h.frr),
+        all,
+        "transfer servers down, zone valid: nothing withdrawn"
+    );
+    let got = wait_for(Duration::from_secs(40), || {
+        let l = learned(&h.frr);
+        (l == covering).then_some(l)
+    });
+    assert_eq!(
+        got,
+        Some(covering.clone()),
+        "expired: FRR has {:?}",
+        learned(&h.frr)
+    );
+    second.wait_for(
+        "zone expired: no longer serving it",
+        Duration::from_secs(10),
+    );
+    let out = dig(&h.rtr, "198.51.100.42", false);
+    assert!(
+        out.contains("status: REFUSED") || out.contains("status: SERVFAIL"),
+        "expired zone still served: {out}"
+    );
     let f = fleet::fleet(&h.db, 10).unwrap();
     assert_eq!(f.devices.len(), 1, "{f:?}");
     second.signal(libc::SIGTERM);
@@ -449,6 +488,52 @@ fn tampered_zone_is_refused_and_reported() {
         "announced: {:?}",
         learned(&h.frr)
     );
+    init.signal(libc::SIGTERM);
+    init.wait(Duration::from_secs(30));
+    h.xfr.kill();
+    h.receiver.stop();
+}
+
+#[test]
+fn knot_first_boot_serves_and_announces() {
+    if !prerequisites("init_serving") || !require("init_serving (knot)", true, &[daemons::KNOTD]) {
+        return;
+    }
+    let (d, root, state, pki) = setup("isk", &zone_file());
+    // The same image, built for Knot.
+    let info = root.join("etc/imrs/image.json");
+    let mut image: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&info).unwrap()).unwrap();
+    image["dns"] = "knot".into();
+    std::fs::write(&info, serde_json::to_vec_pretty(&image).unwrap()).unwrap();
+    let mut h = host("isk", d.path(), &zone_file(), &pki);
+    let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
+    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    init.wait_for("boot summary", Duration::from_secs(240));
+    assert_eq!(
+        init.count("stage steady: PASSED"),
+        1,
+        "{:#?}",
+        init.console()
+    );
+    assert_eq!(init.count("dns: knot started"), 1);
+    for server in ["198.51.100.42", "2001:db8:42::42"] {
+        for tcp in [false, true] {
+            let out = dig(&h.rtr, server, tcp);
+            assert!(
+                out.contains("status: NOERROR") && out.contains(" aa"),
+                "{server} tcp={tcp}: {out}"
+            );
+            assert!(out.contains(&SERIAL.to_string()), "{out}");
+            assert!(out.contains("lab-01.l.root-servers.test"), "NSID: {out}");
+        }
+    }
+    let all = imrs_prefixes();
+    let got = wait_for(Duration::from_secs(30), || {
+        let l = learned(&h.frr);
+        (l == all).then_some(l)
+    });
+    assert_eq!(got, Some(all), "FRR learned {:?}", learned(&h.frr));
     init.signal(libc::SIGTERM);
     init.wait(Duration::from_secs(30));
     h.xfr.kill();

@@ -50,6 +50,9 @@ pub fn render(c: &DnsConfig) -> String {
             "\ntemplate:\n  - id: default\n    global-module: mod-rrl/default"
         );
     }
+    if !c.serve_zone {
+        return o;
+    }
     let _ = writeln!(o, "\nzone:\n  - domain: \".\"");
     let _ = writeln!(o, "    file: \"{}\"", c.zone_file.display());
     // The zone comes from the verified file only: never written back, no journal, loaded whole.

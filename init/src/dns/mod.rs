@@ -155,6 +155,9 @@ pub struct DnsConfig {
     pub user: Option<String>,
     /// Directory holding the daemon and its control tool.
     pub sbin: PathBuf,
+    /// Serve the zone. `false` renders the config without it: an expired zone is no longer
+    /// served (the daemon answers REFUSED for `.`) until a fresh one is verified.
+    pub serve_zone: bool,
 }
 
 impl DnsConfig {
@@ -186,6 +189,7 @@ impl DnsConfig {
             rate_limit: None,
             user: None,
             sbin: PathBuf::from("/usr/sbin"),
+            serve_zone: true,
         }
     }
 
@@ -314,6 +318,22 @@ impl DnsConfig {
                     "zone-reload".into(),
                     ".".into(),
                 ],
+            ),
+        }
+    }
+
+    /// The command that makes the running daemon apply the rewritten config (zones added or
+    /// removed), keeping its sockets: NSD `reconfig`, Knot `reload`.
+    pub fn reconfig_command(&self) -> (PathBuf, Vec<String>) {
+        let conf = self.config_path().to_string_lossy().into_owned();
+        match self.implementation {
+            DnsImpl::Nsd => (
+                self.sbin.join("nsd-control"),
+                vec!["-c".into(), conf, "reconfig".into()],
+            ),
+            DnsImpl::Knot => (
+                self.sbin.join("knotc"),
+                vec!["-c".into(), conf, "-b".into(), "reload".into()],
             ),
         }
     }

@@ -59,9 +59,11 @@ pub fn render(c: &DnsConfig) -> String {
     let _ = writeln!(o, "\nremote-control:");
     let _ = writeln!(o, "    control-enable: yes");
     let _ = writeln!(o, "    control-interface: \"{run}/nsd.ctl\"");
-    let _ = writeln!(o, "\nzone:");
-    let _ = writeln!(o, "    name: \".\"");
-    let _ = writeln!(o, "    zonefile: \"{}\"", c.zone_file.display());
+    if c.serve_zone {
+        let _ = writeln!(o, "\nzone:");
+        let _ = writeln!(o, "    name: \".\"");
+        let _ = writeln!(o, "    zonefile: \"{}\"", c.zone_file.display());
+    }
     o
 }
 
