@@ -397,6 +397,10 @@ fn unknown_device_is_rejected_under_enrolment_until_enrolled() {
     assert_eq!(dev_b.status().pending, 1, "B keeps its report");
     let st = dev_b.status();
     assert!(st.last_error.unwrap_or_default().contains("403"));
+    // Rejections are logged by the writer thread after the 4xx is sent: wait for them.
+    wait_for("B's rejections logged", Duration::from_secs(10), || {
+        fleet::fleet(&db, 50).is_ok_and(|f| f.rejected_total >= 2)
+    });
     let fleet = fleet::fleet(&db, 50).unwrap();
     assert_eq!(fleet.devices.len(), 1);
     assert_eq!(fleet.devices[0].serial, "SN-A");
