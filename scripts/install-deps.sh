@@ -9,10 +9,12 @@
 #   iproute2          network namespaces for tests
 #   cpio zstd         cross-checking our archives with the standard tools
 #   hyperfine time    benchmarks
+#   fdisk dosfstools mtools e2fsprogs   the lab's disk (sfdisk GPT, vfat config, ext4 data)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(qemu-system-x86 bird2 frr nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils knot-dnssecutils
-      iproute2 cpio zstd xz-utils hyperfine time bc ca-certificates)
+      iproute2 cpio zstd xz-utils hyperfine time bc ca-certificates
+      fdisk dosfstools mtools e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -98,6 +98,9 @@ pub enum Command {
         #[arg(long)]
         expect: Vec<String>,
     },
+    /// Boot an image in a simulated host network (router, transfer server, phone-home
+    /// receiver) and report what the host sees: stages, routes, DNS answers, the report.
+    Lab(crate::lab::LabArgs),
 }
 
 /// Where package inputs come from.

@@ -109,6 +109,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Build(args) => build(args, &ui),
+        Command::Lab(args) => crate::lab::run(args, &ui),
         Command::Keygen { out } => {
             let k = keys::generate()?;
             let p = keys::write_keypair(&k, &out)?;
@@ -332,7 +333,8 @@ fn load_lock(r: &recipe::ResolvedRecipe, inputs: &Inputs) -> Result<(lock::Lock,
     Ok((l, bytes))
 }
 
-fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
+/// `build`: the signed image folder from a recipe and its lock (also used by `lab`).
+pub(crate) fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
     let t0 = Instant::now();
     let r = recipe::load(&args.recipe)?;
     let (lock, lock_bytes) = load_lock(&r, &args.inputs)?;

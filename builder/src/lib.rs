@@ -19,6 +19,7 @@ pub mod image_dir;
 pub mod initbin;
 pub mod kernel;
 pub mod kmod;
+pub mod lab;
 pub mod qemu;
 pub mod tree;
 pub mod ui;

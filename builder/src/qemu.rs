@@ -128,6 +128,10 @@ pub fn command(opts: &BootOptions) -> Result<Command, QemuError> {
         std::fs::metadata(&p).map_err(|source| QemuError::Image { path: p, source })?;
     }
     let mut append = m.cmdline.clone();
+    // What a boot loader that checked the image would pass: the manifest's digest, which the
+    // init carries in its phone-home reports (the image cannot hold its own digest).
+    append.push_str(" imrs.manifest=");
+    append.push_str(&crate::image_dir::sha256_hex(&mbytes));
     for a in &opts.append {
         append.push(' ');
         append.push_str(a);

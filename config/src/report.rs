@@ -525,6 +525,22 @@ mod tests {
     }
 
     #[test]
+    fn floats_with_long_mantissas_stay_canonical() {
+        // Stage timings and hardware measurements are f64: every one must read back to the
+        // same bits, or a real device's report fails the canonical-form check (it did, in the
+        // lab, before serde_json's exact float parsing was switched on).
+        let key = keys::generate().unwrap();
+        let mut r = sample();
+        for (i, s) in r.stages.iter_mut().enumerate() {
+            // 1.8975236519999998: a dns stage time from the lab that serde_json's fast float
+            // parser reads back one ulp off.
+            s.seconds = 1.8975236519999998 + i as f64 / 3.0;
+        }
+        r.hardware = serde_json::json!({"x": [1.8975236519999998, 1.0 / 3.0, 2.0_f64.sqrt()]});
+        assert_eq!(verify(&sign(&r, &key)).unwrap(), r);
+    }
+
+    #[test]
     fn roundtrip_through_envelope() {
         let key = keys::generate().unwrap();
         let r = sample();

@@ -62,7 +62,8 @@ fn stage_outcomes(results: &[StageResult]) -> Vec<StageOutcome> {
                 stage: r.stage.name().to_string(),
                 status,
                 reason,
-                seconds: r.seconds.max(0.0),
+                // Milliseconds are plenty, and short decimals read back exactly.
+                seconds: (r.seconds.max(0.0) * 1000.0).round() / 1000.0,
             }
         })
         .collect()

@@ -190,6 +190,14 @@ pub async fn zone_stage(ctx: &mut Context) -> Outcome {
     outcome
 }
 
+/// The readiness prober of the dns stage: the health loop's, with a longer timeout (a daemon
+/// that has just started on a slow or emulated machine answers its first queries slowly).
+fn readiness_prober(targets: &[SocketAddr]) -> DnsProber {
+    let mut p = DnsProber::new(targets);
+    p.timeout = Duration::from_secs(2);
+    p
+}
+
 fn service_targets(ctx: &Context, port: u16) -> Vec<SocketAddr> {
     ctx.site
         .as_ref()
@@ -241,7 +249,7 @@ pub async fn dns_stage(ctx: &mut Context) -> Outcome {
     spec.ready = Some(Arc::new(move || {
         let t = probe_targets.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || DnsProber::new(&t).probe(Some(serial)).is_ok())
+            tokio::task::spawn_blocking(move || readiness_prober(&t).probe(Some(serial)).is_ok())
                 .await
                 .unwrap_or(false)
         })
@@ -262,7 +270,7 @@ pub async fn dns_stage(ctx: &mut Context) -> Outcome {
     let mut last: String;
     loop {
         let t = targets.clone();
-        let r = tokio::task::spawn_blocking(move || DnsProber::new(&t).probe(Some(serial))).await;
+        let r = tokio::task::spawn_blocking(move || readiness_prober(&t).probe(Some(serial))).await;
         match r {
             Ok(Ok(())) => {
                 let msg = format!(

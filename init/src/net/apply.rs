@@ -434,6 +434,12 @@ pub async fn apply(handle: &Handle, plan: &NetPlan) -> Result<Report, NetError> 
         }
         links.push((lp.name.clone(), st.name));
     }
+    // Loopback up first: nothing else brings it up on the appliance, and every local packet
+    // (the init's own probes of the service addresses, whatever interface carries them) goes
+    // through it. Its addresses are the kernel's: nothing is added or removed.
+    if let Some(lo) = link_state(handle, FALLBACK_IFACE).await? {
+        converge_link(handle, &lo, None, &[], true, false, &mut changes).await?;
+    }
     let (svc, service_fallback) = service_link(handle, &plan.service_iface, &mut changes).await?;
     let keep_others = svc.name == FALLBACK_IFACE;
     converge_link(

@@ -1,5 +1,5 @@
 //! Network interfaces through netlink (the appliance has no `ip` binary): links up, MTU, static
-//! IPv4/IPv6 addresses and default gateways from the site, and the DNS service addresses (/32 and
+//! IPv4/IPv6 addresses and default gateways from the site, loopback up, and the DNS service addresses (/32 and
 //! /128) on a dummy interface [`SERVICE_IFACE`] (falling back to `lo` when the kernel has no dummy
 //! driver).
 //!

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Queries per second for the real root zone with dnsperf (issue #5): NSD and Knot as imrs-init
+# configures them (the init's own config generator, tests/examples/dnsconf.rs) side by side
+# with the same daemon on its default configuration (only the paths, port and zone set), in
+# the same run, on loopback. dnsperf shares the machine's cores with the daemon: compare the
+# ratios, not the absolute numbers.
+#
+# Query mix (from the zone itself): 80% referrals (`<tld>. NS` and `www.<tld>. A` for every
+# delegated TLD), 20% NXDOMAIN (`<random>. A`), all with EDNS (dnsperf's default) and DO.
+# Usage: bench/dns-qps.sh   (env: SECONDS_EACH (default 15), CLIENTS (default 8))
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")/.." && pwd)"
+zone="$here/../shared/data/rootzone/root.zone.2026073102"
+[ -f "$zone" ] || zone=/work/shared/data/rootzone/root.zone.2026073102
+each="${SECONDS_EACH:-15}"
+clients="${CLIENTS:-8}"
+command -v dnsperf >/dev/null || { echo "dns-qps: dnsperf missing (apt-get install dnsperf)" >&2; exit 1; }
+
+(cd "$here" && cargo build --release --locked -q -p imrs-tests --example dnsconf)
+target="${CARGO_TARGET_DIR:-$here/target}"
+dnsconf="$target/release/examples/dnsconf"
+
+work="$(mktemp -d)"
+chmod 755 "$work"
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# Queries.
+awk '$4 == "NS" && $1 != "." { print $1 }' "$zone" | sort -u > "$work/tlds"
+{
+  while read -r t; do echo "$t NS"; echo "www.$t A"; done < "$work/tlds"
+  n=$(( $(wc -l < "$work/tlds") / 2 ))
+  for i in $(seq 1 "$n"); do echo "nx$RANDOM$i. A"; done
+} | shuf --random-source=<(yes) > "$work/queries"
+echo "queries: $(wc -l < "$work/queries") ($(wc -l < "$work/tlds") TLDs), $each s per run, $clients clients"
+echo "machine: $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
+
+wait_up() { # port
+  for _ in $(seq 1 200); do
+    if dig +time=1 +tries=1 @127.0.0.1 -p "$1" . SOA +norec 2>/dev/null | grep -q "status: NOERROR"; then return 0; fi
+    sleep 0.1
+  done
+  echo "dns-qps: daemon on port $1 did not answer" >&2; return 1
+}
+
+run() { # label port
+  local out qps
+  out="$(dnsperf -s 127.0.0.1 -p "$2" -d "$work/queries" -l "$each" -c "$clients" -T "$clients" -D -q 500 2>&1)"
+  qps="$(echo "$out" | awk '/Queries per second/ { print $4 }')"
+  lost="$(echo "$out" | awk '/Queries lost/ { print $3 }')"
+  printf '%-22s %12s qps   lost %s\n' "$1" "$qps" "$lost"
+  echo "$qps" > "$work/qps.$1"
+}
+
+start() { # label program args...
+  local label="$1"; shift
+  "$@" > "$work/$label.log" 2>&1 &
+  pids+=($!)
+}
+
+stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; }
+
+# NSD, imrs configuration.
+mkdir -p "$work/nsd-imrs"
+cmd="$("$dnsconf" nsd "$zone" "$work/nsd-imrs" 5301)"
+start nsd-imrs $cmd; wait_up 5301; run nsd-imrs 5301; stop_last
+
+# NSD, default configuration.
+mkdir -p "$work/nsd-default"
+cat > "$work/nsd-default/nsd.conf" <<CONF
+server:
+    ip-address: 127.0.0.1@5302
+    port: 5302
+    username: ""
+    chroot: ""
+    zonesdir: "$work/nsd-default"
+    pidfile: "$work/nsd-default/nsd.pid"
+    xfrdfile: "$work/nsd-default/xfrd.state"
+    zonelistfile: "$work/nsd-default/zone.list"
+    database: ""
+remote-control:
+    control-enable: no
+zone:
+    name: "."
+    zonefile: "$zone"
+CONF
+start nsd-default /usr/sbin/nsd -d -c "$work/nsd-default/nsd.conf"; wait_up 5302; run nsd-default 5302; stop_last
+
+# NSD, default configuration but response rate limiting off: Debian's NSD enables RRL by
+# default (200 responses/s per /24), which a single load generator on loopback trips at once.
+sed -e 's/5302/5305/g' -e 's/^server:$/server:\n    rrl-ratelimit: 0/' "$work/nsd-default/nsd.conf" > "$work/nsd-default/nsd-norrl.conf"
+start nsd-default-norrl /usr/sbin/nsd -d -c "$work/nsd-default/nsd-norrl.conf"; wait_up 5305; run nsd-default-norrl 5305; stop_last
+
+# Knot, imrs configuration.
+mkdir -p "$work/knot-imrs"
+cmd="$("$dnsconf" knot "$zone" "$work/knot-imrs" 5303)"
+start knot-imrs $cmd; wait_up 5303; run knot-imrs 5303; stop_last
+
+# Knot, default configuration.
+mkdir -p "$work/knot-default"
+cat > "$work/knot-default/knot.conf" <<CONF
+server:
+    listen: 127.0.0.1@5304
+    rundir: "$work/knot-default"
+database:
+    storage: "$work/knot-default"
+zone:
+  - domain: "."
+    file: "$zone"
+    zonefile-sync: -1
+CONF
+start knot-default /usr/sbin/knotd -c "$work/knot-default/knot.conf"; wait_up 5304; run knot-default 5304; stop_last
+
+ratio() { awk -v a="$(cat "$work/qps.$1")" -v b="$(cat "$work/qps.$2")" 'BEGIN { printf "%.2f", a / b }'; }
+echo "NSD  imrs/default: $(ratio nsd-imrs nsd-default)x (RRL on by default); imrs/default-without-RRL: $(ratio nsd-imrs nsd-default-norrl)x"
+echo "Knot imrs/default: $(ratio knot-imrs knot-default)x"

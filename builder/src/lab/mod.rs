@@ -1,0 +1,328 @@
+//! `imrs-build lab`: boots an appliance image under QEMU inside a simulated host organisation
+//! network and reports what a host would see (issue #7, "the lab").
+//!
+//! The run: build the image (from a recipe) or take an image folder; write a signed copy of the
+//! lab site config with a fresh phone-home CA ([`site`]); make the guest's disk with the config
+//! and data partitions ([`disk`]); create a network namespace with a tap ([`netns`], addresses
+//! from [`plan`]); start the router (FRR, [`router`]), the transfer server (NSD, [`xfr`]) and the
+//! phone-home receiver ([`receiver`]); boot QEMU in the namespace ([`vm`]), follow the console's
+//! stage lines ([`console`]), poll the router, the service addresses ([`probe`]) and the
+//! receiver, as the scenario says ([`scenario`]); then print the outcome ([`summary`]).
+//! Everything started is stopped by `Drop` guards, on success, on error and on Ctrl-C
+//! ([`signal`]).
+//!
+//! The lab never sends a packet to a public address: every address comes from the site config
+//! and must be a documentation address ([`plan`]).
+
+pub mod console;
+pub mod disk;
+pub mod netns;
+pub mod plan;
+pub mod probe;
+pub mod proc;
+pub mod receiver;
+pub mod router;
+pub mod scenario;
+pub mod signal;
+pub mod site;
+pub mod summary;
+pub mod vm;
+pub mod xfr;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use imrs_config::keys;
+
+use crate::qemu::Accel;
+use crate::ui::Ui;
+pub use scenario::Scenario;
+
+/// The default lab site config, relative to the workspace.
+pub const DEFAULT_SITE: &str = "images/sites/lab.toml";
+
+/// Accelerator choice for the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabAccel {
+    /// KVM if a probe VM shows it works, else TCG.
+    Auto,
+    /// Software emulation.
+    Tcg,
+    /// Hardware virtualisation (fails where nested KVM is broken).
+    Kvm,
+}
+
+/// `imrs-build lab` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabArgs {
+    /// A recipe (`*.toml`: the image is built first, with a fresh key, from the lock next to it)
+    /// or an image folder (needs --key).
+    pub target: PathBuf,
+    /// Site config to boot with (default: images/sites/lab.toml); must be a lab site.
+    #[arg(long)]
+    pub site: Option<PathBuf>,
+    /// The image's site-signing secret key (the `build --key`); required with an image folder.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// What to simulate.
+    #[arg(long, value_enum, default_value = "normal")]
+    pub scenario: Scenario,
+    /// Time limit of each boot, seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Keep the work folder (disk, console log, daemon logs, report database) in DIR; without
+    /// it a temporary folder is used, removed after a passed run and kept after a failed one.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: LabAccel,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
+    /// Seconds the late transfer server (xfr-down) or receiver (receiver-down) waits.
+    #[arg(long, default_value_t = 30)]
+    pub late: u64,
+    /// With a recipe: use this static imrs-init instead of building it from the workspace.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// With a recipe: package cache folder (as for `build`).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+}
+
+/// Host programs the lab needs.
+pub const PROGRAMS: [&str; 11] = [
+    "ip",
+    "qemu-system-x86_64",
+    router::ZEBRA,
+    router::BGPD,
+    router::VTYSH,
+    xfr::NSD,
+    "sfdisk",
+    "mkfs.vfat",
+    "mcopy",
+    "mkfs.ext4",
+    "chown",
+];
+
+/// Whether `program` is an executable file (absolute path) or found on `PATH`.
+pub fn have_program(program: &str) -> bool {
+    let p = Path::new(program);
+    if p.is_absolute() {
+        return p.is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// Missing programs (see [`PROGRAMS`]) and root, as a list of what to install.
+pub fn missing_prerequisites() -> Vec<String> {
+    let mut m: Vec<String> = PROGRAMS
+        .iter()
+        .filter(|p| !have_program(p))
+        .map(|p| p.to_string())
+        .collect();
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        m.push("root (network namespaces, taps)".into());
+    }
+    m
+}
+
+/// The work folder, removed on drop unless kept.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn is_recipe(p: &Path) -> bool {
+    p.is_file() && p.extension().is_some_and(|e| e == "toml")
+}
+
+/// Builds the recipe's image into `work/image` with a fresh key `work/image-key`.
+fn build_image(recipe: &Path, work: &Path, args: &LabArgs, ui: &Ui) -> Result<(PathBuf, PathBuf)> {
+    let key = work.join("image-key");
+    let k = keys::generate()?;
+    keys::write_keypair(&k, &key)?;
+    let out = work.join("image");
+    let build = crate::cli::BuildArgs {
+        recipe: recipe.to_path_buf(),
+        key: key.clone(),
+        out: out.clone(),
+        inputs: crate::cli::Inputs {
+            lock: None,
+            cache: args.cache.clone(),
+            snapshot: None,
+            offline: false,
+        },
+        init: args.init.clone(),
+        site_pubkey: None,
+        site: None,
+    };
+    ui.info(format!(
+        "lab: building {} into {}",
+        recipe.display(),
+        out.display()
+    ));
+    let quiet = Ui {
+        quiet: ui.quiet,
+        json: false,
+    };
+    crate::cmd::build(build, &quiet)
+        .with_context(|| format!("building the image from {}", recipe.display()))?;
+    Ok((out, key))
+}
+
+/// Runs `imrs-build lab`; returns the exit code (0: the scenario's expectation held).
+pub fn run(args: LabArgs, ui: &Ui) -> Result<u8> {
+    signal::install().context("cannot install the Ctrl-C handler")?;
+    let missing = missing_prerequisites();
+    if !missing.is_empty() {
+        bail!(
+            "the lab needs: {} (scripts/install-deps.sh installs the packages; run as root)",
+            missing.join(", ")
+        );
+    }
+    let mut work = match &args.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("{}: mkdir", d.display()))?;
+            WorkDir {
+                path: std::fs::canonicalize(d)
+                    .with_context(|| format!("{}: cannot resolve", d.display()))?,
+                keep: true,
+            }
+        }
+        None => {
+            let p = std::env::temp_dir().join(format!("imrs-lab-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).with_context(|| format!("{}: mkdir", p.display()))?;
+            WorkDir {
+                path: p,
+                keep: false,
+            }
+        }
+    };
+    // FRR drops to the frr user: the folders above its state must be searchable.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&work.path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("{}: chmod", work.path.display()))?;
+    }
+    let result = run_in(&args, ui, &work.path);
+    match &result {
+        Ok(s) if s.passed => {}
+        _ => {
+            let empty = std::fs::read_dir(&work.path).map_or(true, |mut d| d.next().is_none());
+            if !work.keep && !empty {
+                work.keep = true;
+                ui.info(format!(
+                    "lab: keeping the work folder {} for a look",
+                    work.path.display()
+                ));
+            }
+        }
+    }
+    let s = result?;
+    if ui.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        eprint!("{}", summary::render(&s));
+    }
+    Ok(if s.passed { 0 } else { crate::EXIT_ERROR })
+}
+
+fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
+    let (image, key_path) = if is_recipe(&args.target) {
+        if args.key.is_some() {
+            bail!(
+                "--key is for an image folder; with a recipe the lab makes its own key ({})",
+                args.target.display()
+            );
+        }
+        build_image(&args.target, work, args, ui)?
+    } else if args.target.is_dir() {
+        let key = args.key.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: an image folder needs --key, its site-signing secret key (the key given \
+                 to `build --key`)",
+                args.target.display()
+            )
+        })?;
+        (args.target.clone(), key)
+    } else {
+        bail!(
+            "{}: neither a recipe (*.toml) nor an image folder",
+            args.target.display()
+        );
+    };
+    let key = keys::read_secret(&key_path)?;
+    site::check_key_matches(&image, &key, &key_path)?;
+
+    let site_src = args
+        .site
+        .clone()
+        .unwrap_or_else(|| crate::initbin::workspace_dir().join(DEFAULT_SITE));
+    let parsed = imrs_config::site::load(&site_src)?;
+    let plan = plan::Plan::from_site(&parsed)?;
+    let tls = site::make_tls(work, plan.receiver.ip())?;
+    let site_path = work.join("site.toml");
+    site::write_signed_site(&site_src, &site_path, &tls.ca_pem, &key)?;
+    ui.info(format!(
+        "lab: site {} signed with key {} (phone-home CA of this run)",
+        site_path.display(),
+        keys::key_id(&key.verifying_key())
+    ));
+    let disk = disk::build(
+        &work.join("disk.img"),
+        &site_path,
+        &imrs_config::signed::sig_path_for(&site_path),
+    )?;
+    let accel = match args.accel {
+        LabAccel::Tcg => Accel::Tcg,
+        LabAccel::Kvm => Accel::Kvm,
+        LabAccel::Auto => {
+            if vm::kvm_works(work) {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            }
+        }
+    };
+    ui.info(format!(
+        "lab: disk {} ({} + {}), accelerator {accel:?}, scenario {}",
+        disk.display(),
+        disk::CONFIG_PARTNAME,
+        disk::DATA_PARTNAME,
+        args.scenario.name()
+    ));
+    let exe = std::env::current_exe().context("cannot find this program (for the receiver)")?;
+    let mut lab = scenario::Lab {
+        workdir: work.to_path_buf(),
+        image,
+        disk,
+        plan,
+        tls,
+        accel,
+        boot_timeout: Duration::from_secs(args.timeout),
+        late: Duration::from_secs(args.late),
+        exe,
+        memory_mib: args.memory,
+        ui: Ui {
+            quiet: ui.quiet,
+            json: false,
+        },
+        tampered: None,
+    };
+    scenario::run(&mut lab, args.scenario)
+}

@@ -1,0 +1,289 @@
+//! The lab's network plan, read from the site config the appliance boots with, so that the
+//! host side (router, transfer server, receiver, routes) always matches what the box expects:
+//!
+//! - the router owns the interface's gateways and is every BGP neighbour (one private AS);
+//! - the transfer server listens on every `zone.servers` address;
+//! - the receiver listens on the host and port of `phone_home.url`;
+//! - the lab reaches `service.ipv4`/`ipv6` through the guest's interface addresses.
+//!
+//! Every address the lab uses or routes to must be in a documentation range: the lab never sends
+//! a packet to a public address.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{Result, bail};
+use imrs_config::imrs::is_documentation;
+use imrs_config::site::{Site, parse_server};
+use ipnet::IpNet;
+
+/// The addresses of one lab run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Guest interface name in the site (the guest's one NIC).
+    pub guest_ifname: String,
+    /// Guest IPv4 address with its prefix.
+    pub guest_v4: IpNet,
+    /// Guest IPv6 address with its prefix.
+    pub guest_v6: IpNet,
+    /// Router IPv4 (gateway4, a BGP neighbour address).
+    pub router_v4: Ipv4Addr,
+    /// Router IPv6 (gateway6, a BGP neighbour address).
+    pub router_v6: Ipv6Addr,
+    /// The router's AS (the neighbours' `asn`).
+    pub router_asn: u32,
+    /// Every BGP neighbour address the appliance will connect to (all on the router).
+    pub neighbors: Vec<IpAddr>,
+    /// Transfer server addresses with ports.
+    pub xfr: Vec<SocketAddr>,
+    /// Receiver address and port.
+    pub receiver: SocketAddr,
+    /// Appliance service addresses.
+    pub service_v4: Ipv4Addr,
+    /// Appliance service IPv6 address.
+    pub service_v6: Ipv6Addr,
+}
+
+fn doc(what: &str, addr: IpAddr) -> Result<()> {
+    if !is_documentation(addr) {
+        bail!(
+            "site {what} = {addr}: the lab only uses documentation addresses (192.0.2.0/24, \
+             198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32) and never sends to a public address"
+        );
+    }
+    Ok(())
+}
+
+/// The `HOST:PORT` of an `https://HOST[:PORT]/...` URL whose host is an IP literal.
+pub fn url_addr(url: &str) -> Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| anyhow::anyhow!("phone_home.url = {url:?}: not an https:// URL"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if let Ok(sa) = authority.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    let host = authority.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 443))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "phone_home.url = {url:?}: the lab needs an IP address as host (no DNS in the lab)"
+            )
+        })
+}
+
+impl Plan {
+    /// The plan for `site`, or what in it the lab cannot simulate.
+    pub fn from_site(site: &Site) -> Result<Plan> {
+        let Some(iface) = site.interfaces.first() else {
+            bail!("site interfaces: empty; the lab gives the guest one NIC");
+        };
+        if site.interfaces.len() > 1 {
+            bail!(
+                "site interfaces: {} given; the lab gives the guest one NIC",
+                site.interfaces.len()
+            );
+        }
+        let guest_v4 = iface
+            .addresses
+            .iter()
+            .find(|a| matches!(a, IpNet::V4(_)))
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("site interfaces[0].addresses: no IPv4 address"))?;
+        let guest_v6 = iface
+            .addresses
+            .iter()
+            .find(|a| matches!(a, IpNet::V6(_)))
+            .copied()
+            .ok_or_else(|| anyhow::anyhow!("site interfaces[0].addresses: no IPv6 address"))?;
+        let router_v4 = iface
+            .gateway4
+            .ok_or_else(|| anyhow::anyhow!("site interfaces[0].gateway4: missing (the router)"))?;
+        let router_v6 = iface
+            .gateway6
+            .ok_or_else(|| anyhow::anyhow!("site interfaces[0].gateway6: missing (the router)"))?;
+        let mut asns: Vec<u32> = site.bgp.neighbors.iter().map(|n| n.asn).collect();
+        asns.sort_unstable();
+        asns.dedup();
+        let router_asn = match asns.as_slice() {
+            [one] => *one,
+            [] => bail!("site bgp.neighbors: empty; the lab's router is the neighbour"),
+            many => bail!("site bgp.neighbors: ASes {many:?}; the lab has one router, so one AS"),
+        };
+        let neighbors: Vec<IpAddr> = site.bgp.neighbors.iter().map(|n| n.address).collect();
+        for n in &site.bgp.neighbors {
+            if n.multihop.is_some() || n.password.is_some() {
+                bail!(
+                    "site bgp.neighbors {}: multihop and passwords are not simulated by the lab",
+                    n.name
+                );
+            }
+            let net = if n.address.is_ipv4() {
+                guest_v4
+            } else {
+                guest_v6
+            };
+            if !net.contains(&n.address) {
+                bail!(
+                    "site bgp.neighbors {} address = {}: not on the guest's subnet {net}",
+                    n.name,
+                    n.address
+                );
+            }
+        }
+        let mut xfr = Vec::new();
+        for s in &site.zone.servers {
+            let sa = parse_server(s)
+                .ok_or_else(|| anyhow::anyhow!("site zone.servers: {s:?} is not ADDR[:PORT]"))?;
+            xfr.push(sa);
+        }
+        if xfr.is_empty() {
+            bail!(
+                "site zone.servers: empty (ICANN's servers); the lab needs its own transfer server"
+            );
+        }
+        let receiver = url_addr(&site.phone_home.url)?;
+        let plan = Plan {
+            guest_ifname: iface.name.clone(),
+            guest_v4,
+            guest_v6,
+            router_v4,
+            router_v6,
+            router_asn,
+            neighbors,
+            xfr,
+            receiver,
+            service_v4: site.service.ipv4,
+            service_v6: site.service.ipv6,
+        };
+        plan.check()?;
+        Ok(plan)
+    }
+
+    fn check(&self) -> Result<()> {
+        doc("interfaces[0] IPv4", self.guest_v4.addr())?;
+        doc("interfaces[0] IPv6", self.guest_v6.addr())?;
+        doc("gateway4", self.router_v4.into())?;
+        doc("gateway6", self.router_v6.into())?;
+        for n in &self.neighbors {
+            doc("bgp neighbour", *n)?;
+        }
+        for x in &self.xfr {
+            doc("zone.servers", x.ip())?;
+            let net = self.subnet(x.ip());
+            if !net.contains(&x.ip()) {
+                bail!("site zone.servers {x}: not on the guest's subnet {net}");
+            }
+        }
+        doc("phone_home.url host", self.receiver.ip())?;
+        let net = self.subnet(self.receiver.ip());
+        if !net.contains(&self.receiver.ip()) {
+            bail!(
+                "site phone_home.url host {}: not on the guest's subnet {net}",
+                self.receiver.ip()
+            );
+        }
+        doc("service.ipv4", self.service_v4.into())?;
+        doc("service.ipv6", self.service_v6.into())?;
+        Ok(())
+    }
+
+    /// The guest subnet of `addr`'s family.
+    fn subnet(&self, addr: IpAddr) -> IpNet {
+        if addr.is_ipv4() {
+            self.guest_v4.trunc()
+        } else {
+            self.guest_v6.trunc()
+        }
+    }
+
+    /// The addresses the lab puts on its tap, each with the guest's prefix length, deduplicated:
+    /// router, neighbours, transfer servers, receiver.
+    pub fn tap_addresses(&self) -> Vec<IpNet> {
+        let mut ips: Vec<IpAddr> = vec![self.router_v4.into(), self.router_v6.into()];
+        ips.extend(&self.neighbors);
+        ips.extend(self.xfr.iter().map(SocketAddr::ip));
+        ips.push(self.receiver.ip());
+        let mut out: Vec<IpNet> = Vec::new();
+        for ip in ips {
+            let len = self.subnet(ip).prefix_len();
+            if let Ok(net) = IpNet::new(ip, len)
+                && !out.iter().any(|n| n.addr() == ip)
+            {
+                out.push(net);
+            }
+        }
+        out
+    }
+
+    /// Routes from the lab to the service addresses: (destination, via the guest).
+    pub fn service_routes(&self) -> [(IpAddr, IpAddr); 2] {
+        [
+            (self.service_v4.into(), self.guest_v4.addr()),
+            (self.service_v6.into(), self.guest_v6.addr()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lab_site() -> Site {
+        let path = crate::initbin::workspace_dir().join("images/sites/lab.toml");
+        imrs_config::site::load(&path).expect("images/sites/lab.toml")
+    }
+
+    #[test]
+    fn plan_of_the_lab_site() {
+        let p = Plan::from_site(&lab_site()).unwrap();
+        assert_eq!(p.guest_v4.to_string(), "192.0.2.10/24");
+        assert_eq!(p.guest_v6.to_string(), "2001:db8:1::10/64");
+        assert_eq!(p.router_asn, 64512);
+        assert_eq!(p.receiver.to_string(), "192.0.2.80:8443");
+        let tap: Vec<String> = p.tap_addresses().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            tap,
+            [
+                "192.0.2.1/24",
+                "2001:db8:1::1/64",
+                "192.0.2.53/24",
+                "2001:db8:1::53/64",
+                "192.0.2.80/24"
+            ]
+        );
+        assert_eq!(
+            p.service_routes()[0],
+            (
+                "198.51.100.42".parse().unwrap(),
+                "192.0.2.10".parse().unwrap()
+            )
+        );
+    }
+
+    #[test]
+    fn public_addresses_are_refused() {
+        let mut s = lab_site();
+        s.zone.servers = vec!["192.0.32.132".into()];
+        let e = Plan::from_site(&s).unwrap_err().to_string();
+        assert!(e.contains("zone.servers = 192.0.32.132"), "{e}");
+        let mut s = lab_site();
+        s.service.ipv4 = imrs_config::imrs::LROOT_V4;
+        let e = Plan::from_site(&s).unwrap_err().to_string();
+        assert!(e.contains("service.ipv4 = 199.7.83.42"), "{e}");
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(
+            url_addr("https://192.0.2.80:8443/v1/reports").unwrap(),
+            "192.0.2.80:8443".parse().unwrap()
+        );
+        assert_eq!(
+            url_addr("https://[2001:db8::80]/x").unwrap(),
+            "[2001:db8::80]:443".parse().unwrap()
+        );
+        assert!(url_addr("https://home.example/x").is_err());
+        assert!(url_addr("http://192.0.2.80/").is_err());
+    }
+}

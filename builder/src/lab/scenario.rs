@@ -1,0 +1,958 @@
+//! The scenarios: what the lab does around the appliance's boots and what it expects to see.
+//!
+//! | scenario | the lab | expected |
+//! |---|---|---|
+//! | `normal` | everything up | every stage passes, serving, one `install-passed` report |
+//! | `tampered-zone` | the transfer server serves the zone with one glue A record changed | zone stage fails, the specific prefixes are never announced, an `install-failed` report names stage `zone` |
+//! | `xfr-down` | transfer server started ~30 s after QEMU | passes once the server is there |
+//! | `receiver-down` | receiver started ~30 s after the box reaches phone-home | passes; the report arrives after the receiver starts |
+//! | `power-cut` | QEMU killed when the zone stage starts, then booted again on the same disk | resumes (hardware done earlier), passes, exactly one install report |
+//! | `second-boot` | a normal pass, QEMU stopped, booted again on the same disk | serving again, no new install report |
+//!
+//! "Serving" means: the router holds the specific prefixes (199.7.83.0/24, 2001:500:9f::/48)
+//! from AS 20144 and the appliance answers `. SOA` on its IPv4 service address.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use imrs_config::imrs::{IMRS_ASN, IMRS_PREFIXES, PrefixKind};
+use serde::Serialize;
+
+use super::console::{Event, Status, Tracker};
+use super::netns::NetNs;
+use super::plan::Plan;
+use super::probe::{self, SoaAnswer, Transport};
+use super::receiver::{self, Receiver, StoredReport};
+use super::router::{self, Route, Router};
+use super::signal;
+use super::site::Tls;
+use super::summary::{BootOutcome, Check, Summary};
+use super::vm::{Vm, VmConfig};
+use super::xfr::{XfrServer, ZONE_SERIAL};
+use crate::qemu::Accel;
+use crate::ui::Ui;
+
+/// The tap device's name inside the lab namespace.
+pub const TAP: &str = "imrs-tap0";
+
+/// What the lab simulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Everything works: the full first boot.
+    Normal,
+    /// The transfer server serves a zone with one glue A record changed.
+    TamperedZone,
+    /// The transfer server comes up only ~30 s after boot.
+    XfrDown,
+    /// The receiver comes up only ~30 s after the box reaches phone-home.
+    ReceiverDown,
+    /// Power cut while the zone stage runs, then a boot on the same disk.
+    PowerCut,
+    /// A normal pass, then a second boot on the same disk.
+    SecondBoot,
+}
+
+impl Scenario {
+    /// Every scenario.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Normal,
+        Scenario::TamperedZone,
+        Scenario::XfrDown,
+        Scenario::ReceiverDown,
+        Scenario::PowerCut,
+        Scenario::SecondBoot,
+    ];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Normal => "normal",
+            Scenario::TamperedZone => "tampered-zone",
+            Scenario::XfrDown => "xfr-down",
+            Scenario::ReceiverDown => "receiver-down",
+            Scenario::PowerCut => "power-cut",
+            Scenario::SecondBoot => "second-boot",
+        }
+    }
+
+    /// What it expects, in one sentence.
+    pub fn expectation(self) -> &'static str {
+        match self {
+            Scenario::Normal => {
+                "every stage passes, the box serves (specifics at the router, . SOA answered) and one verified install-passed report arrives"
+            }
+            Scenario::TamperedZone => {
+                "the box refuses the zone: stage zone fails, the specific prefixes are never announced, an install-failed report names stage zone"
+            }
+            Scenario::XfrDown => {
+                "the zone stage waits for the transfer server that comes up late, then the box passes and serves"
+            }
+            Scenario::ReceiverDown => {
+                "the box passes and serves; its report arrives once the late receiver is up"
+            }
+            Scenario::PowerCut => {
+                "after a power cut during the zone stage the next boot resumes, passes and serves, with exactly one install report"
+            }
+            Scenario::SecondBoot => {
+                "after a normal pass, a second boot on the same disk serves again without a new install report"
+            }
+        }
+    }
+}
+
+/// Everything a scenario needs, prepared by [`super::run`].
+#[derive(Debug, Clone)]
+pub struct Lab {
+    /// Work folder (logs, disk, databases).
+    pub workdir: PathBuf,
+    /// Image folder.
+    pub image: PathBuf,
+    /// The lab disk.
+    pub disk: PathBuf,
+    /// Network plan.
+    pub plan: Plan,
+    /// Receiver TLS.
+    pub tls: Tls,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Time limit of one boot.
+    pub boot_timeout: Duration,
+    /// Delay of the late transfer server / receiver.
+    pub late: Duration,
+    /// The imrs-build binary (runs the receiver).
+    pub exe: PathBuf,
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+    /// Output settings.
+    pub ui: Ui,
+    /// Changed glue record (tampered-zone), filled in when the server starts.
+    pub tampered: Option<String>,
+}
+
+impl Lab {
+    fn console_log(&self) -> PathBuf {
+        self.workdir.join("console.log")
+    }
+
+    fn db(&self) -> PathBuf {
+        self.workdir.join("receiver/reports.sqlite")
+    }
+
+    fn progress(&self, msg: impl AsRef<str>) {
+        self.ui.info(msg);
+    }
+}
+
+/// The host side, stopped in field order when dropped: receiver, transfer server, router, then
+/// the namespace with the tap.
+struct Services {
+    receiver: Option<Receiver>,
+    xfr: Option<XfrServer>,
+    router: Router,
+    ns: NetNs,
+}
+
+/// What ends a boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// The first boot's full pass: serving and an install report.
+    Install,
+    /// The box refuses: an install-failed report.
+    FailureReport,
+    /// A later boot: serving, then a while to see whether a report comes.
+    Serving,
+    /// Pull the plug when this stage starts.
+    KillAt(&'static str),
+}
+
+struct BootPlan {
+    label: String,
+    goal: Goal,
+    /// Start the transfer server this long after QEMU start.
+    xfr_at: Option<f64>,
+    /// Start the receiver this long after the box reaches phone-home.
+    receiver_after_phone_home: Option<f64>,
+}
+
+/// The end of one boot, measured before QEMU was stopped.
+struct Final {
+    routes: Vec<Route>,
+    soa: Vec<SoaAnswer>,
+    reports: Vec<StoredReport>,
+    rejected: u64,
+    xfr_started_s: Option<f64>,
+    receiver_started_s: Option<f64>,
+}
+
+fn specifics() -> Vec<String> {
+    IMRS_PREFIXES
+        .iter()
+        .filter(|p| p.kind == PrefixKind::Specific)
+        .map(|p| p.prefix.to_string())
+        .collect()
+}
+
+fn phone_home_ended(t: &Tracker) -> bool {
+    matches!(
+        t.status("phone-home"),
+        Some(Status::Passed | Status::DoneEarlier | Status::Failed | Status::NotBuiltYet)
+    )
+}
+
+impl Lab {
+    fn vm_config(&self) -> VmConfig {
+        VmConfig {
+            image: self.image.clone(),
+            disk: self.disk.clone(),
+            tap: TAP.into(),
+            accel: self.accel,
+            memory_mib: self.memory_mib,
+            serial: format!("IMRS-LAB-{}", std::process::id()),
+            append: Vec::new(),
+        }
+    }
+
+    fn start_xfr(&mut self, svc: &mut Services, tampered: bool) -> Result<()> {
+        let x = XfrServer::start(&svc.ns, &self.workdir.join("xfr"), &self.plan, tampered)
+            .context("starting the transfer server (NSD)")?;
+        if let Some(t) = &x.tampering {
+            self.tampered = Some(format!("{} A {} served as {}", t.owner, t.from, t.to));
+        }
+        svc.xfr = Some(x);
+        Ok(())
+    }
+
+    fn start_receiver(&self, svc: &mut Services) -> Result<()> {
+        let r = Receiver::start(
+            &svc.ns,
+            &self.exe,
+            &self.workdir.join("receiver"),
+            &self.db(),
+            self.plan.receiver,
+            &self.tls,
+        )
+        .context("starting the phone-home receiver")?;
+        svc.receiver = Some(r);
+        Ok(())
+    }
+
+    /// Boots once and watches until the plan's goal is met, the VM ends or the time is up.
+    fn boot(
+        &mut self,
+        svc: &mut Services,
+        plan: &BootPlan,
+        baseline: usize,
+    ) -> Result<(BootOutcome, Tracker, Final)> {
+        let label = plan.label.clone();
+        self.progress(format!("{label}: starting QEMU ({:?})", self.accel));
+        let mut vm = Vm::start(&svc.ns, &self.vm_config(), &self.console_log(), &label)?;
+        let mut tracker = Tracker::default();
+        let mut out = BootOutcome {
+            label: label.clone(),
+            stages: Vec::new(),
+            serving_s: None,
+            report_s: None,
+            specifics_seen: false,
+            killed_at: None,
+            exited: None,
+            timed_out: false,
+            panicked: false,
+            observed_s: 0.0,
+            actions: Vec::new(),
+        };
+        let spec = specifics();
+        let service_v4 = std::net::SocketAddr::new(self.plan.service_v4.into(), 53);
+        let mut last_poll = -1.0f64;
+        let mut settle_until: Option<f64> = None;
+        let mut xfr_started_s = None;
+        let mut receiver_started_s = None;
+        let mut reports: Vec<StoredReport> = Vec::new();
+        let mut rejected = 0;
+        let limit = self.boot_timeout.as_secs_f64();
+        loop {
+            signal::check()?;
+            for l in vm.lines(Duration::from_millis(250)) {
+                let Some(ev) = tracker.feed(&l.text, l.at) else {
+                    continue;
+                };
+                match ev {
+                    Event::Stage {
+                        name,
+                        status,
+                        seconds,
+                        reason,
+                        summary: false,
+                    } => {
+                        self.progress(format!(
+                            "[{:7.1} s] {label}: stage {name}: {}{}{}",
+                            l.at,
+                            status.label(),
+                            seconds.map(|s| format!(" ({s:.3} s)")).unwrap_or_default(),
+                            reason.map(|r| format!(": {r}")).unwrap_or_default()
+                        ));
+                        if let Goal::KillAt(stage) = plan.goal
+                            && name == stage
+                            && status == Status::Running
+                            && out.killed_at.is_none()
+                        {
+                            vm.kill();
+                            out.killed_at = Some(stage.to_string());
+                            let msg = format!(
+                                "{:.1} s: power cut (QEMU killed) as stage {stage} started",
+                                l.at
+                            );
+                            self.progress(format!("[{:7.1} s] {label}: power cut", l.at));
+                            out.actions.push(msg);
+                        }
+                    }
+                    Event::SummaryStart => {
+                        self.progress(format!("[{:7.1} s] {label}: boot summary printed", l.at));
+                    }
+                    Event::Panic => {
+                        self.progress(format!("[{:7.1} s] {label}: KERNEL PANIC", l.at));
+                    }
+                    Event::Stage {
+                        name,
+                        status,
+                        seconds,
+                        reason,
+                        summary: true,
+                    } => {
+                        self.progress(format!(
+                            "[{:7.1} s] {label}: summary: {name} {}{}{}",
+                            l.at,
+                            status.label(),
+                            seconds.map(|s| format!(" ({s:.3} s)")).unwrap_or_default(),
+                            reason.map(|r| format!(": {r}")).unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+            if out.killed_at.is_some() {
+                break;
+            }
+            let now = vm.elapsed();
+
+            // Late services.
+            if let Some(at) = plan.xfr_at
+                && svc.xfr.is_none()
+                && now >= at
+            {
+                self.start_xfr(svc, false)?;
+                let t = vm.elapsed();
+                xfr_started_s = Some(t);
+                out.actions
+                    .push(format!("{t:.1} s: transfer server started (late)"));
+                self.progress(format!("[{t:7.1} s] {label}: transfer server started"));
+            }
+            if let Some(delay) = plan.receiver_after_phone_home
+                && svc.receiver.is_none()
+                && let Some(reached) = tracker
+                    .get("phone-home")
+                    .and_then(|s| s.started_at_s.or(s.ended_at_s))
+                && now >= reached + delay
+            {
+                self.start_receiver(svc)?;
+                let t = vm.elapsed();
+                receiver_started_s = Some(t);
+                out.actions.push(format!(
+                    "{t:.1} s: receiver started (late; phone-home reached at {reached:.1} s)"
+                ));
+                self.progress(format!("[{t:7.1} s] {label}: receiver started"));
+            }
+
+            // Observations, once a second.
+            if now - last_poll >= 1.0 {
+                last_poll = now;
+                // A host-side daemon that died would make the box look guilty: stop instead.
+                svc.router
+                    .ensure_running()
+                    .context("the lab's router stopped")?;
+                if let Some(x) = svc.xfr.as_mut() {
+                    x.ensure_running()
+                        .context("the lab's transfer server stopped")?;
+                }
+                if let Some(r) = svc.receiver.as_mut() {
+                    r.ensure_running().context("the lab's receiver stopped")?;
+                }
+                let routes = svc.router.routes().unwrap_or_default();
+                let held: Vec<bool> = spec
+                    .iter()
+                    .map(|p| router::holds(&routes, p, IMRS_ASN))
+                    .collect();
+                if routes.iter().any(|r| spec.contains(&r.prefix)) {
+                    out.specifics_seen = true;
+                }
+                if out.serving_s.is_none() && held.iter().all(|h| *h) {
+                    let a = svc.ns.run_inside(move || {
+                        probe::soa(service_v4, Transport::Udp, Duration::from_secs(1))
+                    })?;
+                    if a.ok() {
+                        out.serving_s = Some(now);
+                        self.progress(format!(
+                            "[{now:7.1} s] {label}: SERVING (specifics from AS {IMRS_ASN} at the router, . SOA serial {} on {service_v4})",
+                            a.serial.unwrap_or(0)
+                        ));
+                    }
+                }
+                let (r, rej) = receiver::reports(&self.db()).unwrap_or_default();
+                reports = r;
+                rejected = rej;
+                if out.report_s.is_none()
+                    && let Some(new) = reports.get(baseline)
+                {
+                    out.report_s = Some(now);
+                    self.progress(format!(
+                        "[{now:7.1} s] {label}: verified report {}{} at the receiver",
+                        new.event,
+                        new.failed_stage
+                            .as_ref()
+                            .map(|s| format!(" (stage {s})"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+
+            // The end.
+            if let Some(code) = vm.exited() {
+                out.exited = Some(code);
+                self.progress(format!("[{now:7.1} s] {label}: the VM exited"));
+                break;
+            }
+            if now > limit {
+                out.timed_out = true;
+                self.progress(format!(
+                    "[{now:7.1} s] {label}: time limit ({limit:.0} s) reached"
+                ));
+                break;
+            }
+            let new_install = reports.iter().skip(baseline).any(StoredReport::is_install);
+            let new_any = reports.len() > baseline;
+            if settle_until.is_none() {
+                let stop = tracker.stopped_at().map(|s| s.ended_at_s.unwrap_or(now));
+                let networked = tracker.status("network") == Some(Status::Passed);
+                // After the pipeline stopped: wait for a report only if one can come.
+                let grace = if networked { 90.0 } else { 5.0 };
+                settle_until = match plan.goal {
+                    Goal::Install if out.serving_s.is_some() && new_install => {
+                        if phone_home_ended(&tracker) || now >= out.report_s.unwrap_or(now) + 10.0 {
+                            Some(now + 2.0)
+                        } else {
+                            None
+                        }
+                    }
+                    Goal::FailureReport if new_install => Some(now + 5.0),
+                    Goal::Serving if out.serving_s.is_some() => {
+                        let since = out.serving_s.unwrap_or(now);
+                        if phone_home_ended(&tracker) || now >= since + 20.0 {
+                            Some(now + 5.0)
+                        } else {
+                            None
+                        }
+                    }
+                    _ => match stop {
+                        Some(_) if new_any && plan.goal != Goal::Serving => Some(now + 2.0),
+                        Some(at) if now >= at + grace => Some(now),
+                        _ => None,
+                    },
+                };
+            }
+            if let Some(t) = settle_until
+                && now >= t
+            {
+                break;
+            }
+        }
+        out.panicked = tracker.panicked;
+        out.observed_s = vm.elapsed();
+        // Measure while the box still runs.
+        let mut fin = Final {
+            routes: Vec::new(),
+            soa: Vec::new(),
+            reports,
+            rejected,
+            xfr_started_s,
+            receiver_started_s,
+        };
+        if out.killed_at.is_none() && vm.exited().is_none() {
+            fin.routes = svc.router.routes().unwrap_or_default();
+            let servers = [
+                std::net::SocketAddr::new(self.plan.service_v4.into(), 53),
+                std::net::SocketAddr::new(self.plan.service_v6.into(), 53),
+            ];
+            fin.soa = svc
+                .ns
+                .run_inside(move || probe::soa_all(&servers, Duration::from_secs(2)))?;
+        }
+        vm.kill();
+        // A last look at the receiver (a report may have landed meanwhile).
+        if let Ok((r, rej)) = receiver::reports(&self.db()) {
+            if out.report_s.is_none() && r.len() > baseline {
+                out.report_s = Some(out.observed_s);
+            }
+            fin.reports = r;
+            fin.rejected = rej;
+        }
+        out.stages = tracker.report();
+        Ok((out, tracker, fin))
+    }
+}
+
+fn check(checks: &mut Vec<Check>, what: &str, ok: bool, detail: impl Into<String>) {
+    checks.push(Check {
+        what: what.into(),
+        ok,
+        detail: detail.into(),
+    });
+}
+
+fn stage_detail(t: &Tracker, name: &str) -> String {
+    match t.get(name) {
+        Some(s) => format!(
+            "{}{}",
+            s.status.label(),
+            s.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        None => "not reached".into(),
+    }
+}
+
+/// Checks of a full first-boot pass: stages, serving, DNS answers, report.
+fn install_checks(
+    checks: &mut Vec<Check>,
+    b: &BootOutcome,
+    t: &Tracker,
+    fin: &Final,
+    baseline: usize,
+) {
+    let must = [
+        "platform",
+        "site",
+        "hardware",
+        "network",
+        "clock",
+        "zone",
+        "dns",
+        "bgp",
+        "phone-home",
+    ];
+    let bad: Vec<String> = must
+        .iter()
+        .filter(|s| !t.status(s).is_some_and(Status::goes_on))
+        .map(|s| format!("{s} {}", stage_detail(t, s)))
+        .collect();
+    check(
+        checks,
+        &format!("{}: stages platform..phone-home pass", b.label),
+        bad.is_empty(),
+        if bad.is_empty() {
+            "all passed".to_string()
+        } else {
+            bad.join("; ")
+        },
+    );
+    serving_checks(checks, b, fin);
+    let new: Vec<&StoredReport> = fin.reports.iter().skip(baseline).collect();
+    let installs: Vec<&&StoredReport> = new.iter().filter(|r| r.is_install()).collect();
+    check(
+        checks,
+        &format!("{}: one verified install-passed report", b.label),
+        installs.len() == 1 && installs[0].event == "install-passed",
+        format!(
+            "{} new report(s): [{}]",
+            new.len(),
+            new.iter()
+                .map(|r| r.event.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+}
+
+fn serving_checks(checks: &mut Vec<Check>, b: &BootOutcome, fin: &Final) {
+    check(
+        checks,
+        &format!(
+            "{}: serving (specifics from AS {IMRS_ASN}, . SOA answered)",
+            b.label
+        ),
+        b.serving_s.is_some(),
+        b.serving_s.map_or_else(
+            || {
+                format!(
+                    "never; the router holds [{}]",
+                    fin.routes
+                        .iter()
+                        .map(|r| format!("{} from {:?}", r.prefix, r.origin_as))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            |s| format!("after {s:.1} s"),
+        ),
+    );
+    let good = fin
+        .soa
+        .iter()
+        .filter(|a| a.ok() && a.serial == Some(ZONE_SERIAL) && a.nsid.is_some())
+        .count();
+    check(
+        checks,
+        &format!(
+            "{}: . SOA serial {ZONE_SERIAL} with AA and NSID over UDP+TCP, IPv4+IPv6",
+            b.label
+        ),
+        good == 4 && fin.soa.len() == 4,
+        fin.soa
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}/{}: {}",
+                    a.server,
+                    a.transport,
+                    if a.ok() {
+                        format!(
+                            "serial {} nsid {}",
+                            a.serial.unwrap_or(0),
+                            a.nsid.as_deref().unwrap_or("NONE")
+                        )
+                    } else {
+                        a.error.clone().unwrap_or_default()
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+}
+
+/// Runs `scenario` in a fresh namespace and returns its summary.
+pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
+    let ns = NetNs::create()?;
+    ns.add_tap(TAP, &lab.plan.tap_addresses())?;
+    for (dest, via) in lab.plan.service_routes() {
+        ns.add_route(dest, via, TAP)?;
+    }
+    lab.progress(format!(
+        "lab: namespace {} with tap {TAP} ({})",
+        ns.name(),
+        lab.plan
+            .tap_addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    let frr = frr_dir(&lab.workdir)?;
+    let router = Router::start(&ns, &frr.path, &lab.plan).context("starting the router (FRR)")?;
+    lab.progress(format!(
+        "lab: router AS {} at {} / {}",
+        lab.plan.router_asn, lab.plan.router_v4, lab.plan.router_v6
+    ));
+    let mut svc = Services {
+        receiver: None,
+        xfr: None,
+        router,
+        ns,
+    };
+    if scenario != Scenario::XfrDown {
+        lab.start_xfr(&mut svc, scenario == Scenario::TamperedZone)?;
+        lab.progress(format!(
+            "lab: transfer server (NSD) serving {} on {}{}",
+            ZONE_SERIAL,
+            lab.plan
+                .xfr
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+            lab.tampered
+                .as_ref()
+                .map(|t| format!(" (TAMPERED: {t})"))
+                .unwrap_or_default()
+        ));
+    }
+    if scenario != Scenario::ReceiverDown {
+        lab.start_receiver(&mut svc)?;
+        lab.progress(format!("lab: receiver on https://{}", lab.plan.receiver));
+    }
+    let late = lab.late.as_secs_f64();
+    let one = |goal| BootPlan {
+        label: "boot 1".into(),
+        goal,
+        xfr_at: (scenario == Scenario::XfrDown).then_some(late),
+        receiver_after_phone_home: (scenario == Scenario::ReceiverDown).then_some(late),
+    };
+    let mut checks = Vec::new();
+    let mut boots = Vec::new();
+    let mut second_serving = None;
+    let (install_boot, fin) = match scenario {
+        Scenario::Normal | Scenario::XfrDown | Scenario::ReceiverDown => {
+            let (b, t, fin) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
+            install_checks(&mut checks, &b, &t, &fin, 0);
+            if scenario == Scenario::XfrDown {
+                let zone_end = t.get("zone").and_then(|s| s.ended_at_s);
+                check(
+                    &mut checks,
+                    "zone stage passed only after the late transfer server came up",
+                    matches!((zone_end, fin.xfr_started_s), (Some(z), Some(x)) if z >= x)
+                        && t.status("zone") == Some(Status::Passed),
+                    format!(
+                        "transfer server up at {}, zone stage ended at {}",
+                        opt_s(fin.xfr_started_s),
+                        opt_s(zone_end)
+                    ),
+                );
+            }
+            if scenario == Scenario::ReceiverDown {
+                check(
+                    &mut checks,
+                    "the report arrived after the late receiver came up",
+                    matches!((b.report_s, fin.receiver_started_s), (Some(r), Some(s)) if r >= s),
+                    format!(
+                        "receiver up at {}, report at {}",
+                        opt_s(fin.receiver_started_s),
+                        opt_s(b.report_s)
+                    ),
+                );
+            }
+            boots.push(b);
+            (0, fin)
+        }
+        Scenario::TamperedZone => {
+            let (b, t, fin) = lab.boot(&mut svc, &one(Goal::FailureReport), 0)?;
+            check(
+                &mut checks,
+                "boot 1: stage zone fails",
+                t.status("zone") == Some(Status::Failed),
+                format!("zone {}", stage_detail(&t, "zone")),
+            );
+            check(
+                &mut checks,
+                "boot 1: the specific prefixes are never announced",
+                !b.specifics_seen,
+                if b.specifics_seen {
+                    "the router saw a specific prefix".to_string()
+                } else {
+                    format!("the router never saw {}", specifics().join(" or "))
+                },
+            );
+            let failed = fin.reports.iter().find(|r| r.is_install());
+            check(
+                &mut checks,
+                "boot 1: a verified install-failed report names stage zone",
+                failed.is_some_and(|r| {
+                    r.event == "install-failed" && r.failed_stage.as_deref() == Some("zone")
+                }),
+                failed.map_or("no install report".into(), |r| {
+                    format!(
+                        "{} stage {} reason {}",
+                        r.event,
+                        r.failed_stage.as_deref().unwrap_or("-"),
+                        r.failed_reason.as_deref().unwrap_or("-")
+                    )
+                }),
+            );
+            boots.push(b);
+            (0, fin)
+        }
+        Scenario::PowerCut => {
+            let (b1, _t1, fin1) = lab.boot(&mut svc, &one(Goal::KillAt("zone")), 0)?;
+            check(
+                &mut checks,
+                "boot 1: power cut while the zone stage runs",
+                b1.killed_at.as_deref() == Some("zone"),
+                b1.killed_at.as_ref().map_or_else(
+                    || {
+                        format!(
+                            "the zone stage never started ({})",
+                            b1.stages
+                                .iter()
+                                .find(|s| !s.status.goes_on())
+                                .map(|s| format!("stopped at {} {}", s.name, s.status.label()))
+                                .unwrap_or_else(|| "no stage lines".into())
+                        )
+                    },
+                    |k| format!("killed as {k} started"),
+                ),
+            );
+            let cut_ok = b1.killed_at.is_some();
+            boots.push(b1);
+            let base = fin1.reports.len();
+            if cut_ok {
+                let two = BootPlan {
+                    label: "boot 2".into(),
+                    goal: Goal::Install,
+                    xfr_at: None,
+                    receiver_after_phone_home: None,
+                };
+                let (b2, t2, fin2) = lab.boot(&mut svc, &two, base)?;
+                check(
+                    &mut checks,
+                    "boot 2: resumes (hardware done in boot 1)",
+                    t2.status("hardware") == Some(Status::DoneEarlier),
+                    format!("hardware {}", stage_detail(&t2, "hardware")),
+                );
+                install_checks(&mut checks, &b2, &t2, &fin2, base);
+                let installs = fin2.reports.iter().filter(|r| r.is_install()).count();
+                check(
+                    &mut checks,
+                    "exactly one install report over both boots",
+                    installs == 1,
+                    format!("{installs} install report(s)"),
+                );
+                boots.push(b2);
+                (1, fin2)
+            } else {
+                (0, fin1)
+            }
+        }
+        Scenario::SecondBoot => {
+            let (b1, t1, fin1) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
+            install_checks(&mut checks, &b1, &t1, &fin1, 0);
+            let first_ok = checks.iter().all(|c| c.ok);
+            let base = fin1.reports.len();
+            boots.push(b1);
+            if first_ok {
+                let two = BootPlan {
+                    label: "boot 2".into(),
+                    goal: Goal::Serving,
+                    xfr_at: None,
+                    receiver_after_phone_home: None,
+                };
+                let (b2, t2, fin2) = lab.boot(&mut svc, &two, base)?;
+                serving_checks(&mut checks, &b2, &fin2);
+                for s in ["hardware", "phone-home"] {
+                    check(
+                        &mut checks,
+                        &format!("boot 2: {s} not repeated"),
+                        t2.status(s) == Some(Status::DoneEarlier),
+                        format!("{s} {}", stage_detail(&t2, s)),
+                    );
+                }
+                let new_installs: Vec<&StoredReport> = fin2
+                    .reports
+                    .iter()
+                    .skip(base)
+                    .filter(|r| r.is_install())
+                    .collect();
+                check(
+                    &mut checks,
+                    "boot 2: no new install report",
+                    new_installs.is_empty(),
+                    format!(
+                        "{} new report(s) in boot 2: [{}]",
+                        fin2.reports.len() - base,
+                        fin2.reports
+                            .iter()
+                            .skip(base)
+                            .map(|r| r.event.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                second_serving = b2.serving_s;
+                boots.push(b2);
+                (0, fin1_with(fin1, &fin2))
+            } else {
+                (0, fin1)
+            }
+        }
+    };
+    drop(svc);
+    let ib = &boots[install_boot];
+    let install_report = fin.reports.iter().find(|r| r.is_install());
+    let good: Vec<u32> = fin
+        .soa
+        .iter()
+        .filter(|a| a.ok())
+        .filter_map(|a| a.serial)
+        .collect();
+    let soa_serial = match good.first() {
+        Some(s) if good.iter().all(|x| x == s) => Some(*s),
+        _ => None,
+    };
+    let passed = !checks.is_empty() && checks.iter().all(|c| c.ok);
+    Ok(Summary {
+        passed,
+        scenario: scenario.name().into(),
+        expectation: scenario.expectation().into(),
+        checks,
+        boot_to_serving_s: ib.serving_s,
+        boot_to_report_s: install_report.and(ib.report_s),
+        second_boot_to_serving_s: second_serving,
+        stages: ib.stages.clone(),
+        routes: fin.routes,
+        soa: fin.soa,
+        soa_serial,
+        report_verified: install_report.is_some(),
+        report_event: install_report.map(|r| r.event.clone()),
+        report_failed_stage: install_report.and_then(|r| r.failed_stage.clone()),
+        report_failed_reason: install_report.and_then(|r| r.failed_reason.clone()),
+        reports: fin.reports,
+        rejected_reports: fin.rejected,
+        accel: format!("{:?}", lab.accel).to_lowercase(),
+        image: lab.image.clone(),
+        console_log: lab.console_log(),
+        workdir: lab.workdir.clone(),
+        tampered: lab.tampered.clone(),
+        boots,
+    })
+}
+
+/// The first boot's measurements with the receiver's final view.
+fn fin1_with(mut fin1: Final, fin2: &Final) -> Final {
+    fin1.reports = fin2.reports.clone();
+    fin1.rejected = fin2.rejected;
+    fin1
+}
+
+fn opt_s(v: Option<f64>) -> String {
+    v.map_or("never".into(), |s| format!("{s:.1} s"))
+}
+
+/// FRR's state folder: inside the work folder when the `frr` user can reach it there (every
+/// parent searchable by others) and its socket paths fit `sun_path` (108 bytes); else a short
+/// folder in /tmp, removed at the end.
+struct FrrDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl Drop for FrrDir {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn searchable_by_others(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.ancestors().all(|a| {
+        a.as_os_str().is_empty()
+            || std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    })
+}
+
+fn frr_dir(workdir: &std::path::Path) -> Result<FrrDir> {
+    let d = workdir.join("frr");
+    let dir = if d.join("zebra.vty").as_os_str().len() < 100 && searchable_by_others(workdir) {
+        FrrDir {
+            path: d,
+            remove: false,
+        }
+    } else {
+        FrrDir {
+            path: PathBuf::from(format!("/tmp/imrs-lab-frr-{}", std::process::id())),
+            remove: true,
+        }
+    };
+    std::fs::create_dir_all(&dir.path).with_context(|| format!("{}: mkdir", dir.path.display()))?;
+    Ok(dir)
+}

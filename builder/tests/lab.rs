@@ -1,0 +1,286 @@
+//! End-to-end tests of `imrs-build lab`: the qemu image booted in the lab's namespace with its
+//! router (FRR), transfer server (NSD) and phone-home receiver, one test per scenario, run one
+//! at a time (each boots QEMU; TCG on the build machines). The image is built once per test
+//! binary (common::qemu_image), or taken from `IMRS_LAB_IMAGE` with its site-signing key in
+//! `IMRS_LAB_KEY`.
+//!
+//! Needs root, QEMU, FRR, NSD, fdisk, dosfstools, mtools, e2fsprogs (scripts/install-deps.sh):
+//! skipped with the reason when missing, failed under CI=true.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+use common::*;
+use serde_json::Value;
+
+/// Time limit per boot: the longest scenario boots twice.
+const BOOT_TIMEOUT: &str = "240";
+/// Delay of the late transfer server / receiver (the command's default is 30 s).
+const LATE: &str = "20";
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn prerequisites() -> bool {
+    let missing = imrs_build::lab::missing_prerequisites();
+    require(
+        missing.is_empty(),
+        &format!("the lab needs {}", missing.join(", ")),
+    )
+}
+
+/// (image folder, its site-signing key).
+fn image() -> Option<(PathBuf, PathBuf)> {
+    if let (Ok(i), Ok(k)) = (
+        std::env::var("IMRS_LAB_IMAGE"),
+        std::env::var("IMRS_LAB_KEY"),
+    ) {
+        return Some((PathBuf::from(i), PathBuf::from(k)));
+    }
+    qemu_image().map(|(dir, key, _)| (dir.clone(), key.clone()))
+}
+
+fn netns_left(pid: u32) -> Vec<String> {
+    let out = run(Command::new("ip").args(["netns", "list"]));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("imrs-lab-{pid}-")))
+        .map(String::from)
+        .collect()
+}
+
+/// Runs one scenario and returns its JSON summary; asserts what holds whatever the scenario:
+/// one JSON object, the image read its site from the lab disk, nothing left behind.
+fn lab(scenario: &str) -> Option<Value> {
+    if !prerequisites() {
+        return None;
+    }
+    let (image, key) = image()?;
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let work = scratch().join(format!("lab-{scenario}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let mut cmd = bin();
+    cmd.args(["--json", "lab"])
+        .arg(&image)
+        .arg("--key")
+        .arg(&key)
+        .args([
+            "--scenario",
+            scenario,
+            "--timeout",
+            BOOT_TIMEOUT,
+            "--late",
+            LATE,
+        ])
+        .arg("--keep")
+        .arg(&work);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn imrs-build lab");
+    let pid = child.id();
+    let o = child.wait_with_output().expect("imrs-build lab");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "{scenario}: not one JSON object on stdout ({e}), exit {:?}:\n{stdout}",
+            o.status.code()
+        )
+    });
+    assert_eq!(
+        o.status.code(),
+        Some(if v["passed"] == true { 0 } else { 1 }),
+        "{scenario}: exit code and `passed` disagree"
+    );
+    assert_eq!(v["scenario"], scenario);
+    assert!(
+        netns_left(pid).is_empty(),
+        "{scenario}: namespaces left behind: {:?}",
+        netns_left(pid)
+    );
+    let console = std::fs::read_to_string(work.join("console.log")).unwrap_or_default();
+    assert!(
+        console.contains("partition IMRS-CONFIG"),
+        "{scenario}: the site did not come from the lab disk:\n{}",
+        tail(&console, 40)
+    );
+    for stage in ["platform", "site"] {
+        assert!(
+            v["boots"][0]["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == stage && s["status"] == "passed"),
+            "{scenario}: stage {stage} did not pass:\n{}",
+            pretty(&v)
+        );
+    }
+    Some(v)
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let l: Vec<&str> = text.lines().collect();
+    l[l.len().saturating_sub(n)..].join("\n")
+}
+
+fn pretty(v: &Value) -> String {
+    let mut v = v.clone();
+    // The checks say what failed; the raw reports and routes are in the work folder.
+    if let Some(o) = v.as_object_mut() {
+        o.remove("reports");
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+fn assert_passed(scenario: &str, v: &Value) {
+    let failed: Vec<String> = v["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["ok"] != true)
+        .map(|c| format!("{}: {}", c["what"], c["detail"]))
+        .collect();
+    assert!(
+        v["passed"] == true && failed.is_empty(),
+        "{scenario}: expectation did not hold:\n  {}\n{}",
+        failed.join("\n  "),
+        pretty(v)
+    );
+}
+
+fn assert_serving(v: &Value) {
+    assert!(v["boot_to_serving_s"].as_f64().is_some(), "{}", pretty(v));
+    assert_eq!(v["soa_serial"], 2026073102, "{}", pretty(v));
+    let routes = v["routes"].as_array().unwrap();
+    for p in ["199.7.83.0/24", "2001:500:9f::/48"] {
+        assert!(
+            routes
+                .iter()
+                .any(|r| r["prefix"] == p && r["origin_as"] == 20144 && r["valid"] == true),
+            "{p} from AS 20144 missing: {}",
+            pretty(v)
+        );
+    }
+    // Nothing but IMRS prefixes from the box.
+    for r in routes {
+        let p = r["prefix"].as_str().unwrap();
+        assert!(
+            [
+                "199.7.82.0/23",
+                "199.7.83.0/24",
+                "2001:500:3::/48",
+                "2001:500:9e::/47",
+                "2001:500:9f::/48"
+            ]
+            .contains(&p),
+            "the box announced {p}"
+        );
+    }
+    for a in v["soa"].as_array().unwrap() {
+        assert_eq!(a["aa"], true, "{a}");
+        assert!(a["nsid"].is_string(), "no NSID: {a}");
+    }
+}
+
+#[test]
+fn normal_first_boot_serves_and_reports() {
+    let Some(v) = lab("normal") else { return };
+    assert_passed("normal", &v);
+    assert_serving(&v);
+    assert_eq!(v["report_verified"], true);
+    assert_eq!(v["report_event"], "install-passed");
+    assert!(v["boot_to_report_s"].as_f64().is_some());
+}
+
+#[test]
+fn tampered_zone_is_refused_and_reported() {
+    let Some(v) = lab("tampered-zone") else {
+        return;
+    };
+    assert_passed("tampered-zone", &v);
+    assert_eq!(v["report_event"], "install-failed");
+    assert_eq!(v["report_failed_stage"], "zone");
+    assert!(v["tampered"].is_string());
+    assert!(
+        !v["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["prefix"] == "199.7.83.0/24" || r["prefix"] == "2001:500:9f::/48"),
+        "{}",
+        pretty(&v)
+    );
+}
+
+#[test]
+fn late_transfer_server_is_waited_for() {
+    let Some(v) = lab("xfr-down") else { return };
+    assert_passed("xfr-down", &v);
+    assert_serving(&v);
+}
+
+#[test]
+fn late_receiver_gets_the_report() {
+    let Some(v) = lab("receiver-down") else {
+        return;
+    };
+    assert_passed("receiver-down", &v);
+    assert_eq!(v["report_event"], "install-passed");
+}
+
+#[test]
+fn power_cut_during_zone_resumes() {
+    let Some(v) = lab("power-cut") else { return };
+    assert_passed("power-cut", &v);
+    assert_eq!(v["boots"].as_array().unwrap().len(), 2);
+    assert_eq!(v["boots"][0]["killed_at"], "zone");
+    let installs = v["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["event"].as_str().unwrap_or("").starts_with("install-"))
+        .count();
+    assert_eq!(installs, 1, "{}", pretty(&v));
+    assert_serving(&v);
+}
+
+#[test]
+fn second_boot_serves_without_a_new_install_report() {
+    let Some(v) = lab("second-boot") else {
+        return;
+    };
+    assert_passed("second-boot", &v);
+    assert!(v["second_boot_to_serving_s"].as_f64().is_some());
+    assert_serving(&v);
+}
+
+/// The command refuses an image folder without its key, and a key that is not the image's,
+/// before starting anything.
+#[test]
+fn image_folder_needs_its_own_key() {
+    if !prerequisites() {
+        return;
+    }
+    let Some((image, _)) = image() else { return };
+    let o = run(bin().arg("lab").arg(&image));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("needs --key"), "{}", text(&o));
+    let tmp = tempfile::tempdir().unwrap();
+    let other = keygen(tmp.path(), "other");
+    let o = run(bin()
+        .arg("lab")
+        .arg(&image)
+        .arg("--key")
+        .arg(&other)
+        .arg("--keep")
+        .arg(tmp.path().join("work")));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("is not the site-signing key"),
+        "{}",
+        text(&o)
+    );
+}
