@@ -39,18 +39,26 @@ pub struct ModuleFailure {
     pub reason: String,
 }
 
+/// What loading did.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Modules loaded (or present).
+    pub ok: usize,
+    /// Those that were not.
+    pub failures: Vec<ModuleFailure>,
+    /// Seconds each took, slowest first (the boot-time budget is mostly here).
+    pub timings: Vec<(String, f64)>,
+}
+
 /// Loads (or, with `load` false, only checks) `modules`, paths relative to
-/// `root/lib/modules/<release>/`, in order. Returns how many are fine and the failures.
-pub fn load_all(
-    root: &Path,
-    release: &str,
-    modules: &[String],
-    load: bool,
-) -> (usize, Vec<ModuleFailure>) {
+/// `root/lib/modules/<release>/`, in order.
+pub fn load_all(root: &Path, release: &str, modules: &[String], load: bool) -> Loaded {
     let dir = root.join("lib/modules").join(release);
     let mut ok = 0;
     let mut failures = Vec::new();
+    let mut timings = Vec::new();
     for m in modules {
+        let t = std::time::Instant::now();
         let path = dir.join(m);
         let result = std::fs::File::open(&path)
             .map_err(|source| ModuleError::Open {
@@ -69,6 +77,7 @@ pub fn load_all(
                     }),
                 }
             });
+        timings.push((m.clone(), t.elapsed().as_secs_f64()));
         match result {
             Ok(()) => ok += 1,
             Err(e) => failures.push(ModuleFailure {
@@ -77,7 +86,12 @@ pub fn load_all(
             }),
         }
     }
-    (ok, failures)
+    timings.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Loaded {
+        ok,
+        failures,
+        timings,
+    }
 }
 
 #[cfg(test)]
@@ -92,7 +106,9 @@ mod tests {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, b"\x7fELF").unwrap();
         let list = vec![rel.to_string(), "kernel/net/nope.ko".to_string()];
-        let (n, f) = load_all(dir.path(), "6.1.0-test", &list, false);
+        let l = load_all(dir.path(), "6.1.0-test", &list, false);
+        assert_eq!(l.timings.len(), 2);
+        let (n, f) = (l.ok, l.failures);
         assert_eq!(n, 1);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].module, "kernel/net/nope.ko");

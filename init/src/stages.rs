@@ -86,31 +86,41 @@ pub async fn load_modules(ctx: &mut Context) {
     let root = ctx.root.clone();
     let load = ctx.role == Role::Machine;
     let t = std::time::Instant::now();
-    let (n, failures) = tokio::task::spawn_blocking(move || {
+    let loaded = tokio::task::spawn_blocking(move || {
         modules::load_all(&root, &info.kernel_release, &info.modules, load)
     })
     .await
-    .unwrap_or_else(|e| {
-        (
-            0,
-            vec![modules::ModuleFailure {
-                module: "*".into(),
-                reason: format!("module loader crashed: {e}"),
-            }],
-        )
+    .unwrap_or_else(|e| modules::Loaded {
+        failures: vec![modules::ModuleFailure {
+            module: "*".into(),
+            reason: format!("module loader crashed: {e}"),
+        }],
+        ..Default::default()
     });
-    for f in &failures {
+    for f in &loaded.failures {
         log::error(format!("kernel module {}: {}", f.module, f.reason));
     }
+    let slowest: Vec<String> = loaded
+        .timings
+        .iter()
+        .take(3)
+        .map(|(m, s)| {
+            let name = m.rsplit('/').next().unwrap_or(m);
+            format!("{name} {:.0} ms", s * 1000.0)
+        })
+        .collect();
     log::info(format!(
-        "{n} kernel modules {} in {:.2} s",
+        "{} kernel modules {} in {:.2} s (slowest: {})",
+        loaded.ok,
         if load {
             "loaded"
         } else {
             "present (not loaded outside the machine role)"
         },
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        slowest.join(", ")
     ));
+    let failures = loaded.failures;
     ctx.module_failures = failures;
 }
 
