@@ -227,12 +227,21 @@ impl Init {
     }
 
     /// Host pid of the init (the child of unshare).
+    /// Host pid of the init: the first descendant of the started process that lives in
+    /// another PID namespace (`unshare` forks it; `ip netns exec` may fork `unshare`).
     pub fn init_pid(&self) -> i32 {
-        let unshare = self.child.id() as i32;
+        let own = std::fs::read_link("/proc/self/ns/pid").ok();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Some(p) = processes().into_iter().find(|p| p.ppid == unshare) {
-                return p.pid;
+            let procs = processes();
+            let mut frontier = vec![self.child.id() as i32];
+            while let Some(parent) = frontier.pop() {
+                for p in procs.iter().filter(|p| p.ppid == parent) {
+                    if p.pid_ns.is_some() && p.pid_ns != own {
+                        return p.pid;
+                    }
+                    frontier.push(p.pid);
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -11,7 +11,10 @@
 //!   the five IMRS prefixes from AS 20144 over both sessions; the appliance answers `. SOA`
 //!   with AA, the verified serial and NSID over UDP and TCP, IPv4 and IPv6; the receiver holds
 //!   one verified `install-passed` report from the device; drain/undrain on the control socket
-//!   withdraws and restores the specifics; a second boot on the same state (clock just before
+//!   withdraws and restores the specifics; NSD crashing (killed whenever it comes up, 8 s):
+//!   specifics withdrawn at the peer (covering kept), NSD restarted by the supervisor,
+//!   specifics back; BIRD killed: restarted, sessions
+//!   and announcements back; a second boot on the same state (clock just before
 //!   the stored zone expires, transfer server down) serves again from the stored zone without a
 //!   new install report, withdraws nothing while the zone is valid, and once it expires
 //!   withdraws the specifics (covering kept) and stops serving `.`.
@@ -383,6 +386,65 @@ fn first_boot_passes_serves_announces_and_reports() {
         "undrained: FRR has {:?}",
         learned(&h.frr)
     );
+
+    // Faults under the init's supervisor. The daemons' pidfiles hold pids of the init's PID
+    // namespace: find the init's direct child by name instead, with its host pid.
+    let init_pid = init.init_pid();
+    let try_kill = |name: &str| -> bool {
+        let child = appliance::processes().into_iter().find(|p| {
+            p.ppid == init_pid
+                && std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                    .is_ok_and(|c| c.trim().starts_with(name))
+        });
+        // SAFETY: kill has no memory-safety preconditions.
+        child.is_some_and(|c| unsafe { libc::kill(c.pid, libc::SIGKILL) } == 0)
+    };
+    // NSD crashing: killed whenever it is up for 8 s (one kill alone is repaired by the
+    // supervisor within a probe). The specifics are withdrawn at the peer, covering kept;
+    // once it stays up, the specifics come back after the rise and the hold-down.
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    let mut kills = 0;
+    let mut withdrawn = false;
+    while std::time::Instant::now() < until {
+        kills += usize::from(try_kill("nsd"));
+        withdrawn |= learned(&h.frr) == covering;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(kills >= 2, "NSD killed {kills} times");
+    let got = wait_for(Duration::from_secs(5), || {
+        let l = learned(&h.frr);
+        (withdrawn || l == covering).then_some(l)
+    });
+    assert!(
+        got.is_some(),
+        "NSD down: the specifics were never withdrawn at the peer: {:?}",
+        learned(&h.frr)
+    );
+    let got = wait_for(Duration::from_secs(60), || {
+        let l = learned(&h.frr);
+        (l == all).then_some(l)
+    });
+    assert_eq!(
+        got,
+        Some(all.clone()),
+        "NSD back: FRR has {:?}",
+        learned(&h.frr)
+    );
+    assert!(init.count("nsd started") >= 2, "NSD was not restarted");
+    // BIRD killed: the sessions drop, BIRD is restarted, the sessions come back and the
+    // health loop announces again.
+    assert!(try_kill("bird"), "no BIRD under the init");
+    let got = wait_for(Duration::from_secs(90), || {
+        let l = learned(&h.frr);
+        (l == all && init.count("bird started") >= 2).then_some(l)
+    });
+    assert_eq!(
+        got,
+        Some(all.clone()),
+        "BIRD restarted: FRR has {:?}",
+        learned(&h.frr)
+    );
+    assert!(init.count("bird started") >= 2, "BIRD was not restarted");
 
     // Orderly shutdown. Then a second boot on the same state, its clock 20 s before the stored
     // zone expires, the transfer server down: serves from the stored zone without a new install
