@@ -2,8 +2,9 @@
 # Phone-home receiver under concurrent load on loopback (issue #6): signed reports per second
 # verified (Ed25519 over the exact bytes, schema, canonical form) and committed to SQLite
 # (WAL, synchronous=FULL, group commit), over TLS from concurrent clients on 127.0.0.1.
-# Two runs: clients keeping their connection, and a new TLS connection per report (as the
-# appliances do). Client and receiver share the machine's cores. Target: >= 1,000 reports/s.
+# Three runs: clients keeping their connection; a new connection per report with TLS session
+# resumption (one device's periodic reports); a new client with a full handshake per report
+# (first contact). Client and receiver share the machine's cores. Target: >= 1,000 reports/s.
 # Bounded: REPORTS reports per run (default 5000), at most TIME_LIMIT seconds each (default 120).
 # Usage: bench/home-receiver.sh   (env: REPORTS, CLIENTS, DEVICES, TIME_LIMIT)
 set -euo pipefail
@@ -21,5 +22,7 @@ load="$target/release/examples/home_load"
 common=(--reports "$reports" --clients "$clients" --devices "$devices" --seconds "$seconds")
 echo "keep-alive connections:"
 "$load" "${common[@]}"
-echo "new TLS connection per report:"
+echo "new TLS connection per report, session resumed (a device's periodic reports):"
+"$load" "${common[@]}" --reconnect
+echo "new client and full TLS handshake per report (a device's first report):"
 "$load" "${common[@]}" --fresh

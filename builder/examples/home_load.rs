@@ -5,7 +5,10 @@
 //! signs `--reports` distinct reports from `--devices` device keys beforehand (not timed), then
 //! `--clients` threads POST them as fast as they are answered. Every answer must be a 201, and
 //! the database must hold exactly that many reports at the end. With `--fresh` each report uses
-//! a new TLS connection (as appliances do); otherwise clients keep their connection.
+//! a new client and a new TLS connection with a full handshake (a device reporting for the first
+//! time); with `--reconnect` each client keeps its TLS configuration but opens a new connection
+//! per report, so TLS 1.3 session resumption applies (a device sending its periodic reports);
+//! otherwise clients keep their connection.
 //! Prints one JSON line. Run through `bench/home-receiver.sh`.
 
 use std::sync::Arc;
@@ -21,6 +24,7 @@ struct Args {
     devices: usize,
     seconds: u64,
     fresh: bool,
+    reconnect: bool,
 }
 
 fn args() -> Args {
@@ -30,6 +34,7 @@ fn args() -> Args {
         devices: 100,
         seconds: 120,
         fresh: false,
+        reconnect: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,6 +49,7 @@ fn args() -> Args {
             "--devices" => a.devices = num("--devices").max(1),
             "--seconds" => a.seconds = num("--seconds") as u64,
             "--fresh" => a.fresh = true,
+            "--reconnect" => a.reconnect = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -98,7 +104,7 @@ fn sample(i: usize) -> report::Report {
     }
 }
 
-fn agent(certs: &[ureq::tls::Certificate<'static>]) -> ureq::Agent {
+fn agent(certs: &[ureq::tls::Certificate<'static>], pool: bool) -> ureq::Agent {
     let tls = ureq::tls::TlsConfig::builder()
         .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs.to_vec())))
         .build();
@@ -107,6 +113,8 @@ fn agent(certs: &[ureq::tls::Certificate<'static>]) -> ureq::Agent {
         .http_status_as_error(false)
         .proxy(None)
         .timeout_global(Some(Duration::from_secs(30)))
+        .max_idle_connections(if pool { 10 } else { 0 })
+        .max_idle_connections_per_host(if pool { 10 } else { 0 })
         .build()
         .into()
 }
@@ -166,17 +174,17 @@ fn main() {
         .map(|_| {
             let (bodies, next, url, certs) =
                 (bodies.clone(), next.clone(), url.clone(), certs.clone());
-            let fresh = a.fresh;
+            let (fresh, pool) = (a.fresh, !a.reconnect);
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
-                let mut ag = agent(&certs);
+                let mut ag = agent(&certs, pool);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= bodies.len() || Instant::now() > deadline {
                         return lat;
                     }
                     if fresh {
-                        ag = agent(&certs);
+                        ag = agent(&certs, pool);
                     }
                     let t = Instant::now();
                     let mut resp = ag
@@ -213,6 +221,7 @@ fn main() {
             "clients": a.clients,
             "devices": a.devices,
             "fresh_connections": a.fresh,
+            "reconnect_resumed": a.reconnect,
             "body_bytes": body_bytes,
             "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
             "reports_per_second": (lat.len() as f64 / elapsed.as_secs_f64()).round(),

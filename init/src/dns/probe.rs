@@ -516,13 +516,25 @@ mod tests {
         let mut p = Probe::new(silent.local_addr().unwrap(), Transport::Udp, None);
         p.timeout = Duration::from_millis(200);
         assert!(matches!(p.run(), Err(ProbeError::Timeout { .. })));
-        // A closed port: refused at once (connected UDP socket sees the ICMP error).
-        let closed = silent.local_addr().unwrap();
         drop(silent);
-        let p = Probe::new(closed, Transport::Udp, None);
-        let t0 = Instant::now();
-        assert!(matches!(p.run(), Err(ProbeError::Io { .. })));
-        assert!(t0.elapsed() < Duration::from_millis(500));
+        // A closed port: refused at once (connected UDP socket sees the ICMP error). Tests run
+        // in parallel and may take a just-freed port, so a few fresh ports are tried; one
+        // clean refusal is the proof.
+        let refused = (0..5).any(|_| {
+            let closed = UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let p = Probe::new(closed, Transport::Udp, None);
+            let t0 = Instant::now();
+            matches!(p.run(), Err(ProbeError::Io { .. }))
+                && t0.elapsed() < Duration::from_millis(500)
+        });
+        assert!(refused, "a closed UDP port was never refused at once");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let p = Probe::new(closed, Transport::Tcp, None);
         assert!(matches!(p.run(), Err(ProbeError::Io { .. })));
     }
