@@ -16,7 +16,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use imrs_config::recipe::DnsImpl;
@@ -437,27 +437,16 @@ fn start_health(ctx: &mut Context, bird: &BirdDaemon) -> watch::Receiver<Desired
         },
     );
     let stop = ctx.serving.health_stop.clone();
-    let interval = Policy::default().interval;
     let spawned = std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {
-            let mut next = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                driver.tick(Instant::now(), crate::clock::wall_now());
-                let d = driver.desired();
+            driver.run_observed(&stop, crate::clock::wall_now, |d| {
                 tx.send_if_modified(|cur| {
                     let changed = *cur != d;
                     *cur = d;
                     changed
                 });
-                next += interval;
-                let now = Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                } else {
-                    next = now;
-                }
-            }
+            });
         });
     if let Err(e) = spawned {
         log::error(format!("cannot start the health loop: {e}"));

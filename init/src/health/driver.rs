@@ -241,10 +241,22 @@ impl<P: Prober, A: Announcer> Driver<P, A> {
 
     /// Ticks every interval until `stop` is set.
     pub fn run(&mut self, stop: &AtomicBool) {
+        self.run_observed(stop, SystemTime::now, |_| {});
+    }
+
+    /// [`Driver::run`] with the wall clock given (`wall`) and `after` told what is desired
+    /// after every tick.
+    pub fn run_observed(
+        &mut self,
+        stop: &AtomicBool,
+        wall: impl Fn() -> SystemTime,
+        mut after: impl FnMut(Desired),
+    ) {
         let interval = self.health.policy().interval;
         let mut next = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            self.tick(Instant::now(), SystemTime::now());
+            self.tick(Instant::now(), wall());
+            after(self.desired());
             next += interval;
             let now = Instant::now();
             if next > now {
