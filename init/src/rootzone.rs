@@ -279,7 +279,13 @@ pub fn poll_serial(server: SocketAddr) -> Result<u32, String> {
 }
 
 /// What the refresh loop does when a newer zone was accepted: load it into the daemon.
-pub type OnNewZone = Box<dyn Fn(&AcceptedRecord) -> Result<(), String> + Send>;
+pub type OnNewZone = Box<
+    dyn Fn(
+            &AcceptedRecord,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send,
+>;
 
 /// Keeps the zone fresh until the runtime stops: polls per the SOA timers, transfers newer
 /// serials, reloads the daemon through `on_new`, and keeps the health inputs (serial,
@@ -315,7 +321,7 @@ pub async fn refresh_loop(
                     "zone serial {} verified and stored (was {}) from {}",
                     new.serial, record.serial, new.source
                 ));
-                if let Err(e) = on_new(&new) {
+                if let Err(e) = on_new(&new).await {
                     log::error(format!("loading zone serial {}: {e}", new.serial));
                 }
                 record = new;

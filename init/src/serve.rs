@@ -465,21 +465,23 @@ pub async fn steady_stage(ctx: &mut Context) -> Outcome {
         return Outcome::Failed("no zone or DNS service to keep".into());
     };
     let reaper = ctx.reaper.clone();
-    let handle = tokio::runtime::Handle::current();
-    let reload = Box::new(move |r: &AcceptedRecord| {
+    let reload: rootzone::OnNewZone = Box::new(move |r: &AcceptedRecord| {
         let (prog, args) = cfg.reload_command();
         log::info(format!(
             "zone serial {}: reloading the DNS daemon",
             r.serial
         ));
-        handle.block_on(command::run(&reaper, &prog, &args, HELPER_TIMEOUT))?;
-        Ok(())
+        let reaper = reaper.clone();
+        Box::pin(async move {
+            command::run(&reaper, &prog, &args, HELPER_TIMEOUT)
+                .await
+                .map(drop)
+        })
     });
     if let (Some(desired), Some(cfg)) = (ctx.serving.desired.clone(), ctx.serving.dns.clone()) {
         tokio::spawn(follow_serve_zone(desired, cfg, ctx.reaper.clone()));
     }
     let inputs = ctx.serving.inputs.clone();
-    // The refresh loop calls `reload` from a blocking thread (never from the runtime).
     tokio::spawn(rootzone::refresh_loop(setup, zone, inputs, reload));
     let rss = std::fs::read_to_string("/proc/self/status")
         .ok()
