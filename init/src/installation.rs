@@ -141,7 +141,7 @@ pub fn build(ctx: &Context, event: Event, results: &[StageResult]) -> Result<Rep
 }
 
 /// Builds, signs and queues a report; `Ok` with the report id.
-async fn queue(ctx: &mut Context, event: Event, results: &[StageResult]) -> Result<String, String> {
+fn queue(ctx: &mut Context, event: Event, results: &[StageResult]) -> Result<String, String> {
     start(ctx)?;
     let report = build(ctx, event, results)?;
     let Some(p) = &ctx.phone else {
@@ -153,8 +153,8 @@ async fn queue(ctx: &mut Context, event: Event, results: &[StageResult]) -> Resu
 
 /// The phone-home stage: queues `install-passed` (delivery goes on in the background; the
 /// report survives reboots in the outbox until the receiver acknowledges it).
-pub async fn phone_home_stage(ctx: &mut Context, results: &[StageResult]) -> Outcome {
-    match queue(ctx, Event::InstallPassed {}, results).await {
+pub fn phone_home_stage(ctx: &mut Context, results: &[StageResult]) -> Outcome {
+    match queue(ctx, Event::InstallPassed {}, results) {
         Ok(id) => {
             let url = ctx
                 .site
@@ -194,7 +194,7 @@ pub async fn report_failure(
         stage: stage.name().to_string(),
         reason: truncate(reason),
     };
-    match queue(ctx, event, results).await {
+    match queue(ctx, event, results) {
         Ok(id) => log::info(format!(
             "install-failed report {id} (stage {}) queued",
             stage.name()

@@ -71,7 +71,7 @@ pub async fn run(stage: Stage, ctx: &mut Context, results: &[StageResult]) -> Ou
         Stage::Zone => serve::zone_stage(ctx).await,
         Stage::Dns => serve::dns_stage(ctx).await,
         Stage::Bgp => serve::bgp_stage(ctx).await,
-        Stage::PhoneHome => installation::phone_home_stage(ctx, results).await,
+        Stage::PhoneHome => installation::phone_home_stage(ctx, results),
         Stage::Steady => serve::steady_stage(ctx).await,
     }
 }
