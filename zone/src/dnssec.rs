@@ -3,22 +3,20 @@
 //! Owns: the chain from the IANA anchors to the apex DNSKEY RRset (DS digest
 //! of a KSK matching an anchor valid at the verification time, and a valid
 //! RRSIG over the DNSKEY RRset by that key), the verification of every RRSIG
-//! in the zone (cryptography by `domain`'s ring backend, spread over all
-//! cores with rayon), signature validity windows, that every authoritative
+//! in the zone (each zone key prepared once by [`crate::crypto`], signatures
+//! spread over all cores with rayon), signature validity windows, that every authoritative
 //! RRset is signed (delegation NS and glue are not; DS and NSEC at
 //! delegations are), the NSEC chain, and apex sanity.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use domain::base::iana::{Rtype, SecurityAlgorithm};
-use domain::crypto::common::{DigestBuilder, DigestType, PublicKey};
-use domain::dep::octseq::Parser;
-use domain::rdata::Dnskey;
+use domain::base::iana::Rtype;
 use jiff::Timestamp;
 use rayon::prelude::*;
 
 use crate::anchors::TrustAnchors;
+use crate::crypto::{Hash, Hasher, VerifyingKey};
 use crate::name::{WireName, lowercase_wire};
 use crate::zone::{Record, Zone};
 
@@ -274,7 +272,7 @@ struct ZoneKey {
     key_tag: u16,
     algorithm: u8,
     /// `None` if the algorithm is not supported or the key is malformed.
-    public: Option<PublicKey>,
+    public: Option<VerifyingKey>,
 }
 
 /// RFC 4034 Appendix B key tag of DNSKEY RDATA.
@@ -301,16 +299,16 @@ pub fn key_tag(dnskey_rdata: &[u8]) -> u16 {
 /// The DS digest of a DNSKEY (RFC 4034 section 5.1.4), `None` for digest
 /// types other than SHA-1 (1), SHA-256 (2) and SHA-384 (4).
 pub fn ds_digest(owner: &WireName, dnskey_rdata: &[u8], digest_type: u8) -> Option<Vec<u8>> {
-    let t = match digest_type {
-        1 => DigestType::Sha1,
-        2 => DigestType::Sha256,
-        4 => DigestType::Sha384,
+    let hash = match digest_type {
+        1 => Hash::Sha1,
+        2 => Hash::Sha256,
+        4 => Hash::Sha384,
         _ => return None,
     };
-    let mut d = DigestBuilder::new(t);
+    let mut d = Hasher::new(hash);
     d.update(owner.as_wire());
     d.update(dnskey_rdata);
-    Some(d.finish().as_ref().to_vec())
+    Some(d.finish())
 }
 
 fn ts(secs: u32, at: Timestamp) -> Timestamp {
@@ -349,11 +347,11 @@ pub fn verify(
         .map(|r| ZoneKey {
             key_tag: key_tag(&r.rdata),
             algorithm: r.rdata.get(3).copied().unwrap_or(0),
-            public: Dnskey::parse(&mut Parser::from_ref(&r.rdata[..]))
-                .ok()
-                // Only zone keys (flag bit 7) may sign zone data.
-                .filter(|k: &Dnskey<&[u8]>| k.is_zone_key())
-                .and_then(|k| PublicKey::from_dnskey(&k).ok()),
+            // Only zone keys (flag bit 7) of protocol 3 may sign zone data
+            // (RFC 4034 section 2.1).
+            public: (r.rdata.len() >= 4 && r.rdata[0] & 0x01 != 0 && r.rdata[2] == 3)
+                .then(|| VerifyingKey::from_dnskey(&r.rdata).ok())
+                .flatten(),
         })
         .collect();
 
@@ -548,7 +546,7 @@ fn verify_one(
         }
         let Some(public) = &key.public else { continue };
         found = true;
-        if public.verify(data, sig.signature).is_ok() {
+        if public.verify(data, sig.signature) {
             return Ok(SigOk {
                 rrset_start,
                 covered: sig.covered,
@@ -803,16 +801,7 @@ fn parse_nsec(rdata: &[u8]) -> Option<(&[u8], Vec<u16>)> {
 
 /// Whether `alg` is one this verifier can check (for reporting).
 pub fn algorithm_supported(alg: u8) -> bool {
-    matches!(
-        SecurityAlgorithm::from_int(alg),
-        SecurityAlgorithm::RSASHA1
-            | SecurityAlgorithm::RSASHA1_NSEC3_SHA1
-            | SecurityAlgorithm::RSASHA256
-            | SecurityAlgorithm::RSASHA512
-            | SecurityAlgorithm::ECDSAP256SHA256
-            | SecurityAlgorithm::ECDSAP384SHA384
-            | SecurityAlgorithm::ED25519
-    )
+    crate::crypto::algorithm_supported(alg)
 }
 
 #[cfg(test)]

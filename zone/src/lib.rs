@@ -7,6 +7,7 @@
 //! - [`zone`]: loading and the canonical in-memory zone.
 //! - [`zonemd`]: the RFC 8976 zone digest.
 //! - [`anchors`]: IANA trust anchors.
+//! - [`crypto`]: zone keys prepared for verification, and digests (aws-lc-rs).
 //! - [`dnssec`]: RRSIGs, chain of trust, NSEC chain.
 //! - [`verify`]: the combined verdict.
 //! - [`accept`]: serial policy and atomic writing of an accepted zone.
@@ -16,6 +17,7 @@
 pub mod accept;
 pub mod anchors;
 pub mod axfr;
+pub mod crypto;
 pub mod dnssec;
 pub mod name;
 pub mod refresh;

@@ -6,9 +6,8 @@
 //! ZONEMD RRset and the apex RRSIGs covering ZONEMD. Glue is unsigned by
 //! DNSSEC, so this digest is what protects it (docs/facts.md, "The root zone").
 
+use crate::crypto::{Hash, Hasher};
 use domain::base::iana::Rtype;
-use domain::crypto::common::{DigestBuilder, DigestType};
-use sha2::{Digest as _, Sha512};
 
 use crate::zone::{Record, Zone};
 
@@ -142,44 +141,15 @@ fn excluded(zone: &Zone, r: &Record) -> bool {
 /// Computes the SIMPLE-scheme digest of `zone` with `hash_algorithm`
 /// (1 = SHA-384, 2 = SHA-512); `None` for other algorithms.
 pub fn compute_digest(zone: &Zone, hash_algorithm: u8) -> Option<Vec<u8>> {
-    match hash_algorithm {
-        HASH_SHA384 => Some(digest_with(
-            RingSha384(DigestBuilder::new(DigestType::Sha384)),
-            zone,
-        )),
-        HASH_SHA512 => Some(digest_with(Sha512::new(), zone)),
-        _ => None,
-    }
+    let hash = match hash_algorithm {
+        HASH_SHA384 => Hash::Sha384,
+        HASH_SHA512 => Hash::Sha512,
+        _ => return None,
+    };
+    Some(digest_with(Hasher::new(hash), zone))
 }
 
-/// The two hash implementations used: ring's SHA-384 (assembly, fastest
-/// here) through `domain`, and RustCrypto's SHA-512.
-trait Hasher {
-    fn update(&mut self, data: &[u8]);
-    fn finish(self) -> Vec<u8>;
-}
-
-struct RingSha384(DigestBuilder);
-
-impl Hasher for RingSha384 {
-    fn update(&mut self, data: &[u8]) {
-        self.0.update(data)
-    }
-    fn finish(self) -> Vec<u8> {
-        self.0.finish().as_ref().to_vec()
-    }
-}
-
-impl Hasher for Sha512 {
-    fn update(&mut self, data: &[u8]) {
-        sha2::Digest::update(self, data)
-    }
-    fn finish(self) -> Vec<u8> {
-        self.finalize().to_vec()
-    }
-}
-
-fn digest_with<D: Hasher>(mut hasher: D, zone: &Zone) -> Vec<u8> {
+fn digest_with(mut hasher: Hasher, zone: &Zone) -> Vec<u8> {
     // Buffer records so the hasher sees large blocks.
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     for r in zone.records() {
