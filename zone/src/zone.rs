@@ -145,6 +145,14 @@ pub enum LoadError {
         #[source]
         source: domain::zonefile::inplace::Error,
     },
+    /// A parenthesis or quoted string is not closed, or a `)` closes nothing.
+    #[error("zone text line {line}: {problem}")]
+    Delimiters {
+        /// Line (from 1) of the opening `(` or `"`, or of the stray `)`.
+        line: usize,
+        /// What is wrong.
+        problem: &'static str,
+    },
     /// The zone file uses `$INCLUDE`, which a root zone never needs.
     #[error("$INCLUDE is not supported")]
     Include,
@@ -363,8 +371,14 @@ impl Zone {
 
 /// Parses a piece of zone text with `domain`'s zone file scanner.
 fn parse_records(text: &[u8]) -> Result<Vec<Record>, LoadError> {
-    let mut zonefile = Zonefile::with_capacity(text.len());
+    check_delimiters(text)?;
+    let mut zonefile = Zonefile::with_capacity(text.len() + 1);
     zonefile.extend_from_slice(text);
+    // `domain` needs every entry to end in a newline: without one it rejects the last record
+    // or, for a TXT record, panics.
+    if !text.ends_with(b"\n") {
+        zonefile.extend_from_slice(b"\n");
+    }
     let mut records = Vec::with_capacity(text.len() / 80);
     let mut owner_buf: Vec<u8> = Vec::with_capacity(256);
     let mut last_owner: Option<WireName> = None;
@@ -408,6 +422,57 @@ fn parse_records(text: &[u8]) -> Result<Vec<Record>, LoadError> {
         });
     }
     Ok(records)
+}
+
+/// Checks that every `(` and `"` is closed before the text ends, that no `)` closes nothing and
+/// that parentheses do not nest (RFC 1035 section 5.1), outside comments and escapes.
+///
+/// `domain` 0.12.3 panics (index out of bounds) on a TXT record left open at the end of the
+/// text, such as `x. 300 IN TXT ( "a"`; a panic in the init is fatal, so such text is turned
+/// into this clear error before the scanner sees it.
+fn check_delimiters(text: &[u8]) -> Result<(), LoadError> {
+    let err = |line, problem| Err(LoadError::Delimiters { line, problem });
+    let mut line = 1;
+    let mut paren: Option<usize> = None;
+    let mut quote: Option<usize> = None;
+    let mut i = 0;
+    while i < text.len() {
+        let c = text[i];
+        if c == b'\\' {
+            // The escaped byte is taken literally (an escaped newline still ends a line).
+            if text.get(i + 1) == Some(&b'\n') {
+                line += 1;
+            }
+            i += 2;
+            continue;
+        }
+        match (c, quote.is_some()) {
+            (b'\n', _) => line += 1,
+            (b'"', true) => quote = None,
+            (b'"', false) => quote = Some(line),
+            (b';', false) => {
+                // A comment runs to the end of the line.
+                i += text[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .unwrap_or(text.len() - i);
+                continue;
+            }
+            (b'(', false) if paren.is_some() => return err(line, "nested parenthesis"),
+            (b'(', false) => paren = Some(line),
+            (b')', false) if paren.is_none() => return err(line, "')' without '('"),
+            (b')', false) => paren = None,
+            _ => {}
+        }
+        i += 1;
+    }
+    if let Some(line) = quote {
+        return err(line, "quoted string not closed before the end of the text");
+    }
+    if let Some(line) = paren {
+        return err(line, "parenthesis not closed before the end of the text");
+    }
+    Ok(())
 }
 
 /// Puts records in canonical order (owner, type, RDATA; stable for equal
@@ -690,6 +755,43 @@ mod tests {
             format!("{err:?}").contains(&format!("line: {line},")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn unclosed_delimiters_are_clear_errors() {
+        // `domain` panics on the first two when it is given them.
+        for (text, line, problem) in [
+            ("x. 300 IN TXT ( \"a\"\n", 1, "parenthesis not closed"),
+            (
+                "x. 1 IN SOA a. b. 1 2 3 4 5\nx. 300 IN TXT ( a\n",
+                2,
+                "parenthesis not closed",
+            ),
+            ("x. 300 IN TXT \"a\nb\n", 1, "quoted string not closed"),
+            ("x. 300 IN TXT a )\n", 1, "')' without '('"),
+            ("x. 300 IN TXT ( ( a ) )\n", 1, "nested parenthesis"),
+        ] {
+            match Zone::from_text(text.as_bytes()) {
+                Err(LoadError::Delimiters {
+                    line: l,
+                    problem: p,
+                }) => {
+                    assert_eq!(l, line, "{text:?}");
+                    assert!(p.starts_with(problem), "{text:?}: {p}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        // The last record needs no newline (`domain` panics on a TXT record without one).
+        let zone =
+            Zone::from_text(b"x. 1 IN SOA a. b. 1 2 3 4 5\nx. 300 IN TXT ( \"a\" b )").unwrap();
+        assert_eq!(zone.len(), 2);
+        // Delimiters inside comments, quotes and escapes do not count.
+        let ok = "x. 300 IN SOA a. b. 1 2 3 4 5 ; ( \"\n\
+                  x. 300 IN TXT \"( ; \\\" )\" ( \"b\"\n \"c\" ) ; )\n\
+                  x. 300 IN TXT a\\(b\n";
+        let zone = Zone::from_text(ok.as_bytes()).unwrap();
+        assert_eq!(zone.len(), 3);
     }
 
     #[test]
