@@ -7,7 +7,9 @@
 //! and writing the zone back as text that NSD and Knot load.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::fs::File;
+use std::io::{self, Read as _, Write};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use domain::base::iana::{Class, Rtype};
@@ -199,11 +201,22 @@ pub struct Zone {
 
 impl Zone {
     /// Reads and parses a zone file.
+    ///
+    /// A large file in plain form, as the root zone is published (no directives, parentheses,
+    /// quotes or escapes), is read in pieces straight into the parsers' buffers and parsed on
+    /// all cores; any other file is read whole and parsed by [`Zone::from_text`].
     pub fn load(path: &Path) -> Result<Zone, LoadError> {
-        let text = std::fs::read(path).map_err(|source| LoadError::Read {
+        let read_error = |source| LoadError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let mut file = File::open(path).map_err(read_error)?;
+        let len = file.metadata().map_err(read_error)?.len();
+        if let Some(parts) = parse_plain_pieces(&file, len).map_err(read_error)? {
+            return Zone::from_sorted_parts(parts);
+        }
+        let mut text = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut text).map_err(read_error)?;
         Zone::from_text(&text)
     }
 
@@ -215,15 +228,14 @@ impl Zone {
     /// cores; on any error the whole text is parsed again in one piece so the
     /// error names the right line.
     pub fn from_text(text: &[u8]) -> Result<Zone, LoadError> {
-        let pieces = rayon::current_num_threads().min(8);
-        if let Some(cuts) = split_points(text, pieces) {
+        if let Some(cuts) = split_points(text, pieces()) {
             let ranges: Vec<(usize, usize)> = std::iter::once(0)
                 .chain(cuts.iter().copied())
                 .zip(cuts.iter().copied().chain(std::iter::once(text.len())))
                 .collect();
             // Each piece is parsed and put in canonical order on its own
             // core; the sorted pieces are then joined.
-            let parts: Vec<Result<Vec<Record>, LoadError>> = ranges
+            let parts: Result<Vec<Vec<Record>>, LoadError> = ranges
                 .par_iter()
                 .map(|&(a, b)| {
                     let mut records = parse_records(&text[a..b])?;
@@ -231,18 +243,23 @@ impl Zone {
                     Ok(records)
                 })
                 .collect();
-            if parts.iter().all(Result::is_ok) {
-                let mut records = Vec::with_capacity(parts.iter().flatten().map(Vec::len).sum());
-                let mut bounds = Vec::with_capacity(parts.len());
-                for part in parts.into_iter().flatten() {
-                    bounds.push(records.len());
-                    records.extend(part);
-                }
-                join_sorted_pieces(&mut records, &bounds[1..]);
-                return Zone::from_sorted_records(records);
+            if let Ok(parts) = parts {
+                return Zone::from_sorted_parts(parts);
             }
         }
         Zone::from_records(parse_records(text)?)
+    }
+
+    /// Joins pieces of a zone, each in canonical order, in the order they came in the text.
+    fn from_sorted_parts(parts: Vec<Vec<Record>>) -> Result<Zone, LoadError> {
+        let mut records = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+        let mut bounds = Vec::with_capacity(parts.len());
+        for part in parts {
+            bounds.push(records.len());
+            records.extend(part);
+        }
+        join_sorted_pieces(&mut records, &bounds[1..]);
+        Zone::from_sorted_records(records)
     }
 
     /// Builds a zone from canonical records in any order: sorts them and
@@ -379,7 +396,12 @@ fn parse_records(text: &[u8]) -> Result<Vec<Record>, LoadError> {
     if !text.ends_with(b"\n") {
         zonefile.extend_from_slice(b"\n");
     }
-    let mut records = Vec::with_capacity(text.len() / 80);
+    parse_zonefile(zonefile, text.len())
+}
+
+/// Parses the text in `zonefile` (`len` bytes).
+fn parse_zonefile(mut zonefile: Zonefile, len: usize) -> Result<Vec<Record>, LoadError> {
+    let mut records = Vec::with_capacity(len / 80);
     let mut owner_buf: Vec<u8> = Vec::with_capacity(256);
     let mut last_owner: Option<WireName> = None;
     loop {
@@ -470,6 +492,129 @@ fn check_delimiters(text: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// How many pieces a large zone text is cut into: a few per core, so that a core that finishes
+/// early takes another piece instead of waiting.
+fn pieces() -> usize {
+    rayon::current_num_threads() * 2
+}
+
+/// Smallest piece worth parsing on its own.
+const MIN_PIECE: usize = 256 * 1024;
+
+/// Whether zone text holds none of the bytes that carry scanner state from one line to the
+/// next (parentheses, quotes, escapes) or from one record to the next (`$` directives).
+fn is_plain(text: &[u8]) -> bool {
+    memchr::memchr3(b'(', b')', b'"', text).is_none() && memchr::memchr2(b'\\', b'$', text).is_none()
+}
+
+/// Reads and parses a large plain zone file in pieces, each read with `pread` straight into its
+/// parser's buffer and parsed and sorted on its own core. `None` when the file is small, has a
+/// byte that makes it not plain, or a piece does not parse: the caller then parses the whole
+/// text, which also makes an error name the right line.
+fn parse_plain_pieces(file: &File, len: u64) -> io::Result<Option<Vec<Vec<Record>>>> {
+    let pieces = pieces();
+    if pieces < 2 || len < 2 * MIN_PIECE as u64 {
+        return Ok(None);
+    }
+    let Some(cuts) = plain_cuts(file, len, pieces)? else {
+        return Ok(None);
+    };
+    let ranges: Vec<(u64, u64)> = std::iter::once(0)
+        .chain(cuts.iter().copied())
+        .zip(cuts.iter().copied().chain(std::iter::once(len)))
+        .collect();
+    let parts: Vec<io::Result<Option<Vec<Record>>>> = ranges
+        .par_iter()
+        .map(|&(start, end)| {
+            let Some(zonefile) = read_plain_piece(file, start, end)? else {
+                return Ok(None);
+            };
+            Ok(parse_zonefile(zonefile, (end - start) as usize)
+                .ok()
+                .map(|mut records| {
+                    canonical_sort(&mut records);
+                    records
+                }))
+        })
+        .collect();
+    parts.into_iter().collect()
+}
+
+/// Where to cut a plain file into `pieces`: for each share, the first line after it that starts
+/// a self-contained record (every line of a plain file starts outside any record's
+/// continuation), found by reading a small window there. `None` if a window holds no such line.
+fn plain_cuts(file: &File, len: u64, pieces: usize) -> io::Result<Option<Vec<u64>>> {
+    let mut cuts: Vec<u64> = Vec::with_capacity(pieces - 1);
+    let mut window = vec![0u8; 16 * 1024];
+    for k in 1..pieces as u64 {
+        let target = len / pieces as u64 * k;
+        let n = read_at_most(file, &mut window, target)?;
+        let w = &window[..n];
+        let Some(first) = memchr::memchr(b'\n', w) else {
+            return Ok(None);
+        };
+        let mut at = first + 1;
+        let cut = loop {
+            let Some(end) = memchr::memchr(b'\n', &w[at..]) else {
+                return Ok(None);
+            };
+            if self_contained_line(&w[at..at + end]) {
+                break target + at as u64;
+            }
+            at += end + 1;
+        };
+        if cuts.last().is_some_and(|&c| c >= cut) {
+            return Ok(None);
+        }
+        cuts.push(cut);
+    }
+    Ok(Some(cuts))
+}
+
+/// Reads `file[start..end]` into a parser buffer, or `None` if those bytes are not plain.
+fn read_plain_piece(file: &File, start: u64, end: u64) -> io::Result<Option<Zonefile>> {
+    let mut zonefile = Zonefile::with_capacity((end - start) as usize + 1);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = start;
+    let mut last = b'\n';
+    while at < end {
+        let want = buf.len().min((end - at) as usize);
+        let n = read_at_most(file, &mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the zone file shrank while it was read",
+            ));
+        }
+        let chunk = &buf[..n];
+        if !is_plain(chunk) {
+            return Ok(None);
+        }
+        zonefile.extend_from_slice(chunk);
+        last = chunk[n - 1];
+        at += n as u64;
+    }
+    // The last piece may end without a newline (see `parse_records`).
+    if last != b'\n' {
+        zonefile.extend_from_slice(b"\n");
+    }
+    Ok(Some(zonefile))
+}
+
+/// Fills `buf` from `offset` as far as the file goes; the number of bytes read.
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 /// Puts records in canonical order (owner, type, RDATA; stable for equal
 /// records, so duplicates stay adjacent).
 ///
@@ -544,9 +689,12 @@ fn join_sorted_pieces(records: &mut [Record], bounds: &[usize]) {
 /// name followed by an explicit numeric TTL and class `IN` (so nothing is
 /// inherited from the previous record).
 fn split_points(text: &[u8], pieces: usize) -> Option<Vec<usize>> {
-    const MIN_PIECE: usize = 256 * 1024;
     if pieces < 2 || text.len() < 2 * MIN_PIECE {
         return None;
+    }
+    if is_plain(text) {
+        let cuts = local_cuts(text, pieces);
+        return (!cuts.is_empty()).then_some(cuts);
     }
     // `$` directives carry state: a text without any `$` byte has none, and
     // then only the text before the last cut needs scanning (for the state
@@ -607,6 +755,24 @@ fn split_points(text: &[u8], pieces: usize) -> Option<Vec<usize>> {
         return None;
     }
     Some(cuts)
+}
+
+/// Cut points of a text without directives, parentheses, quotes or escapes: then every line
+/// starts outside any record's continuation, so each cut is the first self-contained line at
+/// or after its share of the text, found without reading what comes before.
+fn local_cuts(text: &[u8], pieces: usize) -> Vec<usize> {
+    let mut cuts: Vec<usize> = Vec::with_capacity(pieces - 1);
+    for k in 1..pieces {
+        let mut at = (text.len() / pieces * k).max(cuts.last().map_or(0, |&c| c + 1));
+        while let Some(nl) = memchr::memchr(b'\n', &text[at.min(text.len())..]) {
+            at += nl + 1;
+            if at < text.len() && self_contained_line(&text[at..]) {
+                cuts.push(at);
+                break;
+            }
+        }
+    }
+    cuts
 }
 
 /// Bytes that change the scanner state of [`split_points`].
