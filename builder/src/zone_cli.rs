@@ -56,6 +56,9 @@ pub fn run(cmd: ZoneCommand, json: bool) -> anyhow::Result<i32> {
             let v = imrs_zone::verify(&zone, &anchors, at);
             let total = start.elapsed();
             report(&v, &file.display().to_string(), total, json, None);
+            // The process ends next: leave the zone's 25,000 allocations to the exit rather
+            // than free them one by one (about 1 ms).
+            std::mem::forget(zone);
             Ok(if v.is_verified() {
                 0
             } else {
