@@ -925,6 +925,54 @@ mod tests {
     }
 
     #[test]
+    fn loading_a_plain_file_in_pieces_equals_parsing_it_whole() {
+        // Plain form (no directives, parentheses, quotes or escapes), big enough to be read in
+        // pieces, with lines that inherit the owner and so must never start a piece.
+        let mut text = String::from("example. 300 IN SOA ns.example. h.example. 1 2 3 4 5\n");
+        for i in 0..20_000 {
+            text.push_str(&format!("n{i}.example. 300 IN A 192.0.2.{}\n", i % 250));
+            text.push_str("\t300 IN AAAA 2001:db8::1\n");
+            text.push_str(&format!("; comment {i}\n"));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain.zone");
+        std::fs::write(&path, &text).unwrap();
+        let file = File::open(&path).unwrap();
+        let len = text.len() as u64;
+        let cuts = plain_cuts(&file, len, 8).unwrap().expect("cuttable");
+        assert_eq!(cuts.len(), 7);
+        for &c in &cuts {
+            assert!(text[c as usize..].starts_with('n'), "cut at {c}");
+            assert_eq!(text.as_bytes()[c as usize - 1], b'\n');
+        }
+        assert!(parse_plain_pieces(&file, len).unwrap().is_some());
+        let whole = Zone::from_records(parse_records(text.as_bytes()).unwrap()).unwrap();
+        let loaded = Zone::load(&path).unwrap();
+        assert_eq!(whole.records(), loaded.records());
+        assert_eq!(loaded.len(), 40_001);
+
+        // The last line without its newline is still read.
+        std::fs::write(&path, text.trim_end()).unwrap();
+        assert_eq!(Zone::load(&path).unwrap().records(), whole.records());
+
+        // A `$` directive anywhere makes the file not plain: read whole, same records.
+        std::fs::write(&path, format!("{text}$TTL 300\n")).unwrap();
+        let file = File::open(&path).unwrap();
+        assert!(parse_plain_pieces(&file, len + 10).unwrap().is_none());
+        assert_eq!(Zone::load(&path).unwrap().records(), whole.records());
+
+        // A bad record in a late piece: the error names its line in the whole file.
+        let bad = format!("{text}bad.example. 300 IN A 999.1.1.1\n");
+        std::fs::write(&path, &bad).unwrap();
+        let err = Zone::load(&path).unwrap_err();
+        let line = bad.lines().count() + 1;
+        assert!(
+            format!("{err:?}").contains(&format!("line: {line},")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn unclosed_delimiters_are_clear_errors() {
         // `domain` panics on the first two when it is given them.
         for (text, line, problem) in [
