@@ -6,9 +6,9 @@
 //! ZONEMD RRset and the apex RRSIGs covering ZONEMD. Glue is unsigned by
 //! DNSSEC, so this digest is what protects it (docs/facts.md, "The root zone").
 
-use crate::crypto::{Hash, Hasher};
 use domain::base::iana::Rtype;
 
+use crate::crypto::{Hash, Hasher};
 use crate::zone::{Record, Zone};
 
 /// The SIMPLE scheme.
