@@ -23,20 +23,6 @@ mod alg {
     pub const ED25519: u8 = 15;
 }
 
-/// Whether signatures of DNSSEC algorithm `algorithm` can be verified here.
-pub fn algorithm_supported(algorithm: u8) -> bool {
-    matches!(
-        algorithm,
-        alg::RSASHA1
-            | alg::RSASHA1_NSEC3_SHA1
-            | alg::RSASHA256
-            | alg::RSASHA512
-            | alg::ECDSAP256SHA256
-            | alg::ECDSAP384SHA384
-            | alg::ED25519
-    )
-}
-
 /// Why a DNSKEY cannot be used to verify signatures.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {

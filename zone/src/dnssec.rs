@@ -799,11 +799,6 @@ fn parse_nsec(rdata: &[u8]) -> Option<(&[u8], Vec<u16>)> {
     Some((next, types))
 }
 
-/// Whether `alg` is one this verifier can check (for reporting).
-pub fn algorithm_supported(alg: u8) -> bool {
-    crate::crypto::algorithm_supported(alg)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, Read as _, Write};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use domain::base::iana::{Class, Rtype};
 use domain::base::name::ToLabelIter;
@@ -529,18 +530,20 @@ fn parse_plain_pieces(file: &File, len: u64) -> io::Result<Option<Vec<Vec<Record
         .chain(cuts.iter().copied())
         .zip(cuts.iter().copied().chain(std::iter::once(len)))
         .collect();
+    // Once one piece is found not plain, or does not parse, the others stop at their next
+    // chunk: the whole text is parsed again anyway.
+    let given_up = AtomicBool::new(false);
     let parts: Vec<io::Result<Option<Vec<Record>>>> = ranges
         .par_iter()
         .map(|&(start, end)| {
-            let Some(zonefile) = read_plain_piece(file, start, end)? else {
+            let zonefile = read_plain_piece(file, start, end, &given_up)?;
+            let records = zonefile.and_then(|z| parse_zonefile(z, (end - start) as usize).ok());
+            let Some(mut records) = records else {
+                given_up.store(true, Ordering::Relaxed);
                 return Ok(None);
             };
-            Ok(parse_zonefile(zonefile, (end - start) as usize)
-                .ok()
-                .map(|mut records| {
-                    canonical_sort(&mut records);
-                    records
-                }))
+            canonical_sort(&mut records);
+            Ok(Some(records))
         })
         .collect();
     parts.into_iter().collect()
@@ -555,20 +558,10 @@ fn plain_cuts(file: &File, len: u64, pieces: usize) -> io::Result<Option<Vec<u64
     for k in 1..pieces as u64 {
         let target = len / pieces as u64 * k;
         let n = read_at_most(file, &mut window, target)?;
-        let w = &window[..n];
-        let Some(first) = memchr::memchr(b'\n', w) else {
+        let Some(offset) = first_cut(&window[..n]) else {
             return Ok(None);
         };
-        let mut at = first + 1;
-        let cut = loop {
-            let Some(end) = memchr::memchr(b'\n', &w[at..]) else {
-                return Ok(None);
-            };
-            if self_contained_line(&w[at..at + end]) {
-                break target + at as u64;
-            }
-            at += end + 1;
-        };
+        let cut = target + offset as u64;
         if cuts.last().is_some_and(|&c| c >= cut) {
             return Ok(None);
         }
@@ -577,8 +570,14 @@ fn plain_cuts(file: &File, len: u64, pieces: usize) -> io::Result<Option<Vec<u64
     Ok(Some(cuts))
 }
 
-/// Reads `file[start..end]` into a parser buffer, or `None` if those bytes are not plain.
-fn read_plain_piece(file: &File, start: u64, end: u64) -> io::Result<Option<Zonefile>> {
+/// Reads `file[start..end]` into a parser buffer, or `None` if those bytes are not plain or
+/// another piece has `given_up`.
+fn read_plain_piece(
+    file: &File,
+    start: u64,
+    end: u64,
+    given_up: &AtomicBool,
+) -> io::Result<Option<Zonefile>> {
     let mut zonefile = Zonefile::with_capacity((end - start) as usize + 1);
     let mut buf = vec![0u8; 64 * 1024];
     let mut at = start;
@@ -593,7 +592,7 @@ fn read_plain_piece(file: &File, start: u64, end: u64) -> io::Result<Option<Zone
             ));
         }
         let chunk = &buf[..n];
-        if !is_plain(chunk) {
+        if !is_plain(chunk) || given_up.load(Ordering::Relaxed) {
             return Ok(None);
         }
         zonefile.extend_from_slice(chunk);
@@ -769,16 +768,25 @@ fn split_points(text: &[u8], pieces: usize) -> Option<Vec<usize>> {
 fn local_cuts(text: &[u8], pieces: usize) -> Vec<usize> {
     let mut cuts: Vec<usize> = Vec::with_capacity(pieces - 1);
     for k in 1..pieces {
-        let mut at = (text.len() / pieces * k).max(cuts.last().map_or(0, |&c| c + 1));
-        while let Some(nl) = memchr::memchr(b'\n', &text[at.min(text.len())..]) {
-            at += nl + 1;
-            if at < text.len() && self_contained_line(&text[at..]) {
-                cuts.push(at);
-                break;
-            }
+        let at = (text.len() / pieces * k).max(cuts.last().map_or(0, |&c| c + 1));
+        if let Some(offset) = text.get(at..).and_then(first_cut) {
+            cuts.push(at + offset);
         }
     }
     cuts
+}
+
+/// Where in `window` (text of a plain zone, starting anywhere) the first whole line after the
+/// first newline starts that begins a self-contained record.
+fn first_cut(window: &[u8]) -> Option<usize> {
+    let mut at = memchr::memchr(b'\n', window)? + 1;
+    loop {
+        let end = memchr::memchr(b'\n', &window[at..])?;
+        if self_contained_line(&window[at..at + end]) {
+            return Some(at);
+        }
+        at += end + 1;
+    }
 }
 
 /// Bytes that change the scanner state of [`split_points`].
