@@ -6,6 +6,7 @@
 //! - [`image`]: what a built image says about itself (manifest, image info), canonical JSON.
 //! - [`keys`]: Ed25519 keys and detached signatures.
 //! - [`signed`]: signed site configs as the init receives them.
+//! - [`stage`]: the boot pipeline's stages and statuses, shared by the init, reports and the lab.
 //! - [`fsutil`]: atomic, durable file writes shared by every program.
 
 mod error;
@@ -19,5 +20,6 @@ pub mod recipe;
 pub mod report;
 pub mod signed;
 pub mod site;
+pub mod stage;
 
 pub use error::{ConfigError, error_chain};

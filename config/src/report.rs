@@ -19,9 +19,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::canonical_json;
 use crate::keys;
+pub use crate::stage::{Stage, Status};
 
 /// The report schema version this build writes and understands.
-pub const REPORT_VERSION: u32 = 1;
+/// Version 2: stages and statuses are the shared vocabulary ([`crate::stage`]): `done-earlier`
+/// and `not-reached` (was `skipped`), no `not-built-yet`.
+pub const REPORT_VERSION: u32 = 2;
 
 /// Bytes of randomness in a report id (shown as twice as many hex digits).
 pub const REPORT_ID_BYTES: usize = 16;
@@ -142,7 +145,7 @@ pub enum Event {
     /// The first boot stopped at a stage.
     InstallFailed {
         /// The stage that failed.
-        stage: String,
+        stage: Stage,
         /// Why it failed.
         reason: String,
     },
@@ -161,28 +164,14 @@ impl Event {
     }
 }
 
-/// How a pipeline stage ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum StageStatus {
-    /// Done.
-    Passed,
-    /// Failed (see the reason).
-    Failed,
-    /// Not implemented in this image yet.
-    NotBuiltYet,
-    /// Not reached.
-    Skipped,
-}
-
 /// One pipeline stage's outcome and timing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageOutcome {
-    /// Stage name (`hardware`, `zone`, ...).
-    pub stage: String,
+    /// The stage.
+    pub stage: Stage,
     /// How it ended.
-    pub status: StageStatus,
+    pub status: Status,
     /// Failure reason.
     #[serde(default)]
     pub reason: Option<String>,
@@ -425,17 +414,10 @@ pub fn validate(r: &Report) -> Result<(), ReportError> {
             return Err(bad(field, &value, "non-empty text of at most 4096 bytes"));
         }
     }
-    if let Event::InstallFailed { stage, reason } = &r.event {
-        if stage.trim().is_empty() {
-            return Err(bad(
-                "event.stage",
-                stage,
-                "an install-failed names its stage",
-            ));
-        }
-        if reason.len() > MAX_TEXT {
-            return Err(bad("event.reason", &reason.len(), "at most 4096 bytes"));
-        }
+    if let Event::InstallFailed { reason, .. } = &r.event
+        && reason.len() > MAX_TEXT
+    {
+        return Err(bad("event.reason", &reason.len(), "at most 4096 bytes"));
     }
     let m = &r.image.manifest_sha256;
     let lower_hex = |s: &str| {
@@ -451,9 +433,6 @@ pub fn validate(r: &Report) -> Result<(), ReportError> {
         ));
     }
     for (i, s) in r.stages.iter().enumerate() {
-        if s.stage.trim().is_empty() {
-            return Err(bad(&format!("stages[{i}].stage"), &s.stage, "a stage name"));
-        }
         if !(s.seconds.is_finite() && s.seconds >= 0.0) {
             return Err(bad(
                 &format!("stages[{i}].seconds"),
@@ -491,8 +470,8 @@ mod tests {
                 manifest_sha256: "ab".repeat(32),
             },
             stages: vec![StageOutcome {
-                stage: "hardware".into(),
-                status: StageStatus::Passed,
+                stage: Stage::Hardware,
+                status: Status::Passed,
                 reason: None,
                 seconds: 0.25,
             }],
@@ -551,7 +530,7 @@ mod tests {
         // A failure report too.
         let mut f = sample();
         f.event = Event::InstallFailed {
-            stage: "zone".into(),
+            stage: Stage::Zone,
             reason: "AXFR from 192.0.2.53: connection refused".into(),
         };
         assert_eq!(verify(&sign(&f, &key)).unwrap(), f);
@@ -617,7 +596,7 @@ mod tests {
                 Box::new(|v| v["stages"][0]["status"] = "ok".into()),
             ),
             ("bad id", Box::new(|v| v["id"] = "XYZ".into())),
-            ("version", Box::new(|v| v["version"] = 2.into())),
+            ("version", Box::new(|v| v["version"] = 9.into())),
             (
                 "neg seconds",
                 Box::new(|v| v["stages"][0]["seconds"] = (-1.0).into()),

@@ -23,7 +23,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::pipeline::Stage;
+use imrs_config::stage::Stage;
 
 /// Environment variable read instead of `/proc/cmdline` outside the machine's PID 1.
 pub const CMDLINE_ENV: &str = "IMRS_INIT_CMDLINE";

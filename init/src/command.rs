@@ -12,11 +12,13 @@ use tokio::io::AsyncReadExt;
 use crate::reaper::Reaper;
 
 /// How a helper program failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
     /// It could not be started.
+    #[error("{0}")]
     Start(String),
     /// It ran and failed, or was killed at the timeout.
+    #[error("{how}{}", if tail.is_empty() { String::new() } else { format!(": {tail}") })]
     Ended {
         /// Exit status, signal, or the timeout.
         how: String,
@@ -83,21 +85,27 @@ pub async fn run_checked(
     }
 }
 
-/// [`run_checked`] with the failure as one line naming the command.
+/// A helper program failed: which one, with its arguments, and how.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{command}: {failure}")]
+pub struct CommandError {
+    /// The program and its arguments, as run.
+    pub command: String,
+    /// How it failed.
+    pub failure: Failure,
+}
+
+/// [`run_checked`] with the failure naming the command.
 pub async fn run(
     reaper: &Reaper,
     program: &Path,
     args: &[String],
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, CommandError> {
     run_checked(reaper, program, args, timeout)
         .await
-        .map_err(|f| {
-            let shown = format!("{} {}", program.display(), args.join(" "));
-            match f {
-                Failure::Start(e) => format!("{shown}: {e}"),
-                Failure::Ended { how, tail } if tail.is_empty() => format!("{shown}: {how}"),
-                Failure::Ended { how, tail } => format!("{shown}: {how}: {tail}"),
-            }
+        .map_err(|failure| CommandError {
+            command: format!("{} {}", program.display(), args.join(" ")),
+            failure,
         })
 }

@@ -19,10 +19,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::health::driver::SharedInputs;
+use crate::health::driver::{self, SharedInputs};
 use crate::log;
 use crate::pid1::Role;
-use crate::serve;
 
 /// The machine's control socket.
 pub const MACHINE_SOCKET: &str = "/run/imrs/control.sock";
@@ -92,7 +91,7 @@ pub fn answer(request: &str, inputs: &SharedInputs) -> String {
     match request {
         "drain" | "undrain" => {
             let drain = request == "drain";
-            let was = serve::set_drained(inputs, drain);
+            let was = driver::set_drained(inputs, drain);
             if was != drain {
                 log::info(format!(
                     "operator {request}: specific prefixes {}",
@@ -147,7 +146,7 @@ mod tests {
 
     #[test]
     fn drain_undrain_status_and_garbage() {
-        let inputs = serve::new_inputs();
+        let inputs = SharedInputs::default();
         assert_eq!(
             answer("status", &inputs),
             "ok drained=false serial=- expires=-"

@@ -4,36 +4,55 @@
 //! phone-home service ([`crate::phonehome`]), which signs it with the device key, keeps it in
 //! the persistent outbox and delivers it in the background: nothing here waits on the network.
 //!
-//! A first boot that fails before the `network` stage still brings the interfaces up (only the
-//! management addresses and routes the site gives; no DNS, no BGP) so the failure can be
-//! reported; when even that fails the report waits in the outbox for a boot with a network.
+//! A first boot that fails before the `network` stage has the pipeline bring the interfaces up
+//! first (only the management addresses and routes the site gives; no DNS, no BGP) so the
+//! failure can be reported; when even that fails the report waits in the outbox for a boot
+//! with a network.
 
 use imrs_config::report::{
-    DnsReport, Event, ImageRef, REPORT_VERSION, Report, ReportId, SiteRef, StageOutcome,
-    StageStatus, ZoneReport,
+    BgpReport, DnsReport, Event, ImageRef, REPORT_VERSION, Report, ReportId, SiteRef, StageOutcome,
+    ZoneReport,
 };
+use imrs_config::stage::Stage;
 
-use crate::phonehome::{PhoneHome, deliver};
-use crate::pipeline::{Outcome, Stage, StageResult};
-use crate::stages::Context;
-use crate::{clock, log, serve};
+use crate::context::Context;
+use crate::outcome::StageResult;
+use crate::phonehome::{PhoneHome, PhoneHomeError, deliver};
+use crate::{clock, log};
+
+/// An installation report could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallReportError {
+    /// The boot has no verified site config, so nowhere to report to.
+    #[error("no site config: nowhere to report to")]
+    NoSite,
+    /// The image does not describe itself.
+    #[error("no image info: {0}")]
+    NoImage(String),
+    /// No random report id.
+    #[error("cannot make a report id")]
+    Id(#[source] imrs_config::report::ReportError),
+    /// The phone-home service could not start or take the report.
+    #[error("phone home")]
+    PhoneHome(#[source] PhoneHomeError),
+}
 
 /// Longest reason carried in a report (the schema's limit).
 const MAX_REASON: usize = 4096;
 
 /// Starts the phone-home service once (device key, outbox, delivery thread); logs the device
 /// key. Idempotent: a second call only wakes the deliverer.
-pub fn start(ctx: &mut Context) -> Result<(), String> {
+pub fn start(ctx: &mut Context) -> Result<(), InstallReportError> {
     if let Some(p) = &ctx.phone {
         p.wake();
         return Ok(());
     }
     let Some(site) = &ctx.site else {
-        return Err("no site config: nowhere to report to".into());
+        return Err(InstallReportError::NoSite);
     };
     let log_line: deliver::Log = Box::new(|l: &str| log::info(l));
-    let p =
-        PhoneHome::start(&ctx.state_dir, &site.phone_home, log_line).map_err(|e| log::chain(&e))?;
+    let p = PhoneHome::start(&ctx.state_dir, &site.phone_home, log_line)
+        .map_err(InstallReportError::PhoneHome)?;
     ctx.phone = Some(p);
     Ok(())
 }
@@ -53,15 +72,10 @@ fn stage_outcomes(results: &[StageResult]) -> Vec<StageOutcome> {
     results
         .iter()
         .map(|r| {
-            let (status, reason) = match &r.outcome {
-                Some(Outcome::Passed) | Some(Outcome::DoneEarlier) => (StageStatus::Passed, None),
-                Some(Outcome::Failed(why)) => (StageStatus::Failed, Some(truncate(why))),
-                None => (StageStatus::Skipped, None),
-            };
             StageOutcome {
-                stage: r.stage.name().to_string(),
-                status,
-                reason,
+                stage: r.stage,
+                status: r.status(),
+                reason: r.outcome.as_ref().and_then(|o| o.reason()).map(truncate),
                 // Milliseconds are plenty, and short decimals read back exactly.
                 seconds: (r.seconds.max(0.0) * 1000.0).round() / 1000.0,
             }
@@ -69,13 +83,19 @@ fn stage_outcomes(results: &[StageResult]) -> Vec<StageOutcome> {
         .collect()
 }
 
-/// The report for `event`, from everything the boot has found so far.
-pub fn build(ctx: &Context, event: Event, results: &[StageResult]) -> Result<Report, String> {
-    let site = ctx.site.as_ref().ok_or("no site config")?;
+/// The report for `event`, from everything the boot has found so far and the BGP state the
+/// caller read.
+pub fn build(
+    ctx: &Context,
+    event: Event,
+    results: &[StageResult],
+    bgp: BgpReport,
+) -> Result<Report, InstallReportError> {
+    let site = ctx.site.as_ref().ok_or(InstallReportError::NoSite)?;
     let info = ctx
         .image
         .as_ref()
-        .map_err(|e| format!("no image info: {e}"))?;
+        .map_err(|e| InstallReportError::NoImage(e.clone()))?;
     let serial = std::fs::read_to_string(ctx.root.join("sys/class/dmi/id/product_serial"))
         .map(|s| s.trim().to_string())
         .ok()
@@ -105,7 +125,7 @@ pub fn build(ctx: &Context, event: Event, results: &[StageResult]) -> Result<Rep
     };
     Ok(Report {
         version: REPORT_VERSION,
-        id: ReportId::random().map_err(|e| log::chain(&e))?,
+        id: ReportId::random().map_err(InstallReportError::Id)?,
         event,
         created_unix: clock::unix_now(),
         clock_source: if ctx.clock_source.is_empty() {
@@ -134,71 +154,49 @@ pub fn build(ctx: &Context, event: Event, results: &[StageResult]) -> Result<Rep
             .and_then(|h| serde_json::to_value(h).ok())
             .unwrap_or(serde_json::Value::Null),
         interfaces: ctx.serving.interfaces.clone(),
-        bgp: serve::bgp_report(ctx),
+        bgp,
         zone,
         dns,
     })
 }
 
 /// Builds, signs and queues a report; `Ok` with the report id.
-fn queue(ctx: &mut Context, event: Event, results: &[StageResult]) -> Result<String, String> {
+pub fn queue(
+    ctx: &mut Context,
+    event: Event,
+    results: &[StageResult],
+    bgp: BgpReport,
+) -> Result<String, InstallReportError> {
     start(ctx)?;
-    let report = build(ctx, event, results)?;
-    let Some(p) = &ctx.phone else {
-        return Err("phone home not started".into());
-    };
-    p.report(&report).map_err(|e| log::chain(&e))?;
+    let report = build(ctx, event, results, bgp)?;
+    if let Some(p) = &ctx.phone {
+        p.report(&report).map_err(InstallReportError::PhoneHome)?;
+    }
     Ok(report.id.to_string())
 }
 
-/// The phone-home stage: queues `install-passed` (delivery goes on in the background; the
-/// report survives reboots in the outbox until the receiver acknowledges it).
-pub fn phone_home_stage(ctx: &mut Context, results: &[StageResult]) -> Outcome {
-    match queue(ctx, Event::InstallPassed {}, results) {
-        Ok(id) => {
-            let url = ctx
-                .site
-                .as_ref()
-                .map(|s| s.phone_home.url.clone())
-                .unwrap_or_default();
-            let msg = format!("install-passed report {id} queued for {url}");
-            log::info(&msg);
-            ctx.notes.push(msg);
-            Outcome::Passed
-        }
-        Err(e) => Outcome::Failed(format!("cannot queue the installation report: {e}")),
-    }
-}
-
-/// A first boot stopped at `stage`: report `install-failed` when there is a site to report to,
-/// bringing the management network up first when the pipeline stopped before it.
-pub async fn report_failure(
+/// A first boot stopped at `stage`: report `install-failed` when there is a site to report to
+/// (the pipeline has brought the management network up first when it stopped before it), with
+/// the BGP state the caller read.
+pub fn report_failure(
     ctx: &mut Context,
     stage: Stage,
     reason: &str,
     results: &[StageResult],
+    bgp: BgpReport,
 ) {
     if ctx.site.is_none() {
         return;
     }
-    if stage < Stage::Network {
-        let net = serve::network_stage(ctx).await;
-        ctx.notes.clear();
-        if let Outcome::Failed(why) = net {
-            log::warn(format!(
-                "network for the failure report: {why}; the report waits in the outbox"
-            ));
-        }
-    }
     let event = Event::InstallFailed {
-        stage: stage.name().to_string(),
+        stage,
         reason: truncate(reason),
     };
-    match queue(ctx, event, results) {
-        Ok(id) => log::info(format!(
-            "install-failed report {id} (stage {}) queued",
-            stage.name()
+    match queue(ctx, event, results, bgp) {
+        Ok(id) => log::info(format!("install-failed report {id} (stage {stage}) queued")),
+        Err(e) => log::error(format!(
+            "cannot queue the install-failed report: {}",
+            log::chain(&e)
         )),
-        Err(e) => log::error(format!("cannot queue the install-failed report: {e}")),
     }
 }

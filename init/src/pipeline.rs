@@ -1,5 +1,5 @@
-//! The boot pipeline as an explicit state machine: stages in a fixed order, each ending passed,
-//! failed (with the reason) or not built yet. The first stage that does not pass stops the
+//! The boot pipeline as an explicit state machine: stages in a fixed order
+//! ([`imrs_config::stage::Stage`]), each ending passed, failed (with the reason) or done earlier. The first stage that does not pass stops the
 //! pipeline: the node stays off the air and the console summary says exactly where and why.
 //! A first boot that stops at a failed stage queues an
 //! `install-failed` report naming it ([`crate::installation`]).
@@ -21,105 +21,12 @@
 
 use std::time::Instant;
 
-use crate::stages::{self, Context};
+use imrs_config::stage::{Stage, Status};
+
+use crate::context::Context;
+use crate::outcome::{Outcome, StageResult};
 use crate::state::{self, State, Store};
-use crate::{installation, log};
-
-/// Pipeline stages, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Stage {
-    /// Mounts, image info, kernel modules.
-    Platform,
-    /// Signed site config.
-    Site,
-    /// Hardware acceptance against the profile.
-    Hardware,
-    /// Interfaces and routes.
-    Network,
-    /// A trustworthy clock.
-    Clock,
-    /// Root zone transfer and verification.
-    Zone,
-    /// The DNS service.
-    Dns,
-    /// BGP, gated on health.
-    Bgp,
-    /// The installation report.
-    PhoneHome,
-    /// Steady state.
-    Steady,
-}
-
-impl Stage {
-    /// Every stage in order.
-    pub const ALL: [Stage; 10] = [
-        Stage::Platform,
-        Stage::Site,
-        Stage::Hardware,
-        Stage::Network,
-        Stage::Clock,
-        Stage::Zone,
-        Stage::Dns,
-        Stage::Bgp,
-        Stage::PhoneHome,
-        Stage::Steady,
-    ];
-
-    /// The stage after this one.
-    pub fn next(self) -> Option<Stage> {
-        let i = Stage::ALL.iter().position(|s| *s == self)?;
-        Stage::ALL.get(i + 1).copied()
-    }
-
-    /// Runs on the first boot only (see the module docs).
-    pub fn first_boot_only(self) -> bool {
-        matches!(self, Stage::Hardware | Stage::PhoneHome)
-    }
-
-    /// Name as printed and saved.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Platform => "platform",
-            Stage::Site => "site",
-            Stage::Hardware => "hardware",
-            Stage::Network => "network",
-            Stage::Clock => "clock",
-            Stage::Zone => "zone",
-            Stage::Dns => "dns",
-            Stage::Bgp => "bgp",
-            Stage::PhoneHome => "phone-home",
-            Stage::Steady => "steady",
-        }
-    }
-
-    /// The stage called `name`.
-    pub fn from_name(name: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
-
-/// How a stage ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Done.
-    Passed,
-    /// Failed, with the reason.
-    Failed(String),
-    /// A first-boot-only stage that passed in an earlier boot: not repeated.
-    DoneEarlier,
-}
-
-/// One line of the summary.
-#[derive(Debug, Clone)]
-pub struct StageResult {
-    /// Which stage.
-    pub stage: Stage,
-    /// How it ended; `None`: not reached.
-    pub outcome: Option<Outcome>,
-    /// How long it took.
-    pub seconds: f64,
-}
+use crate::{installation, log, stages};
 
 /// Where the pipeline is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,13 +62,13 @@ pub fn step(phase: Phase, event: &Event) -> Phase {
     }
 }
 
-/// One console line per finished stage (the lab follows the boot by these).
+/// One console line per finished stage, in the shared vocabulary's words (the lab follows the
+/// boot by these).
 fn log_end(stage: Stage, outcome: &Outcome, seconds: f64) {
-    let name = stage.name();
-    match outcome {
-        Outcome::Passed => log::info(format!("stage {name}: PASSED ({seconds:.3} s)")),
-        Outcome::DoneEarlier => log::info(format!("stage {name}: DONE EARLIER ({seconds:.3} s)")),
-        Outcome::Failed(why) => log::error(format!("stage {name}: FAILED ({seconds:.3} s): {why}")),
+    let line = format!("stage {stage}: {} ({seconds:.3} s)", outcome.status());
+    match outcome.reason() {
+        Some(why) => log::error(format!("{line}: {why}")),
+        None => log::info(line),
     }
 }
 
@@ -169,6 +76,25 @@ fn save(store: &Store, st: &State) {
     if let Err(e) = store.save(st) {
         log::error(log::chain(&e));
     }
+}
+
+/// A first boot stopped at `stage`: queue `install-failed`, bringing the management network up
+/// first when the pipeline stopped before the network stage (no DNS, no BGP).
+async fn report_failure(ctx: &mut Context, stage: Stage, why: &str, results: &[StageResult]) {
+    if ctx.site.is_none() {
+        return;
+    }
+    if stage < Stage::Network {
+        let net = stages::network::run(ctx).await;
+        ctx.notes.clear();
+        if let Outcome::Failed(why) = net {
+            log::warn(format!(
+                "network for the failure report: {why}; the report waits in the outbox"
+            ));
+        }
+    }
+    let bgp = stages::bgp::report(ctx);
+    installation::report_failure(ctx, stage, why, results, bgp);
 }
 
 /// Runs the pipeline as far as it goes, recording every outcome in `st` and saving it after
@@ -194,7 +120,7 @@ pub async fn run(
                 } else {
                     st.start(stage);
                     save(store, st);
-                    log::info(format!("stage {}: running", stage.name()));
+                    log::info(format!("stage {stage}: {}", Status::Running));
                     stages::run(stage, ctx, &results).await
                 };
                 let seconds = t.elapsed().as_secs_f64();
@@ -221,7 +147,7 @@ pub async fn run(
                     seconds,
                 });
                 if let (Outcome::Failed(why), false) = (&outcome, st.first_boot_passed) {
-                    installation::report_failure(ctx, stage, why, &results).await;
+                    report_failure(ctx, stage, why, &results).await;
                 }
                 if stop_after == Some(stage) && phase == Phase::Run(stage.next().unwrap_or(stage)) {
                     log::info(format!(
@@ -307,18 +233,5 @@ mod tests {
         for (from, event, to) in table {
             assert_eq!(step(from, &event), to, "{from:?} + {event:?}");
         }
-    }
-
-    #[test]
-    fn names_round_trip_and_boot_classes() {
-        for s in Stage::ALL {
-            assert_eq!(Stage::from_name(s.name()), Some(s));
-        }
-        let first: Vec<Stage> = Stage::ALL
-            .into_iter()
-            .filter(|s| s.first_boot_only())
-            .collect();
-        assert_eq!(first, [Stage::Hardware, Stage::PhoneHome]);
-        assert_eq!(Stage::Steady.next(), None);
     }
 }

@@ -31,6 +31,7 @@ use imrs_zone::axfr::{AxfrConfig, transfer_from};
 use imrs_zone::refresh::{RefreshState, SoaTimers, decide};
 use jiff::Timestamp;
 
+use crate::command::CommandError;
 use crate::dns::probe::{self, Transport};
 use crate::health::driver::SharedInputs;
 use crate::log;
@@ -283,7 +284,7 @@ pub type OnNewZone = Box<
     dyn Fn(
             &AcceptedRecord,
         )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CommandError>> + Send>>
         + Send,
 >;
 

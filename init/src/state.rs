@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::{MsFlags, mount};
 
+use imrs_config::stage::{Stage, Status};
+
+use crate::outcome::Outcome;
 use crate::pid1::Halt;
-use crate::pipeline::{Outcome, Stage};
 
 /// GPT partition name of the persistent data partition.
 pub const DATA_PARTNAME: &str = "IMRS-DATA";
@@ -52,23 +54,11 @@ pub enum StateError {
     },
 }
 
-/// A saved stage status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    /// Started, not finished (a power cut or kill happened here if the boot is over).
-    Running,
-    /// Passed.
-    Passed,
-    /// Failed (see the reason).
-    Failed,
-}
-
 /// One stage's saved outcome.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SavedStage {
-    /// Status.
+    /// Status: `running`, `passed` or `failed` ("done earlier" keeps the earlier record).
     pub status: Status,
     /// Failure reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]

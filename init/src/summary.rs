@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::log;
-use crate::pipeline::{Outcome, StageResult};
+use crate::outcome::{Outcome, StageResult};
 
 /// The summary lines, without the log prefix.
 pub fn lines(results: &[StageResult], since_start: Duration) -> Vec<(bool, String)> {
@@ -16,15 +16,14 @@ pub fn lines(results: &[StageResult], since_start: Duration) -> Vec<(bool, Strin
         ),
     )];
     for r in results {
-        let (status, reason, failed) = match &r.outcome {
-            Some(Outcome::Passed) => ("PASSED", String::new(), false),
-            Some(Outcome::Failed(why)) => ("FAILED", format!("  {why}"), true),
+        let status = r.status().console_word();
+        let (reason, failed) = match &r.outcome {
+            Some(Outcome::Failed(why)) => (format!("  {why}"), true),
             Some(Outcome::DoneEarlier) => (
-                "DONE EARLIER",
                 "  (first-boot stage passed in an earlier boot)".into(),
                 false,
             ),
-            None => ("not reached", String::new(), false),
+            Some(Outcome::Passed) | None => (String::new(), false),
         };
         let time = if r.outcome.is_some() {
             format!("{:>7.3} s", r.seconds)
@@ -53,7 +52,7 @@ pub fn print(results: &[StageResult], since_start: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::Stage;
+    use imrs_config::stage::Stage;
 
     #[test]
     fn one_line_per_stage_with_reason() {

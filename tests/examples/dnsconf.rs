@@ -1,15 +1,12 @@
 //! Writes the DNS daemon config that `imrs-init` generates (the init's own `dns` module,
-//! included by path) for a given zone, run folder and loopback port, and prints the daemon's
+//! `imrs_init::dns`) for a given zone, run folder and loopback port, and prints the daemon's
 //! command line: `bench/dns-qps.sh` runs NSD and Knot exactly as the appliance would, beside
 //! the same daemons on their default configuration.
 //!
 //! Usage: `dnsconf nsd|knot ZONE RUN_DIR PORT` (listens on 127.0.0.1 and ::1; workers and
 //! buffers sized from this machine's /proc like the appliance's).
 
-#[allow(dead_code, unused_imports)]
-#[path = "../../init/src/dns/mod.rs"]
-mod dns;
-
+use imrs_init::dns;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 

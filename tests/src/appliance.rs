@@ -1,6 +1,6 @@
 //! The real `imrs-init` as PID 1 of its own namespaces, against a fixture root: the fixture
 //! tree, the binary, and a handle on the running init and its console. Shared by the
-//! `init_pid1` and `init_serving` tests (included by path).
+//! `init_pid1` and `init_serving` tests.
 
 #![allow(dead_code)]
 

@@ -11,11 +11,9 @@
 //! into the same target directory as this test (a no-op when it is up to date), unless
 //! `IMRS_INIT_BIN` names one to test instead (e.g. the static release build for the image).
 
+use imrs_tests::appliance;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-#[path = "../src/appliance.rs"]
-mod appliance;
 
 use appliance::{Init, Proc, fixture, namespace_of, prerequisites, script};
 

@@ -26,13 +26,9 @@
 //! Needs root, unshare, ip, FRR, NSD, Knot, BIRD, dig and the shared root zone; skips without them (fails
 //! under `CI=true`).
 
-#[path = "../src/appliance.rs"]
-mod appliance;
-#[path = "../src/daemons.rs"]
-mod daemons;
-#[path = "../src/netns.rs"]
-mod netns;
-
+use imrs_tests::appliance;
+use imrs_tests::daemons;
+use imrs_tests::netns;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -1,21 +1,17 @@
-//! Phone home end to end on loopback: the device side (`init/src/phonehome`, included by path:
-//! imrs-init is a binary) signs real reports and delivers them over TLS to the real receiver
+//! Phone home end to end on loopback: the device side (`imrs_init::phonehome`) signs real reports and delivers them over TLS to the real receiver
 //! (`imrs_build::home`), which verifies, stores and lists them. Faults: receiver down (also
 //! across a deliverer restart), wrong CA, duplicate delivery, unknown device under enrolment.
 //!
 //! Certificates come from rcgen (a test CA and a server certificate for 127.0.0.1). Nothing
 //! leaves 127.0.0.1.
 
-#[allow(dead_code)]
-#[path = "../../init/src/phonehome/mod.rs"]
-mod phonehome;
-
+use imrs_init::phonehome;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use imrs_build::home::{fleet, server, store};
 use imrs_config::keys;
-use imrs_config::report::{self, Event, Report, ReportId, StageOutcome, StageStatus};
+use imrs_config::report::{self, Event, Report, ReportId, Stage, StageOutcome, Status};
 use phonehome::{DeliveryConfig, PhoneHome};
 
 /// A CA and a server certificate for 127.0.0.1, written as PEM files.
@@ -88,9 +84,9 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn stage(name: &str, status: StageStatus, reason: Option<&str>) -> StageOutcome {
+fn stage(name: Stage, status: Status, reason: Option<&str>) -> StageOutcome {
     StageOutcome {
-        stage: name.into(),
+        stage: name,
         status,
         reason: reason.map(str::to_string),
         seconds: 0.5,
@@ -120,15 +116,15 @@ fn sample(serial: &str, event: Event) -> Report {
             manifest_sha256: "0f".repeat(32),
         },
         stages: vec![
-            stage("hardware", StageStatus::Passed, None),
+            stage(Stage::Hardware, Status::Passed, None),
             if failed {
                 stage(
-                    "zone",
-                    StageStatus::Failed,
+                    Stage::Zone,
+                    Status::Failed,
                     Some("AXFR from 192.0.2.53: refused"),
                 )
             } else {
-                stage("zone", StageStatus::Passed, None)
+                stage(Stage::Zone, Status::Passed, None)
             },
         ],
         hardware: serde_json::json!({"profile": "qemu", "checks": []}),
@@ -183,7 +179,7 @@ fn install_reports_are_delivered_verified_stored_and_listed() {
     let failed = sample(
         "SN-FAIL-2",
         Event::InstallFailed {
-            stage: "zone".into(),
+            stage: Stage::Zone,
             reason: "AXFR from 192.0.2.53: refused".into(),
         },
     );

@@ -4,14 +4,9 @@
 //! AS 20144 over the IPv4 and the IPv6 session; disabling the specifics must leave exactly the two
 //! covering prefixes; a hand-edited config with extra routes must still export nothing else.
 
-#[allow(dead_code, unused_imports)]
-#[path = "../../init/src/bgp/mod.rs"]
-mod bgp;
-#[path = "../src/daemons.rs"]
-mod daemons;
-#[path = "../src/netns.rs"]
-mod netns;
-
+use imrs_init::bgp;
+use imrs_tests::daemons;
+use imrs_tests::netns;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -4,14 +4,9 @@
 //! must not drop a single query; AXFR is refused; `hostname.bind` / `id.server` CH TXT answer the
 //! instance name; the version is hidden; nothing recurses.
 
-#[path = "../src/daemons.rs"]
-mod daemons;
-#[allow(dead_code, unused_imports)]
-#[path = "../../init/src/dns/mod.rs"]
-mod dns;
-#[path = "../src/netns.rs"]
-mod netns;
-
+use imrs_init::dns;
+use imrs_tests::daemons;
+use imrs_tests::netns;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;

@@ -4,20 +4,11 @@
 //! keeps the covering prefixes; NSD back brings the specifics back after the hold-down; the drain
 //! switch withdraws and undrain restores them. Prints the withdrawal latency at FRR.
 
-#[allow(dead_code, unused_imports)]
-#[path = "../../init/src/bgp/mod.rs"]
-mod bgp;
-#[path = "../src/daemons.rs"]
-mod daemons;
-#[allow(dead_code, unused_imports)]
-#[path = "../../init/src/dns/mod.rs"]
-mod dns;
-#[allow(dead_code, unused_imports)]
-#[path = "../../init/src/health/mod.rs"]
-mod health;
-#[path = "../src/netns.rs"]
-mod netns;
-
+use imrs_init::bgp;
+use imrs_init::dns;
+use imrs_init::health;
+use imrs_tests::daemons;
+use imrs_tests::netns;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -3,12 +3,8 @@
 //! netlink and cross-checked with `ip -j`; a second apply changes nothing; drift made behind the
 //! init's back (extra address, lost address, MTU, link down, wrong gateway) is repaired exactly.
 
-#[allow(dead_code, unused_imports)]
-#[path = "../../init/src/net/mod.rs"]
-mod net;
-#[path = "../src/netns.rs"]
-mod netns;
-
+use imrs_init::net;
+use imrs_tests::netns;
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;

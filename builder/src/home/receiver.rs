@@ -132,7 +132,9 @@ impl Receiver {
             );
         }
         let (failed_stage, failed_reason) = match &parsed.event {
-            Event::InstallFailed { stage, reason } => (Some(stage.clone()), Some(reason.clone())),
+            Event::InstallFailed { stage, reason } => {
+                (Some(stage.to_string()), Some(reason.clone()))
+            }
             _ => (None, None),
         };
         let id = parsed.id.to_string();

@@ -3,78 +3,19 @@
 //!
 //! Stage lines (printed as each stage starts and ends):
 //! `imrs-init: stage zone: running`, `imrs-init: stage zone: PASSED (1.234 s)`,
-//! `imrs-init: ERROR stage zone: FAILED (1.234 s): <reason>`, `... NOT BUILT YET`,
-//! `... DONE EARLIER`. Summary block: `imrs-init: boot summary (...)` then one line per stage,
+//! `imrs-init: ERROR stage zone: FAILED (1.234 s): <reason>`, `... DONE EARLIER`
+//! (the words of [`imrs_config::stage::Status`]). Summary block: `imrs-init: boot summary (...)` then one line per stage,
 //! `  <stage>  <STATUS>  <secs> s  <reason>` (init/src/summary.rs).
 
 use serde::Serialize;
 
-/// The stages in pipeline order (the init's `pipeline::Stage::ALL`).
-pub const STAGES: [&str; 10] = [
-    "platform",
-    "site",
-    "hardware",
-    "network",
-    "clock",
-    "zone",
-    "dns",
-    "bgp",
-    "phone-home",
-    "steady",
-];
+use imrs_config::stage::Stage;
+/// A stage's status as the console tells it: the init's own vocabulary.
+pub use imrs_config::stage::Status;
 
-/// A stage's status as the console tells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    /// Started, not ended (yet).
-    Running,
-    /// Passed.
-    Passed,
-    /// Failed.
-    Failed,
-    /// Not implemented in the image: stops the pipeline.
-    NotBuiltYet,
-    /// A first-boot stage that passed in an earlier boot.
-    DoneEarlier,
-    /// The pipeline stopped before it.
-    NotReached,
-}
-
-impl Status {
-    /// As printed.
-    pub fn label(self) -> &'static str {
-        match self {
-            Status::Running => "RUNNING",
-            Status::Passed => "PASSED",
-            Status::Failed => "FAILED",
-            Status::NotBuiltYet => "NOT BUILT YET",
-            Status::DoneEarlier => "DONE EARLIER",
-            Status::NotReached => "not reached",
-        }
-    }
-
-    /// The pipeline goes on after this status.
-    pub fn goes_on(self) -> bool {
-        matches!(self, Status::Passed | Status::DoneEarlier)
-    }
-
-    fn parse(s: &str) -> Option<(Status, &str)> {
-        for (label, st) in [
-            ("PASSED", Status::Passed),
-            ("FAILED", Status::Failed),
-            ("NOT BUILT YET", Status::NotBuiltYet),
-            ("DONE EARLIER", Status::DoneEarlier),
-            ("not reached", Status::NotReached),
-            ("running", Status::Running),
-            ("RUNNING", Status::Running),
-        ] {
-            if let Some(rest) = s.strip_prefix(label) {
-                return Some((st, rest));
-            }
-        }
-        None
-    }
+/// Whether `name` is one of the pipeline's stages.
+fn known(name: &str) -> bool {
+    Stage::from_name(name).is_some()
 }
 
 /// One stage as the lab saw it.
@@ -190,7 +131,7 @@ pub fn parse_line(line: &str) -> Option<Event> {
         if name.is_empty() || name.contains(' ') {
             return None;
         }
-        let (status, after) = Status::parse(after.trim_start())?;
+        let (status, after) = Status::parse_console(after.trim_start())?;
         let (secs, after) = seconds(after);
         return Some(Event::Stage {
             name: name.to_string(),
@@ -207,11 +148,11 @@ pub fn parse_line(line: &str) -> Option<Event> {
     // Summary line: "  NAME  STATUS  1.234 s  reason" (only known stage names).
     let mut it = t.splitn(2, char::is_whitespace);
     let name = it.next()?;
-    if !STAGES.contains(&name) {
+    if !known(name) {
         return None;
     }
     let after = it.next()?.trim_start();
-    let (status, after) = Status::parse(after)?;
+    let (status, after) = Status::parse_console(after)?;
     let (secs, after) = seconds(after);
     let why = match status {
         Status::Failed => reason(after),
@@ -301,7 +242,7 @@ impl Tracker {
         self.get(name).map(|s| s.status)
     }
 
-    /// The first stage that ended without letting the pipeline go on (FAILED, NOT BUILT YET).
+    /// The first stage that ended without letting the pipeline go on (FAILED).
     pub fn stopped_at(&self) -> Option<&StageReport> {
         self.stages.iter().find(|s| {
             !s.status.goes_on() && !matches!(s.status, Status::Running | Status::NotReached)
@@ -313,7 +254,7 @@ impl Tracker {
     pub fn report(&self) -> Vec<StageReport> {
         let mut out: Vec<StageReport> = Vec::new();
         let over = self.summary_seen || self.stopped_at().is_some();
-        for name in STAGES {
+        for name in Stage::ALL.map(Stage::name) {
             match self.get(name) {
                 Some(s) => out.push(s.clone()),
                 None if over => out.push(StageReport {
@@ -328,7 +269,7 @@ impl Tracker {
             }
         }
         for s in &self.stages {
-            if !STAGES.contains(&s.name.as_str()) {
+            if !known(&s.name) {
                 out.push(s.clone());
             }
         }
@@ -373,10 +314,8 @@ mod tests {
                 false
             )
         );
-        assert_eq!(
-            stage("imrs-init: stage network: NOT BUILT YET"),
-            ("network".into(), Status::NotBuiltYet, None, None, false)
-        );
+        // Not a word of the init's vocabulary: not a stage line.
+        assert_eq!(parse_line("imrs-init: stage network: NOT BUILT YET"), None);
         assert_eq!(
             stage("imrs-init: stage phone-home: DONE EARLIER (0.000 s)"),
             (
@@ -413,12 +352,6 @@ mod tests {
                 Some("no site config".into()),
                 true
             )
-        );
-        assert_eq!(
-            stage(
-                "imrs-init:   network     NOT BUILT YET   0.000 s  (not implemented in this image: stops the pipeline)"
-            ),
-            ("network".into(), Status::NotBuiltYet, Some(0.0), None, true)
         );
         assert_eq!(
             stage("imrs-init:   hardware    not reached           -"),

@@ -197,7 +197,7 @@ fn specifics() -> Vec<String> {
 fn phone_home_ended(t: &Tracker) -> bool {
     matches!(
         t.status("phone-home"),
-        Some(Status::Passed | Status::DoneEarlier | Status::Failed | Status::NotBuiltYet)
+        Some(Status::Passed | Status::DoneEarlier | Status::Failed)
     )
 }
 
@@ -288,7 +288,7 @@ impl Lab {
                         self.progress(format!(
                             "[{:7.1} s] {label}: stage {name}: {}{}{}",
                             l.at,
-                            status.label(),
+                            status.console_word(),
                             seconds.map(|s| format!(" ({s:.3} s)")).unwrap_or_default(),
                             reason.map(|r| format!(": {r}")).unwrap_or_default()
                         ));
@@ -323,7 +323,7 @@ impl Lab {
                         self.progress(format!(
                             "[{:7.1} s] {label}: summary: {name} {}{}{}",
                             l.at,
-                            status.label(),
+                            status.console_word(),
                             seconds.map(|s| format!(" ({s:.3} s)")).unwrap_or_default(),
                             reason.map(|r| format!(": {r}")).unwrap_or_default()
                         ));
@@ -512,7 +512,7 @@ fn stage_detail(t: &Tracker, name: &str) -> String {
     match t.get(name) {
         Some(s) => format!(
             "{}{}",
-            s.status.label(),
+            s.status.console_word(),
             s.reason
                 .as_ref()
                 .map(|r| format!(": {r}"))
@@ -531,8 +531,8 @@ fn install_checks(
     baseline: usize,
 ) {
     // Every stage up to phone-home (steady follows on its own).
-    let must = &super::console::STAGES[..super::console::STAGES.len() - 1];
-    let bad: Vec<String> = must
+    let must = imrs_config::stage::Stage::ALL.map(imrs_config::stage::Stage::name);
+    let bad: Vec<String> = must[..must.len() - 1]
         .iter()
         .filter(|s| !t.status(s).is_some_and(Status::goes_on))
         .map(|s| format!("{s} {}", stage_detail(t, s)))
@@ -765,7 +765,11 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                             b1.stages
                                 .iter()
                                 .find(|s| !s.status.goes_on())
-                                .map(|s| format!("stopped at {} {}", s.name, s.status.label()))
+                                .map(|s| format!(
+                                    "stopped at {} {}",
+                                    s.name,
+                                    s.status.console_word()
+                                ))
                                 .unwrap_or_else(|| "no stage lines".into())
                         )
                     },

@@ -169,7 +169,7 @@ pub fn render(s: &Summary) -> String {
                 o,
                 "      {:<11} {:<13} {:>9}{}",
                 st.name,
-                st.status.label(),
+                st.status.console_word(),
                 st.seconds.map_or("-".into(), |v| format!("{v:.3} s")),
                 st.reason
                     .as_ref()

@@ -38,6 +38,12 @@ pub struct Inputs {
 /// Shared, updatable inputs.
 pub type SharedInputs = Arc<Mutex<Inputs>>;
 
+/// Sets the operator's drain switch; returns the previous value.
+pub fn set_drained(inputs: &SharedInputs, drained: bool) -> bool {
+    let mut g = inputs.lock().unwrap_or_else(|p| p.into_inner());
+    std::mem::replace(&mut g.drained, drained)
+}
+
 /// Checks whether the DNS service is ready.
 pub trait Prober {
     /// Probes once; `Err` says why the service is not ready.

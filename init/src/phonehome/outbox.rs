@@ -193,6 +193,11 @@ impl Outbox {
         Ok(self.names()?.len())
     }
 
+    /// No report is waiting.
+    pub fn is_empty(&self) -> Result<bool, OutboxError> {
+        Ok(self.names()?.is_empty())
+    }
+
     /// Removes a delivered report.
     pub fn remove(&self, p: &Pending) -> Result<(), OutboxError> {
         let err = |source| OutboxError::Remove {

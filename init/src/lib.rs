@@ -1,0 +1,46 @@
+//! imrs-init: PID 1 of the IMRS appliance and its first-boot pipeline, as a library the
+//! `imrs-init` binary runs ([`boot::main`]) and the integration tests use.
+//!
+//! Layers, bottom up (nothing below imports anything above it):
+//! - **Libraries** the stages use, each testable on its own: [`net`] (interfaces through
+//!   netlink), [`dns`] (NSD and Knot configs, the readiness probe), [`bgp`] (BIRD config with
+//!   the IMRS-only export filter, its control socket), [`health`] (what is announced and served,
+//!   and the loop that decides it), [`phonehome`] (device key, outbox, delivery); and the PID 1
+//!   core: `log`, `reaper` (the only `waitpid`), `command` (helper programs), `supervisor`,
+//!   `signals`, `pid1`, `shutdown`, `cmdline`, `clock`, `modules`, `site`, `hardware`,
+//!   `rootzone`, `control`.
+//! - **The boot's vocabulary**: stages and statuses come from [`imrs_config::stage`]; `outcome`
+//!   (how a stage ended, with its reason) and `context` (what the boot knows, shared by the
+//!   stages); `state` (saved outcomes).
+//! - **Stage bodies**, one module per stage under `stages`, and `installation` (the
+//!   installation report both the phone-home stage and a failed first boot queue).
+//! - **The pipeline** (`pipeline`: the state machine over the stages) and [`boot`] (start-up
+//!   order, event loop, shutdown).
+
+pub mod bgp;
+pub mod boot;
+mod clock;
+mod cmdline;
+mod command;
+mod context;
+mod control;
+pub mod dns;
+mod hardware;
+pub mod health;
+mod installation;
+mod log;
+mod modules;
+pub mod net;
+mod outcome;
+pub mod phonehome;
+mod pid1;
+mod pipeline;
+mod reaper;
+mod rootzone;
+mod shutdown;
+mod signals;
+mod site;
+mod stages;
+mod state;
+mod summary;
+mod supervisor;

@@ -1,0 +1,236 @@
+//! Stage `bgp`: BIRD under the supervisor with the generated config (checked with `bird -p`),
+//! every prefix withdrawn at start, and the health loop on its own thread deciding what is
+//! announced; passes once every session is established and the specifics are announced.
+//!
+//! Safety: only the five IMRS prefixes exist in BIRD's config (the site validation and the
+//! generated export filter see to that, [`crate::bgp`]); a failure in any stage before this
+//! one means BIRD never starts; a DNS daemon that stops answering withdraws the specifics
+//! within two probes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imrs_config::report::{BgpReport, BgpSession};
+use tokio::sync::watch;
+
+use super::HELPER_TIMEOUT;
+use crate::bgp::{self, BirdDaemon, BirdOptions};
+use crate::context::Context;
+use crate::health::driver::{BirdAnnouncer, DnsProber, Driver};
+use crate::health::{Desired, Policy};
+use crate::outcome::Outcome;
+use crate::supervisor::{DaemonState, Spec};
+use crate::{command, log};
+
+/// How long the BGP sessions and the first announcement of the specifics may take.
+pub const BGP_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// BGP: BIRD with the generated config (checked with `bird -p`) and the health loop; passes
+/// once every session is established and the specifics are announced.
+pub async fn run(ctx: &mut Context) -> Outcome {
+    let Some(site) = ctx.site.clone() else {
+        return Outcome::Failed("no site config".into());
+    };
+    let bird = BirdDaemon::new(ctx.run_dir("bird"));
+    let text = match bgp::render(&site, &BirdOptions::default()) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Failed(log::chain(&e)),
+    };
+    let (b, reaper, handle) = (
+        bird.clone(),
+        ctx.reaper.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let written = tokio::task::spawn_blocking(move || {
+        b.write_config_with(&text, |tmp| {
+            let args = vec!["-p".into(), "-c".into(), tmp.to_string_lossy().into_owned()];
+            handle
+                .block_on(command::run(&reaper, &b.bird, &args, HELPER_TIMEOUT))
+                .map(drop)
+                .map_err(|message| bgp::BgpError::CheckFailed {
+                    path: tmp.to_path_buf(),
+                    message: message.to_string(),
+                })
+        })
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Outcome::Failed(log::chain(&e)),
+        Err(e) => return Outcome::Failed(format!("writing bird.conf crashed: {e}")),
+    }
+    let (program, args) = bird.command();
+    let mut spec = Spec::new("bird", program);
+    spec.args = args;
+    let socket = bird.socket();
+    spec.ready = Some(Arc::new(move || {
+        let b = bgp::Birdc::new(socket.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || b.command("show status").is_ok())
+                .await
+                .unwrap_or(false)
+        })
+    }));
+    let mut state = ctx.supervisor.start(spec);
+    ctx.serving.bird = Some(bird.clone());
+    // The health loop talks to BIRD: start it once BIRD's control socket answers.
+    let ready = tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| matches!(s, DaemonState::Ready { .. })),
+    )
+    .await;
+    if !matches!(ready, Ok(Ok(_))) {
+        return Outcome::Failed(format!(
+            "BIRD's control socket {} did not answer within 30 s",
+            bird.socket().display()
+        ));
+    }
+    let desired = start_health(ctx, &bird);
+    ctx.serving.desired = Some(desired.clone());
+
+    let deadline = Instant::now() + BGP_UP_TIMEOUT;
+    let birdc = bird.birdc();
+    loop {
+        let b = birdc.clone();
+        let sessions = tokio::task::spawn_blocking(move || b.protocols()).await;
+        let (up, down): (Vec<String>, Vec<String>) = match sessions {
+            Ok(Ok(p)) => {
+                let mut up = Vec::new();
+                let mut down = Vec::new();
+                for n in &site.bgp.neighbors {
+                    let name = bgp::session_name(n);
+                    match p.iter().find(|x| x.name == name) {
+                        Some(x) if x.is_up() => up.push(name),
+                        Some(x) => down.push(format!("{name} {}", x.info)),
+                        None => down.push(format!("{name} missing")),
+                    }
+                }
+                (up, down)
+            }
+            Ok(Err(e)) => (Vec::new(), vec![log::chain(&e)]),
+            Err(e) => (Vec::new(), vec![format!("birdc crashed: {e}")]),
+        };
+        let d = *desired.borrow();
+        if down.is_empty() && d.specifics {
+            let msg = format!(
+                "BGP sessions established ({}), announcing the covering and specific prefixes",
+                up.join(", ")
+            );
+            log::info(&msg);
+            ctx.notes.push(msg);
+            return Outcome::Passed;
+        }
+        if Instant::now() >= deadline {
+            return Outcome::Failed(format!(
+                "after {} s: sessions not established: [{}]; specifics {}",
+                BGP_UP_TIMEOUT.as_secs(),
+                down.join(", "),
+                if d.specifics {
+                    "announced"
+                } else {
+                    "withdrawn (DNS not healthy)"
+                }
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Starts the health loop on its own thread: probes the DNS service every second and applies
+/// the announcements through BIRD. Returns what it currently wants.
+fn start_health(ctx: &mut Context, bird: &BirdDaemon) -> watch::Receiver<Desired> {
+    let targets = ctx
+        .serving
+        .dns
+        .as_ref()
+        .map(|c| ctx.service_targets(c.port))
+        .unwrap_or_default();
+    let (tx, rx) = watch::channel(Desired {
+        covering: false,
+        specifics: false,
+        serve_zone: true,
+    });
+    let mut driver = Driver::new(
+        Policy::default(),
+        DnsProber::new(&targets),
+        BirdAnnouncer {
+            birdc: bird.birdc(),
+        },
+        ctx.serving.inputs.clone(),
+        |r| log::info(r.to_string()),
+        {
+            let mut limit = log::RateLimit::new(0.2, 3.0);
+            move |e| {
+                if let log::Admit::Yes { .. } = limit.admit(Instant::now()) {
+                    log::warn(format!("health: announcing through BIRD failed: {e}"));
+                }
+            }
+        },
+    );
+    let stop = ctx.serving.health_stop.clone();
+    let spawned = std::thread::Builder::new()
+        .name("health".into())
+        .spawn(move || {
+            driver.run_observed(&stop, crate::clock::wall_now, |d| {
+                tx.send_if_modified(|cur| {
+                    let changed = *cur != d;
+                    *cur = d;
+                    changed
+                });
+            });
+        });
+    if let Err(e) = spawned {
+        log::error(format!("cannot start the health loop: {e}"));
+    }
+    rx
+}
+
+/// The BGP part of the report: every session's state and what is announced.
+pub fn report(ctx: &Context) -> BgpReport {
+    let (Some(site), Some(bird)) = (&ctx.site, &ctx.serving.bird) else {
+        return BgpReport::default();
+    };
+    let protocols = bird.birdc().protocols().unwrap_or_default();
+    let sessions = site
+        .bgp
+        .neighbors
+        .iter()
+        .map(|n| {
+            let name = bgp::session_name(n);
+            let state = protocols
+                .iter()
+                .find(|p| p.name == name)
+                .map_or("unknown".to_string(), |p| {
+                    format!("{} {}", p.state, p.info).trim().to_string()
+                });
+            BgpSession {
+                name,
+                address: n.address,
+                asn: n.asn,
+                state,
+            }
+        })
+        .collect();
+    let d = ctx
+        .serving
+        .desired
+        .as_ref()
+        .map(|d| *d.borrow())
+        .unwrap_or(Desired {
+            covering: false,
+            specifics: false,
+            serve_zone: false,
+        });
+    let announced = imrs_config::imrs::IMRS_PREFIXES
+        .iter()
+        .filter(|p| match p.kind {
+            imrs_config::imrs::PrefixKind::Covering => d.covering,
+            imrs_config::imrs::PrefixKind::Specific => d.specifics,
+        })
+        .map(|p| p.prefix)
+        .collect();
+    BgpReport {
+        sessions,
+        announced,
+    }
+}

@@ -1,0 +1,68 @@
+//! Stage `clock`: a trustworthy clock before anything checks a signature window. The image's
+//! build time is a floor; then NTP (`chronyd -q` against the site's servers) or, on a lab site
+//! with `trust_rtc = true`, the RTC ([`crate::clock`]).
+
+use crate::clock;
+use crate::context::Context;
+use crate::log;
+use crate::outcome::Outcome;
+use crate::pid1::Role;
+
+/// Sets or confirms the clock.
+pub async fn run(ctx: &mut Context) -> Outcome {
+    let (Ok(info), Some(site)) = (&ctx.image, &ctx.site) else {
+        return Outcome::Failed("no image info or site config".into());
+    };
+    let epoch = info.source_date_epoch;
+    let now = clock::unix_now();
+    if now < epoch {
+        let msg = format!("clock {now} is behind the image build time {epoch}");
+        if ctx.role == Role::Machine {
+            match clock::set_floor(epoch) {
+                Ok(()) => log::warn(format!("{msg}: set to it as a floor")),
+                Err(e) => log::error(log::chain(&e)),
+            }
+        } else {
+            log::warn(format!("{msg}: not set outside the machine role"));
+        }
+        ctx.notes.push(format!("{msg}: floor applied"));
+    }
+    let chronyd = ctx.root.join(clock::CHRONYD);
+    let chronyd = chronyd.exists().then_some(chronyd);
+    let run_dir = ctx.root.join("run/imrs");
+    let _ = std::fs::create_dir_all(&run_dir);
+    match clock::plan(now, epoch, &site.ntp, chronyd.as_deref(), &run_dir) {
+        clock::Plan::Fail(e) => Outcome::Failed(e.to_string()),
+        clock::Plan::TrustRtc => {
+            let msg = format!(
+                "clock {now} taken from the RTC without confirmation: trust_rtc = true (LAB)"
+            );
+            log::warn(&msg);
+            ctx.notes.push(msg);
+            ctx.clock_source = "rtc (trust_rtc = true, lab)".into();
+            Outcome::Passed
+        }
+        clock::Plan::Ntp { program, args } => {
+            let servers = site.ntp.servers.clone();
+            log::info(format!(
+                "setting the clock from NTP ({} servers)",
+                servers.len()
+            ));
+            match clock::run_ntp(&ctx.reaper, &program, &args, &servers, clock::NTP_TIMEOUT).await {
+                Err(e) => Outcome::Failed(e.to_string()),
+                Ok(()) => {
+                    let after = clock::unix_now();
+                    if after < epoch {
+                        return Outcome::Failed(
+                            clock::ClockError::StillBehind { now: after, epoch }.to_string(),
+                        );
+                    }
+                    ctx.notes.push(format!("clock set by NTP: {after}"));
+                    let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+                    ctx.clock_source = format!("ntp ({})", list.join(", "));
+                    Outcome::Passed
+                }
+            }
+        }
+    }
+}

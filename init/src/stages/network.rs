@@ -1,0 +1,93 @@
+//! Stage `network`: the site's interfaces, addresses and gateways, and the service addresses,
+//! applied through netlink ([`crate::net`], idempotent); passes once IPv6 duplicate address
+//! detection has finished, so nothing talks from a tentative address.
+//!
+//! Outside a PID namespace (role `child`) the stage refuses to touch interfaces: they would be
+//! the host's.
+
+use std::time::{Duration, Instant};
+
+use imrs_config::report::InterfaceReport;
+
+use crate::context::Context;
+use crate::outcome::Outcome;
+use crate::pid1::Role;
+use crate::{log, net};
+
+/// How long IPv6 duplicate address detection may take on the management interfaces (a
+/// duplicate address never leaves the tentative state: the stage fails and says so).
+pub const DAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Applies the site's network.
+pub async fn run(ctx: &mut Context) -> Outcome {
+    let Some(site) = &ctx.site else {
+        return Outcome::Failed("no site config".into());
+    };
+    if ctx.role == Role::Child {
+        // Not PID 1 of anything: this is somebody's machine, whose network is not ours.
+        return Outcome::Failed(
+            "not the machine's or a namespace's PID 1: the network is left alone".into(),
+        );
+    }
+    let plan = net::NetPlan::from_site(site);
+    let handle = match net::connect() {
+        Ok(h) => h,
+        Err(e) => return Outcome::Failed(log::chain(&e)),
+    };
+    let report = match net::apply(&handle, &plan).await {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(log::chain(&e)),
+    };
+    for c in &report.changes {
+        log::info(format!("network: {c}"));
+    }
+    if report.service_fallback {
+        let msg = format!(
+            "no dummy interface driver: service addresses on {}",
+            net::FALLBACK_IFACE
+        );
+        log::warn(&msg);
+        ctx.notes.push(msg);
+    }
+    ctx.notes.push(format!(
+        "{} changes; service addresses on {}",
+        report.changes.len(),
+        report.service_iface
+    ));
+    // Usable addresses before anything talks: wait out IPv6 duplicate address detection.
+    let deadline = Instant::now() + DAD_TIMEOUT;
+    for (_, kernel_name) in &report.links {
+        loop {
+            match net::tentative(&handle, kernel_name).await {
+                Ok(t) if t.is_empty() => break,
+                Ok(t) if Instant::now() >= deadline => {
+                    let msg = format!(
+                        "{kernel_name}: still tentative after {} s (duplicate address detection): {}",
+                        DAD_TIMEOUT.as_secs(),
+                        t.iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    return Outcome::Failed(msg);
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => return Outcome::Failed(log::chain(&e)),
+            }
+        }
+    }
+    let mut names: Vec<String> = report.links.iter().map(|(_, k)| k.clone()).collect();
+    names.push(report.service_iface.clone());
+    ctx.serving.interfaces.clear();
+    for name in names {
+        if let Ok(Some(l)) = net::link_state(&handle, &name).await {
+            ctx.serving.interfaces.push(InterfaceReport {
+                name: l.name,
+                mac: (!l.mac.is_empty()).then_some(l.mac),
+                up: l.up,
+                addresses: l.addresses,
+            });
+        }
+    }
+    Outcome::Passed
+}
