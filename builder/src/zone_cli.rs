@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use imrs_zone::{
     AxfrConfig, Candidate, DEFAULT_ANCHORS_PATH, Timestamp, TrustAnchors, Verification, Zone,
-    ZoneStore,
 };
 
 /// Root zone commands.
@@ -84,22 +83,30 @@ pub fn run(cmd: ZoneCommand, json: bool) -> anyhow::Result<i32> {
             let at = at.unwrap_or_else(Timestamp::now);
             let v = imrs_zone::verify(&transfer.zone, &anchors, at);
             let source = format!("axfr://{}", transfer.server);
-            let store = ZoneStore::new(&out);
             let written = if v.is_verified() {
-                let current = store
-                    .current()
-                    .context("reading the current zone's record")?;
-                let rec = imrs_zone::accept(
-                    Candidate {
-                        zone: &transfer.zone,
-                        verification: &v,
-                        source: &source,
-                    },
-                    current.as_ref(),
-                    false,
-                    &store,
-                );
-                Some(rec)
+                // The zone already at --out (the truth: its own SOA) must be older.
+                let current = if out.exists() {
+                    let z = Zone::load(&out).with_context(|| {
+                        format!(
+                            "{} exists and is not a zone file: remove it or choose another --out",
+                            out.display()
+                        )
+                    })?;
+                    Some(z.serial())
+                } else {
+                    None
+                };
+                let candidate = Candidate {
+                    zone: &transfer.zone,
+                    verification: &v,
+                    source: &source,
+                };
+                Some(
+                    imrs_zone::decide(candidate, current, false).and_then(|rec| {
+                        write_zone_and_record(&out, &transfer.zone, &rec)?;
+                        Ok(rec)
+                    }),
+                )
             } else {
                 None
             };
@@ -116,6 +123,23 @@ pub fn run(cmd: ZoneCommand, json: bool) -> anyhow::Result<i32> {
             })
         }
     }
+}
+
+/// Writes the zone to `out` and its record (informational: the zone file is the truth) to
+/// `out.verified.json`, each atomically.
+fn write_zone_and_record(
+    out: &Path,
+    zone: &Zone,
+    rec: &imrs_zone::AcceptedRecord,
+) -> Result<(), imrs_zone::AcceptError> {
+    use std::io::Write;
+    imrs_zone::accept::write_atomically(out, |w| zone.write_text(w))?;
+    let mut record = out.as_os_str().to_owned();
+    record.push(".verified.json");
+    imrs_zone::accept::write_atomically(Path::new(&record), |w| {
+        serde_json::to_writer_pretty(&mut *w, rec).map_err(std::io::Error::other)?;
+        w.write_all(b"\n")
+    })
 }
 
 fn load_anchors(path: &Path) -> anyhow::Result<TrustAnchors> {

@@ -38,6 +38,31 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     result
 }
 
+/// Reads at most `limit` bytes of a regular file, without following anything but the path
+/// given: a larger file is an error naming the limit (never more than `limit + 1` bytes are
+/// read, so `/dev/zero` or a huge file cannot exhaust memory), and a FIFO, device or folder is an
+/// error before anything is read (a FIFO would block).
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let file = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(meta.len().min(limit) as usize);
+    file.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than the {limit} bytes allowed"),
+        ));
+    }
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +84,19 @@ mod tests {
         std::fs::write(d.path().join("dir/x"), b"x").unwrap();
         assert!(write_atomic(&d.path().join("dir"), b"x", 0o644).is_err());
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn limited_reads_refuse_large_files_fifos_and_devices() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"12345").unwrap();
+        assert_eq!(read_limited(&p, 5).unwrap(), b"12345");
+        let e = read_limited(&p, 4).unwrap_err();
+        assert!(e.to_string().contains("4 bytes"), "{e}");
+        // /dev/zero never ends: refused before reading.
+        let e = read_limited(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(read_limited(d.path(), 10).is_err());
     }
 }

@@ -39,6 +39,11 @@ pub struct ImageInfo {
     pub profile: Profile,
     /// The builder that made the image.
     pub builder: String,
+    /// Built for tests: the init honours its test hooks (`imrs.root`, `imrs.supervise`,
+    /// `imrs.hold`, `imrs.state`, `imrs.fake_time`) as the machine's PID 1. Never in an image
+    /// that ships; absent from `image.json` when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_hooks: bool,
 }
 
 /// One output file of a build.

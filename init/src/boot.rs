@@ -132,7 +132,15 @@ fn run() -> ! {
         log::error(format!("PANIC: {info}; rebooting"));
         pid1::finish(role, Halt::Reboot, pid1::PANIC_EXIT);
     }));
-    let settings = cmdline::parse(&cmdline_text(role));
+    let mut settings = cmdline::parse(&cmdline_text(role));
+    let mut dropped_hooks = Vec::new();
+    if role == Role::Machine {
+        // The image itself (never the command line) says whether it was built for tests.
+        let test_image = context::read_image(Path::new("/")).is_ok_and(|i| i.test_hooks);
+        if !test_image {
+            dropped_hooks = settings.drop_test_hooks();
+        }
+    }
     let image = context::read_image(&settings.root);
     // First line on the console.
     log::info(banner(&image));
@@ -155,15 +163,16 @@ fn run() -> ! {
     for p in &settings.problems {
         log::warn(p.to_string());
     }
+    for hook in dropped_hooks {
+        log::warn(format!(
+            "imrs.{hook} is a test hook: ignored (this image was not built for tests)"
+        ));
+    }
     if let Some(t) = settings.fake_time {
-        if role == Role::Machine {
-            log::warn("imrs.fake_time is a test hook: ignored as the machine's init");
-        } else {
-            clock::set_fake_time(t);
-            log::warn(format!(
-                "imrs.fake_time={t}: the init's clock is shifted (test)"
-            ));
-        }
+        clock::set_fake_time(t);
+        log::warn(format!(
+            "imrs.fake_time={t}: the init's clock is shifted (test)"
+        ));
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -100,6 +100,35 @@ fn flag(value: &str) -> Option<bool> {
     }
 }
 
+impl Settings {
+    /// Drops every test hook (`imrs.root`, `imrs.supervise`, `imrs.hold`, `imrs.state`,
+    /// `imrs.fake_time`) and returns the names of those that were given: as the machine's init
+    /// of an image not built for tests, nothing on the boot loader's command line may swap the
+    /// files the init trusts, start programs, hold the boot or shift its clock.
+    pub fn drop_test_hooks(&mut self) -> Vec<&'static str> {
+        let defaults = Settings::default();
+        let mut dropped = Vec::new();
+        if self.root != defaults.root {
+            dropped.push("root");
+            self.root = defaults.root;
+        }
+        if !self.supervise.is_empty() {
+            dropped.push("supervise");
+            self.supervise.clear();
+        }
+        if self.hold.take().is_some() {
+            dropped.push("hold");
+        }
+        if self.state_dir.take().is_some() {
+            dropped.push("state");
+        }
+        if self.fake_time.take().is_some() {
+            dropped.push("fake_time");
+        }
+        dropped
+    }
+}
+
 /// Parses command-line text.
 pub fn parse(text: &str) -> Settings {
     let mut s = Settings::default();
@@ -169,6 +198,39 @@ pub fn parse(text: &str) -> Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_hooks_are_dropped_and_named() {
+        let mut s = parse(
+            "imrs.root=/tmp/fake imrs.supervise=/bin/sh imrs.hold=zone imrs.state=/tmp/s \
+             imrs.fake_time=1 imrs.stop_after=hardware imrs.manifest=",
+        );
+        let dropped = s.drop_test_hooks();
+        assert_eq!(dropped, ["root", "supervise", "hold", "state", "fake_time"]);
+        assert_eq!(s.root, Settings::default().root);
+        assert!(s.supervise.is_empty() && s.hold.is_none() && s.state_dir.is_none());
+        assert!(s.fake_time.is_none());
+        // Boot parameters that are not test hooks stay.
+        assert_eq!(s.stop_after, Some(Stage::Hardware));
+        assert!(
+            parse("imrs.poweroff_after_boot=1")
+                .drop_test_hooks()
+                .is_empty()
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Whatever the boot loader passes, parsing never panics.
+        #[test]
+        fn damaged_command_lines_never_panic(bytes in crate::fuzzing::damaged(
+            b"console=ttyS0 imrs.state=/var/lib/imrs imrs.hold=zone imrs.stop_after=hardware \
+              imrs.manifest=0123abcd imrs.fake_time=1785542400 imrs.grace=5 \
+              imrs.poweroff_after_boot=1 imrs.supervise=/bin/x".to_vec()
+        )) {
+            let _ = parse(&String::from_utf8_lossy(&bytes));
+        }
+    }
 
     #[test]
     fn parses_known_and_reports_unknown_and_bad() {

@@ -61,11 +61,11 @@ fn truncate(s: &str) -> String {
     if s.len() <= MAX_REASON {
         return s.to_string();
     }
-    let mut end = MAX_REASON - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    let end = (0..=MAX_REASON - 3)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}...", s.get(..end).unwrap_or_default())
 }
 
 fn stage_outcomes(results: &[StageResult]) -> Vec<StageOutcome> {
@@ -198,5 +198,24 @@ pub fn report_failure(
             "cannot queue the install-failed report: {}",
             log::chain(&e)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_cut_on_a_character_boundary() {
+        // Two-byte characters: the limit falls inside one.
+        let long = "é".repeat(MAX_REASON);
+        let cut = truncate(&long);
+        assert!(
+            cut.len() <= MAX_REASON && cut.ends_with("..."),
+            "{}",
+            cut.len()
+        );
+        assert!(cut.trim_end_matches("...").chars().all(|c| c == 'é'));
+        assert_eq!(truncate("short"), "short");
     }
 }

@@ -16,6 +16,12 @@
 //!   installation report both the phone-home stage and a failed first boot queue).
 //! - **The pipeline** (`pipeline`: the state machine over the stages) and [`boot`] (start-up
 //!   order, event loop, shutdown).
+//!
+//! PID 1 must not panic on data: strings from the disk, the network or the kernel are never
+//! sliced by byte offset (`clippy::string_slice` is denied here; use `get`, `char_indices`,
+//! `split_once` or `chars`).
+
+#![deny(clippy::string_slice)]
 
 pub mod bgp;
 pub mod boot;
@@ -25,6 +31,8 @@ mod command;
 mod context;
 mod control;
 pub mod dns;
+#[cfg(test)]
+mod fuzzing;
 mod hardware;
 pub mod health;
 mod installation;

@@ -1,16 +1,20 @@
 //! The root zone on the appliance: the zone stage (a verified zone to serve) and the refresh
 //! loop that keeps it fresh in steady state, both on `imrs-zone`.
 //!
-//! - **Where**: `<state>/zone/root.zone` and its record `root.zone.verified.json` (what was
-//!   verified, when, from where), written atomically by [`imrs_zone::accept`]; the daemons load
-//!   that file. On the persistent data partition it survives reboots.
-//! - **Zone stage** ([`obtain`]): a stored zone whose verification is younger than the SOA
-//!   expire (604800 s) is served at once (the refresh loop polls the transfer servers right
-//!   after), so a later boot is on the air in seconds. Otherwise one round over the site's
-//!   transfer servers (ICANN's when the site names none): AXFR, ZONEMD + DNSSEC against the
-//!   image's trust anchors at the current time, acceptance (never an older serial). A server
-//!   that is unreachable is retried with backoff for as long as it takes (the node stays off
-//!   the air meanwhile); a zone that fails verification fails the stage with the exact reason.
+//! - **Where**: the zone store `<state>/zone` ([`imrs_zone::store`]): each accepted zone and its
+//!   record (what was verified, when it was last refreshed, from where) committed in one atomic
+//!   step; the daemons load `<state>/zone/current/root.zone`. On the persistent data partition
+//!   it survives reboots.
+//! - **Zone stage** ([`obtain`]): the disk is evidence, not truth. The stored zone is verified
+//!   in full again (ZONEMD + DNSSEC against the image's anchors at the trusted time) before any
+//!   daemon sees it; it is served at once (the refresh loop polls the transfer servers right
+//!   after) only when it verifies, its record describes it (serial, ZONEMD digest, a refresh
+//!   time not in the future) and it has not expired (SOA expire after the last refresh, never
+//!   past its first signature expiry). Otherwise one round over the site's transfer servers
+//!   (ICANN's when the site names none): AXFR, ZONEMD + DNSSEC at the current time, acceptance
+//!   (never older than a stored zone that verified). A server that is unreachable is retried
+//!   with backoff for as long as it takes (the node stays off the air meanwhile); a zone that
+//!   fails verification fails the stage with the exact reason.
 //! - **Refresh** ([`refresh_loop`]): polls the SOA serial of the transfer servers every SOA
 //!   refresh (retry after a failure); a newer serial is transferred, verified, accepted and
 //!   loaded into the running daemon without dropping queries. The zone expires 604800 s after
@@ -25,11 +29,11 @@ use std::time::{Duration, SystemTime};
 use domain::base::iana::Class;
 use domain::base::{Name, Rtype};
 use imrs_config::site::{Site, parse_server};
-use imrs_zone::accept::{AcceptError, AcceptedRecord, Candidate, ZoneStore};
+use imrs_zone::accept::{AcceptError, AcceptedRecord, Candidate};
 use imrs_zone::anchors::TrustAnchors;
 use imrs_zone::axfr::{AxfrConfig, transfer_from};
 use imrs_zone::refresh::{RefreshState, SoaTimers, decide};
-use jiff::Timestamp;
+use imrs_zone::store::{Stored, ZoneStore};
 
 use crate::command::CommandError;
 use crate::dns::probe::{self, Transport};
@@ -38,10 +42,8 @@ use crate::log;
 
 /// The image's copy of IANA's trust anchors (under the init's root).
 pub const ANCHORS: &str = "etc/imrs/root-anchors.xml";
-/// Folder of the accepted zone inside the state folder.
+/// The zone store inside the state folder.
 pub const ZONE_DIR: &str = "zone";
-/// The accepted zone file.
-pub const ZONE_FILE: &str = "root.zone";
 /// First delay between rounds when every transfer server is unreachable; doubles up to
 /// [`RETRY_MAX`].
 pub const RETRY_MIN: Duration = Duration::from_secs(2);
@@ -78,24 +80,15 @@ impl ZoneSetup {
         ZoneSetup {
             servers,
             anchors_path: root.join(ANCHORS),
-            store: ZoneStore::new(&state_dir.join(ZONE_DIR).join(ZONE_FILE)),
+            store: ZoneStore::new(&state_dir.join(ZONE_DIR)),
             timers: SoaTimers::ROOT,
         }
     }
 
-    /// When a zone verified at `verified_at` expires.
+    /// When a zone stops being servable: the SOA expire after its last refresh, never past
+    /// its first signature expiry ([`AcceptedRecord::expires_at`]).
     pub fn expires_at(&self, record: &AcceptedRecord) -> Option<SystemTime> {
-        let t: Timestamp = record.verified_at.parse().ok()?;
-        let d = decide(
-            self.timers,
-            RefreshState {
-                last_success: Some(t),
-                last_attempt: Some(t),
-                last_notify: None,
-            },
-            t,
-        );
-        d.expires_at.map(SystemTime::from)
+        record.expires_at(self.timers.expire).map(SystemTime::from)
     }
 }
 
@@ -126,19 +119,15 @@ fn load_anchors(path: &Path) -> Result<TrustAnchors, RoundError> {
     })
 }
 
-/// One round over the servers (blocking): transfer, verify at the current time, accept.
-/// Stops at the first server whose zone is accepted: a newer serial, or the stored serial
-/// verified again (stored with the new verification time).
-pub fn round(setup: &ZoneSetup) -> Result<AcceptedRecord, RoundError> {
+/// One round over the servers (blocking): transfer, verify at the current time, accept against
+/// `current` (the zone being served, or a stored zone that verified). Stops at the first server
+/// whose zone is accepted: a newer serial, or the current serial verified again (stored with
+/// this refresh time).
+pub fn round(
+    setup: &ZoneSetup,
+    current: Option<&AcceptedRecord>,
+) -> Result<AcceptedRecord, RoundError> {
     let anchors = load_anchors(&setup.anchors_path)?;
-    if let Some(dir) = setup.store.zone_path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| RoundError::Refused(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    let current = setup
-        .store
-        .current()
-        .map_err(|e| RoundError::Refused(log::chain(&e)))?;
     let config = AxfrConfig {
         servers: setup.servers.clone(),
         connect_timeout: Duration::from_secs(3),
@@ -161,7 +150,7 @@ pub fn round(setup: &ZoneSetup) -> Result<AcceptedRecord, RoundError> {
             verification: &v,
             source: &source,
         };
-        match imrs_zone::accept(candidate, current.as_ref(), false, &setup.store) {
+        match imrs_zone::accept(candidate, current, false, &setup.store) {
             Ok(record) => return Ok(record),
             Err(AcceptError::NotNewer {
                 candidate,
@@ -174,7 +163,7 @@ pub fn round(setup: &ZoneSetup) -> Result<AcceptedRecord, RoundError> {
                     verification: &v,
                     source: &source,
                 };
-                match imrs_zone::accept(again, current.as_ref(), true, &setup.store) {
+                match imrs_zone::accept(again, current, true, &setup.store) {
                     Ok(record) => return Ok(record),
                     Err(e) => refused.push(format!("{server}: {}", log::chain(&e))),
                 }
@@ -209,34 +198,59 @@ pub struct Obtained {
     pub from_store: bool,
 }
 
-/// The zone stage: a stored zone that has not expired, else rounds until one is accepted
-/// (unreachable servers are retried with backoff; a refused zone ends the stage).
-pub async fn obtain(setup: &ZoneSetup) -> Result<Obtained, String> {
-    match setup.store.current() {
-        Ok(Some(record)) => {
-            let fresh = setup
-                .expires_at(&record)
-                .is_some_and(|e| crate::clock::wall_now() < e);
-            if fresh && setup.store.zone_path.exists() {
-                return Ok(Obtained {
-                    record,
-                    from_store: true,
-                });
+/// The zone stage: the stored zone when it verifies now, its record vouches for it and it has
+/// not expired; else rounds until one is accepted (unreachable servers are retried with
+/// backoff; a refused zone ends the stage).
+pub async fn obtain(setup: &ZoneSetup) -> Result<Obtained, RoundError> {
+    let anchors = load_anchors(&setup.anchors_path)?;
+    let store = setup.store.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        store.load_verified(&anchors, crate::clock::timestamp_now())
+    })
+    .await
+    .map_err(|e| RoundError::Refused(format!("verifying the stored zone crashed: {e}")))?;
+    let mut current = None;
+    match stored {
+        Stored::Empty => {}
+        Stored::Refused(why) => log::error(format!(
+            "{}: not served; transferring anew",
+            log::chain(&why)
+        )),
+        Stored::Verified(v) => {
+            let record = v.record;
+            match v.hint {
+                Ok(()) => {
+                    let fresh = setup
+                        .expires_at(&record)
+                        .is_some_and(|e| crate::clock::wall_now() < e);
+                    if fresh {
+                        return Ok(Obtained {
+                            record,
+                            from_store: true,
+                        });
+                    }
+                    log::warn(format!(
+                        "stored zone serial {} (refreshed {}, signatures valid until {}) has \
+                         expired: transferring a new one",
+                        record.serial, record.refreshed_at, record.signatures_valid_until
+                    ));
+                }
+                Err(problem) => log::error(format!(
+                    "stored zone serial {} verifies, but its record does not vouch for it ({}): \
+                     not served; transferring anew",
+                    record.serial,
+                    log::chain(&problem)
+                )),
             }
-            log::warn(format!(
-                "stored zone serial {} (verified {}) has expired: transferring a new one",
-                record.serial, record.verified_at
-            ));
+            current = Some(record);
         }
-        Ok(None) => {}
-        Err(e) => log::warn(format!("{}: ignored, transferring anew", log::chain(&e))),
     }
     let mut delay = RETRY_MIN;
     loop {
-        let s = setup.clone();
-        let r = tokio::task::spawn_blocking(move || round(&s))
+        let (s, c) = (setup.clone(), current.clone());
+        let r = tokio::task::spawn_blocking(move || round(&s, c.as_ref()))
             .await
-            .map_err(|e| format!("zone round crashed: {e}"))?;
+            .map_err(|e| RoundError::Refused(format!("zone round crashed: {e}")))?;
         match r {
             Ok(record) => {
                 return Ok(Obtained {
@@ -244,7 +258,7 @@ pub async fn obtain(setup: &ZoneSetup) -> Result<Obtained, String> {
                     from_store: false,
                 });
             }
-            Err(RoundError::Refused(why)) => return Err(why),
+            Err(e @ RoundError::Refused(_)) => return Err(e),
             Err(RoundError::Unreachable(why)) => {
                 log::warn(format!(
                     "{why}; trying again in {} s (off the air until a zone verifies)",
@@ -298,7 +312,7 @@ pub async fn refresh_loop(
     on_new: OnNewZone,
 ) {
     let mut state = RefreshState {
-        last_success: record.verified_at.parse().ok(),
+        last_success: record.refreshed_at.parse().ok(),
         last_attempt: None,
         last_notify: None,
     };
@@ -384,7 +398,7 @@ fn poll_and_fetch(setup: &ZoneSetup, current: &AcceptedRecord) -> Result<Refresh
             errors.join("; ")
         ));
     }
-    match round(setup) {
+    match round(setup, Some(current)) {
         Ok(record) => Ok(Refreshed::Stored(record)),
         Err(e) => Err(e.to_string()),
     }

@@ -27,7 +27,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// Parses `/proc/PID/stat` text: (ppid, state).
 fn parse_stat(text: &str) -> Option<(i32, char)> {
     // "pid (comm) S ppid ...": comm may contain spaces and parentheses; the last ')' ends it.
-    let rest = &text[text.rfind(')')? + 1..];
+    let (_, rest) = text.rsplit_once(')')?;
     let mut it = rest.split_whitespace();
     let state = it.next()?.chars().next()?;
     let ppid = it.next()?.parse().ok()?;

@@ -21,6 +21,10 @@ use imrs_config::site::Site;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 /// GPT partition name of the config partition.
+/// The largest site config read from a partition or the initramfs.
+pub const MAX_SITE_BYTES: u64 = 256 * 1024;
+/// The largest signature file read (a detached hex signature is 128 characters).
+pub const MAX_SIGNATURE_BYTES: u64 = 4 * 1024;
 pub const CONFIG_PARTNAME: &str = "IMRS-CONFIG";
 /// Where the config partition is mounted.
 pub const CONFIG_MOUNT: &str = "/run/imrs/config";
@@ -131,14 +135,15 @@ fn verify_in(
         origin: origin.to_string(),
         source,
     };
-    let text = match std::fs::read(&path) {
+    // The config partition is writable by whoever holds the box: bounded reads, regular files.
+    let text = match imrs_config::fsutil::read_limited(&path, MAX_SITE_BYTES) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(refused(SignedSiteError::Read { path, source })),
     };
     let sig = signed::sig_path_for(&path);
-    let sig_text = match std::fs::read_to_string(&sig) {
-        Ok(t) => t,
+    let sig_text = match imrs_config::fsutil::read_limited(&sig, MAX_SIGNATURE_BYTES) {
+        Ok(t) => String::from_utf8_lossy(&t).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(refused(SignedSiteError::Unsigned { sig }));
         }

@@ -30,6 +30,8 @@ pub const STATE_FILE: &str = "state.json";
 pub const HARDWARE_REPORT: &str = "hardware-report.json";
 /// State schema version.
 pub const STATE_VERSION: u32 = 1;
+/// The largest state file read (a state file is a few KiB): a larger one is unknown state.
+pub const MAX_STATE_BYTES: u64 = 1024 * 1024;
 
 /// Saving state failed.
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +233,7 @@ impl Store {
     /// Loads the state; missing is fresh, unreadable or corrupt is fresh with a warning.
     pub fn load(&self, warn: &mut dyn FnMut(String)) -> State {
         let path = self.dir.join(STATE_FILE);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match imrs_config::fsutil::read_limited(&path, MAX_STATE_BYTES) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return State::fresh(),
             Err(e) => {
@@ -337,6 +339,52 @@ mod tests {
                 "{what}: {warnings:?}"
             );
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Whatever the disk holds in state.json, loading never panics: it is the saved state
+        /// or unknown (fresh) state with a warning.
+        #[test]
+        fn damaged_state_files_never_panic(
+            bytes in crate::fuzzing::damaged(valid_state_bytes())
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::write(d.path().join(STATE_FILE), &bytes).unwrap();
+            let mut warnings = Vec::new();
+            let s = store(d.path()).load(&mut |w| warnings.push(w));
+            proptest::prop_assert!(s.version == STATE_VERSION);
+            proptest::prop_assert!(warnings.len() <= 1);
+        }
+    }
+
+    fn valid_state_bytes() -> Vec<u8> {
+        let mut s = State::fresh();
+        s.boots = 3;
+        s.record(Stage::Platform, &Outcome::Passed, 0.5, vec!["n".into()]);
+        s.record(
+            Stage::Zone,
+            &Outcome::Failed("ZONEMD é".into()),
+            1.25,
+            vec![],
+        );
+        s.start(Stage::Dns);
+        s.shutdown(Halt::Reboot, 1_800_000_000);
+        serde_json::to_vec_pretty(&s).unwrap()
+    }
+
+    #[test]
+    fn an_oversized_state_file_is_unknown_state() {
+        let d = tempfile::tempdir().unwrap();
+        let mut big = valid_state_bytes();
+        big.resize(MAX_STATE_BYTES as usize + 1, b' ');
+        std::fs::write(d.path().join(STATE_FILE), &big).unwrap();
+        let mut warnings = Vec::new();
+        assert_eq!(
+            store(d.path()).load(&mut |w| warnings.push(w)),
+            State::fresh()
+        );
+        assert!(warnings[0].contains("unreadable"), "{warnings:?}");
     }
 
     #[test]

@@ -450,19 +450,16 @@ fn first_boot_passes_serves_announces_and_reports() {
     init.wait(Duration::from_secs(30));
     h.xfr.kill();
     let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("zone/root.zone.verified.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(state.join("zone/current/record.json")).unwrap())
             .unwrap();
-    let verified: jiff::Timestamp = record["verified_at"].as_str().unwrap().parse().unwrap();
-    let near_expiry = verified.as_second() + 604_800 - 25;
+    let refreshed: jiff::Timestamp = record["refreshed_at"].as_str().unwrap().parse().unwrap();
+    let near_expiry = refreshed.as_second() + 604_800 - 25;
     let cmdline = format!("imrs.fake_time={near_expiry} imrs.grace=2");
     let mut second = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
     second.wait_for("boot summary", Duration::from_secs(60));
     assert_eq!(second.count("stage phone-home: DONE EARLIER"), 1);
     assert_eq!(second.count("stage hardware: DONE EARLIER"), 1);
-    assert_eq!(
-        second.count("from the store, verified in an earlier boot"),
-        1
-    );
+    assert_eq!(second.count("from the store, verified again now"), 1);
     assert_eq!(second.count("stage steady: PASSED"), 1);
     let out = dig(&h.rtr, "198.51.100.42", false);
     assert!(out.contains(&SERIAL.to_string()), "second boot: {out}");
@@ -502,6 +499,90 @@ fn first_boot_passes_serves_announces_and_reports() {
     h.receiver.stop();
 }
 
+/// The real zone's text with the glue address of a.root-servers.net changed (signatures still
+/// verify: glue is unsigned; ZONEMD does not).
+fn with_forged_glue(text: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("a.root-servers.net.") && l.contains("\tA\t"))
+        .expect("glue for a.root-servers.net");
+    let forged = text.replacen(line, &line.replace("198.41.0.4", "198.41.0.5"), 1);
+    assert_ne!(forged, text, "glue line {line:?} not changed");
+    forged
+}
+
+#[test]
+fn forged_stored_zone_is_refused_and_transferred_anew() {
+    if !prerequisites("init_serving") {
+        return;
+    }
+    let (d, root, state, pki) = setup("ifz", &zone_file());
+    let h = host("ifz", d.path(), &zone_file(), &pki);
+    // Boot 1, as far as the zone stage: ICANN's zone is transferred, verified and stored.
+    let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
+    let mut init = Init::start_in(
+        Some(h.appl.name()),
+        &root,
+        &state,
+        &format!("{cmdline} imrs.stop_after=zone"),
+    );
+    init.wait_for("the pipeline ends here", Duration::from_secs(120));
+    assert_eq!(init.count("stage zone: PASSED"), 1, "{:#?}", init.console());
+    init.signal(libc::SIGTERM);
+    init.wait(Duration::from_secs(30));
+
+    // Whoever holds the data partition forges the stored zone (one glue address) and its record
+    // (a serial above ICANN's, refreshed far in the future), and an interrupted commit has left
+    // a half-written generation beside them.
+    let zone_dir = state.join("zone");
+    let stored = zone_dir.join("current/root.zone");
+    let genuine = std::fs::read_to_string(&stored).unwrap();
+    std::fs::write(&stored, with_forged_glue(&genuine)).unwrap();
+    let record_path = zone_dir.join("current/record.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    record["serial"] = (SERIAL + 1000).into();
+    record["refreshed_at"] = "2030-01-01T00:00:00Z".into();
+    std::fs::write(&record_path, record.to_string()).unwrap();
+    std::fs::create_dir_all(zone_dir.join(".tmp-1-1")).unwrap();
+    std::fs::write(
+        zone_dir.join(".tmp-1-1/root.zone"),
+        &genuine[..genuine.len() / 2],
+    )
+    .unwrap();
+
+    // Boot 2: the forged zone is refused, ICANN's is transferred, verified and served.
+    let mut second = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    second.wait_for("boot summary", Duration::from_secs(240));
+    assert_eq!(
+        second.count("not served; transferring anew"),
+        1,
+        "{:#?}",
+        second.console()
+    );
+    assert!(second.count("ZONEMD") >= 1, "{:#?}", second.console());
+    assert_eq!(second.count("transferred and verified"), 1);
+    assert_eq!(second.count("stage dns: PASSED"), 1);
+    let out = dig(&h.rtr, "198.51.100.42", false);
+    assert!(out.contains(&SERIAL.to_string()), "serial: {out}");
+    let ns = h.rtr.exec(
+        "dig",
+        &["@198.51.100.42", ".", "NS", "+norec", "+time=2", "+tries=1"],
+    );
+    let ns = String::from_utf8_lossy(&ns.stdout);
+    assert!(
+        ns.contains("198.41.0.4") && !ns.contains("198.41.0.5"),
+        "the genuine glue is served: {ns}"
+    );
+    // The store holds ICANN's zone again, and nothing of the interrupted commit.
+    let now_stored = std::fs::read_to_string(zone_dir.join("current/root.zone")).unwrap();
+    assert!(now_stored.contains("198.41.0.4") && !now_stored.contains("198.41.0.5"));
+    assert!(!zone_dir.join(".tmp-1-1").exists());
+    second.signal(libc::SIGTERM);
+    second.wait(Duration::from_secs(30));
+    h.receiver.stop();
+}
+
 #[test]
 fn tampered_zone_is_refused_and_reported() {
     if !prerequisites("init_serving") {
@@ -509,13 +590,7 @@ fn tampered_zone_is_refused_and_reported() {
     }
     let d = tempfile::tempdir().unwrap();
     // One glue address changed: signatures still verify (glue is unsigned), ZONEMD does not.
-    let text = std::fs::read_to_string(zone_file()).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("a.root-servers.net.") && l.contains("\tA\t"))
-        .expect("glue for a.root-servers.net");
-    let tampered = text.replacen(line, &line.replace("198.41.0.4", "198.41.0.5"), 1);
-    assert_ne!(tampered, text, "glue line {line:?} not changed");
+    let tampered = with_forged_glue(&std::fs::read_to_string(zone_file()).unwrap());
     let zone = d.path().join("tampered.zone");
     std::fs::write(&zone, tampered).unwrap();
     let (d2, root, state, pki) = setup("itz", &zone);

@@ -33,6 +33,9 @@ pub struct DnssecReport {
     pub anchors_used: Vec<u16>,
     /// Key tags of all DNSKEYs at the apex.
     pub zone_keys: Vec<u16>,
+    /// The earliest expiration among the verified signatures (RFC 3339): after it the zone no
+    /// longer verifies, whatever anyone wrote about it.
+    pub signatures_valid_until: String,
 }
 
 /// Why a zone fails DNSSEC verification. Each variant names the record,
@@ -404,9 +407,11 @@ pub fn verify(
     );
     let mut signed = vec![false; records.len()];
     let mut anchors_used = BTreeSet::new();
+    let mut valid_until: Option<Timestamp> = None;
     for res in &results {
         let ok = res.clone()?;
         signed[ok.rrset_start] = true;
+        valid_until = Some(valid_until.map_or(ok.expiration, |v| v.min(ok.expiration)));
         if ok.covered == Rtype::DNSKEY
             && ok.owner_is_apex
             && let Some(&k) = anchored.iter().find(|&&k| ok.key_index == k)
@@ -439,6 +444,8 @@ pub fn verify(
         nsec_checked,
         anchors_used: anchors_used.into_iter().collect(),
         zone_keys: keys.iter().map(|k| k.key_tag).collect(),
+        // The DNSKEY RRset is always signed, so there is at least one signature.
+        signatures_valid_until: valid_until.unwrap_or(at).to_string(),
     })
 }
 
@@ -448,6 +455,8 @@ struct SigOk {
     covered: Rtype,
     owner_is_apex: bool,
     key_index: usize,
+    /// When the signature expires.
+    expiration: Timestamp,
 }
 
 /// Verifies the RRSIG at `records[index]`; `data` is scratch space for
@@ -552,6 +561,7 @@ fn verify_one(
                 covered: sig.covered,
                 owner_is_apex: rec.owner == *zone.apex(),
                 key_index: i,
+                expiration: ts(sig.expiration, at),
             });
         }
     }

@@ -69,6 +69,8 @@ pub struct Proof {
     pub signatures_verified: usize,
     /// Verification time (RFC 3339).
     pub verified_at: String,
+    /// The earliest expiration among the zone's signatures (RFC 3339).
+    pub signatures_valid_until: String,
 }
 
 impl Verification {
@@ -94,6 +96,7 @@ impl Verification {
             anchors_used: dnssec.anchors_used.clone(),
             signatures_verified: dnssec.signatures_verified,
             verified_at: self.at.to_string(),
+            signatures_valid_until: dnssec.signatures_valid_until.clone(),
         })
     }
 

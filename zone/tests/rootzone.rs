@@ -340,7 +340,7 @@ fn anchors_that_match_no_ksk_and_anchor_windows() {
     let good = verify(zone, &anchors(), at());
     assert!(good.is_verified());
     let dir = tempfile::tempdir().unwrap();
-    let store = ZoneStore::new(&dir.path().join("root.zone"));
+    let store = ZoneStore::new(&dir.path().join("zone"));
     let cand = Candidate {
         zone,
         verification: &good,
@@ -349,9 +349,11 @@ fn anchors_that_match_no_ksk_and_anchor_windows() {
     let rec = accept(cand, None, false, &store).unwrap();
     assert_eq!(rec.serial, SERIAL);
     assert_eq!(rec.anchors_used, [20326]);
-    assert_eq!(store.current().unwrap().as_ref(), Some(&rec));
+    assert_eq!(rec.signatures_valid_until, "2026-08-13T20:00:00Z");
+    assert_eq!(rec.refreshed_at, rec.verified_at);
+    assert_eq!(store.hint().unwrap().as_ref(), Some(&rec));
     // The written text loads back into the same canonical zone.
-    let again = Zone::load(&store.zone_path).unwrap();
+    let again = Zone::load(&store.zone_path()).unwrap();
     assert_eq!(again.records(), zone.records());
     // Same serial again, and an older one than a newer current: refused.
     let err = accept(cand, Some(&rec), false, &store).unwrap_err();
@@ -378,7 +380,7 @@ fn anchors_that_match_no_ksk_and_anchor_windows() {
     assert!(forced.forced);
     // An unverified zone is never written.
     let bad = verify(zone, &only_2024, at());
-    let store2 = ZoneStore::new(&dir.path().join("other.zone"));
+    let store2 = ZoneStore::new(&dir.path().join("other"));
     let err = accept(
         Candidate {
             zone,
@@ -391,7 +393,7 @@ fn anchors_that_match_no_ksk_and_anchor_windows() {
     )
     .unwrap_err();
     assert!(matches!(err, AcceptError::NotVerified { .. }));
-    assert!(!store2.zone_path.exists() && !store2.record_path.exists());
+    assert!(!store2.zone_path().exists() && !store2.dir.exists());
 }
 
 #[test]

@@ -65,8 +65,8 @@ impl ProtocolInfo {
 fn parse_line(line: &str) -> Option<(u16, bool, &str)> {
     let b = line.as_bytes();
     if b.len() >= 5 && b[..4].iter().all(u8::is_ascii_digit) && (b[4] == b'-' || b[4] == b' ') {
-        let code = line[..4].parse().ok()?;
-        Some((code, b[4] == b' ', &line[5..]))
+        let code = line.get(..4)?.parse().ok()?;
+        Some((code, b[4] == b' ', line.get(5..)?))
     } else if b.len() == 4 && b.iter().all(u8::is_ascii_digit) {
         Some((line.parse().ok()?, true, ""))
     } else {

@@ -264,7 +264,7 @@ mod tests {
             (SPEC6, &["2001:500:3::/48", "2001:500:9f::/48"][..]),
         ] {
             let start = conf.find(&format!("protocol static {proto} {{")).unwrap();
-            let block = &conf[start..start + conf[start..].find("}\n").unwrap()];
+            let block = conf.get(start..).unwrap().split("}\n").next().unwrap();
             assert!(block.contains("disabled yes;"), "{block}");
             for p in prefixes {
                 assert!(block.contains(&format!("route {p} blackhole;")), "{block}");

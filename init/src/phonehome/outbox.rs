@@ -17,6 +17,9 @@ use super::identity::sync_dir;
 
 /// Outbox folder name inside the state folder.
 pub const OUTBOX_DIR: &str = "outbox";
+/// The largest envelope read back (a report is a few KiB; the receiver takes 1 MiB): anything
+/// larger was not written by this init and is set aside as corrupt.
+pub const MAX_ENVELOPE_BYTES: u64 = 1024 * 1024;
 
 /// The outbox could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -168,15 +171,17 @@ impl Outbox {
         let mut ok = Vec::new();
         let mut corrupt = Vec::new();
         for (path, id) in self.names()? {
-            let body = match std::fs::read(&path) {
-                Ok(b) => b,
+            let body = match imrs_config::fsutil::read_limited(&path, MAX_ENVELOPE_BYTES) {
+                Ok(b) => Some(b),
                 // Removed meanwhile (delivered by another handle): nothing to do.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Too large, or not a regular file: not a report this init wrote.
+                Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => None,
                 Err(source) => return Err(OutboxError::Dir { dir: path, source }),
             };
-            match SignedReport::from_json(&body) {
-                Ok(_) => ok.push(Pending { id, path, body }),
-                Err(_) => {
+            match body.filter(|b| SignedReport::from_json(b).is_ok()) {
+                Some(body) => ok.push(Pending { id, path, body }),
+                None => {
                     let mut aside = path.clone().into_os_string();
                     aside.push(".corrupt");
                     let aside = PathBuf::from(aside);
@@ -255,6 +260,33 @@ mod tests {
             ob.put("../x", &signed("x")),
             Err(OutboxError::BadId { .. })
         ));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Whatever an outbox file holds, reading the outbox never panics: the envelope is
+        /// pending, or set aside as corrupt.
+        #[test]
+        fn damaged_envelopes_never_panic(
+            bytes in crate::fuzzing::damaged(signed("report é").to_json())
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let ob = Outbox::open(dir.path()).unwrap();
+            let name = ob.dir.join(format!("{:020}-{}.json", 1, "e".repeat(32)));
+            std::fs::write(&name, &bytes).unwrap();
+            let (p, corrupt) = ob.pending().unwrap();
+            proptest::prop_assert_eq!(p.len() + corrupt.len(), 1);
+        }
+    }
+
+    #[test]
+    fn oversized_and_special_files_are_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path()).unwrap();
+        let big = ob.dir.join(format!("{:020}-{}.json", 1, "f".repeat(32)));
+        std::fs::write(&big, vec![b' '; MAX_ENVELOPE_BYTES as usize + 1]).unwrap();
+        let (p, corrupt) = ob.pending().unwrap();
+        assert!(p.is_empty() && corrupt.len() == 1, "{corrupt:?}");
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         info.dns,
         site,
         &hw,
-        setup.store.zone_path.clone(),
+        setup.store.zone_path(),
         ctx.run_dir(name),
     );
     if let Err(e) = cfg.write() {

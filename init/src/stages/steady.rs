@@ -49,8 +49,8 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l["VmRSS:".len()..].trim().to_string())
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .map(|v| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into());
     let msg = format!(

@@ -22,18 +22,22 @@ pub async fn run(ctx: &mut Context) -> Outcome {
     let outcome = match got {
         Ok(o) => {
             let r = &o.record;
+            // Only the first 16 digest characters: `chars`, never a byte slice (a string from
+            // disk must not be able to panic the init).
+            let digest: String = r.zonemd_digest.chars().take(16).collect();
             let msg = format!(
-                "zone serial {} {} (ZONEMD {} ok, {} signatures, anchors {:?}, verified {} from {})",
+                "zone serial {} {} (ZONEMD {digest}... ok, {} signatures, anchors {:?}, verified {}, \
+                 refreshed {} from {})",
                 r.serial,
                 if o.from_store {
-                    "from the store, verified in an earlier boot"
+                    "from the store, verified again now"
                 } else {
                     "transferred and verified"
                 },
-                &r.zonemd_digest[..16.min(r.zonemd_digest.len())],
                 r.signatures_verified,
                 r.anchors_used,
                 r.verified_at,
+                r.refreshed_at,
                 r.source
             );
             log::info(&msg);
