@@ -26,17 +26,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use domain::base::iana::Class;
-use domain::base::{Name, Rtype};
 use imrs_config::site::{Site, parse_server};
 use imrs_zone::accept::{AcceptError, AcceptedRecord, Candidate};
 use imrs_zone::anchors::TrustAnchors;
 use imrs_zone::axfr::{AxfrConfig, transfer_from};
+use imrs_zone::query::{self, Transport};
 use imrs_zone::refresh::{RefreshState, SoaTimers, decide};
 use imrs_zone::store::{Stored, ZoneStore};
 
 use crate::command::CommandError;
-use crate::dns::probe::{self, Transport};
 use crate::health::driver::SharedInputs;
 use crate::log;
 
@@ -275,17 +273,15 @@ pub async fn obtain(setup: &ZoneSetup) -> Result<Obtained, RoundError> {
 pub fn poll_serial(server: SocketAddr) -> Result<u32, String> {
     let mut last = String::new();
     for transport in [Transport::Udp, Transport::Tcp] {
-        match probe::query(
-            server,
-            transport,
-            Duration::from_secs(3),
-            &Name::root_vec(),
-            Rtype::SOA,
-            Class::IN,
-        ) {
-            Ok((msg, _)) => match probe::soa_serial(&msg) {
+        match query::root_soa(server, transport, Duration::from_secs(3)) {
+            Ok(r) => match r.root_soa_serial() {
                 Some(s) => return Ok(s),
-                None => last = format!("{server}: no SOA in the answer ({})", msg.header().rcode()),
+                None => {
+                    last = format!(
+                        "{server}: no SOA in the answer ({})",
+                        r.message.header().rcode()
+                    )
+                }
             },
             Err(e) => last = log::chain(&e),
         }

@@ -14,6 +14,7 @@
 //! - [`store`]: accepted zones on disk, committed in one step, verified again when read.
 //! - [`refresh`]: when to poll, when the zone expires.
 //! - [`axfr`]: the transfer client.
+//! - [`query`]: one DNS query over UDP or TCP (EDNS, NSID), the client every program uses.
 
 pub mod accept;
 pub mod anchors;
@@ -21,6 +22,7 @@ pub mod axfr;
 pub mod crypto;
 pub mod dnssec;
 pub mod name;
+pub mod query;
 pub mod refresh;
 pub mod store;
 pub mod verify;

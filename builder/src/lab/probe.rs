@@ -3,34 +3,13 @@
 //! transfer server for its readiness). Built and parsed with `domain`; the lab calls these from a
 //! thread inside its namespace ([`super::netns::NetNs::run_inside`]).
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use domain::base::iana::{Class, Rcode};
-use domain::base::opt::Nsid;
-use domain::base::{Message, MessageBuilder, Name, Rtype};
-use domain::rdata::Soa;
+use domain::base::iana::Rcode;
+pub use imrs_zone::query::Transport;
+use imrs_zone::query::{self, QueryError};
 use serde::Serialize;
-
-/// UDP or TCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// One datagram each way.
-    Udp,
-    /// Length-prefixed over one connection.
-    Tcp,
-}
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        })
-    }
-}
 
 /// One `. SOA` answer, or why there was none.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,68 +39,6 @@ impl SoaAnswer {
     }
 }
 
-fn query_wire(id: u16) -> Result<Vec<u8>, String> {
-    let mut b = MessageBuilder::new_vec();
-    b.header_mut().set_id(id);
-    b.header_mut().set_rd(false);
-    let mut q = b.question();
-    q.push((Name::root_vec(), Rtype::SOA, Class::IN))
-        .map_err(|e| e.to_string())?;
-    let mut add = q.additional();
-    add.opt(|opt| {
-        opt.set_udp_payload_size(1232);
-        opt.push(Nsid::empty())
-    })
-    .map_err(|e| e.to_string())?;
-    Ok(add.finish())
-}
-
-fn exchange(
-    server: SocketAddr,
-    transport: Transport,
-    timeout: Duration,
-    wire: &[u8],
-) -> std::io::Result<Vec<u8>> {
-    match transport {
-        Transport::Udp => {
-            let local: SocketAddr = match server.ip() {
-                IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-                IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-            };
-            let sock = UdpSocket::bind(local)?;
-            sock.connect(server)?;
-            sock.set_read_timeout(Some(timeout))?;
-            sock.send(wire)?;
-            let mut buf = vec![0u8; 65535];
-            let n = sock.recv(&mut buf)?;
-            buf.truncate(n);
-            Ok(buf)
-        }
-        Transport::Tcp => {
-            let mut s = TcpStream::connect_timeout(&server, timeout)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.set_write_timeout(Some(timeout))?;
-            let len = u16::try_from(wire.len())
-                .map_err(|_| std::io::Error::other("query longer than 65535 bytes"))?;
-            let mut framed = len.to_be_bytes().to_vec();
-            framed.extend_from_slice(wire);
-            s.write_all(&framed)?;
-            let mut len = [0u8; 2];
-            s.read_exact(&mut len)?;
-            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-            s.read_exact(&mut buf)?;
-            Ok(buf)
-        }
-    }
-}
-
-fn query_id() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    (h.finish() & 0xffff) as u16
-}
-
 /// Asks `server` for `. SOA` with NSID over `transport`; never fails, the answer says what
 /// happened.
 pub fn soa(server: SocketAddr, transport: Transport, timeout: Duration) -> SoaAnswer {
@@ -135,60 +52,24 @@ pub fn soa(server: SocketAddr, transport: Transport, timeout: Duration) -> SoaAn
         latency_ms: None,
         error: None,
     };
-    let id = query_id();
-    let wire = match query_wire(id) {
-        Ok(w) => w,
-        Err(e) => {
-            a.error = Some(format!("cannot build the query: {e}"));
-            return a;
-        }
-    };
-    let t = Instant::now();
-    let raw = match exchange(server, transport, timeout, &wire) {
+    let r = match query::root_soa(server, transport, timeout) {
         Ok(r) => r,
         Err(e) => {
-            a.error = Some(match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            a.error = Some(match e {
+                QueryError::Timeout { .. } => {
                     format!("no answer within {:.1} s", timeout.as_secs_f64())
                 }
-                _ => e.to_string(),
+                other => imrs_config::error_chain(&other),
             });
             return a;
         }
     };
-    a.latency_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
-    parse_answer(&mut a, raw, id);
-    a
-}
-
-fn parse_answer(a: &mut SoaAnswer, raw: Vec<u8>, id: u16) {
-    let msg = match Message::from_octets(raw) {
-        Ok(m) => m,
-        Err(e) => {
-            a.error = Some(format!("malformed answer: {e}"));
-            return;
-        }
-    };
-    if !msg.header().qr() || msg.header().id() != id {
-        a.error = Some(format!("not a response to query id {id}"));
-        return;
-    }
-    let rcode = msg.header().rcode();
+    a.latency_ms = Some(r.latency.as_secs_f64() * 1000.0);
+    let rcode = r.message.header().rcode();
     a.rcode = Some(rcode.to_string());
-    a.aa = msg.header().aa();
-    if let Ok(answer) = msg.answer() {
-        for rec in answer.limit_to::<Soa<_>>().flatten() {
-            if rec.owner().is_root() {
-                a.serial = Some(rec.data().serial().into_int());
-                break;
-            }
-        }
-    }
-    a.nsid = msg.opt().and_then(|opt| {
-        opt.opt()
-            .first::<Nsid<_>>()
-            .map(|n| String::from_utf8_lossy(n.as_slice()).into_owned())
-    });
+    a.aa = r.message.header().aa();
+    a.serial = r.root_soa_serial();
+    a.nsid = r.nsid();
     if rcode != Rcode::NOERROR {
         a.error = Some(format!("rcode {rcode}"));
     } else if !a.aa {
@@ -196,6 +77,7 @@ fn parse_answer(a: &mut SoaAnswer, raw: Vec<u8>, id: u16) {
     } else if a.serial.is_none() {
         a.error = Some("no SOA for . in the answer".into());
     }
+    a
 }
 
 /// The four measurement queries: UDP and TCP to each of `servers`.
@@ -212,6 +94,11 @@ pub fn soa_all(servers: &[SocketAddr], timeout: Duration) -> Vec<SoaAnswer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::base::iana::Class;
+    use domain::base::opt::Nsid;
+    use domain::base::{Message, MessageBuilder, Name, Rtype};
+    use domain::rdata::Soa;
+    use std::net::UdpSocket;
 
     /// Answers one UDP query on loopback with `respond(query)`.
     fn one_shot(respond: impl FnOnce(&[u8]) -> Vec<u8> + Send + 'static) -> SocketAddr {

@@ -1,84 +1,32 @@
-//! The readiness probe: `. SOA` with an NSID request, over UDP or TCP, to one address.
+//! The readiness probe: `. SOA` with an NSID request, over UDP or TCP, to one address, judged
+//! for readiness. The query itself is [`imrs_zone::query`]'s; this module is the policy.
 //!
 //! Ready means NOERROR with the AA bit, the expected SOA serial and, when asked for, an NSID in
 //! the answer (facts.md, Service expectations: measurement probes require NSID). Knot answers
 //! SERVFAIL while a zone loads, so "the daemon answers" is not readiness.
 //!
 //! Blocking with a timeout on purpose: the health driver calls it from its own thread once a
-//! second. Messages are built and parsed with `domain`; only the TCP length prefix is framed here.
+//! second.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
+use domain::base::Name;
+use domain::base::Rtype;
 use domain::base::iana::{Class, Rcode};
-use domain::base::opt::Nsid;
-use domain::base::{Message, MessageBuilder, Name, Rtype};
-use domain::rdata::{Soa, Txt};
-
-/// How a query travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// One UDP datagram each way.
-    Udp,
-    /// A TCP connection with the two-byte length prefix.
-    Tcp,
-}
-
-impl std::fmt::Display for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        })
-    }
-}
+pub use imrs_zone::query::{QueryError, Response, Transport, query};
 
 /// Why a probe did not find the server ready.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    /// Sending or receiving failed (refused, unreachable, reset).
-    #[error("{server}/{transport}: {op}")]
-    Io {
-        /// The server.
-        server: SocketAddr,
-        /// The transport.
-        transport: Transport,
-        /// What failed.
-        op: &'static str,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// No answer within the timeout.
-    #[error("{server}/{transport}: no answer within {timeout:?}")]
-    Timeout {
-        /// The server.
-        server: SocketAddr,
-        /// The transport.
-        transport: Transport,
-        /// The timeout.
-        timeout: Duration,
-    },
-    /// The query could not be built (an internal error).
-    #[error("cannot build query for {server}: {message}")]
-    Build {
-        /// The server.
-        server: SocketAddr,
-        /// What went wrong.
-        message: String,
-    },
-    /// The answer is not a DNS response to our query.
-    #[error("{server}/{transport}: malformed answer: {message}")]
-    Malformed {
-        /// The server.
-        server: SocketAddr,
-        /// The transport.
-        transport: Transport,
-        /// What is wrong with it.
-        message: String,
+    /// No usable response (unreachable, refused, silent, malformed).
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// A name to ask for does not parse.
+    #[error("cannot ask for {name:?}: not a domain name")]
+    Name {
+        /// The name.
+        name: String,
     },
     /// The answer's rcode is not NOERROR (Knot says SERVFAIL while loading).
     #[error("{server}/{transport}: rcode {rcode}")]
@@ -173,9 +121,8 @@ impl Probe {
     /// Runs the probe once.
     pub fn run(&self) -> Result<Ready, ProbeError> {
         let (s, t) = (self.server, self.transport);
-        let (answer, latency) =
-            query(s, t, self.timeout, &Name::root_vec(), Rtype::SOA, Class::IN)?;
-        let msg = &answer;
+        let answer = imrs_zone::query::root_soa(s, t, self.timeout)?;
+        let msg = &answer.message;
         let rcode = msg.header().rcode();
         if rcode != Rcode::NOERROR {
             return Err(ProbeError::Rcode {
@@ -190,7 +137,7 @@ impl Probe {
                 transport: t,
             });
         }
-        let serial = soa_serial(msg).ok_or(ProbeError::NoSoa {
+        let serial = answer.root_soa_serial().ok_or(ProbeError::NoSoa {
             server: s,
             transport: t,
         })?;
@@ -204,11 +151,7 @@ impl Probe {
                 got: serial,
             });
         }
-        let nsid = msg.opt().and_then(|opt| {
-            opt.opt()
-                .first::<Nsid<_>>()
-                .map(|n| String::from_utf8_lossy(n.as_slice()).into_owned())
-        });
+        let nsid = answer.nsid();
         if self.require_nsid && nsid.is_none() {
             return Err(ProbeError::NoNsid {
                 server: s,
@@ -218,147 +161,11 @@ impl Probe {
         Ok(Ready {
             server: s,
             transport: t,
-            latency,
+            latency: answer.latency,
             serial,
             nsid,
         })
     }
-}
-
-/// The serial of the first SOA in the answer section.
-pub fn soa_serial(msg: &Message<Vec<u8>>) -> Option<u32> {
-    let answer = msg.answer().ok()?;
-    for rec in answer.limit_to::<Soa<_>>() {
-        let rec = rec.ok()?;
-        if rec.owner().is_root() {
-            return Some(rec.data().serial().into_int());
-        }
-    }
-    None
-}
-
-fn random_id() -> u16 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    (h.finish() & 0xffff) as u16
-}
-
-/// Sends one query (with EDNS, a 1232-byte UDP size and an empty NSID option) and returns the
-/// parsed response with the time it took. Checks that the response answers this query (id, QR),
-/// nothing about its content.
-pub fn query(
-    server: SocketAddr,
-    transport: Transport,
-    timeout: Duration,
-    qname: &Name<Vec<u8>>,
-    qtype: Rtype,
-    qclass: Class,
-) -> Result<(Message<Vec<u8>>, Duration), ProbeError> {
-    let id = random_id();
-    let build = |e: &dyn std::fmt::Display| ProbeError::Build {
-        server,
-        message: e.to_string(),
-    };
-    let mut b = MessageBuilder::new_vec();
-    b.header_mut().set_id(id);
-    let mut q = b.question();
-    q.push((qname, qtype, qclass)).map_err(|e| build(&e))?;
-    let mut add = q.additional();
-    add.opt(|opt| {
-        opt.set_udp_payload_size(1232);
-        opt.push(Nsid::empty())
-    })
-    .map_err(|e| build(&e))?;
-    let wire = add.finish();
-
-    let start = Instant::now();
-    let raw = match transport {
-        Transport::Udp => exchange_udp(server, timeout, &wire)?,
-        Transport::Tcp => exchange_tcp(server, timeout, &wire)?,
-    };
-    let latency = start.elapsed();
-    let malformed = |message: String| ProbeError::Malformed {
-        server,
-        transport,
-        message,
-    };
-    let msg = Message::from_octets(raw).map_err(|e| malformed(e.to_string()))?;
-    if !msg.header().qr() || msg.header().id() != id {
-        return Err(malformed(format!(
-            "not a response to query id {id} (qr {}, id {})",
-            msg.header().qr(),
-            msg.header().id()
-        )));
-    }
-    Ok((msg, latency))
-}
-
-fn io_err(
-    server: SocketAddr,
-    transport: Transport,
-    timeout: Duration,
-    op: &'static str,
-) -> impl Fn(std::io::Error) -> ProbeError {
-    move |source| match source.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ProbeError::Timeout {
-            server,
-            transport,
-            timeout,
-        },
-        _ => ProbeError::Io {
-            server,
-            transport,
-            op,
-            source,
-        },
-    }
-}
-
-fn exchange_udp(server: SocketAddr, timeout: Duration, wire: &[u8]) -> Result<Vec<u8>, ProbeError> {
-    let t = Transport::Udp;
-    let local: SocketAddr = match server.ip() {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let sock = UdpSocket::bind(local).map_err(io_err(server, t, timeout, "bind"))?;
-    // Connected: an ICMP port unreachable (daemon dead) fails the receive at once.
-    sock.connect(server)
-        .map_err(io_err(server, t, timeout, "connect"))?;
-    sock.set_read_timeout(Some(timeout))
-        .map_err(io_err(server, t, timeout, "set timeout"))?;
-    sock.send(wire)
-        .map_err(io_err(server, t, timeout, "send"))?;
-    let mut buf = vec![0u8; 65535];
-    let n = sock
-        .recv(&mut buf)
-        .map_err(io_err(server, t, timeout, "receive"))?;
-    buf.truncate(n);
-    Ok(buf)
-}
-
-fn exchange_tcp(server: SocketAddr, timeout: Duration, wire: &[u8]) -> Result<Vec<u8>, ProbeError> {
-    let t = Transport::Tcp;
-    let mut s = TcpStream::connect_timeout(&server, timeout)
-        .map_err(io_err(server, t, timeout, "connect"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(io_err(server, t, timeout, "set timeout"))?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(io_err(server, t, timeout, "set timeout"))?;
-    let len = u16::try_from(wire.len()).map_err(|_| ProbeError::Build {
-        server,
-        message: "query longer than 65535 bytes".into(),
-    })?;
-    let mut framed = len.to_be_bytes().to_vec();
-    framed.extend_from_slice(wire);
-    s.write_all(&framed)
-        .map_err(io_err(server, t, timeout, "send"))?;
-    let mut len = [0u8; 2];
-    s.read_exact(&mut len)
-        .map_err(io_err(server, t, timeout, "receive"))?;
-    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    s.read_exact(&mut buf)
-        .map_err(io_err(server, t, timeout, "receive"))?;
-    Ok(buf)
 }
 
 /// Asks `name` CH TXT (`hostname.bind`, `id.server`) and returns the TXT strings answered.
@@ -368,34 +175,28 @@ pub fn chaos_txt(
     timeout: Duration,
     name: &str,
 ) -> Result<Vec<String>, ProbeError> {
-    let qname: Name<Vec<u8>> = name.parse().map_err(|_| ProbeError::Build {
-        server,
-        message: format!("bad name {name}"),
+    let qname: Name<Vec<u8>> = name.parse().map_err(|_| ProbeError::Name {
+        name: name.to_string(),
     })?;
-    let (msg, _) = query(server, transport, timeout, &qname, Rtype::TXT, Class::CH)?;
-    if msg.header().rcode() != Rcode::NOERROR {
+    let r = query(server, transport, timeout, &qname, Rtype::TXT, Class::CH)?;
+    let rcode = r.message.header().rcode();
+    if rcode != Rcode::NOERROR {
         return Err(ProbeError::Rcode {
             server,
             transport,
-            rcode: msg.header().rcode().to_string(),
+            rcode: rcode.to_string(),
         });
     }
-    let mut out = Vec::new();
-    let answer = msg.answer().map_err(|e| ProbeError::Malformed {
-        server,
-        transport,
-        message: e.to_string(),
-    })?;
-    for rec in answer.limit_to::<Txt<_>>().flatten() {
-        let text: Vec<u8> = rec.data().iter().flatten().copied().collect();
-        out.push(String::from_utf8_lossy(&text).into_owned());
-    }
-    Ok(out)
+    Ok(r.txt())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::base::opt::Nsid;
+    use domain::base::{Message, MessageBuilder};
+    use domain::rdata::Soa;
+    use std::net::UdpSocket;
 
     /// A one-shot UDP server answering with whatever `respond` builds from the query.
     fn fake_server(
@@ -496,46 +297,5 @@ mod tests {
             let r = Probe::new(addr, Transport::Udp, Some(7)).run();
             assert!(check(&r), "case {i}: {r:?}");
         }
-    }
-
-    #[test]
-    fn wrong_id_is_malformed() {
-        let addr = fake_server(|q| {
-            let mut w = answer(&q, Rcode::NOERROR, true, Some(7), true);
-            w[0] ^= 0xff;
-            w
-        });
-        let r = Probe::new(addr, Transport::Udp, Some(7)).run();
-        assert!(matches!(r, Err(ProbeError::Malformed { .. })), "{r:?}");
-    }
-
-    #[test]
-    fn closed_port_and_silence_fail_fast() {
-        // A bound but silent socket: timeout.
-        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut p = Probe::new(silent.local_addr().unwrap(), Transport::Udp, None);
-        p.timeout = Duration::from_millis(200);
-        assert!(matches!(p.run(), Err(ProbeError::Timeout { .. })));
-        drop(silent);
-        // A closed port: refused at once (connected UDP socket sees the ICMP error). Tests run
-        // in parallel and may take a just-freed port, so a few fresh ports are tried; one
-        // clean refusal is the proof.
-        let refused = (0..5).any(|_| {
-            let closed = UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap();
-            let p = Probe::new(closed, Transport::Udp, None);
-            let t0 = Instant::now();
-            matches!(p.run(), Err(ProbeError::Io { .. }))
-                && t0.elapsed() < Duration::from_millis(500)
-        });
-        assert!(refused, "a closed UDP port was never refused at once");
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let p = Probe::new(closed, Transport::Tcp, None);
-        assert!(matches!(p.run(), Err(ProbeError::Io { .. })));
     }
 }
