@@ -6,13 +6,15 @@
 //! - [`image`]: what a built image says about itself (manifest, image info), canonical JSON.
 //! - [`keys`]: Ed25519 keys and detached signatures.
 //! - [`signed`]: signed site configs as the init receives them.
-//! - [`fsutil`]: atomic, durable file writes shared by every program.
+//! - [`layout`]: the paths every image owns (recipes may not place files over them).
+//! - [`fsutil`]: atomic, durable file writes and size-bounded reads shared by every program.
 
 mod error;
 pub mod fsutil;
 pub mod image;
 pub mod imrs;
 pub mod keys;
+pub mod layout;
 pub mod lock;
 pub mod profile;
 pub mod recipe;
@@ -20,4 +22,4 @@ pub mod report;
 pub mod signed;
 pub mod site;
 
-pub use error::{ConfigError, error_chain};
+pub use error::{ConfigError, error_chain, escape};

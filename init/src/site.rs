@@ -120,33 +120,17 @@ fn mount_ro(proc_filesystems: &str, devnode: &Path, target: &str) -> Result<(), 
     Err(format!("cannot mount read-only ({})", tried.join("; ")))
 }
 
-/// Reads `dir/site.toml` and its signature and verifies them. `Ok(None)`: no `site.toml`.
+/// Reads `dir/site.toml` and its signature (within their size limits) and verifies them.
+/// `Ok(None)`: no `site.toml`.
 fn verify_in(
     dir: &Path,
     origin: &str,
     key: &ed25519_dalek::VerifyingKey,
 ) -> Result<Option<Site>, SiteError> {
-    let path = dir.join("site.toml");
-    let refused = |source| SiteError::Refused {
+    signed::load_if_present(&dir.join("site.toml"), key).map_err(|source| SiteError::Refused {
         origin: origin.to_string(),
         source,
-    };
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(refused(SignedSiteError::Read { path, source })),
-    };
-    let sig = signed::sig_path_for(&path);
-    let sig_text = match std::fs::read_to_string(&sig) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(refused(SignedSiteError::Unsigned { sig }));
-        }
-        Err(source) => return Err(refused(SignedSiteError::Read { path: sig, source })),
-    };
-    signed::verify_text(&path, &text, &sig_text, key)
-        .map(Some)
-        .map_err(refused)
+    })
 }
 
 /// Finds the site config under `root` and verifies it. Returns the site and where it came from.
