@@ -150,7 +150,27 @@ pub fn read_bounded(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u
             limit,
         });
     }
-    read_limited(file, path, limit, what)
+    read_bounded_from(file, path, limit, what)
+}
+
+/// [`read_bounded`] for callers that work with `std::io::Error` (state, outbox, zone record):
+/// a missing file keeps its `NotFound` kind, a non-regular file is `InvalidInput`, a file over
+/// `limit` bytes is `InvalidData`; messages name the limit.
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    read_bounded(path, limit, "file").map_err(|e| match e {
+        ReadError::Io { source, .. } => source,
+        ReadError::TooLarge { limit, .. } => std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than the {limit} bytes allowed"),
+        ),
+        ReadError::NotRegular { kind, .. } => std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file (a {kind})"),
+        ),
+        ReadError::NotUtf8 { .. } => {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+        }
+    })
 }
 
 /// [`read_bounded`], as UTF-8 text.
@@ -168,7 +188,7 @@ pub fn read_bounded_string(
 
 /// Reads everything from `reader` (already opened from `path`) unless it holds more than
 /// `limit` bytes; reads at most `limit + 1` bytes.
-pub fn read_limited(
+pub fn read_bounded_from(
     reader: impl Read,
     path: &Path,
     limit: u64,
@@ -269,8 +289,8 @@ mod tests {
             inner: File::open("/dev/zero").unwrap(),
             read: 0,
         };
-        let err =
-            read_limited(&mut counting, Path::new("/dev/zero"), limit, "site config").unwrap_err();
+        let err = read_bounded_from(&mut counting, Path::new("/dev/zero"), limit, "site config")
+            .unwrap_err();
         assert_eq!(counting.read, limit + 1);
         assert_eq!(
             err.to_string(),
@@ -322,6 +342,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn io_flavoured_reads_keep_the_kinds_callers_match() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"12345").unwrap();
+        assert_eq!(read_limited(&p, 5).unwrap(), b"12345");
+        let e = read_limited(&p, 4).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("4 bytes"), "{e}");
+        let e = read_limited(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert_eq!(
+            read_limited(&d.path().join("missing"), 1)
+                .unwrap_err()
+                .kind(),
+            std::io::ErrorKind::NotFound
+        );
+        assert!(read_limited(d.path(), 10).is_err());
     }
 
     #[test]
