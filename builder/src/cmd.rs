@@ -48,11 +48,14 @@ pub fn run(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 ui.info(format!(
-                    "{}: ok: instance {}, site {}{}, {} interface(s), {} BGP neighbour(s), announces {}",
+                    "{}: ok: instance {}, site {}{}, device {}, sequence {}, {} interface(s), \
+                     {} BGP neighbour(s), announces {}",
                     file.display(),
                     s.instance,
                     s.site_id,
                     if s.lab { " (LAB)" } else { "" },
+                    s.device,
+                    s.sequence,
                     s.interfaces.len(),
                     s.bgp.neighbors.len(),
                     s.announced()
@@ -227,6 +230,12 @@ fn check(path: &Path, ui: &Ui) -> Result<u8> {
     println!("binaries    {}", rr.userland.binaries.join(" "));
     for f in &rr.files {
         println!("file        {} -> {}", f.source.display(), f.dest);
+    }
+    if rr.allow_shell {
+        println!(
+            "shell       ALLOWED: {}",
+            imrs_config::escape(rr.allow_shell_reason.as_deref().unwrap_or(""))
+        );
     }
     let lock_path = r.default_lock_path();
     match lock::load(&lock_path) {

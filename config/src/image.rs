@@ -2,9 +2,15 @@
 //! signed `manifest.json` next to the artifacts (read by `verify`, flashing and reports).
 //!
 //! Both are written canonically (sorted keys, two-space indentation, trailing newline) so that the
-//! same inputs always give the same bytes.
+//! same inputs always give the same bytes, and read within a size limit ([`load_manifest`],
+//! [`load_info`]).
+
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+use crate::fsutil::{limits, read_bounded};
 
 use crate::profile::Profile;
 use crate::recipe::DnsImpl;
@@ -115,9 +121,71 @@ pub fn canonical_json<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+fn load_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    limit: u64,
+    what: &'static str,
+) -> Result<(Vec<u8>, T), ConfigError> {
+    let bytes = read_bounded(path, limit, what)?;
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| ConfigError::parse(path, &format!("not a valid {what}: {e}")))?;
+    Ok((bytes, value))
+}
+
+/// Reads a `manifest.json` (at most [`limits::MANIFEST`] bytes): its exact bytes (what the
+/// signature covers) and the parsed manifest.
+pub fn load_manifest(path: &Path) -> Result<(Vec<u8>, Manifest), ConfigError> {
+    load_json(path, limits::MANIFEST, "manifest")
+}
+
+/// Reads an image's `image.json` (at most [`limits::IMAGE_INFO`] bytes).
+pub fn load_info(path: &Path) -> Result<ImageInfo, ConfigError> {
+    load_json(path, limits::IMAGE_INFO, "image info").map(|(_, info)| info)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn manifests_are_read_within_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("manifest.json");
+        let m = Manifest {
+            schema: MANIFEST_SCHEMA,
+            name: "imrs-qemu".into(),
+            version: "0.1.0".into(),
+            profile: "qemu".into(),
+            dns: DnsImpl::Nsd,
+            builder: "imrs-build 0.1.0".into(),
+            source_date_epoch: 1,
+            recipe_sha256: "0".repeat(64),
+            lock_sha256: "0".repeat(64),
+            kernel_release: "6.1.0-44-amd64".into(),
+            cmdline: "console=ttyS0".into(),
+            artifacts: vec![],
+            files_count: 0,
+            files_sha256: "0".repeat(64),
+            packages: vec![],
+        };
+        let bytes = canonical_json(&m);
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(load_manifest(&p).unwrap(), (bytes, m));
+        std::fs::write(&p, "{\"schema\": 1}").unwrap();
+        let e = load_manifest(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("manifest.json: not a valid manifest: missing field"),
+            "{e}"
+        );
+        std::fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
+        let e = load_manifest(&p).unwrap_err().to_string();
+        assert!(
+            e.ends_with("the manifest is larger than the limit of 4194304 bytes"),
+            "{e}"
+        );
+        let e = load_info(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("the image info is a character device"), "{e}");
+    }
 
     #[test]
     fn canonical_sorts_keys_and_is_stable() {

@@ -1,29 +1,37 @@
 //! Ed25519 keys and detached signatures, shared by image manifests, site configs and reports.
 //!
-//! Secret keys are PKCS#8 PEM (mode 0600), public keys SPKI PEM, so `openssl pkey` reads both.
-//! A detached signature file holds the 64-byte signature as lowercase hex and a newline.
+//! Secret keys are PKCS#8 v1 PEM (RFC 8410, the private key only; mode 0600), public keys SPKI
+//! PEM, so `openssl pkey` (OpenSSL 3.0 included) reads both. PKCS#8 v2 keys (with the public key
+//! inside, as some tools write them) are read too. A detached signature file holds the 64-byte
+//! signature as lowercase hex and a newline. Key files are read within
+//! [`crate::fsutil::limits::KEY`] bytes.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+use crate::error::escape_path;
+use crate::fsutil::{ReadError, limits, read_bounded_string};
 
 /// A key or signature could not be made, read or checked.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    /// Reading a key or signature file failed.
-    #[error("{path}: cannot read")]
-    Read {
+    /// Reading a key or signature file failed (missing, too large, not a regular file).
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The key file is empty (or holds only white space).
+    #[error("empty key file {}", escape_path(.path))]
+    Empty {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
     },
     /// Writing a key failed.
-    #[error("{path}: cannot write")]
+    #[error("{}: cannot write", escape_path(.path))]
     Write {
         /// The file.
         path: PathBuf,
@@ -32,7 +40,7 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The file is not an Ed25519 key in the expected PEM form.
-    #[error("{path}: not an Ed25519 {what} in PEM form: {detail}")]
+    #[error("{}: not an Ed25519 {what} in PEM form: {detail}", escape_path(.path))]
     Format {
         /// The file.
         path: PathBuf,
@@ -42,7 +50,7 @@ pub enum KeyError {
         detail: String,
     },
     /// The signature file is not 64 bytes of hex.
-    #[error("{path}: not an Ed25519 signature (expected 128 hex digits)")]
+    #[error("{}: not an Ed25519 signature (expected 128 hex digits)", escape_path(.path))]
     SignatureFormat {
         /// The file.
         path: PathBuf,
@@ -57,7 +65,7 @@ pub enum KeyError {
     #[error("cannot get random bytes from the kernel: {0}")]
     Random(String),
     /// The key already exists and we refuse to overwrite it.
-    #[error("{path}: already exists; refusing to overwrite a key")]
+    #[error("{}: already exists; refusing to overwrite a key", escape_path(.path))]
     Exists {
         /// The file.
         path: PathBuf,
@@ -71,18 +79,24 @@ pub fn generate() -> Result<SigningKey, KeyError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Writes `key` to `path` (PKCS#8 PEM, mode 0600) and its public half to `path.pub`.
-/// Refuses to overwrite an existing file.
+/// Writes `key` to `path` (PKCS#8 v1 PEM, mode 0600) and its public half to `path.pub` (SPKI
+/// PEM), durably. Refuses to overwrite an existing file (or a dangling link).
 pub fn write_keypair(key: &SigningKey, path: &Path) -> Result<PathBuf, KeyError> {
     let pub_path = pub_path_for(path);
     for p in [path, pub_path.as_path()] {
-        if p.exists() {
+        if p.symlink_metadata().is_ok() {
             return Err(KeyError::Exists {
                 path: p.to_path_buf(),
             });
         }
     }
-    let secret = key
+    // The private key alone (version 1): OpenSSL 3.0 cannot read the version 2 form with the
+    // public key attached, which is what `SigningKey::to_pkcs8_pem` writes.
+    let v1 = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let secret = v1
         .to_pkcs8_pem(Default::default())
         .map_err(|e| KeyError::Format {
             path: path.to_path_buf(),
@@ -99,6 +113,14 @@ pub fn write_keypair(key: &SigningKey, path: &Path) -> Result<PathBuf, KeyError>
             detail: e.to_string(),
         })?;
     write_new(&pub_path, public.as_bytes(), 0o644)?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    crate::fsutil::sync_dir(dir).map_err(|source| KeyError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     Ok(pub_path)
 }
 
@@ -124,12 +146,20 @@ pub fn pub_path_for(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Reads a PKCS#8 PEM secret key.
+/// Reads a key file's text, refusing an empty one by name.
+fn read_key_text(path: &Path, what: &'static str) -> Result<String, KeyError> {
+    let text = read_bounded_string(path, limits::KEY, what)?;
+    if text.trim().is_empty() {
+        return Err(KeyError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(text)
+}
+
+/// Reads a PKCS#8 PEM secret key (version 1 or 2).
 pub fn read_secret(path: &Path) -> Result<SigningKey, KeyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read_key_text(path, "secret key")?;
     SigningKey::from_pkcs8_pem(&text).map_err(|e| KeyError::Format {
         path: path.to_path_buf(),
         what: "secret key",
@@ -139,6 +169,11 @@ pub fn read_secret(path: &Path) -> Result<SigningKey, KeyError> {
 
 /// Parses an SPKI PEM public key from text (`origin` names it in errors).
 pub fn parse_public(text: &str, origin: &Path) -> Result<VerifyingKey, KeyError> {
+    if text.trim().is_empty() {
+        return Err(KeyError::Empty {
+            path: origin.to_path_buf(),
+        });
+    }
     VerifyingKey::from_public_key_pem(text).map_err(|e| KeyError::Format {
         path: origin.to_path_buf(),
         what: "public key",
@@ -148,10 +183,7 @@ pub fn parse_public(text: &str, origin: &Path) -> Result<VerifyingKey, KeyError>
 
 /// Reads an SPKI PEM public key.
 pub fn read_public(path: &Path) -> Result<VerifyingKey, KeyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read_key_text(path, "public key")?;
     parse_public(&text, path)
 }
 
@@ -231,7 +263,108 @@ mod tests {
         assert!(parse_signature("abcd", &p).is_err());
         assert!(matches!(
             read_secret(&dir.path().join("missing")),
-            Err(KeyError::Read { .. })
+            Err(KeyError::Read(_))
         ));
+    }
+
+    #[test]
+    fn empty_and_oversized_key_files_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("site.pub");
+        for text in ["", "\n  \n"] {
+            std::fs::write(&p, text).unwrap();
+            let want = format!("empty key file {}", p.display());
+            assert_eq!(read_public(&p).unwrap_err().to_string(), want);
+            assert_eq!(read_secret(&p).unwrap_err().to_string(), want);
+        }
+        std::fs::write(&p, "x".repeat(1 << 20)).unwrap();
+        let e = read_public(&p).unwrap_err().to_string();
+        assert!(e.contains("larger than the limit of 16384 bytes"), "{e}");
+        let e = read_public(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn written_keys_are_pkcs8_v1_and_v2_keys_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let key = generate().unwrap();
+        write_keypair(&key, &path).unwrap();
+        let pem = std::fs::read_to_string(&path).unwrap();
+        let der = pem_body(&pem);
+        // RFC 8410 section 10.3: SEQUENCE { INTEGER 0, AlgorithmIdentifier { 1.3.101.112 },
+        // OCTET STRING { OCTET STRING (32 bytes) } }, 48 bytes, nothing else.
+        assert_eq!(der.len(), 48, "{pem}");
+        assert_eq!(
+            der[..16],
+            [
+                0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+                0x04, 0x20
+            ]
+        );
+        assert_eq!(der[16..], key.to_bytes());
+        // A version 2 key (public key attached) is still read.
+        let v2 = dir.path().join("v2");
+        std::fs::write(
+            &v2,
+            key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(read_secret(&v2).unwrap().to_bytes(), key.to_bytes());
+    }
+
+    fn pem_body(pem: &str) -> Vec<u8> {
+        use base64::Engine;
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap()
+    }
+
+    /// Whether to run a test needing a tool: run it if present; without it, fail under
+    /// `CI=true` and skip (saying so) otherwise.
+    fn have(tool: &str) -> bool {
+        let found = std::process::Command::new(tool)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "prerequisite missing under CI=true: {tool}"
+            );
+            eprintln!("SKIP: {tool} is not installed");
+        }
+        found
+    }
+
+    #[test]
+    fn openssl_reads_both_halves() {
+        if !have("openssl") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let key = generate().unwrap();
+        let pubp = write_keypair(&key, &path).unwrap();
+        let openssl = |args: &[&str], file: &Path| {
+            let o = std::process::Command::new("openssl")
+                .args(args)
+                .arg(file)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "openssl {args:?} {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        openssl(&["pkey", "-noout", "-in"], &path);
+        // The public key OpenSSL derives from the secret is the one in KEY.pub.
+        let derived = openssl(&["pkey", "-pubout", "-in"], &path);
+        assert_eq!(derived, std::fs::read_to_string(&pubp).unwrap());
+        openssl(&["pkey", "-pubin", "-noout", "-in"], &pubp);
     }
 }

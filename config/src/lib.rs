@@ -7,13 +7,15 @@
 //! - [`keys`]: Ed25519 keys and detached signatures.
 //! - [`signed`]: signed site configs as the init receives them.
 //! - [`stage`]: the boot pipeline's stages and statuses, shared by the init, reports and the lab.
-//! - [`fsutil`]: atomic, durable file writes shared by every program.
+//! - [`layout`]: the paths every image owns (recipes may not place files over them).
+//! - [`fsutil`]: atomic, durable file writes and size-bounded reads shared by every program.
 
 mod error;
 pub mod fsutil;
 pub mod image;
 pub mod imrs;
 pub mod keys;
+pub mod layout;
 pub mod lock;
 pub mod profile;
 pub mod recipe;
@@ -22,4 +24,4 @@ pub mod signed;
 pub mod site;
 pub mod stage;
 
-pub use error::{ConfigError, error_chain};
+pub use error::{ConfigError, error_chain, escape};

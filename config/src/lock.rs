@@ -84,7 +84,7 @@ impl Lock {
 
 /// Loads and validates a lock file.
 pub fn load(path: &Path) -> Result<Lock, ConfigError> {
-    let text = read(path)?;
+    let text = read(path, crate::fsutil::limits::LOCK, "lock file")?;
     let lock: Lock = serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),

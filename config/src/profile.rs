@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Checker, ConfigError, parse_toml, read};
+use crate::fsutil::limits;
 
 /// The profile schema version this build understands.
 pub const PROFILE_VERSION: u32 = 1;
@@ -131,9 +132,10 @@ pub struct Disks {
     pub min_size_gib: u64,
 }
 
-/// Loads and validates a profile; its `name` must equal the file stem.
+/// Loads and validates a profile (at most [`limits::PROFILE`] bytes); its `name` must equal the
+/// file stem.
 pub fn load(path: &Path) -> Result<Profile, ConfigError> {
-    let text = read(path)?;
+    let text = read(path, limits::PROFILE, "hardware profile")?;
     let p: Profile = parse_toml(path, &text)?;
     let c = Checker { path };
     c.ensure(
@@ -149,6 +151,21 @@ pub fn load(path: &Path) -> Result<Profile, ConfigError> {
         &p.name,
         format!("must match the file name ({stem})"),
     )?;
+    c.length("description", &p.description, 0, 1024)?;
+    c.no_control("description", &p.description)?;
+    for (key, list) in [
+        ("dmi.vendors", &p.dmi.vendors),
+        ("dmi.products", &p.dmi.products),
+        ("cpu.flags", &p.cpu.flags),
+        ("nics.drivers", &p.nics.drivers),
+        ("modules", &p.modules),
+    ] {
+        c.count(key, list, 256)?;
+        for (i, v) in list.iter().enumerate() {
+            c.length(format!("{key}[{i}]"), v, 1, 128)?;
+            c.no_control(format!("{key}[{i}]"), v)?;
+        }
+    }
     c.ensure(
         p.cpu.min_count >= 1,
         "cpu.min_count",

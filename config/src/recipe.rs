@@ -1,11 +1,21 @@
 //! Image recipes (`images/*.toml`): which appliance, which kernel and modules, which daemons, which
 //! files. A recipe plus its lock file fully determine an image.
+//!
+//! A recipe is checked for more than its syntax ([`validate`]): the files it names stay inside
+//! its folder ([`paths`]), the files it places keep their modes sane and stay off what the image
+//! owns ([`crate::layout`]), and nothing gives the appliance a shell or a remote login
+//! ([`shell`]) unless the recipe says `allow_shell = true` and why.
+
+pub mod paths;
+pub mod shell;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Checker, ConfigError, parse_toml, read};
+use crate::error::{ConfigError, parse_toml, read};
+use crate::fsutil::limits;
 use crate::profile::Profile;
 
 /// The recipe schema version this build understands.
@@ -67,6 +77,13 @@ pub struct Recipe {
     /// Package sources.
     #[serde(default)]
     pub apt: AptSource,
+    /// Allow packages, executables or files that give a shell or a remote login (a debugging
+    /// image); refused unless set, and then [`Recipe::allow_shell_reason`] must say why.
+    #[serde(default)]
+    pub allow_shell: bool,
+    /// Why this image may carry a shell (required with `allow_shell = true`).
+    #[serde(default)]
+    pub allow_shell_reason: Option<String>,
 }
 
 fn default_arch() -> String {
@@ -103,13 +120,13 @@ pub struct Userland {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
-    /// Source, relative to the recipe's folder.
+    /// Source, relative to the recipe's folder and inside it.
     pub source: PathBuf,
-    /// Destination inside the image (absolute).
+    /// Destination inside the image (absolute, normalised, not over anything the image owns).
     pub dest: String,
     /// Expected sha256 of the source (hex); the build fails on a mismatch.
     pub sha256: String,
-    /// Permission bits.
+    /// Permission bits (no setuid, setgid or sticky bit; not world-writable).
     #[serde(default = "default_mode")]
     pub mode: u32,
 }
@@ -137,6 +154,11 @@ pub struct ResolvedRecipe {
     pub recipe: Recipe,
     /// Its hardware profile.
     pub profile: Profile,
+    /// Where the profile was read from (inside the recipe's folder).
+    pub profile_path: PathBuf,
+    /// The files' sources, resolved (canonical, inside the recipe's folder), in the order of
+    /// [`Recipe::files`].
+    pub sources: Vec<PathBuf>,
     /// Kernel modules: the profile's then the recipe's, deduplicated, in that order.
     pub modules: Vec<String>,
     /// sha256 of the recipe file's bytes.
@@ -146,7 +168,31 @@ pub struct ResolvedRecipe {
 impl ResolvedRecipe {
     /// The recipe's folder (sources of [`FileSpec`] are relative to it).
     pub fn dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
+    /// Reads the source of `files[index]` (checked again to be inside the recipe's folder, at
+    /// most [`limits::RECIPE_FILE`] bytes).
+    pub fn read_source(&self, index: usize) -> Result<Vec<u8>, ConfigError> {
+        let Some(f) = self.recipe.files.get(index) else {
+            return Err(ConfigError::invalid(
+                &self.path,
+                "files",
+                index,
+                "no such entry",
+            ));
+        };
+        let folder = paths::Folder::of(&self.path)?;
+        let key = format!("files[{index}].source");
+        let src = folder.resolve(&key, "file", f.source.display(), f.source.clone())?;
+        Ok(crate::fsutil::read_bounded(
+            &src,
+            limits::RECIPE_FILE,
+            "file named by the recipe",
+        )?)
     }
 
     /// The default lock file path: `<recipe without .toml>.lock.json`.
@@ -155,27 +201,26 @@ impl ResolvedRecipe {
     }
 }
 
-/// Loads and validates a recipe and its profile (`<recipe dir>/profiles/<profile>.toml`).
+/// Loads and validates a recipe (at most [`limits::RECIPE`] bytes) and its profile
+/// (`<recipe folder>/profiles/<profile>.toml`). Every path the recipe names is resolved
+/// relative to the recipe's folder and must stay inside it (see [`paths`]).
 pub fn load(path: &Path) -> Result<ResolvedRecipe, ConfigError> {
-    let text = read(path)?;
+    let text = read(path, limits::RECIPE, "recipe")?;
     let recipe: Recipe = parse_toml(path, &text)?;
-    validate(path, &recipe)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let profile_path = dir
-        .join("profiles")
-        .join(format!("{}.toml", recipe.profile));
-    if !profile_path.exists() {
-        return Err(ConfigError::invalid(
-            path,
-            "profile",
-            &recipe.profile,
-            format!(
-                "no such hardware profile ({} does not exist)",
-                profile_path.display()
-            ),
-        ));
-    }
+    validate::validate(path, &recipe)?;
+    let folder = paths::Folder::of(path)?;
+    let profile_path = folder.resolve(
+        "profile",
+        "hardware profile",
+        &recipe.profile,
+        Path::new("profiles").join(format!("{}.toml", recipe.profile)),
+    )?;
     let profile = crate::profile::load(&profile_path)?;
+    let mut sources = Vec::with_capacity(recipe.files.len());
+    for (i, f) in recipe.files.iter().enumerate() {
+        let key = format!("files[{i}].source");
+        sources.push(folder.resolve(&key, "file", f.source.display(), f.source.clone())?);
+    }
     let mut modules: Vec<String> = Vec::new();
     for m in profile.modules.iter().chain(&recipe.kernel.modules) {
         let norm = m.replace('-', "_");
@@ -189,141 +234,11 @@ pub fn load(path: &Path) -> Result<ResolvedRecipe, ConfigError> {
         path: path.to_path_buf(),
         recipe,
         profile,
+        profile_path,
+        sources,
         modules,
         sha256,
     })
-}
-
-fn is_package_name(s: &str) -> bool {
-    s.len() >= 2
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
-}
-
-fn validate(path: &Path, r: &Recipe) -> Result<(), ConfigError> {
-    let c = Checker { path };
-    c.ensure(
-        r.version == RECIPE_VERSION,
-        "version",
-        r.version,
-        format!("this imrs-build understands recipe version {RECIPE_VERSION}"),
-    )?;
-    let name_ok = !r.name.is_empty()
-        && r.name
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch));
-    c.ensure(
-        name_ok,
-        "name",
-        &r.name,
-        "letters, digits, '-', '_', '.' only",
-    )?;
-    c.ensure(
-        !r.image_version.is_empty() && !r.image_version.contains(char::is_whitespace),
-        "image_version",
-        &r.image_version,
-        "must be non-empty without spaces",
-    )?;
-    c.ensure(
-        r.architecture == "amd64",
-        "architecture",
-        &r.architecture,
-        "only amd64 appliances exist",
-    )?;
-    c.ensure(
-        is_package_name(&r.kernel.package) && r.kernel.package.starts_with("linux-image-"),
-        "kernel.package",
-        &r.kernel.package,
-        "must be a Debian linux-image-* package",
-    )?;
-    for (i, m) in r.kernel.modules.iter().enumerate() {
-        c.ensure(
-            !m.is_empty()
-                && m.chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch)),
-            format!("kernel.modules[{i}]"),
-            m,
-            "a module name (letters, digits, '-', '_')",
-        )?;
-    }
-    c.ensure(
-        !r.kernel.cmdline.contains('\n'),
-        "kernel.cmdline",
-        &r.kernel.cmdline,
-        "one line",
-    )?;
-    for (i, p) in r.userland.packages.iter().enumerate() {
-        c.ensure(
-            is_package_name(p),
-            format!("userland.packages[{i}]"),
-            p,
-            "a Debian package name",
-        )?;
-    }
-    let dns_pkg = r.dns.package();
-    c.ensure(
-        r.userland.packages.iter().any(|p| p == dns_pkg),
-        "userland.packages",
-        format!("{:?}", r.userland.packages),
-        format!("dns = \"{}\" needs the package {dns_pkg}", r.dns),
-    )?;
-    let other = match r.dns {
-        crate::recipe::DnsImpl::Nsd => "knot",
-        crate::recipe::DnsImpl::Knot => "nsd",
-    };
-    c.ensure(
-        !r.userland.packages.iter().any(|p| p == other),
-        "userland.packages",
-        format!("{:?}", r.userland.packages),
-        format!(
-            "dns = \"{}\": the image carries one DNS daemon, not {other}",
-            r.dns
-        ),
-    )?;
-    c.ensure(
-        r.userland.packages.iter().any(|p| p == "bird2"),
-        "userland.packages",
-        format!("{:?}", r.userland.packages),
-        "BGP needs bird2",
-    )?;
-    for (i, b) in r.userland.binaries.iter().enumerate() {
-        c.ensure(
-            b.starts_with('/') && !b.contains(".."),
-            format!("userland.binaries[{i}]"),
-            b,
-            "an absolute path inside a package",
-        )?;
-    }
-    for (i, f) in r.files.iter().enumerate() {
-        c.ensure(
-            f.dest.starts_with('/') && !f.dest.contains("..") && f.dest.len() > 1,
-            format!("files[{i}].dest"),
-            &f.dest,
-            "an absolute path inside the image",
-        )?;
-        c.ensure(
-            f.sha256.len() == 64 && f.sha256.chars().all(|ch| ch.is_ascii_hexdigit()),
-            format!("files[{i}].sha256"),
-            &f.sha256,
-            "64 hex digits",
-        )?;
-        c.ensure(
-            f.mode <= 0o7777,
-            format!("files[{i}].mode"),
-            format!("{:o}", f.mode),
-            "permission bits only",
-        )?;
-    }
-    if let Some(s) = &r.apt.snapshot {
-        c.ensure(
-            s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file://"),
-            "apt.snapshot",
-            s,
-            "an http(s):// or file:// URL",
-        )?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

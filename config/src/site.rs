@@ -1,21 +1,39 @@
 //! Site configs (`images/sites/*.toml`): one per appliance, written by ICANN DNS Engineering for the
 //! host organisation's network. Signed at provisioning; the init refuses an unsigned one.
 //!
-//! Validation is where routing safety starts: nothing but the five IMRS prefixes can be requested
-//! for announcement, peers cannot claim AS 20144, and every address has the right family.
+//! [`validate`] is the one set of rules for a site config: `imrs-build site check`, `site sign`
+//! and the appliance's init all run it, so what the CLI accepts is what the box accepts. It is
+//! where routing safety starts (nothing but the five IMRS prefixes can be requested for
+//! announcement, peers cannot claim AS 20144, every address has the right family) and it refuses
+//! what the daemons would refuse at boot or the box must never do (see `site/validate.rs`).
+//!
+//! A config is bound to one appliance or to `any` ([`DeviceBinding`]) and carries a
+//! [`Site::sequence`]; [`admit`] is the init's decision whether to apply it.
+//!
+//! - `validate.rs`: the rules; `addr.rs`: address classes; `phone_home.rs`: URL and CA checks;
+//!   `device.rs`: device binding, sequence and [`admit`].
 
-use std::collections::BTreeSet;
+mod addr;
+mod device;
+mod phone_home;
+mod validate;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Checker, ConfigError, parse_toml, read};
-use crate::imrs::{IMRS_ASN, IMRS_PREFIXES, LROOT_V4, LROOT_V6, imrs_prefix, is_documentation};
+use crate::error::{ConfigError, parse_toml, read};
+use crate::fsutil::limits;
+use crate::imrs::{IMRS_PREFIXES, LROOT_V4, LROOT_V6};
 
-/// The site schema version this build understands.
-pub const SITE_VERSION: u32 = 1;
+pub use device::{DeviceBinding, DeviceIdentity, SiteRefusal, admit};
+pub use validate::validate;
+
+/// The site schema version this build understands. Version 2 added `device`, `sequence` and
+/// `[dns]`.
+pub const SITE_VERSION: u32 = 2;
 
 /// A site config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +45,11 @@ pub struct Site {
     pub instance: String,
     /// Site identifier used in reports and the fleet list.
     pub site_id: String,
+    /// The appliance this config is for: `serial:<disk serial>`, `key:<device key id>` or `any`.
+    pub device: DeviceBinding,
+    /// Increases with every new config for the device; the appliance refuses a config older
+    /// than the last it applied (an equal one is the same config again, e.g. after a reboot).
+    pub sequence: u64,
     /// A lab site: may use documentation-range service addresses; shown on the console and in
     /// every report.
     #[serde(default)]
@@ -46,6 +69,9 @@ pub struct Site {
     /// Root zone sources (default: ICANN's transfer servers).
     #[serde(default)]
     pub zone: ZoneSources,
+    /// DNS service options (default: none set).
+    #[serde(default)]
+    pub dns: DnsOptions,
 }
 
 /// Addresses the DNS service answers on.
@@ -110,6 +136,10 @@ pub struct Neighbor {
     pub name: String,
     /// Neighbour address.
     pub address: IpAddr,
+    /// The interface the neighbour is on (one of `interfaces[].name`); required for an IPv6
+    /// link-local neighbour (`fe80::/10`), which exists only on one link.
+    #[serde(default)]
+    pub interface: Option<String>,
     /// Neighbour AS.
     pub asn: u32,
     /// TCP-MD5 password.
@@ -160,6 +190,49 @@ pub struct ZoneSources {
     pub servers: Vec<String>,
 }
 
+/// DNS service options.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsOptions {
+    /// Response rate limiting; absent (the default): off.
+    #[serde(default)]
+    pub rrl: Option<Rrl>,
+}
+
+/// Response rate limiting (RRL): how many responses per second one client netblock gets.
+///
+/// NSD 4.6 applies all four settings (`rrl-ratelimit`, `rrl-slip`, `rrl-ipv4-prefix-length`,
+/// `rrl-ipv6-prefix-length`); Knot DNS 3.2's `mod-rrl` takes the rate and slip and groups
+/// clients by /24 (IPv4) and /56 (IPv6) itself, which are the defaults here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rrl {
+    /// Responses per second per client netblock (1 to 1,000,000).
+    pub responses_per_second: u32,
+    /// Every `slip`-th limited response is sent truncated, so a real client retries over TCP;
+    /// 0 drops them all (0 to 100; default 2).
+    #[serde(default = "default_slip")]
+    pub slip: u32,
+    /// IPv4 clients are grouped by this prefix length (8 to 32; default 24).
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix_length: u8,
+    /// IPv6 clients are grouped by this prefix length (16 to 64; default 56).
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix_length: u8,
+}
+
+fn default_slip() -> u32 {
+    2
+}
+
+fn default_ipv4_prefix() -> u8 {
+    24
+}
+
+fn default_ipv6_prefix() -> u8 {
+    56
+}
+
 impl Site {
     /// Prefixes this site announces (validated to be IMRS prefixes).
     pub fn announced(&self) -> Vec<IpNet> {
@@ -171,341 +244,27 @@ impl Site {
 }
 
 /// Parses and validates a site config from text; `path` names it in errors.
+///
+/// The `version` is checked first, so a config written for another schema version says so
+/// rather than naming the first field that changed.
 pub fn parse(path: &Path, text: &str) -> Result<Site, ConfigError> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        version: u32,
+    }
+    if let Ok(v) = toml::from_str::<VersionOnly>(text)
+        && v.version != SITE_VERSION
+    {
+        return Err(validate::wrong_version(path, v.version));
+    }
     let site: Site = parse_toml(path, text)?;
     validate(path, &site)?;
     Ok(site)
 }
 
-/// Loads and validates a site config file.
+/// Loads and validates a site config file (at most [`limits::SITE`] bytes).
 pub fn load(path: &Path) -> Result<Site, ConfigError> {
-    parse(path, &read(path)?)
-}
-
-fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.trim_end_matches('.').split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-}
-
-fn family_name(a: &IpAddr) -> &'static str {
-    if a.is_ipv4() { "IPv4" } else { "IPv6" }
-}
-
-/// Checks every rule of a site config.
-pub fn validate(path: &Path, s: &Site) -> Result<(), ConfigError> {
-    let c = Checker { path };
-    c.ensure(
-        s.version == SITE_VERSION,
-        "version",
-        s.version,
-        format!("this build understands site version {SITE_VERSION}"),
-    )?;
-    c.ensure(
-        is_dns_name(&s.instance),
-        "instance",
-        &s.instance,
-        "a DNS host name",
-    )?;
-    c.ensure(
-        !s.site_id.is_empty()
-            && s.site_id
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)),
-        "site_id",
-        &s.site_id,
-        "letters, digits, '-', '_', '.'",
-    )?;
-
-    // Service addresses: the L-root addresses, or documentation ranges in a lab.
-    for (key, addr, real) in [
-        (
-            "service.ipv4",
-            IpAddr::V4(s.service.ipv4),
-            IpAddr::V4(LROOT_V4),
-        ),
-        (
-            "service.ipv6",
-            IpAddr::V6(s.service.ipv6),
-            IpAddr::V6(LROOT_V6),
-        ),
-    ] {
-        c.ensure(
-            addr == real || (s.lab && is_documentation(addr)),
-            key,
-            addr,
-            format!("must be {real} (a lab site may use a documentation-range address)"),
-        )?;
-    }
-
-    // Interfaces.
-    c.ensure(
-        !s.interfaces.is_empty(),
-        "interfaces",
-        "[]",
-        "at least one interface",
-    )?;
-    let mut names = BTreeSet::new();
-    for (i, ifc) in s.interfaces.iter().enumerate() {
-        let k = |f: &str| format!("interfaces[{i}].{f}");
-        c.ensure(
-            !ifc.name.is_empty()
-                && ifc.name.len() < 16
-                && ifc
-                    .name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)),
-            k("name"),
-            &ifc.name,
-            "a kernel interface name (1-15 characters)",
-        )?;
-        c.ensure(
-            names.insert(ifc.name.clone()),
-            k("name"),
-            &ifc.name,
-            "duplicate interface",
-        )?;
-        c.ensure(
-            !ifc.addresses.is_empty(),
-            k("addresses"),
-            "[]",
-            "at least one address",
-        )?;
-        for (j, a) in ifc.addresses.iter().enumerate() {
-            c.ensure(
-                imrs_covering(&a.addr()).is_none(),
-                format!("interfaces[{i}].addresses[{j}]"),
-                a,
-                "IMRS service space goes on the service interface, not a management interface",
-            )?;
-        }
-        if let Some(gw) = ifc.gateway4 {
-            c.ensure(
-                ifc.addresses.iter().any(|a| a.contains(&IpAddr::V4(gw))),
-                k("gateway4"),
-                gw,
-                "must be inside one of the interface's IPv4 subnets",
-            )?;
-        }
-        if let Some(gw) = ifc.gateway6 {
-            let ip = IpAddr::V6(gw);
-            c.ensure(
-                ifc.addresses.iter().any(|a| a.contains(&ip)) || gw.is_unicast_link_local(),
-                k("gateway6"),
-                gw,
-                "must be link-local or inside one of the interface's IPv6 subnets",
-            )?;
-        }
-        if let Some(mtu) = ifc.mtu {
-            c.ensure((1280..=9216).contains(&mtu), k("mtu"), mtu, "1280..=9216")?;
-        }
-        if let Some(mac) = &ifc.mac {
-            let ok = mac.split(':').count() == 6
-                && mac
-                    .split(':')
-                    .all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
-            c.ensure(ok, k("mac"), mac, "six colon-separated hex bytes")?;
-        }
-    }
-    let has_family = |v4: bool| {
-        s.interfaces
-            .iter()
-            .flat_map(|i| &i.addresses)
-            .any(|a| a.addr().is_ipv4() == v4)
-    };
-    c.ensure(
-        has_family(true),
-        "interfaces",
-        "no IPv4 address",
-        "dual stack is required",
-    )?;
-    c.ensure(
-        has_family(false),
-        "interfaces",
-        "no IPv6 address",
-        "dual stack is required",
-    )?;
-    c.ensure(
-        s.interfaces.iter().any(|i| i.gateway4.is_some()),
-        "interfaces",
-        "no gateway4",
-        "an IPv4 default gateway is required",
-    )?;
-    c.ensure(
-        s.interfaces.iter().any(|i| i.gateway6.is_some()),
-        "interfaces",
-        "no gateway6",
-        "an IPv6 default gateway is required",
-    )?;
-
-    // BGP.
-    let own: Vec<IpAddr> = s
-        .interfaces
-        .iter()
-        .flat_map(|i| &i.addresses)
-        .map(|a| a.addr())
-        .collect();
-    c.ensure(
-        own.contains(&IpAddr::V4(s.bgp.router_id)),
-        "bgp.router_id",
-        s.bgp.router_id,
-        "must be one of the appliance's IPv4 addresses",
-    )?;
-    if let Some(list) = &s.bgp.announce {
-        c.ensure(
-            !list.is_empty(),
-            "bgp.announce",
-            "[]",
-            "announce at least one prefix, or omit the key",
-        )?;
-        let mut seen = BTreeSet::new();
-        for (i, p) in list.iter().enumerate() {
-            c.ensure(
-                imrs_prefix(p).is_some(),
-                format!("bgp.announce[{i}]"),
-                p,
-                "only the five IMRS prefixes may be announced (199.7.82.0/23, 199.7.83.0/24, \
-                 2001:500:3::/48, 2001:500:9e::/47, 2001:500:9f::/48)",
-            )?;
-            c.ensure(
-                seen.insert(*p),
-                format!("bgp.announce[{i}]"),
-                p,
-                "listed twice",
-            )?;
-        }
-    }
-    c.ensure(
-        !s.bgp.neighbors.is_empty(),
-        "bgp.neighbors",
-        "[]",
-        "at least one neighbour",
-    )?;
-    let mut nnames = BTreeSet::new();
-    for (i, n) in s.bgp.neighbors.iter().enumerate() {
-        let k = |f: &str| format!("bgp.neighbors[{i}].{f}");
-        c.ensure(
-            !n.name.is_empty()
-                && n.name.len() <= 32
-                && n.name.starts_with(|ch: char| ch.is_ascii_alphabetic())
-                && n.name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '_'),
-            k("name"),
-            &n.name,
-            "a letter then letters, digits, '_' (at most 32)",
-        )?;
-        c.ensure(
-            nnames.insert(n.name.clone()),
-            k("name"),
-            &n.name,
-            "duplicate neighbour name",
-        )?;
-        c.ensure(
-            n.asn != IMRS_ASN,
-            k("asn"),
-            n.asn,
-            "the neighbour must be the host's AS, not AS 20144 (eBGP only)",
-        )?;
-        c.ensure(
-            n.asn != 0 && n.asn != 23456 && n.asn != u32::MAX,
-            k("asn"),
-            n.asn,
-            "a usable AS number",
-        )?;
-        let onlink = s
-            .interfaces
-            .iter()
-            .any(|ifc| ifc.addresses.iter().any(|a| a.contains(&n.address)));
-        let own_family = own.iter().any(|a| a.is_ipv4() == n.address.is_ipv4());
-        c.ensure(
-            own_family,
-            k("address"),
-            n.address,
-            format!(
-                "an {} neighbour needs an {} address on an interface",
-                family_name(&n.address),
-                family_name(&n.address)
-            ),
-        )?;
-        c.ensure(
-            onlink || n.multihop.is_some(),
-            k("address"),
-            n.address,
-            "not on any interface's subnet; set multihop for a non-adjacent neighbour",
-        )?;
-        c.ensure(
-            !own.contains(&n.address),
-            k("address"),
-            n.address,
-            "is the appliance's own address",
-        )?;
-        if let Some(pw) = &n.password {
-            c.ensure(
-                !pw.is_empty() && pw.len() <= 80 && !pw.contains(['"', '\n', '\\']),
-                k("password"),
-                "(hidden)",
-                "1-80 characters without quotes, backslashes or newlines",
-            )?;
-        }
-        if let Some(h) = n.multihop {
-            c.ensure((2..=64).contains(&h), k("multihop"), h, "2..=64 hops")?;
-        }
-        c.ensure(n.prepend <= 5, k("prepend"), n.prepend, "at most 5")?;
-    }
-    for fam in [true, false] {
-        c.ensure(
-            s.bgp.neighbors.iter().any(|n| n.address.is_ipv4() == fam),
-            "bgp.neighbors",
-            format!("no {} neighbour", if fam { "IPv4" } else { "IPv6" }),
-            "dual stack is required: one IPv4 and one IPv6 session at least",
-        )?;
-    }
-
-    // Time.
-    c.ensure(
-        !s.ntp.servers.is_empty() || s.ntp.trust_rtc,
-        "ntp.servers",
-        "[]",
-        "give NTP servers, or trust_rtc = true (labs)",
-    )?;
-    c.ensure(
-        !s.ntp.trust_rtc || s.lab,
-        "ntp.trust_rtc",
-        "true",
-        "only a lab site may trust the RTC",
-    )?;
-
-    // Phone home.
-    c.ensure(
-        s.phone_home.url.starts_with("https://") && s.phone_home.url.len() > 8,
-        "phone_home.url",
-        &s.phone_home.url,
-        "an https:// URL",
-    )?;
-    c.ensure(
-        s.phone_home.ca_pem.contains("-----BEGIN CERTIFICATE-----"),
-        "phone_home.ca_pem",
-        "(no certificate)",
-        "a PEM CA certificate",
-    )?;
-
-    // Zone sources.
-    for (i, srv) in s.zone.servers.iter().enumerate() {
-        c.ensure(
-            parse_server(srv).is_some(),
-            format!("zone.servers[{i}]"),
-            srv,
-            "an address, V4:PORT or [V6]:PORT",
-        )?;
-    }
-    Ok(())
+    parse(path, &read(path, limits::SITE, "site config")?)
 }
 
 /// Parses `ADDR`, `V4:PORT` or `[V6]:PORT` (port 53 by default).
@@ -516,13 +275,6 @@ pub fn parse_server(s: &str) -> Option<std::net::SocketAddr> {
     s.parse::<IpAddr>()
         .ok()
         .map(|ip| std::net::SocketAddr::new(ip, 53))
-}
-
-fn imrs_covering(addr: &IpAddr) -> Option<IpNet> {
-    IMRS_PREFIXES
-        .iter()
-        .find(|p| p.prefix.contains(addr))
-        .map(|p| p.prefix)
 }
 
 #[cfg(test)]

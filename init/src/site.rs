@@ -21,10 +21,6 @@ use imrs_config::site::Site;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 /// GPT partition name of the config partition.
-/// The largest site config read from a partition or the initramfs.
-pub const MAX_SITE_BYTES: u64 = 256 * 1024;
-/// The largest signature file read (a detached hex signature is 128 characters).
-pub const MAX_SIGNATURE_BYTES: u64 = 4 * 1024;
 pub const CONFIG_PARTNAME: &str = "IMRS-CONFIG";
 /// Where the config partition is mounted.
 pub const CONFIG_MOUNT: &str = "/run/imrs/config";
@@ -124,34 +120,17 @@ fn mount_ro(proc_filesystems: &str, devnode: &Path, target: &str) -> Result<(), 
     Err(format!("cannot mount read-only ({})", tried.join("; ")))
 }
 
-/// Reads `dir/site.toml` and its signature and verifies them. `Ok(None)`: no `site.toml`.
+/// Reads `dir/site.toml` and its signature (within their size limits) and verifies them.
+/// `Ok(None)`: no `site.toml`.
 fn verify_in(
     dir: &Path,
     origin: &str,
     key: &ed25519_dalek::VerifyingKey,
 ) -> Result<Option<Site>, SiteError> {
-    let path = dir.join("site.toml");
-    let refused = |source| SiteError::Refused {
+    signed::load_if_present(&dir.join("site.toml"), key).map_err(|source| SiteError::Refused {
         origin: origin.to_string(),
         source,
-    };
-    // The config partition is writable by whoever holds the box: bounded reads, regular files.
-    let text = match imrs_config::fsutil::read_limited(&path, MAX_SITE_BYTES) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(refused(SignedSiteError::Read { path, source })),
-    };
-    let sig = signed::sig_path_for(&path);
-    let sig_text = match imrs_config::fsutil::read_limited(&sig, MAX_SIGNATURE_BYTES) {
-        Ok(t) => String::from_utf8_lossy(&t).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(refused(SignedSiteError::Unsigned { sig }));
-        }
-        Err(source) => return Err(refused(SignedSiteError::Read { path: sig, source })),
-    };
-    signed::verify_text(&path, &text, &sig_text, key)
-        .map(Some)
-        .map_err(refused)
+    })
 }
 
 /// Finds the site config under `root` and verifies it. Returns the site and where it came from.

@@ -247,6 +247,8 @@ fn rate_limited_configs_pass_the_daemons_own_checks() {
         cfg.rate_limit = Some(dns::RateLimit {
             responses_per_second: 200,
             slip: 2,
+            ipv4_prefix_length: 24,
+            ipv6_prefix_length: 56,
         });
         cfg.write().unwrap();
         cfg.check().unwrap_or_else(|e| panic!("{imp}: {e}"));

@@ -105,6 +105,14 @@ fn check_neighbor(i: usize, n: &Neighbor) -> Result<(), BgpError> {
     {
         return Err(refuse(key("multihop"), h, "2..=64"));
     }
+    if let Some(i) = &n.interface
+        && (i.is_empty()
+            || !i
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c)))
+    {
+        return Err(refuse(key("interface"), i, "an interface name"));
+    }
     Ok(())
 }
 
@@ -171,6 +179,10 @@ fn render_session(out: &mut String, n: &Neighbor, opts: &BirdOptions) {
         None => {
             let _ = writeln!(out, "  direct;");
         }
+    }
+    // A link-local neighbour exists on one link only: BIRD needs to be told which.
+    if let Some(ifc) = &n.interface {
+        let _ = writeln!(out, "  interface \"{ifc}\";");
     }
     if let Some(pw) = &n.password {
         let _ = writeln!(out, "  password \"{pw}\";");
@@ -338,6 +350,49 @@ mod tests {
                 other => panic!("{what}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn link_local_neighbour_names_its_interface_and_bird_accepts_it() {
+        let text = include_str!("../../../images/sites/lab.toml").replace(
+            "address = \"2001:db8:1::1\"",
+            "address = \"fe80::1\"\ninterface = \"eth0\"",
+        );
+        let s = imrs_config::site::parse(std::path::Path::new("lab.toml"), &text).unwrap();
+        let conf = render(&s, &BirdOptions::default()).unwrap();
+        assert!(
+            conf.contains("  neighbor fe80::1 as 64512;\n  direct;\n  interface \"eth0\";\n"),
+            "{conf}"
+        );
+        let bird = std::path::Path::new(super::super::daemon::BIRD_BIN);
+        if !bird.exists() {
+            eprintln!("skip: {} not installed", bird.display());
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI needs bird"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bird.conf");
+        std::fs::write(&path, &conf).unwrap();
+        // The reaper's tests in this process may take bird's exit status (waitpid(-1)): a lost
+        // status is retried, a verdict is not.
+        let check = || {
+            let mut r = super::super::daemon::check_config(bird, &path);
+            for _ in 0..5 {
+                if !matches!(r, Err(BgpError::CheckSpawn { .. })) {
+                    break;
+                }
+                r = super::super::daemon::check_config(bird, &path);
+            }
+            r
+        };
+        check().unwrap();
+        // Without the interface line BIRD refuses it, which is why the site requires one.
+        std::fs::write(&path, conf.replace("  interface \"eth0\";\n", "")).unwrap();
+        let e = check().unwrap_err().to_string();
+        assert!(e.contains("Link-local"), "{e}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub fn render(c: &DnsConfig) -> String {
     let _ = writeln!(o, "\nlog:\n  - target: stderr\n    any: info");
     let _ = writeln!(o, "\ndatabase:\n    storage: \"{}\"", storage(c).display());
     let _ = writeln!(o, "\ncontrol:\n    listen: \"{run}/knot.sock\"");
+    // Knot 3.2's mod-rrl takes no prefix lengths: it groups clients by /24 and /56 itself.
     if let Some(rl) = c.rate_limit {
         let _ = writeln!(
             o,
@@ -92,6 +93,8 @@ mod tests {
         c.rate_limit = Some(RateLimit {
             responses_per_second: 100,
             slip: 1,
+            ipv4_prefix_length: 24,
+            ipv6_prefix_length: 56,
         });
         c.user = Some("root:root".into());
         let t = c.render().unwrap();

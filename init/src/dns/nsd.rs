@@ -48,6 +48,8 @@ pub fn render(c: &DnsConfig) -> String {
         Some(rl) => {
             let _ = writeln!(o, "    rrl-ratelimit: {}", rl.responses_per_second);
             let _ = writeln!(o, "    rrl-slip: {}", rl.slip);
+            let _ = writeln!(o, "    rrl-ipv4-prefix-length: {}", rl.ipv4_prefix_length);
+            let _ = writeln!(o, "    rrl-ipv6-prefix-length: {}", rl.ipv6_prefix_length);
         }
         None => {
             // NSD rate-limits by default; the switch is off.
@@ -106,8 +108,13 @@ mod tests {
         c.rate_limit = Some(RateLimit {
             responses_per_second: 200,
             slip: 2,
+            ipv4_prefix_length: 24,
+            ipv6_prefix_length: 56,
         });
         let t = c.render().unwrap();
-        assert!(t.contains("    rrl-ratelimit: 200\n    rrl-slip: 2\n"));
+        assert!(t.contains(
+            "    rrl-ratelimit: 200\n    rrl-slip: 2\n    rrl-ipv4-prefix-length: 24\n    \
+             rrl-ipv6-prefix-length: 56\n"
+        ));
     }
 }
