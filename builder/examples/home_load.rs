@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use imrs_build::home::{fleet, server};
+use imrs_build::home::enrol::EnrolmentMode;
+use imrs_build::home::limits::ClientLimits;
+use imrs_build::home::{server, store};
 use imrs_config::{keys, report};
 
 struct Args {
@@ -136,16 +138,17 @@ fn main() {
     std::fs::write(dir.path().join("s.pem"), srv.pem()).expect("write");
     std::fs::write(dir.path().join("s.key"), srv_key.serialize_pem()).expect("write");
     let db = dir.path().join("home.sqlite");
-    let running = server::start(&server::ServeConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        db: db.clone(),
-        tls_cert: dir.path().join("s.pem"),
-        tls_key: dir.path().join("s.key"),
-        enrolled: None,
-        max_body: server::DEFAULT_MAX_BODY,
-        log: false,
-    })
-    .expect("start receiver");
+    // The device keys are made here: open enrolment. Every client is on 127.0.0.1, so the
+    // per-client limits (meant for one device or site each) are lifted; the global ones stay.
+    let mut cfg = server::ServeConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        db.clone(),
+        dir.path().join("s.pem"),
+        dir.path().join("s.key"),
+        EnrolmentMode::Open,
+    );
+    cfg.limits.per_client = ClientLimits::unlimited();
+    let running = server::start(&cfg).expect("start receiver");
     let url = format!("https://{}/reports", running.addr);
 
     // Sign beforehand.
@@ -203,7 +206,7 @@ fn main() {
         .flat_map(|t| t.join().expect("client thread"))
         .collect();
     let elapsed = start.elapsed();
-    let stored = fleet::count_reports(&db).expect("count");
+    let stored = store::count_reports(&db).expect("count");
     running.stop();
     assert_eq!(stored as usize, lat.len(), "every 201 is a stored report");
     lat.sort();

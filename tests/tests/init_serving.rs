@@ -35,7 +35,8 @@ use std::time::Duration;
 
 use appliance::{Init, fixture_with_site};
 use daemons::{BGPD, BIRD, Daemon, Frr, NSD, VTYSH, ZEBRA, frr_bgpd_conf, wait_for};
-use imrs_build::home::{fleet, server};
+use imrs_build::home::enrol::EnrolmentMode;
+use imrs_build::home::{server, store};
 use netns::{NetNs, require, veth};
 
 /// 2026-08-01T00:00:00Z: inside the signature window of root.zone.2026073102.
@@ -166,15 +167,14 @@ fn start_xfr(rtr: &NetNs, dir: &Path, zone: &Path) -> Daemon {
 
 /// Starts the receiver with its listening socket in `rtr`.
 fn start_receiver(rtr: &NetNs, pki: &Pki, db: &Path) -> server::Running {
-    let cfg = server::ServeConfig {
-        listen: "192.0.2.80:8443".parse().unwrap(),
-        db: db.to_path_buf(),
-        tls_cert: pki.cert.clone(),
-        tls_key: pki.key.clone(),
-        enrolled: None,
-        max_body: server::DEFAULT_MAX_BODY,
-        log: false,
-    };
+    // The device makes its key at first boot: open enrolment, as in the lab.
+    let cfg = server::ServeConfig::new(
+        "192.0.2.80:8443".parse().unwrap(),
+        db.to_path_buf(),
+        pki.cert.clone(),
+        pki.key.clone(),
+        EnrolmentMode::Open,
+    );
     let ns = std::fs::File::open(rtr.path()).unwrap();
     std::thread::spawn(move || {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -332,7 +332,7 @@ fn first_boot_passes_serves_announces_and_reports() {
 
     // One verified install-passed report from this device.
     let dev = wait_for(Duration::from_secs(60), || {
-        let f = fleet::fleet(&h.db, 10).ok()?;
+        let f = store::fleet(&h.db, 10).ok()?;
         f.devices
             .into_iter()
             .find(|d| d.last_event == "install-passed")
@@ -491,7 +491,7 @@ fn first_boot_passes_serves_announces_and_reports() {
         out.contains("status: REFUSED") || out.contains("status: SERVFAIL"),
         "expired zone still served: {out}"
     );
-    let f = fleet::fleet(&h.db, 10).unwrap();
+    let f = store::fleet(&h.db, 10).unwrap();
     assert_eq!(f.devices.len(), 1, "{f:?}");
     second.signal(libc::SIGTERM);
     second.wait(Duration::from_secs(30));
@@ -602,7 +602,7 @@ fn tampered_zone_is_refused_and_reported() {
     assert!(init.count("ZONEMD") >= 1, "{:#?}", init.console());
     assert_eq!(init.count("stage dns: "), 0, "nothing after zone runs");
     let dev = wait_for(Duration::from_secs(60), || {
-        let f = fleet::fleet(&h.db, 10).ok()?;
+        let f = store::fleet(&h.db, 10).ok()?;
         f.devices
             .into_iter()
             .find(|d| d.last_event == "install-failed")

@@ -9,7 +9,8 @@ use imrs_init::phonehome;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use imrs_build::home::{fleet, server, store};
+use imrs_build::home::enrol::EnrolmentMode;
+use imrs_build::home::{server, store};
 use imrs_config::keys;
 use imrs_config::report::{self, Event, Report, ReportId, Stage, StageOutcome, Status};
 use phonehome::{DeliveryConfig, PhoneHome};
@@ -50,15 +51,17 @@ fn pki(dir: &Path, name: &str) -> Pki {
 }
 
 fn receiver(p: &Pki, db: &Path, listen: &str, enrolled: Option<&Path>) -> server::Running {
-    server::start(&server::ServeConfig {
-        listen: listen.parse().unwrap(),
-        db: db.to_path_buf(),
-        tls_cert: p.cert.clone(),
-        tls_key: p.key.clone(),
-        enrolled: enrolled.map(Path::to_path_buf),
-        max_body: server::DEFAULT_MAX_BODY,
-        log: false,
-    })
+    let enrolment = match enrolled {
+        Some(dir) => EnrolmentMode::Folder(dir.to_path_buf()),
+        None => EnrolmentMode::Open,
+    };
+    server::start(&server::ServeConfig::new(
+        listen.parse().unwrap(),
+        db.to_path_buf(),
+        p.cert.clone(),
+        p.key.clone(),
+        enrolment,
+    ))
     .unwrap()
 }
 
@@ -188,7 +191,7 @@ fn install_reports_are_delivered_verified_stored_and_listed() {
         dev2.status().delivered == 1 && dev2.status().pending == 0
     });
 
-    let fleet = fleet::fleet(&db, 10).unwrap();
+    let fleet = store::fleet(&db, 10).unwrap();
     assert_eq!(fleet.devices.len(), 2, "{fleet:?}");
     assert_eq!(fleet.rejected_total, 0, "{fleet:?}");
     let d1 = fleet
@@ -219,20 +222,10 @@ fn install_reports_are_delivered_verified_stored_and_listed() {
     );
 
     // What was stored is exactly what the device signed, and verifies again.
-    let conn = store::open(&db).unwrap();
-    let (body, sig, pk): (String, String, String) = conn
-        .query_row(
-            "SELECT report, signature, public_key FROM reports WHERE id = ?1",
-            [passed.id.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
-    let again = report::verify(&report::SignedReport {
-        report: body,
-        signature: sig,
-        public_key: pk,
-    })
-    .unwrap();
+    let stored = store::signed_report(&db, passed.id.as_str())
+        .unwrap()
+        .expect("the report is stored");
+    let again = report::verify(&stored).unwrap();
     assert_eq!(again, passed);
     dev1.stop();
     dev2.stop();
@@ -275,8 +268,8 @@ fn receiver_down_then_up_across_a_deliverer_restart() {
         Duration::from_secs(20),
         || dev.status().pending == 0,
     );
-    assert_eq!(fleet::count_reports(&db).unwrap(), 1);
-    let fleet = fleet::fleet(&db, 10).unwrap();
+    assert_eq!(store::count_reports(&db).unwrap(), 1);
+    let fleet = store::fleet(&db, 10).unwrap();
     assert_eq!(fleet.devices[0].device, key_id);
     dev.stop();
     rx.stop();
@@ -306,7 +299,7 @@ fn wrong_ca_is_refused_and_the_report_kept() {
         "{err}"
     );
     assert_eq!(dev.status().pending, 1, "kept");
-    assert_eq!(fleet::count_reports(&db).unwrap(), 0);
+    assert_eq!(store::count_reports(&db).unwrap(), 0);
     dev.stop();
 
     // Pinning the receiver's real CA, the same outbox goes through.
@@ -316,7 +309,7 @@ fn wrong_ca_is_refused_and_the_report_kept() {
         Duration::from_secs(20),
         || dev.status().pending == 0,
     );
-    assert_eq!(fleet::count_reports(&db).unwrap(), 1);
+    assert_eq!(store::count_reports(&db).unwrap(), 1);
     dev.stop();
     rx.stop();
 }
@@ -339,8 +332,8 @@ fn duplicate_delivery_is_stored_once_and_acknowledged() {
     // The answer was "lost": the device sends it again, and again.
     assert_eq!(send(&agent, &url, &pending[0]).unwrap(), Ack::Duplicate);
     assert_eq!(send(&agent, &url, &pending[0]).unwrap(), Ack::Duplicate);
-    assert_eq!(fleet::count_reports(&db).unwrap(), 1);
-    let fleet = fleet::fleet(&db, 10).unwrap();
+    assert_eq!(store::count_reports(&db).unwrap(), 1);
+    let fleet = store::fleet(&db, 10).unwrap();
     assert_eq!(fleet.devices[0].reports, 1);
     assert_eq!(fleet.devices[0].last_event, "boot");
     assert_eq!(fleet.rejected_total, 0);
@@ -355,7 +348,7 @@ fn duplicate_delivery_is_stored_once_and_acknowledged() {
     };
     let err = send(&agent, &url, &forged).unwrap_err();
     assert!(err.to_string().contains("422"), "{err}");
-    assert_eq!(fleet::count_reports(&db).unwrap(), 1);
+    assert_eq!(store::count_reports(&db).unwrap(), 1);
     rx.stop();
 }
 
@@ -395,9 +388,9 @@ fn unknown_device_is_rejected_under_enrolment_until_enrolled() {
     assert!(st.last_error.unwrap_or_default().contains("403"));
     // Rejections are logged by the writer thread after the 4xx is sent: wait for them.
     wait_for("B's rejections logged", Duration::from_secs(10), || {
-        fleet::fleet(&db, 50).is_ok_and(|f| f.rejected_total >= 2)
+        store::fleet(&db, 50).is_ok_and(|f| f.rejected_total >= 2)
     });
-    let fleet = fleet::fleet(&db, 50).unwrap();
+    let fleet = store::fleet(&db, 50).unwrap();
     assert_eq!(fleet.devices.len(), 1);
     assert_eq!(fleet.devices[0].serial, "SN-A");
     assert!(fleet.rejected_total >= 2);
@@ -424,7 +417,7 @@ fn unknown_device_is_rejected_under_enrolment_until_enrolled() {
         Duration::from_secs(20),
         || dev_b.status().pending == 0,
     );
-    assert_eq!(fleet::fleet(&db, 0).unwrap().devices.len(), 2);
+    assert_eq!(store::fleet(&db, 0).unwrap().devices.len(), 2);
     dev_a.stop();
     dev_b.stop();
     rx.stop();

@@ -1,6 +1,8 @@
 //! Enrolled devices: a folder of device public keys (SPKI PEM, `*.pem` or `*.pub`, one per
-//! file, as written at flashing time). With enrolment on, the receiver accepts reports only from
-//! these keys.
+//! file, as written at flashing time). The receiver accepts reports only from these keys unless
+//! it was started with open enrolment ([`EnrolmentMode::Open`]), which it must be told
+//! explicitly: there is no default. (The flash inventory of the disk work is meant to become
+//! the source of this folder.)
 //!
 //! The folder is read strictly at start (a file that is not a key stops the receiver, naming the
 //! file) and read again whenever its modification time changes, so enrolling a device is
@@ -13,6 +15,17 @@ use std::time::SystemTime;
 
 use ed25519_dalek::VerifyingKey;
 use imrs_config::keys;
+
+/// Which device keys the receiver accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrolmentMode {
+    /// Only the keys in this folder (`--enrolled DIR`); others get `403 unknown-device`.
+    Folder(PathBuf),
+    /// Any correctly signed report (`--open-enrolment`, for labs and tests): its device is
+    /// stored as not enrolled, and a key claiming a serial another key claimed first is stored
+    /// flagged.
+    Open,
+}
 
 /// The enrolment folder could not be read.
 #[derive(Debug, thiserror::Error)]

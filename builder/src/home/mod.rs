@@ -2,30 +2,49 @@
 //! (`imrs_config::report`) over HTTPS; `home serve` verifies and stores them in SQLite, and
 //! `home list` shows the fleet: each device's latest report, and the submissions refused.
 //!
-//! - [`server`]: TLS, HTTP, limits, the serving loop.
+//! - [`server`]: TLS, HTTP, timeouts, connection caps, the serving loop.
+//! - [`limits`]: per-client limits (open connections, token-bucket rate).
+//! - [`source`]: what counts as one client (IPv4 address, IPv6 /64).
 //! - [`receiver`]: one submission: verification, enrolment, storage, the answer the device
 //!   relies on.
-//! - [`store`]: the SQLite database (WAL, group commit).
-//! - [`fleet`]: the fleet query behind `home list`.
-//! - [`enrol`]: the optional folder of enrolled device keys.
+//! - [`store`]: the SQLite database, the only code with SQL: writer, bounded refusals, reads.
+//! - [`enrol`]: the folder of enrolled device keys, or open enrolment.
+//! - [`list`]: the fleet as text for people, every reporter-controlled value escaped
+//!   ([`escape`]).
 
 pub mod enrol;
-pub mod fleet;
+pub mod escape;
+pub mod limits;
+pub mod list;
 pub mod receiver;
 pub mod server;
+pub mod source;
 pub mod store;
+
+pub use list::render;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+
+use enrol::EnrolmentMode;
+use limits::ClientLimits;
+use store::RejectedCaps;
 
 /// `imrs-build home ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum HomeCommand {
     /// Receive phone-home reports over HTTPS: verify each signature, store it once per report
-    /// id in SQLite; runs until SIGINT or SIGTERM.
+    /// id in SQLite; runs until SIGINT or SIGTERM. Either `--enrolled DIR` or
+    /// `--open-enrolment` must be given.
+    #[command(group(
+        clap::ArgGroup::new("enrolment")
+            .required(true)
+            .args(["enrolled", "open_enrolment"])
+    ))]
     Serve {
         /// Address to listen on, e.g. `[::]:8443` (port 0 picks a free one; the bound address is
         /// printed on stdout).
@@ -43,11 +62,38 @@ pub enum HomeCommand {
         tls_key: PathBuf,
         /// Accept only devices whose public key (PEM, `*.pem`/`*.pub`) is in this folder;
         /// others are refused with 403 and recorded as rejected.
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         enrolled: Option<PathBuf>,
+        /// Accept any device key (labs, tests): devices are stored and listed as unenrolled,
+        /// and a key claiming a serial another key claimed first is flagged.
+        #[arg(long)]
+        open_enrolment: bool,
         /// Largest accepted request body in bytes.
         #[arg(long, default_value_t = server::DEFAULT_MAX_BODY)]
         max_body: usize,
+        /// Most connections served at once, all clients together.
+        #[arg(long, default_value_t = server::DEFAULT_CONNECTIONS)]
+        max_connections: usize,
+        /// Seconds a request's headers may take; also how long an idle keep-alive connection
+        /// is kept.
+        #[arg(long, default_value_t = server::DEFAULT_IDLE_TIMEOUT.as_secs())]
+        idle_timeout: u64,
+        /// Most open connections per client (an IPv4 address or an IPv6 /64).
+        #[arg(long, default_value_t = limits::DEFAULT_CONNECTIONS)]
+        client_connections: usize,
+        /// Connections plus requests per second allowed per client, on average (token bucket;
+        /// past it: connections closed, requests answered 429).
+        #[arg(long, default_value_t = limits::DEFAULT_RATE)]
+        client_rate: f64,
+        /// Connections plus requests a client may send in a burst.
+        #[arg(long, default_value_t = limits::DEFAULT_BURST)]
+        client_burst: u32,
+        /// Refused submissions kept per client; the oldest is dropped (and counted) first.
+        #[arg(long, default_value_t = store::rejected::DEFAULT_PER_SOURCE)]
+        rejected_per_source: u64,
+        /// Refused submissions kept in all; the oldest is dropped (and counted) first.
+        #[arg(long, default_value_t = store::rejected::DEFAULT_TOTAL)]
+        rejected_total: u64,
     },
     /// Show the fleet: each device's latest report, then the latest rejected submissions.
     List {
@@ -69,21 +115,49 @@ pub fn run(cmd: HomeCommand, json: bool) -> Result<u8> {
             tls_cert,
             tls_key,
             enrolled,
+            open_enrolment,
             max_body,
+            max_connections,
+            idle_timeout,
+            client_connections,
+            client_rate,
+            client_burst,
+            rejected_per_source,
+            rejected_total,
         } => {
+            let enrolment = match (enrolled, open_enrolment) {
+                (Some(dir), false) => EnrolmentMode::Folder(dir),
+                (None, true) => EnrolmentMode::Open,
+                // clap enforces exactly one; say so if that ever changes.
+                _ => bail!("give exactly one of --enrolled DIR and --open-enrolment"),
+            };
+            if !(client_rate.is_finite() && client_rate > 0.0) {
+                bail!(
+                    "--client-rate {client_rate}: must be a positive number of requests per second"
+                );
+            }
             let cfg = server::ServeConfig {
-                listen,
-                db,
-                tls_cert,
-                tls_key,
-                enrolled,
-                max_body,
+                limits: server::Limits {
+                    max_body,
+                    connections: max_connections,
+                    idle_timeout: Duration::from_secs(idle_timeout.max(1)),
+                    per_client: ClientLimits {
+                        connections: client_connections,
+                        rate: client_rate,
+                        burst: client_burst,
+                    },
+                },
+                rejected: RejectedCaps {
+                    per_source: rejected_per_source,
+                    total: rejected_total,
+                },
                 log: true,
+                ..server::ServeConfig::new(listen, db, tls_cert, tls_key, enrolment)
             };
             serve(&cfg, json)
         }
         HomeCommand::List { db, rejected } => {
-            let fleet = fleet::fleet(&db, rejected)?;
+            let fleet = store::fleet(&db, rejected)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&fleet)?);
             } else {
@@ -107,14 +181,19 @@ fn serve(cfg: &server::ServeConfig, json: bool) -> Result<u8> {
             println!(
                 "{}",
                 serde_json::json!({"listening": addr.to_string(), "db": cfg.db,
+                                   "enrolment": if receiver.enrolled().is_some() { "enrolled" } else { "open" },
                                    "enrolled": receiver.enrolled()})
             );
         } else {
             println!("listening on https://{addr}");
-            match receiver.enrolled() {
-                Some(n) => eprintln!("enrolment on: {n} device key(s)"),
-                None => eprintln!("enrolment off: any correctly signed report is accepted"),
-            }
+        }
+        match receiver.enrolled() {
+            Some(n) => eprintln!("enrolment on: {n} device key(s)"),
+            None => eprintln!(
+                "WARNING: OPEN ENROLMENT: any correctly signed report from any device key is \
+                 accepted and stored (listed as unenrolled); anyone who can reach {addr} can add \
+                 devices to this fleet. For a real fleet, use --enrolled DIR."
+            ),
         }
         use std::io::Write;
         std::io::stdout().flush()?;
@@ -126,109 +205,10 @@ fn serve(cfg: &server::ServeConfig, json: bool) -> Result<u8> {
                 _ = term.recv() => {},
             }
         };
-        server::serve(listener, tls, receiver, stop).await;
+        server::serve(listener, tls, receiver, cfg.limits, stop).await;
         eprintln!("home: stopped");
         anyhow::Ok(())
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(0)
-}
-
-fn when(unix: i64) -> String {
-    jiff::Timestamp::from_second(unix)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
-        .unwrap_or_else(|_| unix.to_string())
-}
-
-/// The fleet as a text table for people.
-pub fn render(f: &fleet::Fleet) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let head = [
-        "DEVICE",
-        "SERIAL",
-        "SITE",
-        "INSTANCE",
-        "LAST EVENT",
-        "ZONE",
-        "RECEIVED",
-        "REPORTS",
-    ];
-    let rows: Vec<[String; 8]> = f
-        .devices
-        .iter()
-        .map(|d| {
-            let event = match (&d.failed_stage, &d.failed_reason) {
-                (Some(s), Some(r)) => format!("{} ({s}: {r})", d.last_event),
-                _ => d.last_event.clone(),
-            };
-            let site = if d.lab {
-                format!("{} [lab]", d.site_id)
-            } else {
-                d.site_id.clone()
-            };
-            [
-                d.device.clone(),
-                d.serial.clone(),
-                site,
-                d.instance.clone(),
-                event,
-                d.zone_serial
-                    .map(|z| z.to_string())
-                    .unwrap_or_else(|| "-".into()),
-                when(d.received_unix),
-                d.reports.to_string(),
-            ]
-        })
-        .collect();
-    let mut width = head.map(str::len);
-    for r in &rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                let _ = write!(s, "{c:<w$}  ");
-            }
-        }
-        s.trim_end().to_string()
-    };
-    let _ = writeln!(out, "{} device(s)", f.devices.len());
-    if !rows.is_empty() {
-        let _ = writeln!(out, "{}", line(&head));
-        for r in &rows {
-            let cells: Vec<&str> = r.iter().map(String::as_str).collect();
-            let _ = writeln!(out, "{}", line(&cells));
-        }
-    }
-    let _ = writeln!(
-        out,
-        "\n{} rejected submission(s){}",
-        f.rejected_total,
-        if f.rejected.len() as u64 == f.rejected_total {
-            String::new()
-        } else {
-            format!(", latest {}", f.rejected.len())
-        }
-    );
-    for r in &f.rejected {
-        let _ = writeln!(
-            out,
-            "{}  {}  {}  device {}  report {}  serial {}  site {}  {}",
-            when(r.received_unix),
-            r.peer,
-            r.status,
-            r.key_id.as_deref().unwrap_or("-"),
-            r.report_id.as_deref().unwrap_or("-"),
-            r.serial.as_deref().unwrap_or("-"),
-            r.site_id.as_deref().unwrap_or("-"),
-            r.reason
-        );
-    }
-    out
 }

@@ -7,8 +7,15 @@
 //! - `409 {"id","status":"duplicate"}`: the same signed report was stored before. The device
 //!   treats 201 and this 409 alike: delivered.
 //! - `400 malformed`, `413 too-large`, `422 bad-signature | invalid | id-conflict`,
-//!   `403 unknown-device`: refused and recorded in `rejected`; the device keeps its copy.
+//!   `403 unknown-device`: refused and recorded in `rejected` (bounded: see
+//!   [`super::store::rejected`]); the device keeps its copy.
 //! - `503` when the database cannot store (not recorded; the device retries).
+//!
+//! Under open enrolment a report whose serial another key claimed first is still stored (`201`,
+//! with a `warning`), and flagged: `home list` shows which key holds the serial. Refusing it
+//! instead would let whoever reports first lock the real device out.
+//!
+//! Everything logged from a submission is cut to size and escaped ([`super::escape`]).
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,32 +26,45 @@ use imrs_config::report::{self, Event, ReportError, SignedReport};
 use serde_json::json;
 use sha2::Digest;
 
-use super::enrol::Enrolment;
+use super::enrol::{Enrolment, EnrolmentMode};
+use super::escape::escape;
 use super::server::{ServeConfig, ServeError};
+use super::source::Source;
+use super::store::rejected::bounded;
 use super::store::{NewReport, Rejection, Store, StoreError, Stored};
 
-/// The receiver's shared state: the store, the enrolment and the limits.
+/// The receiver's shared state: the store, the enrolment and the body limit.
 #[derive(Debug)]
 pub struct Receiver {
     store: Store,
+    /// `None`: open enrolment.
     enrolled: Option<Enrolment>,
     pub(super) max_body: usize,
     pub(super) log: bool,
 }
 
+/// Text from a submission as it may go to a log line: cut to size, controls escaped.
+fn loggable(text: &str) -> String {
+    escape(&bounded(text).0).into_owned()
+}
+
 impl Receiver {
-    /// Opens the database and reads the enrolment folder.
+    /// Opens the database (bringing refused submissions within their caps) and reads the
+    /// enrolment folder.
     pub fn open(cfg: &ServeConfig) -> Result<Receiver, ServeError> {
-        let enrolled = cfg.enrolled.as_deref().map(Enrolment::load).transpose()?;
+        let enrolled = match &cfg.enrolment {
+            EnrolmentMode::Folder(dir) => Some(Enrolment::load(dir)?),
+            EnrolmentMode::Open => None,
+        };
         Ok(Receiver {
-            store: Store::start(&cfg.db)?,
+            store: Store::start(&cfg.db, cfg.rejected)?,
             enrolled,
-            max_body: cfg.max_body,
+            max_body: cfg.limits.max_body,
             log: cfg.log,
         })
     }
 
-    /// Number of enrolled keys, when enrolment is on.
+    /// Number of enrolled keys; `None` under open enrolment.
     pub fn enrolled(&self) -> Option<usize> {
         self.enrolled.as_ref().map(Enrolment::len)
     }
@@ -54,11 +74,16 @@ impl Receiver {
         let now = unix_now();
         let reject = |status: StatusCode, kind: &str, reason: String, known: Known| {
             if self.log {
-                eprintln!("home: {peer}: {} {kind}: {reason}", status.as_u16());
+                eprintln!(
+                    "home: {peer}: {} {kind}: {}",
+                    status.as_u16(),
+                    loggable(&reason)
+                );
             }
             self.store.reject(Rejection {
                 received_unix: now,
                 peer: peer.to_string(),
+                source: Source::from(peer.ip()).to_string(),
                 status: status.as_u16(),
                 reason: format!("{kind}: {reason}"),
                 key_id: known.key_id,
@@ -66,7 +91,8 @@ impl Receiver {
                 serial: known.serial,
                 site_id: known.site_id,
             });
-            let mut answer = json!({"status": kind, "error": reason});
+            // The answer goes back to the sender only; still, no megabyte echoes.
+            let mut answer = json!({"status": kind, "error": bounded(&reason).0});
             if let Some(id) = known.report_id {
                 answer["id"] = id.into();
             }
@@ -158,6 +184,7 @@ impl Receiver {
             digest: hex::encode(sha2::Sha256::digest(signed.report.as_bytes())),
             report: signed.report,
             signature: signed.signature,
+            enrolled: self.enrolled.is_some(),
         };
         let outcome = match self.store.submit(row) {
             Ok(rx) => match rx.await {
@@ -168,17 +195,30 @@ impl Receiver {
             },
             Err(e) => Err(e),
         };
+        let stored = |flag: &str| {
+            if self.log {
+                eprintln!(
+                    "home: {peer}: stored {} {id} from {key_id} ({} at {}){flag}",
+                    parsed.event.name(),
+                    loggable(&parsed.device.serial),
+                    loggable(&parsed.site.site_id)
+                );
+            }
+        };
         match outcome {
             Ok(Stored::New) => {
-                if self.log {
-                    eprintln!(
-                        "home: {peer}: stored {} {id} from {key_id} ({} at {})",
-                        parsed.event.name(),
-                        parsed.device.serial,
-                        parsed.site.site_id
-                    );
-                }
+                stored("");
                 (StatusCode::CREATED, json!({"id": id, "status": "stored"}))
+            }
+            Ok(Stored::Flagged { serial_held_by }) => {
+                stored(&format!(
+                    "; FLAGGED: device key {serial_held_by} claimed this serial first"
+                ));
+                (
+                    StatusCode::CREATED,
+                    json!({"id": id, "status": "stored",
+                           "warning": format!("serial claimed first by device key {serial_held_by}; stored and flagged")}),
+                )
             }
             Ok(Stored::Duplicate) => (
                 StatusCode::CONFLICT,
@@ -208,11 +248,16 @@ impl Receiver {
     /// Records a refusal that happened before the body was read (too large, timeout).
     pub(super) fn refuse(&self, peer: SocketAddr, status: StatusCode, kind: &str, reason: String) {
         if self.log {
-            eprintln!("home: {peer}: {} {kind}: {reason}", status.as_u16());
+            eprintln!(
+                "home: {peer}: {} {kind}: {}",
+                status.as_u16(),
+                loggable(&reason)
+            );
         }
         self.store.reject(Rejection {
             received_unix: unix_now(),
             peer: peer.to_string(),
+            source: Source::from(peer.ip()).to_string(),
             status: status.as_u16(),
             reason: format!("{kind}: {reason}"),
             key_id: None,

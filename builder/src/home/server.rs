@@ -2,8 +2,10 @@
 //! `POST`ed body goes to [`Receiver::submit`] (verification, storage, the answer); anything but
 //! `POST` gets `405`.
 //!
-//! Every connection is TLS (rustls, ring); handshakes, headers and bodies have time limits and
-//! the number of open connections is capped, so a slow or hostile client cannot stop the others.
+//! Every connection is TLS (rustls, ring); handshakes, headers and bodies have time limits, an
+//! idle keep-alive connection is closed after [`Limits::idle_timeout`], the number of open
+//! connections is capped in all and per client, and each client has a request rate
+//! ([`super::limits`]), so a slow, hostile or merely eager client cannot stop the others.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,18 +26,21 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use super::enrol::EnrolError;
+use super::enrol::{EnrolError, EnrolmentMode};
+use super::escape::escape;
+use super::limits::{ClientLimits, Clients, Refused};
 use super::receiver::Receiver;
-use super::store::StoreError;
+use super::source::Source;
+use super::store::{RejectedCaps, StoreError};
 
 /// Default largest accepted body.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
-/// Most connections served at once; more wait in the kernel's accept queue.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Default of [`Limits::connections`].
+pub const DEFAULT_CONNECTIONS: usize = 1024;
 /// Time allowed for a TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed for a request's headers (and for the next request on an idle connection).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`Limits::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for a request body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -89,6 +94,32 @@ pub enum ServeError {
     Enrol(#[from] EnrolError),
 }
 
+/// The receiver's limits on what clients may send and hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Largest accepted body in bytes.
+    pub max_body: usize,
+    /// Most connections served at once, all clients together; more wait in the kernel's
+    /// accept queue.
+    pub connections: usize,
+    /// Time allowed for a request's headers, which is also how long an idle keep-alive
+    /// connection is kept.
+    pub idle_timeout: Duration,
+    /// What each client may do.
+    pub per_client: ClientLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body: DEFAULT_MAX_BODY,
+            connections: DEFAULT_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            per_client: ClientLimits::default(),
+        }
+    }
+}
+
 /// What `home serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -100,12 +131,36 @@ pub struct ServeConfig {
     pub tls_cert: PathBuf,
     /// PEM private key.
     pub tls_key: PathBuf,
-    /// Folder of enrolled device public keys; `None` accepts any correctly signed report.
-    pub enrolled: Option<PathBuf>,
-    /// Largest accepted body in bytes.
-    pub max_body: usize,
+    /// Which device keys are accepted.
+    pub enrolment: EnrolmentMode,
+    /// Connection, rate and size limits.
+    pub limits: Limits,
+    /// How many refused submissions are kept.
+    pub rejected: RejectedCaps,
     /// Print one line per stored or rejected report on stderr.
     pub log: bool,
+}
+
+impl ServeConfig {
+    /// A configuration with the default limits and caps, not logging.
+    pub fn new(
+        listen: SocketAddr,
+        db: PathBuf,
+        tls_cert: PathBuf,
+        tls_key: PathBuf,
+        enrolment: EnrolmentMode,
+    ) -> ServeConfig {
+        ServeConfig {
+            listen,
+            db,
+            tls_cert,
+            tls_key,
+            enrolment,
+            limits: Limits::default(),
+            rejected: RejectedCaps::default(),
+            log: false,
+        }
+    }
 }
 
 /// Loads the receiver's TLS configuration (rustls with the ring provider, HTTP/1.1).
@@ -148,7 +203,43 @@ fn answer(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>>
     resp
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, rx: &Receiver) -> Response<Full<Bytes>> {
+fn close(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    r.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+/// Logs a per-client refusal when one is due (at most once per client per
+/// [`super::limits::LOG_EVERY`]).
+fn log_refusal(rx: &Receiver, source: Source, what: &str, (why, due): Refused) {
+    if let (true, Some(n)) = (rx.log, due) {
+        eprintln!(
+            "home: {source}: {what} refused: {} ({n} refusal(s) since the last note)",
+            why.describe()
+        );
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    rx: &Receiver,
+    clients: &Clients,
+) -> Response<Full<Bytes>> {
+    let source = Source::from(peer.ip());
+    if let Err(refused) = clients.request(source) {
+        log_refusal(rx, source, "request", refused);
+        let mut r = close(answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            &json!({"status": "rate-limited", "error": "too many requests from this client"}),
+        ));
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&clients.retry_after().to_string()) {
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     if req.method() != Method::POST {
         let mut r = answer(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -165,7 +256,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, rx: &Receiver) -> Resp
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let too_large = |n: String, close: bool| {
+    let too_large = |n: String, unread: bool| {
         let reason = format!(
             "body of {n} bytes exceeds the limit of {} bytes",
             rx.max_body
@@ -176,18 +267,12 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, rx: &Receiver) -> Resp
             "too-large",
             reason.clone(),
         );
-        let mut r = answer(
+        let r = answer(
             StatusCode::PAYLOAD_TOO_LARGE,
             &json!({"status": "too-large", "error": reason}),
         );
-        if close {
-            // The rest of the body is not read: do not reuse the connection.
-            r.headers_mut().insert(
-                hyper::header::CONNECTION,
-                hyper::header::HeaderValue::from_static("close"),
-            );
-        }
-        r
+        // When the rest of the body is not read, the connection cannot be reused.
+        if unread { close(r) } else { r }
     };
     let drain_max = (rx.max_body as u64).saturating_mul(DRAIN_FACTOR);
     if let Some(n) = declared
@@ -211,15 +296,10 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, rx: &Receiver) -> Resp
                 "timeout",
                 "body too slow".into(),
             );
-            let mut r = answer(
+            return close(answer(
                 StatusCode::REQUEST_TIMEOUT,
                 &json!({"status": "timeout", "error": "body too slow"}),
-            );
-            r.headers_mut().insert(
-                hyper::header::CONNECTION,
-                hyper::header::HeaderValue::from_static("close"),
-            );
-            return r;
+            ));
         }
     };
     let (status, body) = rx.submit(&bytes, peer).await;
@@ -281,10 +361,12 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     receiver: Arc<Receiver>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
+    let clients = Clients::new(limits.per_client);
     tokio::pin!(shutdown);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -302,28 +384,43 @@ pub async fn serve(
                 }
             },
         };
+        let source = Source::from(peer.ip());
+        let admitted = match clients.admit(source) {
+            Ok(a) => a,
+            Err(refused) => {
+                // Closed before any TLS work; the slot is free again at once.
+                log_refusal(&receiver, source, "connection", refused);
+                drop(tcp);
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
         let receiver = receiver.clone();
+        let clients = clients.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _admitted = admitted;
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     if receiver.log {
-                        eprintln!("home: {peer}: TLS handshake failed: {e}");
+                        eprintln!(
+                            "home: {peer}: TLS handshake failed: {}",
+                            escape(&e.to_string())
+                        );
                     }
                     return;
                 }
                 Err(_) => return,
             };
             let svc = hyper::service::service_fn(move |req| {
-                let receiver = receiver.clone();
-                async move { Ok::<_, Infallible>(handle(req, peer, &receiver).await) }
+                let (receiver, clients) = (receiver.clone(), clients.clone());
+                async move { Ok::<_, Infallible>(handle(req, peer, &receiver, &clients).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.idle_timeout)
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
         });
@@ -386,10 +483,11 @@ pub fn start(cfg: &ServeConfig) -> Result<Running, ServeError> {
         source,
     })?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = cfg.limits;
     let thread = std::thread::Builder::new()
         .name("home-serve".into())
         .spawn(move || {
-            rt.block_on(serve(listener, tls, receiver, async {
+            rt.block_on(serve(listener, tls, receiver, limits, async {
                 let _ = stopped.await;
             }));
             rt.shutdown_timeout(Duration::from_secs(1));

@@ -1,44 +1,23 @@
 //! The phone-home receiver of the lab: `imrs-build home serve` (this very program) inside the
-//! namespace, on the host and port of the site's `phone_home.url`, with the lab's certificate.
-//! Reports are read back from its SQLite database (WAL allows it beside the serving process):
-//! only verified reports are stored, so a row is a verified report.
+//! namespace, on the host and port of the site's `phone_home.url`, with the lab's certificate,
+//! in open enrolment (the lab does not know the device key before the guest makes it).
+//! Reports are read back through the receiver's store ([`crate::home::store`]): only verified
+//! reports are stored, so a row is a verified report.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+
+use crate::home::store::{self, StoreError};
 
 use super::netns::NetNs;
 use super::proc::{Daemon, wait_for};
 use super::site::Tls;
 
 /// One stored (verified) report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StoredReport {
-    /// Report id.
-    pub id: String,
-    /// `install-passed`, `install-failed`, `boot`.
-    pub event: String,
-    /// Failed stage of an `install-failed`.
-    pub failed_stage: Option<String>,
-    /// Its reason.
-    pub failed_reason: Option<String>,
-    /// Zone serial in the report.
-    pub zone_serial: Option<u32>,
-    /// Receiver's time of arrival (Unix seconds).
-    pub received_unix: i64,
-    /// Device key id.
-    pub device: String,
-}
-
-impl StoredReport {
-    /// An installation report (`install-passed` or `install-failed`).
-    pub fn is_install(&self) -> bool {
-        self.event.starts_with("install-")
-    }
-}
+pub use crate::home::store::ReportRow as StoredReport;
 
 /// `home serve`, stopped with SIGTERM (then killed) when dropped.
 #[derive(Debug)]
@@ -61,7 +40,8 @@ impl Receiver {
     ) -> Result<Receiver> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: mkdir", dir.display()))?;
         let mut cmd = ns.command(exe);
-        cmd.args(["home", "serve", "--listen", &listen.to_string(), "--db"])
+        cmd.args(["home", "serve", "--open-enrolment"])
+            .args(["--listen", &listen.to_string(), "--db"])
             .arg(db)
             .arg("--tls-cert")
             .arg(&tls.cert)
@@ -112,65 +92,64 @@ impl Receiver {
     }
 }
 
-/// Every verified report in `db`, oldest first, and the number of rejected submissions. A
-/// missing database has none.
+/// Every verified report in `db`, oldest first, and the number of rejected submissions (kept
+/// and dropped). A database not created yet has none.
 pub fn reports(db: &Path) -> Result<(Vec<StoredReport>, u64)> {
-    if !db.exists() {
-        return Ok((Vec::new(), 0));
-    }
-    let conn = crate::home::store::open(db)?;
-    let ctx = || format!("{}: cannot read the reports", db.display());
-    let mut stmt = conn
-        .prepare(
-            "SELECT id, event, failed_stage, failed_reason, zone_serial, received_unix, key_id
-             FROM reports ORDER BY received_unix, rowid",
-        )
-        .with_context(ctx)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(StoredReport {
-                id: r.get(0)?,
-                event: r.get(1)?,
-                failed_stage: r.get(2)?,
-                failed_reason: r.get(3)?,
-                zone_serial: r.get(4)?,
-                received_unix: r.get(5)?,
-                device: r.get(6)?,
-            })
-        })
-        .with_context(ctx)?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(ctx)?;
-    let rejected: i64 = conn
-        .query_row("SELECT COUNT(*) FROM rejected", [], |r| r.get(0))
-        .with_context(ctx)?;
-    Ok((rows, rejected.max(0).unsigned_abs()))
+    let missing = |e: &StoreError| matches!(e, StoreError::Missing { .. });
+    let rows = match store::reports(db) {
+        Err(e) if missing(&e) => return Ok((Vec::new(), 0)),
+        r => r?,
+    };
+    let rejected = store::rejected_counts(db)?;
+    Ok((rows, rejected.total()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::home::store::{NewReport, RejectedCaps, Rejection, Store};
 
     #[test]
-    fn reads_the_receivers_schema() {
+    fn reads_the_receivers_store() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("reports.sqlite");
         assert_eq!(reports(&db).unwrap(), (Vec::new(), 0));
-        let conn = crate::home::store::open(&db).unwrap();
-        conn.execute(
-            "INSERT INTO reports (id, key_id, public_key, serial, profile, site_id, instance,
-                 event, failed_stage, failed_reason, zone_serial, image, lab, created_unix,
-                 received_unix, peer, report, signature, digest)
-             VALUES ('r1', 'k1', 'pk', 's', 'qemu', 'lab-01', 'i', 'install-failed', 'zone',
-                 'ZONEMD mismatch', NULL, 'imrs-qemu 0.1.0', 1, 1, 2, '192.0.2.10', '{}', 'x', 'd')",
-            [],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO rejected (received_unix, peer, status, reason) VALUES (3, 'p', 400, 'bad')",
-            [],
-        )
-        .unwrap();
+        let store = Store::start(&db, RejectedCaps::default()).unwrap();
+        let r = NewReport {
+            id: "r1".into(),
+            key_id: "k1".into(),
+            public_key: "pk".into(),
+            serial: "s".into(),
+            profile: "qemu".into(),
+            site_id: "lab-01".into(),
+            instance: "i".into(),
+            event: "install-failed".into(),
+            failed_stage: Some("zone".into()),
+            failed_reason: Some("ZONEMD mismatch".into()),
+            zone_serial: None,
+            image: "imrs-qemu 0.1.0".into(),
+            lab: true,
+            created_unix: 1,
+            received_unix: 2,
+            peer: "192.0.2.10:5000".into(),
+            report: "{}".into(),
+            signature: "x".into(),
+            digest: "d".into(),
+            enrolled: false,
+        };
+        store.submit(r).unwrap().blocking_recv().unwrap().unwrap();
+        store.reject(Rejection {
+            received_unix: 3,
+            peer: "192.0.2.10:5001".into(),
+            source: "192.0.2.10".into(),
+            status: 400,
+            reason: "malformed: bad".into(),
+            key_id: None,
+            report_id: None,
+            serial: None,
+            site_id: None,
+        });
+        drop(store);
         let (r, rejected) = reports(&db).unwrap();
         assert_eq!(rejected, 1);
         assert_eq!(r.len(), 1);

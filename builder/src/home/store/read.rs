@@ -1,0 +1,330 @@
+//! Typed reads of the receiver's database, each on its own connection (WAL lets them run beside
+//! a serving receiver): the fleet view behind `home list`, the verified reports the lab
+//! watches, the counts and one stored report as it was signed.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use imrs_config::report::SignedReport;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::rejected::RejectedCounts;
+use super::{StoreError, open_existing};
+
+/// One device in the fleet view: its latest report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeviceRow {
+    /// Device key id.
+    pub device: String,
+    /// DMI serial.
+    pub serial: String,
+    /// Site id.
+    pub site_id: String,
+    /// Instance name.
+    pub instance: String,
+    /// Latest event.
+    pub last_event: String,
+    /// Stage of a failed install.
+    pub failed_stage: Option<String>,
+    /// Reason of a failed install.
+    pub failed_reason: Option<String>,
+    /// Zone serial in the latest report.
+    pub zone_serial: Option<u32>,
+    /// Image `name version`.
+    pub image: String,
+    /// Lab site.
+    pub lab: bool,
+    /// Device's time of the latest report.
+    pub created_unix: i64,
+    /// When the latest report arrived.
+    pub received_unix: i64,
+    /// Reports stored from this device.
+    pub reports: u64,
+    /// The key was enrolled when the latest report arrived (`false`: open enrolment).
+    pub enrolled: bool,
+    /// The latest report claims a serial that this other key claimed first (open enrolment).
+    pub serial_held_by: Option<String>,
+    /// Other keys that later claimed this device's serial (open enrolment), first claim first.
+    pub serial_claimed_by: Vec<String>,
+}
+
+/// One kept refused submission.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RejectedRow {
+    /// Receiver's time.
+    pub received_unix: i64,
+    /// Peer address.
+    pub peer: String,
+    /// The client as the caps count it.
+    pub source: String,
+    /// HTTP status answered.
+    pub status: u16,
+    /// Why.
+    pub reason: String,
+    /// Device key id, when the envelope had a usable key.
+    pub key_id: Option<String>,
+    /// Report id, when the report parsed.
+    pub report_id: Option<String>,
+    /// Serial, when the report parsed.
+    pub serial: Option<String>,
+    /// Site, when the report parsed.
+    pub site_id: Option<String>,
+    /// Some value was cut to size (it ends with `… [truncated, N bytes]`).
+    pub truncated: bool,
+}
+
+/// Refusals dropped from one source to stay within the caps.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SourceDrops {
+    /// The source (IPv4 address or IPv6 /64).
+    pub source: String,
+    /// How many of its refusals were dropped.
+    pub dropped: u64,
+}
+
+/// The fleet: one row per device key, the latest refused submissions and what was dropped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fleet {
+    /// Devices, by site and instance.
+    pub devices: Vec<DeviceRow>,
+    /// Refused submissions, newest first (at most the limit asked for).
+    pub rejected: Vec<RejectedRow>,
+    /// Every refusal recorded: kept plus dropped.
+    pub rejected_total: u64,
+    /// Refusals kept.
+    pub rejected_kept: u64,
+    /// Refusals dropped, oldest first, to stay within the caps.
+    pub rejected_dropped: u64,
+    /// Sources whose refusals were dropped, most first (counters of sources with nothing left
+    /// may have been pruned; their drops stay in `rejected_dropped`).
+    pub rejected_dropped_by_source: Vec<SourceDrops>,
+}
+
+/// One stored (verified) report, as the lab follows them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReportRow {
+    /// Report id.
+    pub id: String,
+    /// `install-passed`, `install-failed`, `boot`.
+    pub event: String,
+    /// Failed stage of an `install-failed`.
+    pub failed_stage: Option<String>,
+    /// Its reason.
+    pub failed_reason: Option<String>,
+    /// Zone serial in the report.
+    pub zone_serial: Option<u32>,
+    /// Receiver's time of arrival (Unix seconds).
+    pub received_unix: i64,
+    /// Device key id.
+    pub device: String,
+}
+
+impl ReportRow {
+    /// An installation report (`install-passed` or `install-failed`).
+    pub fn is_install(&self) -> bool {
+        self.event.starts_with("install-")
+    }
+}
+
+fn read_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn count(n: i64) -> u64 {
+    n.max(0).unsigned_abs()
+}
+
+/// Reads the fleet view, with the latest `rejected_limit` refusals.
+pub fn fleet(path: &Path, rejected_limit: usize) -> Result<Fleet, StoreError> {
+    let conn = open_existing(path)?;
+    let err = read_err(path);
+    let mut devices = devices(&conn).map_err(&err)?;
+    let claims = later_claims(&conn).map_err(&err)?;
+    for d in &mut devices {
+        if let Some(keys) = claims.get(&(d.device.clone(), d.serial.clone())) {
+            d.serial_claimed_by = keys.clone();
+        }
+    }
+    let limit = i64::try_from(rejected_limit).unwrap_or(i64::MAX);
+    let rejected = conn
+        .prepare(
+            "SELECT received_unix, peer, source, status, reason, key_id, report_id, serial,
+                    site_id, truncated
+             FROM rejected ORDER BY seq DESC LIMIT ?1",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![limit], |row| {
+                Ok(RejectedRow {
+                    received_unix: row.get(0)?,
+                    peer: row.get(1)?,
+                    source: row.get(2)?,
+                    status: row.get(3)?,
+                    reason: row.get(4)?,
+                    key_id: row.get(5)?,
+                    report_id: row.get(6)?,
+                    serial: row.get(7)?,
+                    site_id: row.get(8)?,
+                    truncated: row.get(9)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(&err)?;
+    let counts = counts(&conn).map_err(&err)?;
+    let by_source = conn
+        .prepare(
+            "SELECT source, dropped FROM rejected_sources WHERE dropped > 0
+             ORDER BY dropped DESC, source",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map([], |row| {
+                Ok(SourceDrops {
+                    source: row.get(0)?,
+                    dropped: count(row.get(1)?),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(&err)?;
+    Ok(Fleet {
+        devices,
+        rejected,
+        rejected_total: counts.total(),
+        rejected_kept: counts.kept,
+        rejected_dropped: counts.dropped,
+        rejected_dropped_by_source: by_source,
+    })
+}
+
+/// Each device key's latest report, by site, instance and key.
+fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT key_id, serial, site_id, instance, event, failed_stage, failed_reason,
+                zone_serial, image, lab, created_unix, received_unix, n, enrolled,
+                serial_conflict
+         FROM (SELECT *, COUNT(*) OVER (PARTITION BY key_id) AS n,
+                      ROW_NUMBER() OVER (PARTITION BY key_id
+                                         ORDER BY received_unix DESC, rowid DESC) AS k
+               FROM reports)
+         WHERE k = 1
+         ORDER BY site_id, instance, key_id",
+    )?;
+    stmt.query_map([], |row| {
+        Ok(DeviceRow {
+            device: row.get(0)?,
+            serial: row.get(1)?,
+            site_id: row.get(2)?,
+            instance: row.get(3)?,
+            last_event: row.get(4)?,
+            failed_stage: row.get(5)?,
+            failed_reason: row.get(6)?,
+            zone_serial: row.get(7)?,
+            image: row.get(8)?,
+            lab: row.get(9)?,
+            created_unix: row.get(10)?,
+            received_unix: row.get(11)?,
+            reports: count(row.get(12)?),
+            enrolled: row.get(13)?,
+            serial_held_by: row.get(14)?,
+            serial_claimed_by: Vec::new(),
+        })
+    })?
+    .collect()
+}
+
+/// (holder key, serial) -> the keys flagged for claiming it later, first claim first.
+fn later_claims(conn: &Connection) -> rusqlite::Result<HashMap<(String, String), Vec<String>>> {
+    let mut stmt = conn.prepare(
+        "SELECT serial_conflict, serial, key_id, MIN(rowid) AS first FROM reports
+         WHERE serial_conflict IS NOT NULL
+         GROUP BY serial_conflict, serial, key_id
+         ORDER BY first",
+    )?;
+    let mut out: HashMap<(String, String), Vec<String>> = HashMap::new();
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+        ))
+    })?;
+    for r in rows {
+        let (holder, serial, key) = r?;
+        out.entry((holder, serial)).or_default().push(key);
+    }
+    Ok(out)
+}
+
+fn counts(conn: &Connection) -> rusqlite::Result<RejectedCounts> {
+    conn.query_row(
+        "SELECT kept, dropped FROM rejected_totals WHERE one = 1",
+        [],
+        |r| {
+            Ok(RejectedCounts {
+                kept: count(r.get(0)?),
+                dropped: count(r.get(1)?),
+            })
+        },
+    )
+}
+
+/// Every verified report, oldest first.
+pub fn reports(path: &Path) -> Result<Vec<ReportRow>, StoreError> {
+    let conn = open_existing(path)?;
+    conn.prepare(
+        "SELECT id, event, failed_stage, failed_reason, zone_serial, received_unix, key_id
+         FROM reports ORDER BY received_unix, rowid",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_map([], |r| {
+            Ok(ReportRow {
+                id: r.get(0)?,
+                event: r.get(1)?,
+                failed_stage: r.get(2)?,
+                failed_reason: r.get(3)?,
+                zone_serial: r.get(4)?,
+                received_unix: r.get(5)?,
+                device: r.get(6)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()
+    })
+    .map_err(read_err(path))
+}
+
+/// How many refused submissions are kept and how many were dropped.
+pub fn rejected_counts(path: &Path) -> Result<RejectedCounts, StoreError> {
+    let conn = open_existing(path)?;
+    counts(&conn).map_err(read_err(path))
+}
+
+/// Number of stored reports.
+pub fn count_reports(path: &Path) -> Result<u64, StoreError> {
+    let conn = open_existing(path)?;
+    conn.query_row("SELECT COUNT(*) FROM reports", [], |r| r.get::<_, i64>(0))
+        .map(count)
+        .map_err(read_err(path))
+}
+
+/// The stored report `id` exactly as the device signed it (report text, signature, key), so
+/// it can be verified again; `None` when no report has this id.
+pub fn signed_report(path: &Path, id: &str) -> Result<Option<SignedReport>, StoreError> {
+    let conn = open_existing(path)?;
+    conn.query_row(
+        "SELECT report, signature, public_key FROM reports WHERE id = ?1",
+        params![id],
+        |r| {
+            Ok(SignedReport {
+                report: r.get(0)?,
+                signature: r.get(1)?,
+                public_key: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+    .map_err(read_err(path))
+}
