@@ -7,6 +7,7 @@
 //! - [`zone`]: loading and the canonical in-memory zone.
 //! - [`zonemd`]: the RFC 8976 zone digest.
 //! - [`anchors`]: IANA trust anchors.
+//! - [`input`]: size-limited reading of regular files (zone files, anchors).
 //! - [`crypto`]: zone keys prepared for verification, and digests (aws-lc-rs).
 //! - [`dnssec`]: RRSIGs, chain of trust, NSEC chain.
 //! - [`verify`]: the combined verdict.
@@ -19,6 +20,7 @@ pub mod anchors;
 pub mod axfr;
 pub mod crypto;
 pub mod dnssec;
+pub mod input;
 pub mod name;
 pub mod refresh;
 pub mod verify;
@@ -32,4 +34,4 @@ pub use jiff::Timestamp;
 pub use name::WireName;
 pub use refresh::{RefreshDecision, RefreshState, SoaTimers};
 pub use verify::{Proof, Verification, VerifyError, verify};
-pub use zone::{LoadError, Record, Zone};
+pub use zone::{LoadError, MAX_ZONE_FILE_BYTES, Record, Zone};
