@@ -1,17 +1,69 @@
 //! The command line: every subcommand and flag of imrs-build, with clap.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, Parser, Subcommand};
+
+/// Whether `--json` is among the arguments before a `--`: known even when the command line does
+/// not parse, so that a usage error is reported as a JSON object too.
+pub fn json_requested(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| a.as_os_str() != "--")
+        .any(|a| a.as_os_str() == "--json")
+}
+
+/// The subcommand path of parsed arguments, e.g. `zone verify`.
+pub fn command_name(matches: &ArgMatches) -> String {
+    let mut words = Vec::new();
+    let mut m = matches;
+    while let Some((name, sub)) = m.subcommand() {
+        words.push(name.to_string());
+        m = sub;
+    }
+    words.join(" ")
+}
+
+/// The version `--version` prints: the package version and the git commit it was built from
+/// (short hash, `-dirty` when the tree had uncommitted changes, `unknown` without git; set by
+/// `build.rs`). Only the command line shows it: the image manifest records
+/// [`crate::assemble::BUILDER`], which has no commit, so images stay reproducible.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("IMRS_BUILD_COMMIT"),
+    ")"
+);
+
+/// What the exit codes mean (the end of `--help` and of the man page).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  error, also an input that cannot be read (missing, no permission, not a regular file,
+     too large)
+  2  usage error
+  3  verification failed: an input was read and is wrong (a bad signature, a tampered or
+     malformed image folder, a zone file that does not parse or does not verify)
+  4  a locked package has left the apt mirror (re-lock or use a snapshot)
+With --json, stdout holds exactly one JSON object, also on failure: \"ok\": false, \"error\"
+(the whole cause chain), \"exit_code\".";
 
 /// Build, sign, verify and inspect IMRS appliance images.
 #[derive(Debug, Parser)]
-#[command(name = "imrs-build", version, about, long_about = None)]
+#[command(
+    name = "imrs-build",
+    version = VERSION,
+    about,
+    long_about = None,
+    after_help = EXIT_CODES
+)]
 pub struct Cli {
     /// No progress bars or status lines (errors and warnings still go to stderr).
     #[arg(long, short, global = true)]
     pub quiet: bool,
-    /// Print a machine-readable JSON summary on stdout.
+    /// Print one machine-readable JSON object on stdout, also on failure (`"ok": false`, the
+    /// error and the exit code).
     #[arg(long, global = true)]
     pub json: bool,
     /// What to do.
@@ -101,6 +153,20 @@ pub enum Command {
     /// Boot an image in a simulated host network (router, transfer server, phone-home
     /// receiver) and report what the host sees: stages, routes, DNS answers, the report.
     Lab(crate::lab::LabArgs),
+    /// Print a shell completion script on stdout (e.g. `imrs-build completions bash >
+    /// /etc/bash_completion.d/imrs-build`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Man pages generated from these definitions: the main page on stdout, or with --out one
+    /// page per command (imrs-build.1, imrs-build-zone-verify.1, ...) written into a folder.
+    Manpage {
+        /// Folder to write the pages into (created if missing).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Where package inputs come from.

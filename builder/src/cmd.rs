@@ -11,15 +11,18 @@ use serde_json::json;
 use crate::apt::AptError;
 use crate::cache::{Cache, CacheError};
 use crate::cli::{BuildArgs, Cli, Command, Inputs, SiteCommand};
-use crate::ui::Ui;
+use crate::ui::{Failure, Ui, print_ok};
 use crate::verify::VerifyError;
-use crate::{EXIT_ERROR, EXIT_GONE, EXIT_VERIFY, apt, assemble, verify};
+use crate::{EXIT_ERROR, EXIT_GONE, apt, assemble, verify};
 
-/// Maps an error to the documented exit code.
+/// Maps an error to the documented exit code: the outermost cause that has one decides.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if cause.downcast_ref::<VerifyError>().is_some() {
-            return EXIT_VERIFY;
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.exit_code;
+        }
+        if let Some(e) = cause.downcast_ref::<VerifyError>() {
+            return e.exit_code();
         }
         if matches!(
             cause.downcast_ref::<AptError>(),
@@ -45,7 +48,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Site(SiteCommand::Check { file }) => {
             let s = site::load(&file)?;
             if ui.json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                print_ok(&s)?;
             } else {
                 ui.info(format!(
                     "{}: ok: instance {}, site {}{}, device {}, sequence {}, {} interface(s), \
@@ -70,12 +73,17 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Site(SiteCommand::Sign { file, key }) => {
             let k = keys::read_secret(&key)?;
             let sig = signed::sign(&file, &k)?;
-            ui.info(format!(
-                "{}: signed with key {} -> {}",
-                file.display(),
-                keys::key_id(&k.verifying_key()),
-                sig.display()
-            ));
+            if ui.json {
+                print_ok(json!({"file": file, "signature": sig,
+                                "key_id": keys::key_id(&k.verifying_key())}))?;
+            } else {
+                ui.info(format!(
+                    "{}: signed with key {} -> {}",
+                    file.display(),
+                    keys::key_id(&k.verifying_key()),
+                    sig.display()
+                ));
+            }
             Ok(0)
         }
         Command::Lock {
@@ -94,11 +102,10 @@ pub fn run(cli: Cli) -> Result<u8> {
                 .or(r.recipe.apt.snapshot.as_deref());
             let s = cache.fetch(&lock, snap, inputs.offline, &ui)?;
             if ui.json {
-                println!(
-                    "{}",
+                print_ok(
                     json!({"cache": cache.dir(), "cached": s.cached, "downloaded": s.downloaded,
-                           "bytes": s.bytes, "seconds": t.elapsed().as_secs_f64()})
-                );
+                           "bytes": s.bytes, "seconds": t.elapsed().as_secs_f64()}),
+                )?;
             } else {
                 ui.info(format!(
                     "{} packages ready in {}: {} cached, {} downloaded ({} bytes)",
@@ -117,10 +124,9 @@ pub fn run(cli: Cli) -> Result<u8> {
             let k = keys::generate()?;
             let p = keys::write_keypair(&k, &out)?;
             if ui.json {
-                println!(
-                    "{}",
-                    json!({"secret": out, "public": p, "key_id": keys::key_id(&k.verifying_key())})
-                );
+                print_ok(
+                    json!({"secret": out, "public": p, "key_id": keys::key_id(&k.verifying_key())}),
+                )?;
             } else {
                 ui.info(format!(
                     "wrote {} (secret, mode 0600) and {} (key id {})",
@@ -136,12 +142,9 @@ pub fn run(cli: Cli) -> Result<u8> {
             let t = Instant::now();
             let m = verify::verify(&dir, &key)?;
             if ui.json {
-                println!(
-                    "{}",
-                    json!({"ok": true, "name": m.name, "version": m.version,
-                           "artifacts": m.artifacts, "files": m.files_count,
-                           "key_id": keys::key_id(&key), "seconds": t.elapsed().as_secs_f64()})
-                );
+                print_ok(json!({"name": m.name, "version": m.version,
+                                "artifacts": m.artifacts, "files": m.files_count,
+                                "key_id": keys::key_id(&key), "seconds": t.elapsed().as_secs_f64()}))?;
             } else {
                 ui.info(format!(
                     "{}: ok: {} {} signed by key {}; {} artifacts and {} initramfs entries verified",
@@ -157,10 +160,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         }
         Command::Inspect { dir } => inspect(&dir, &ui),
         Command::Home(h) => crate::home::run(h, cli.json),
-        Command::Zone(z) => {
-            let code = crate::zone_cli::run(z, cli.json)?;
-            Ok(u8::try_from(code).unwrap_or(EXIT_ERROR))
-        }
+        Command::Zone(z) => crate::zone_cli::run(z, cli.json),
+        Command::Completions { shell } => crate::manual::completions(shell, &ui),
+        Command::Manpage { out } => crate::manual::manpages(out.as_deref(), &ui),
         Command::Boot {
             dir,
             append,
@@ -184,13 +186,12 @@ pub fn run(cli: Cli) -> Result<u8> {
                 .iter()
                 .filter(|e| !res.console.iter().any(|l| l.contains(e.as_str())))
                 .collect();
-            if ui.json {
-                println!(
-                    "{}",
-                    json!({"exit_code": res.exit_code, "seconds": res.seconds, "panicked": res.panicked,
-                           "console": res.console, "missing": missing})
-                );
-            } else {
+            // `exit_code` is the process's (0 only when the guest powered off with 0);
+            // `guest_exit_code` is QEMU's, null when it was killed at the time limit.
+            let details = json!({"exit_code": 0, "guest_exit_code": res.exit_code,
+                                 "seconds": res.seconds, "panicked": res.panicked,
+                                 "console": res.console, "missing": missing});
+            if !ui.json {
                 ui.info(format!(
                     "VM exited ({}) after {:.1} s",
                     res.exit_code
@@ -198,17 +199,27 @@ pub fn run(cli: Cli) -> Result<u8> {
                     res.seconds
                 ));
             }
-            if res.panicked {
-                bail!("the guest kernel panicked (see the console above)");
-            }
-            if !missing.is_empty() {
-                bail!("console never showed: {missing:?}");
-            }
-            Ok(if res.exit_code == Some(0) {
-                0
+            let failure = if res.panicked {
+                Some("the guest kernel panicked (see the console)".to_string())
+            } else if !missing.is_empty() {
+                Some(format!("console never showed: {missing:?}"))
+            } else if res.exit_code != Some(0) {
+                Some(match res.exit_code {
+                    Some(c) => format!("the guest exited with code {c}"),
+                    None => format!("the guest was still running after {timeout} s and was killed"),
+                })
             } else {
-                EXIT_ERROR
-            })
+                None
+            };
+            if let Some(message) = failure {
+                return Err(Failure::new(EXIT_ERROR, message)
+                    .with_details(details)
+                    .into());
+            }
+            if ui.json {
+                print_ok(&details)?;
+            }
+            Ok(0)
         }
     }
 }
@@ -216,7 +227,7 @@ pub fn run(cli: Cli) -> Result<u8> {
 fn check(path: &Path, ui: &Ui) -> Result<u8> {
     let r = recipe::load(path)?;
     if ui.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        print_ok(&r)?;
         return Ok(0);
     }
     let rr = &r.recipe;
@@ -276,11 +287,10 @@ fn lock_cmd(path: &Path, out: Option<PathBuf>, epoch: Option<i64>, ui: &Ui) -> R
     imrs_config::fsutil::write_atomic(&out, &bytes, 0o644)
         .with_context(|| format!("{}: cannot write", out.display()))?;
     if ui.json {
-        println!(
-            "{}",
+        print_ok(
             json!({"lock": out, "packages": new.packages.len(), "kernel_release": new.kernel_release,
-                   "source_date_epoch": new.source_date_epoch, "changed": changed})
-        );
+                   "source_date_epoch": new.source_date_epoch, "changed": changed}),
+        )?;
     } else {
         ui.info(format!(
             "{}: {} packages, kernel {}, SOURCE_DATE_EPOCH {}{}",
@@ -395,17 +405,14 @@ pub(crate) fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
     let out = assemble::build_image(&inputs, &args.out, &key, ui)?;
     let secs = t0.elapsed().as_secs_f64();
     if ui.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
+        print_ok(json!({
                 "out": args.out, "name": out.manifest.name, "version": out.manifest.version,
                 "artifacts": out.manifest.artifacts, "files": out.manifest.files_count,
                 "packages": out.manifest.packages.len(), "downloaded": fetched.downloaded,
                 "seconds": secs, "seconds_fetch": t_fetch.as_secs_f64(),
                 "stages": out.timings,
                 "manifest_sha256": crate::image_dir::sha256_hex(&out.manifest_bytes),
-            }))?
-        );
+        }))?;
     } else {
         for a in &out.manifest.artifacts {
             ui.info(format!(
@@ -427,21 +434,14 @@ pub(crate) fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
 }
 
 fn inspect(dir: &Path, ui: &Ui) -> Result<u8> {
-    let mpath = dir.join(crate::image_dir::MANIFEST);
-    let m: imrs_config::image::Manifest = serde_json::from_slice(
-        &std::fs::read(&mpath).with_context(|| format!("{}: cannot read", mpath.display()))?,
-    )
-    .with_context(|| format!("{}: not a manifest", mpath.display()))?;
+    let m = verify::read_manifest(dir)?;
     let entries = verify::read_initramfs(&dir.join(crate::image_dir::INITRAMFS))?;
     if ui.json {
         let files: Vec<_> = entries
             .iter()
             .map(|e| json!({"path": format!("/{}", e.name), "mode": format!("{:o}", e.mode), "size": e.data.len()}))
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"manifest": m, "files": files}))?
-        );
+        print_ok(json!({"manifest": m, "files": files}))?;
         return Ok(0);
     }
     println!(

@@ -1,8 +1,10 @@
 //! imrs-build as a library: the modules behind the `imrs-build` command, usable from tests and
 //! other tools. See ARCHITECTURE.md for the map.
 //!
-//! Exit codes of the command: 0 success; 1 error; 2 usage error; 3 verification failed (the
-//! image, signature or zone is not what it should be); 4 a locked package has left the apt
+//! Exit codes of the command (`cli::EXIT_CODES`): 0 success; 1 error, also an input that cannot
+//! be read (missing, no permission, not a regular file, too large); 2 usage error; 3
+//! verification failed: an input was read and is wrong (a bad signature, a tampered or malformed
+//! image folder, a zone that does not parse or verify); 4 a locked package has left the apt
 //! mirror (re-lock or use a snapshot).
 
 pub mod apt;
@@ -20,6 +22,7 @@ pub mod initbin;
 pub mod kernel;
 pub mod kmod;
 pub mod lab;
+pub mod manual;
 pub mod qemu;
 pub mod tree;
 pub mod ui;
@@ -29,7 +32,9 @@ pub mod zone_cli;
 
 /// Exit code: something failed.
 pub const EXIT_ERROR: u8 = 1;
-/// Exit code: an image, signature or zone did not verify.
+/// Exit code: the command line does not parse.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: an image, signature or zone was read and did not verify.
 pub const EXIT_VERIFY: u8 = 3;
 /// Exit code: a locked package is no longer on the mirror.
 pub const EXIT_GONE: u8 = 4;

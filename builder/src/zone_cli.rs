@@ -1,5 +1,9 @@
 //! `imrs-build zone ...`: verify a root zone file, or fetch one by AXFR,
 //! verify it and write it atomically. Glue over the `imrs-zone` library.
+//!
+//! Exit codes: a zone file or anchors file that cannot be read (missing, not a regular file,
+//! over its size limit) is 1; a zone that was read and does not parse or does not verify is 3;
+//! a verified transfer that cannot be written (or is older than the stored zone) is 1.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -7,8 +11,12 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use imrs_zone::{
-    AxfrConfig, Candidate, DEFAULT_ANCHORS_PATH, Timestamp, TrustAnchors, Verification, Zone,
+    AxfrConfig, Candidate, DEFAULT_ANCHORS_PATH, LoadError, Timestamp, TrustAnchors, Verification,
+    Zone,
 };
+
+use crate::ui::{Failure, print_ok};
+use crate::{EXIT_ERROR, EXIT_VERIFY};
 
 /// Root zone commands.
 #[derive(Debug, clap::Subcommand)]
@@ -43,26 +51,37 @@ pub enum ZoneCommand {
     },
 }
 
-/// Runs a zone command; returns the process exit code (0: verified).
+/// Runs a zone command; `Ok(0)` when the zone verified (and, for `fetch`, was written), else
+/// an error whose exit code says why (a [`Failure`] carrying the verification report).
 /// `json` is the global `--json` flag: print one JSON object instead of text.
-pub fn run(cmd: ZoneCommand, json: bool) -> anyhow::Result<i32> {
+pub fn run(cmd: ZoneCommand, json: bool) -> anyhow::Result<u8> {
     match cmd {
         ZoneCommand::Verify { file, anchors, at } => {
             let anchors = load_anchors(&anchors)?;
             let at = at.unwrap_or_else(Timestamp::now);
             let start = Instant::now();
-            let zone = Zone::load(&file).with_context(|| format!("loading {}", file.display()))?;
+            let zone = match Zone::load(&file) {
+                Ok(z) => z,
+                // Not read: exit 1.
+                Err(e @ LoadError::Read { .. }) => return Err(e.into()),
+                // Read, and not a zone: exit 3.
+                Err(e) => {
+                    return Err(Failure::new(
+                        EXIT_VERIFY,
+                        format!("{}: not a valid zone file", file.display()),
+                    )
+                    .caused_by(e)
+                    .into());
+                }
+            };
             let v = imrs_zone::verify(&zone, &anchors, at);
             let total = start.elapsed();
-            report(&v, &file.display().to_string(), total, json, None);
+            let source = file.display().to_string();
+            let outcome = report(&v, &source, total, json, None);
             // The process ends next: leave the zone's 25,000 allocations to the exit rather
             // than free them one by one (about 1 ms).
             std::mem::forget(zone);
-            Ok(if v.is_verified() {
-                0
-            } else {
-                i32::from(crate::EXIT_VERIFY)
-            })
+            outcome
         }
         ZoneCommand::Fetch {
             servers,
@@ -115,12 +134,7 @@ pub fn run(cmd: ZoneCommand, json: bool) -> anyhow::Result<i32> {
                 Ok(_) => Ok(out.display().to_string()),
                 Err(e) => Err(imrs_config::error_chain(e)),
             });
-            report(&v, &source, total, json, accepted.clone());
-            Ok(match accepted {
-                Some(Ok(_)) => 0,
-                None => i32::from(crate::EXIT_VERIFY),
-                Some(Err(_)) => i32::from(crate::EXIT_ERROR),
-            })
+            report(&v, &source, total, json, accepted)
         }
     }
 }
@@ -143,7 +157,8 @@ fn write_zone_and_record(
 }
 
 fn load_anchors(path: &Path) -> anyhow::Result<TrustAnchors> {
-    TrustAnchors::load(path).with_context(|| format!("loading trust anchors {}", path.display()))
+    // The error names the file.
+    Ok(TrustAnchors::load(path)?)
 }
 
 /// `ADDR`, `ADDR:PORT`, `[V6]:PORT` or a bare IPv6 address; port 53 by default.
@@ -168,26 +183,71 @@ fn parse_server(s: &str) -> anyhow::Result<SocketAddr> {
     }
 }
 
+/// Reports the outcome (text on stdout, or the `--json` object) and turns it into the result:
+/// `Ok(0)` when verified (and written, if `accepted` is given), else a [`Failure`] with the
+/// report as its details (exit 3 for a zone that did not verify, 1 for one not written).
 fn report(
     v: &Verification,
     source: &str,
     total: std::time::Duration,
     json: bool,
     accepted: Option<Result<String, String>>,
-) {
-    if json {
-        let mut obj = v.to_json();
-        obj["source"] = serde_json::json!(source);
-        obj["total_ms"] = serde_json::json!(total.as_secs_f64() * 1000.0);
-        if let Some(a) = &accepted {
-            obj["written"] = match a {
-                Ok(path) => serde_json::json!({"ok": true, "path": path}),
-                Err(e) => serde_json::json!({"ok": false, "error": e}),
-            };
-        }
-        println!("{obj}");
-        return;
+) -> anyhow::Result<u8> {
+    let mut obj = v.to_json();
+    obj["source"] = serde_json::json!(source);
+    obj["total_ms"] = serde_json::json!(total.as_secs_f64() * 1000.0);
+    if let Some(a) = &accepted {
+        obj["written"] = match a {
+            Ok(path) => serde_json::json!({"ok": true, "path": path}),
+            Err(e) => serde_json::json!({"ok": false, "error": e}),
+        };
     }
+    let failure = if !v.is_verified() {
+        Some(Failure::new(EXIT_VERIFY, not_verified(v, source)))
+    } else if let Some(Err(e)) = &accepted {
+        Some(Failure::new(
+            EXIT_ERROR,
+            format!("{source}: verified but not written: {e}"),
+        ))
+    } else {
+        None
+    };
+    if !json {
+        print_text(v, source, total, accepted);
+    }
+    match failure {
+        Some(f) => Err(f.with_details(obj).into()),
+        None => {
+            if json {
+                print_ok(&obj)?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// One sentence naming what failed in a zone that did not verify.
+fn not_verified(v: &Verification, source: &str) -> String {
+    let mut parts = Vec::new();
+    if let Err(e) = &v.zonemd {
+        parts.push(format!("ZONEMD: {e}"));
+    }
+    if let Err(e) = &v.dnssec {
+        parts.push(format!("DNSSEC: {e}"));
+    }
+    format!(
+        "{source}: zone serial {} did not verify ({})",
+        v.serial,
+        parts.join("; ")
+    )
+}
+
+fn print_text(
+    v: &Verification,
+    source: &str,
+    total: std::time::Duration,
+    accepted: Option<Result<String, String>>,
+) {
     println!("zone:       {source}");
     println!("serial:     {}", v.serial);
     println!("records:    {}", v.records);

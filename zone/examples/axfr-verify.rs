@@ -19,6 +19,7 @@ fn main() {
         zone: imrs_zone::WireName::root(),
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(5),
+        transfer_timeout: Duration::from_secs(60),
         max_bytes: 16 * 1024 * 1024,
     };
     let transfer = imrs_zone::axfr::transfer_from(server, &config).expect("transfer");

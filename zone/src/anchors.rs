@@ -11,6 +11,11 @@ use jiff::Timestamp;
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
+use crate::input::{self, InputError};
+
+/// The largest anchors file [`TrustAnchors::load`] reads: IANA's is under 2 KB.
+pub const MAX_ANCHORS_BYTES: u64 = 1 << 20;
+
 /// The path the appliance keeps the anchors at.
 pub const DEFAULT_ANCHORS_PATH: &str = "/etc/imrs/root-anchors.xml";
 
@@ -50,14 +55,23 @@ pub struct TrustAnchors {
 /// Errors from reading trust anchors.
 #[derive(Debug, thiserror::Error)]
 pub enum AnchorsError {
-    /// The file could not be read.
-    #[error("cannot read trust anchors {path}")]
+    /// The file could not be read: missing, unreadable, not a regular file, over
+    /// [`MAX_ANCHORS_BYTES`], or changed while it was read.
+    #[error("trust anchors {path} not read")]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
         #[source]
-        source: std::io::Error,
+        source: InputError,
+    },
+    /// The file is not UTF-8 text.
+    #[error("trust anchors {path}: not UTF-8 text (byte {offset})")]
+    NotText {
+        /// The file.
+        path: PathBuf,
+        /// Offset of the first byte that is not UTF-8.
+        offset: usize,
     },
     /// The XML is malformed.
     #[error("malformed trust anchor XML")]
@@ -119,11 +133,17 @@ struct Partial {
 }
 
 impl TrustAnchors {
-    /// Reads and parses a `root-anchors.xml` file.
+    /// Reads and parses a `root-anchors.xml` file: a regular file of at most
+    /// [`MAX_ANCHORS_BYTES`].
     pub fn load(path: &Path) -> Result<Self, AnchorsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AnchorsError::Read {
+        let data =
+            input::read_limited(path, MAX_ANCHORS_BYTES).map_err(|source| AnchorsError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+        let text = String::from_utf8(data).map_err(|e| AnchorsError::NotText {
             path: path.to_owned(),
-            source,
+            offset: e.utf8_error().valid_up_to(),
         })?;
         Self::parse(&text)
     }
@@ -314,5 +334,31 @@ mod tests {
             let err = TrustAnchors::parse(xml).unwrap_err().to_string();
             assert!(err.contains(want), "{xml}: {err}");
         }
+    }
+
+    #[test]
+    fn load_reads_only_a_bounded_regular_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("root-anchors.xml");
+        std::fs::write(&p, REAL).unwrap();
+        assert_eq!(TrustAnchors::load(&p).unwrap().anchors.len(), 3);
+        // `--anchors /dev/zero` once grew to 21 GB: refused before any read.
+        let err = TrustAnchors::load(Path::new("/dev/zero")).unwrap_err();
+        let msg = crate::input::tests_chain(&err);
+        assert!(
+            msg.contains("/dev/zero") && msg.contains("character device"),
+            "{msg}"
+        );
+        // Over the limit (sparse: nothing is written or read).
+        let big = d.path().join("big.xml");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_ANCHORS_BYTES + 1)
+            .unwrap();
+        let msg = crate::input::tests_chain(&TrustAnchors::load(&big).unwrap_err());
+        assert!(msg.contains("over the limit of 1 MiB"), "{msg}");
+        std::fs::write(&big, b"\xff\xfe<").unwrap();
+        let msg = TrustAnchors::load(&big).unwrap_err().to_string();
+        assert!(msg.contains("not UTF-8 text (byte 0)"), "{msg}");
     }
 }

@@ -1,14 +1,16 @@
 //! AXFR client over TCP (RFC 5936), blocking.
 //!
 //! Owns pulling a whole zone from an ordered list of transfer servers with
-//! connect and idle timeouts, a size limit, fallback to the next server, and
+//! connect and idle timeouts, an overall deadline per transfer (so a server
+//! that trickles bytes just fast enough to beat the idle timeout cannot hold
+//! a transfer forever), a size limit, fallback to the next server, and
 //! the transfer checks: every message answers our query, the transfer opens
 //! and closes with the same SOA, and nothing lies outside the zone. The
 //! result is only a [`Zone`] in memory: nothing is written here.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use domain::base::iana::{Class, Rcode, Rtype};
 use domain::base::{Message, MessageBuilder, Name, ParsedName};
@@ -31,6 +33,11 @@ pub const ICANN_XFR_SERVERS: [&str; 4] = [
 /// allow ample growth.
 pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default overall deadline of one transfer: the root zone takes a few
+/// seconds from ICANN's servers; a transfer still running after two minutes
+/// is being held open.
+pub const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How to transfer.
 #[derive(Clone, Debug)]
 pub struct AxfrConfig {
@@ -42,6 +49,10 @@ pub struct AxfrConfig {
     pub connect_timeout: Duration,
     /// Timeout for any single read or write.
     pub idle_timeout: Duration,
+    /// Longest a whole transfer from one server may take, from the start of
+    /// the connect to the closing SOA, however steadily bytes arrive. Each
+    /// server tried gets its own.
+    pub transfer_timeout: Duration,
     /// Maximum bytes received per transfer.
     pub max_bytes: usize,
 }
@@ -56,6 +67,7 @@ impl Default for AxfrConfig {
             zone: WireName::root(),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
+            transfer_timeout: DEFAULT_TRANSFER_TIMEOUT,
             max_bytes: DEFAULT_MAX_BYTES,
         }
     }
@@ -105,6 +117,19 @@ pub enum ServerError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// The transfer was still running when its overall deadline passed.
+    #[error(
+        "{server}: the transfer did not finish within {} s ({bytes} bytes received)",
+        .limit.as_secs_f64()
+    )]
+    Deadline {
+        /// The server.
+        server: SocketAddr,
+        /// The configured [`AxfrConfig::transfer_timeout`].
+        limit: Duration,
+        /// Bytes received so far.
+        bytes: usize,
     },
     /// The connection closed before the closing SOA.
     #[error("{server} closed the connection mid-transfer after {bytes} bytes")]
@@ -228,11 +253,21 @@ pub fn transfer(config: &AxfrConfig) -> Result<Transfer, AxfrError> {
 
 /// Transfers the zone from one server.
 pub fn transfer_from(server: SocketAddr, config: &AxfrConfig) -> Result<Transfer, ServerError> {
-    let mut stream = TcpStream::connect_timeout(&server, config.connect_timeout)
+    let clock = Clock {
+        deadline: Instant::now() + config.transfer_timeout,
+        idle: config.idle_timeout,
+    };
+    let deadline = |bytes| ServerError::Deadline {
+        server,
+        limit: config.transfer_timeout,
+        bytes,
+    };
+    let connect_timeout = clock.next(config.connect_timeout).ok_or(deadline(0))?;
+    let mut stream = TcpStream::connect_timeout(&server, connect_timeout)
         .map_err(|source| ServerError::Connect { server, source })?;
+    let write_timeout = clock.next(config.idle_timeout).ok_or(deadline(0))?;
     let set = |s: &TcpStream| -> io::Result<()> {
-        s.set_read_timeout(Some(config.idle_timeout))?;
-        s.set_write_timeout(Some(config.idle_timeout))?;
+        s.set_write_timeout(Some(write_timeout))?;
         s.set_nodelay(true)
     };
     set(&stream).map_err(|source| ServerError::Connect { server, source })?;
@@ -262,17 +297,19 @@ pub fn transfer_from(server: SocketAddr, config: &AxfrConfig) -> Result<Transfer
     let mut bytes = 0usize;
     let mut messages = 0usize;
     let mut len_buf = [0u8; 2];
+    let read_failed = |failure, bytes| match failure {
+        ReadFailure::Deadline => deadline(bytes),
+        ReadFailure::Io(source) => ServerError::Read {
+            server,
+            bytes,
+            source,
+        },
+    };
     while !closed {
-        match read_exact_or_eof(&mut stream, &mut len_buf) {
+        match read_exact_or_eof(&mut stream, &mut len_buf, &clock) {
             Ok(true) => {}
             Ok(false) => return Err(ServerError::Truncated { server, bytes }),
-            Err(source) => {
-                return Err(ServerError::Read {
-                    server,
-                    bytes,
-                    source,
-                });
-            }
+            Err(failure) => return Err(read_failed(failure, bytes)),
         }
         let len = u16::from_be_bytes(len_buf) as usize;
         bytes += 2 + len;
@@ -283,16 +320,10 @@ pub fn transfer_from(server: SocketAddr, config: &AxfrConfig) -> Result<Transfer
             });
         }
         let mut buf = vec![0u8; len];
-        match read_exact_or_eof(&mut stream, &mut buf) {
+        match read_exact_or_eof(&mut stream, &mut buf, &clock) {
             Ok(true) => {}
             Ok(false) => return Err(ServerError::Truncated { server, bytes }),
-            Err(source) => {
-                return Err(ServerError::Read {
-                    server,
-                    bytes,
-                    source,
-                });
-            }
+            Err(failure) => return Err(read_failed(failure, bytes)),
         }
         messages += 1;
         let bad = |reason: &str| ServerError::BadMessage {
@@ -374,15 +405,55 @@ pub fn transfer_from(server: SocketAddr, config: &AxfrConfig) -> Result<Transfer
     })
 }
 
+/// The two limits on waiting: each read, and the whole transfer.
+struct Clock {
+    deadline: Instant,
+    idle: Duration,
+}
+
+impl Clock {
+    /// How long the next step may wait: `step`, cut to what is left before
+    /// the deadline; `None` once the deadline has passed.
+    fn next(&self, step: Duration) -> Option<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then(|| step.min(left))
+    }
+}
+
+/// Why a read stopped.
+enum ReadFailure {
+    /// The transfer's deadline passed.
+    Deadline,
+    /// The socket failed or the idle timeout passed.
+    Io(io::Error),
+}
+
 /// Fills `buf`; `Ok(false)` on a clean EOF before the first byte or midway.
-fn read_exact_or_eof(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<bool> {
+/// Every read waits at most the idle timeout and never past the deadline.
+fn read_exact_or_eof(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    clock: &Clock,
+) -> Result<bool, ReadFailure> {
     let mut got = 0;
     while got < buf.len() {
+        let wait = clock.next(clock.idle).ok_or(ReadFailure::Deadline)?;
+        stream
+            .set_read_timeout(Some(wait))
+            .map_err(ReadFailure::Io)?;
         match stream.read(&mut buf[got..]) {
             Ok(0) => return Ok(false),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) && clock.next(clock.idle).is_none() =>
+            {
+                return Err(ReadFailure::Deadline);
+            }
+            Err(e) => return Err(ReadFailure::Io(e)),
         }
     }
     Ok(true)
@@ -401,4 +472,91 @@ fn query_id() -> u16 {
     );
     h.write_u32(std::process::id());
     h.finish() as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A loopback server that answers the first connection's query with a message length and
+    /// then one byte every `every`, for at most `for_at_most`, like a server holding a transfer
+    /// open just fast enough to beat any idle timeout.
+    fn trickler(every: Duration, for_at_most: Duration) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).is_err() {
+                return;
+            }
+            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if s.read_exact(&mut q).is_err() {
+                return;
+            }
+            let start = Instant::now();
+            // Promises a 4096-byte message, then sends it a byte at a time.
+            if s.write_all(&[0x10, 0x00]).is_err() {
+                return;
+            }
+            while start.elapsed() < for_at_most {
+                std::thread::sleep(every);
+                if s.write_all(&[0]).is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_trickling_server_cannot_hold_a_transfer_past_its_deadline() {
+        let server = trickler(Duration::from_millis(50), Duration::from_secs(8));
+        let config = AxfrConfig {
+            servers: vec![server],
+            idle_timeout: Duration::from_secs(1),
+            transfer_timeout: Duration::from_millis(1500),
+            ..AxfrConfig::default()
+        };
+        let start = Instant::now();
+        let err = transfer_from(server, &config).unwrap_err();
+        let took = start.elapsed();
+        match &err {
+            ServerError::Deadline { limit, bytes, .. } => {
+                assert_eq!(*limit, Duration::from_millis(1500));
+                assert!(*bytes > 0, "{err}");
+            }
+            other => panic!("expected the deadline, got: {other}"),
+        }
+        assert!(
+            took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+            "took {took:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("the transfer did not finish within 1.5 s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_deadline_cuts_the_connect_and_idle_waits_short() {
+        // A server that accepts and says nothing: the idle timeout (5 s) would end it later
+        // than the deadline (0.5 s).
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = l.local_addr().unwrap();
+        let config = AxfrConfig {
+            servers: vec![server],
+            idle_timeout: Duration::from_secs(5),
+            transfer_timeout: Duration::from_millis(500),
+            ..AxfrConfig::default()
+        };
+        let start = Instant::now();
+        let err = transfer_from(server, &config).unwrap_err();
+        assert!(matches!(err, ServerError::Deadline { .. }), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(2), "{err}");
+        drop(l);
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`zone`]: loading and the canonical in-memory zone.
 //! - [`zonemd`]: the RFC 8976 zone digest.
 //! - [`anchors`]: IANA trust anchors.
+//! - [`input`]: size-limited reading of regular files (zone files, anchors).
 //! - [`crypto`]: zone keys prepared for verification, and digests (aws-lc-rs).
 //! - [`dnssec`]: RRSIGs, chain of trust, NSEC chain.
 //! - [`verify`]: the combined verdict.
@@ -21,6 +22,7 @@ pub mod anchors;
 pub mod axfr;
 pub mod crypto;
 pub mod dnssec;
+pub mod input;
 pub mod name;
 pub mod query;
 pub mod refresh;
@@ -37,7 +39,7 @@ pub use name::WireName;
 pub use refresh::{RefreshDecision, RefreshState, SoaTimers};
 pub use store::{Stored, ZoneStore};
 pub use verify::{Proof, Verification, VerifyError, verify};
-pub use zone::{LoadError, Record, Zone};
+pub use zone::{LoadError, MAX_ZONE_FILE_BYTES, Record, Zone};
 
 /// An error and its causes on one line (`a: b: c`).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read as _, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +21,7 @@ use domain::rdata::ZoneRecordData;
 use domain::zonefile::inplace::{Entry, Zonefile};
 use rayon::prelude::*;
 
+use crate::input::{self, InputError};
 use crate::name::{WireName, lowercase_wire};
 
 /// One resource record in canonical form.
@@ -132,14 +133,15 @@ impl Record {
 /// Errors from loading a zone.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The zone file could not be read.
-    #[error("cannot read zone file {path}")]
+    /// The zone file could not be read: missing, unreadable, not a regular file, over
+    /// [`MAX_ZONE_FILE_BYTES`], or changed while it was read.
+    #[error("zone file {path} not read")]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
         #[source]
-        source: io::Error,
+        source: InputError,
     },
     /// The zone text does not parse.
     #[error("zone text does not parse")]
@@ -200,24 +202,30 @@ pub struct Zone {
     duplicates: usize,
 }
 
+/// The largest zone file [`Zone::load`] reads: the root zone is about 2.2 MB of text.
+pub const MAX_ZONE_FILE_BYTES: u64 = 64 << 20;
+
 impl Zone {
-    /// Reads and parses a zone file.
+    /// Reads and parses a zone file: a regular file of at most [`MAX_ZONE_FILE_BYTES`] whose
+    /// size does not change while it is read (anything else is refused before it fills memory).
     ///
     /// A large file in plain form, as the root zone is published (no directives, parentheses,
     /// quotes or escapes), is read in pieces straight into the parsers' buffers and parsed on
     /// all cores; any other file is read whole and parsed by [`Zone::from_text`].
     pub fn load(path: &Path) -> Result<Zone, LoadError> {
-        let read_error = |source| LoadError::Read {
+        let read_error = |source: InputError| LoadError::Read {
             path: path.to_owned(),
             source,
         };
-        let mut file = File::open(path).map_err(read_error)?;
-        let len = file.metadata().map_err(read_error)?.len();
-        if let Some(parts) = parse_plain_pieces(&file, len).map_err(read_error)? {
+        let (mut file, len) = input::open_regular(path, MAX_ZONE_FILE_BYTES).map_err(read_error)?;
+        let pieces = parse_plain_pieces(&file, len).map_err(|e| read_error(e.into()))?;
+        if let Some(parts) = pieces {
+            // The pieces end at the size fstat gave: a file that grew or shrank meanwhile was
+            // not read as it is now.
+            input::check_unchanged(&file, len).map_err(read_error)?;
             return Zone::from_sorted_parts(parts);
         }
-        let mut text = Vec::with_capacity(len as usize);
-        file.read_to_end(&mut text).map_err(read_error)?;
+        let text = input::read_exactly(&mut file, len).map_err(read_error)?;
         Zone::from_text(&text)
     }
 
@@ -1068,5 +1076,40 @@ mod tests {
                 .unwrap()
                 .starts_with("example.\t300\tIN\tSOA")
         );
+    }
+
+    #[test]
+    fn load_reads_only_a_bounded_regular_file() {
+        let d = tempfile::tempdir().unwrap();
+        let chain = |path: &Path| crate::input::tests_chain(&Zone::load(path).unwrap_err());
+        // `zone verify /dev/zero` once grew to 7.2 GB: refused before any read.
+        let msg = chain(Path::new("/dev/zero"));
+        assert!(
+            msg.starts_with(
+                "zone file /dev/zero not read: not a regular file (it is a character device)"
+            ),
+            "{msg}"
+        );
+        assert!(chain(d.path()).contains("it is a directory"));
+        let msg = chain(&d.path().join("missing.zone"));
+        assert!(msg.contains("missing.zone not read: No such file"), "{msg}");
+        // Over the limit (sparse: nothing is written or read).
+        let big = d.path().join("big.zone");
+        File::create(&big)
+            .unwrap()
+            .set_len(MAX_ZONE_FILE_BYTES + 1)
+            .unwrap();
+        let msg = chain(&big);
+        assert!(
+            msg.contains("67108865 bytes, over the limit of 64 MiB"),
+            "{msg}"
+        );
+        // A file that yields more than its size says is not read past that size.
+        let msg = chain(Path::new("/proc/self/mountinfo"));
+        assert!(msg.contains("its size changed while it was read"), "{msg}");
+        assert!(matches!(
+            Zone::load(Path::new("/proc/self/mountinfo")),
+            Err(LoadError::Read { .. })
+        ));
     }
 }

@@ -40,6 +40,7 @@ fn config(servers: Vec<SocketAddr>) -> AxfrConfig {
         zone: WireName::root(),
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(5),
+        transfer_timeout: Duration::from_secs(60),
         max_bytes: 16 * 1024 * 1024,
     }
 }

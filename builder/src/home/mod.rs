@@ -159,7 +159,7 @@ pub fn run(cmd: HomeCommand, json: bool) -> Result<u8> {
         HomeCommand::List { db, rejected } => {
             let fleet = store::fleet(&db, rejected)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&fleet)?);
+                crate::ui::print_ok(&fleet)?;
             } else {
                 print!("{}", render(&fleet));
             }
@@ -178,12 +178,11 @@ fn serve(cfg: &server::ServeConfig, json: bool) -> Result<u8> {
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
         if json {
-            println!(
-                "{}",
+            crate::ui::print_ok_line(
                 serde_json::json!({"listening": addr.to_string(), "db": cfg.db,
                                    "enrolment": if receiver.enrolled().is_some() { "enrolled" } else { "open" },
-                                   "enrolled": receiver.enrolled()})
-            );
+                                   "enrolled": receiver.enrolled()}),
+            )?;
         } else {
             println!("listening on https://{addr}");
         }

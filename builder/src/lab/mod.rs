@@ -234,12 +234,29 @@ pub fn run(args: LabArgs, ui: &Ui) -> Result<u8> {
         }
     }
     let s = result?;
-    if ui.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    } else {
+    if !ui.json {
         eprint!("{}", summary::render(&s));
     }
-    Ok(if s.passed { 0 } else { crate::EXIT_ERROR })
+    if !s.passed {
+        let failed: Vec<&str> = s
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.what.as_str())
+            .collect();
+        let message = format!(
+            "scenario {}: the expectation did not hold (failed: {})",
+            s.scenario,
+            failed.join("; ")
+        );
+        return Err(crate::ui::Failure::new(crate::EXIT_ERROR, message)
+            .with_details(serde_json::to_value(&s)?)
+            .into());
+    }
+    if ui.json {
+        crate::ui::print_ok(&s)?;
+    }
+    Ok(0)
 }
 
 fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
