@@ -805,9 +805,11 @@ mod tests {
 
     #[test]
     fn key_tags_of_the_root_keys() {
-        let text = std::fs::read_to_string("../../shared/data/rootzone/root.zone.2026073102")
-            .or_else(|_| std::fs::read_to_string("/work/shared/data/rootzone/root.zone.2026073102"))
-            .unwrap();
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../testdata/rootzone/root.zone.2026073102"),
+        )
+        .unwrap();
         let head: String = text.lines().take(30).map(|l| format!("{l}\n")).collect();
         let zone = Zone::from_text(head.as_bytes()).unwrap();
         let mut tags: Vec<u16> = zone
