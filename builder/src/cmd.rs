@@ -369,7 +369,7 @@ pub(crate) fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
         Some(p) => crate::initbin::read(p)?,
         None => {
             let sp = ui.spinner("building static imrs-init");
-            let b = crate::initbin::build(true)?;
+            let b = crate::initbin::build_for(&args.recipe, true)?;
             sp.finish_and_clear();
             b
         }
@@ -379,7 +379,8 @@ pub(crate) fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
         lock: &lock,
         lock_sha256: crate::image_dir::sha256_hex(&lock_bytes),
         cache: &cache,
-        init: &init,
+        init: &init.bytes,
+        init_toolchain: &init.toolchain,
         site_pubkey: &site_pub,
         site: site.as_ref().map(|(t, s)| (t.as_slice(), s.as_str())),
     };
@@ -436,8 +437,15 @@ fn inspect(dir: &Path, ui: &Ui) -> Result<u8> {
         return Ok(0);
     }
     println!(
-        "{} {} (profile {}, dns {}, kernel {}, epoch {})",
-        m.name, m.version, m.profile, m.dns, m.kernel_release, m.source_date_epoch
+        "{} {} (profile {}, dns {}, kernel {}, epoch {}, init by rustc {} {})",
+        m.name,
+        m.version,
+        m.profile,
+        m.dns,
+        m.kernel_release,
+        m.source_date_epoch,
+        m.init_toolchain.release,
+        m.init_toolchain.commit_hash
     );
     println!("packages:");
     for p in &m.packages {
