@@ -188,12 +188,34 @@ fn same_toolchain(found: &Toolchain, full: &Toolchain) -> bool {
         && full.commit_hash.starts_with(&found.commit_hash)
 }
 
-/// Compiles the static init from the workspace found from `recipe`'s folder or the current
-/// directory ([`workspace::find`]).
-pub fn build_for(recipe: &Path, quiet: bool) -> Result<Init, InitBinError> {
-    let ws = workspace::find(Some(recipe))
-        .map_err(|not_found| InitBinError::NoWorkspace { not_found })?;
-    build(&ws, quiet)
+/// Where a build's init comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A prebuilt static init (`--init`).
+    Prebuilt(PathBuf),
+    /// Compiled in this workspace.
+    Workspace(Workspace),
+}
+
+impl Source {
+    /// `--init` if given, else the workspace found from `recipe`'s folder or the current
+    /// directory ([`workspace::find`]); without either, the error says to pass `--init`.
+    pub fn for_build(init: Option<&Path>, recipe: &Path) -> Result<Source, InitBinError> {
+        match init {
+            Some(p) => Ok(Source::Prebuilt(p.to_path_buf())),
+            None => workspace::find(Some(recipe))
+                .map(Source::Workspace)
+                .map_err(|not_found| InitBinError::NoWorkspace { not_found }),
+        }
+    }
+
+    /// Reads or compiles the init.
+    pub fn load(&self, quiet: bool) -> Result<Init, InitBinError> {
+        match self {
+            Source::Prebuilt(p) => read(p),
+            Source::Workspace(ws) => build(ws, quiet),
+        }
+    }
 }
 
 /// Compiles the static init in `ws` with cargo (a no-op when up to date) and returns it with

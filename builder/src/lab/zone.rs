@@ -160,15 +160,13 @@ pub fn live(connect_timeout: Duration) -> Result<Obtained> {
         connect_timeout,
         ..AxfrConfig::default()
     };
-    let named = servers
-        .iter()
-        .map(|(n, a)| format!("{n} {a}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut names: Vec<&str> = servers.iter().map(|(n, _)| *n).collect();
+    names.dedup();
     let t = imrs_zone::axfr::transfer(&config).map_err(|e| {
         anyhow::anyhow!(
-            "--zone live: no root zone from ICANN's transfer servers (tried {named}): {e}; \
-             --zone live needs a route to them (use --zone bundled or --zone FILE without one)"
+            "--zone live: no root zone from ICANN's transfer servers {}: {e}; --zone live needs \
+             a route to them (without one, use --zone bundled or --zone FILE)",
+            names.join(" and ")
         )
     })?;
     Ok(Obtained {
