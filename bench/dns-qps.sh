@@ -11,8 +11,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-zone="$here/../shared/data/rootzone/root.zone.2026073102"
-[ -f "$zone" ] || zone=/work/shared/data/rootzone/root.zone.2026073102
+zone="$here/testdata/rootzone/root.zone.2026073102"
 each="${SECONDS_EACH:-15}"
 clients="${CLIENTS:-8}"
 command -v dnsperf >/dev/null || { echo "dns-qps: dnsperf missing (apt-get install dnsperf)" >&2; exit 1; }

@@ -9,13 +9,13 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-data="${DATA:-$here/../shared/data/rootzone}"
+data="${DATA:-$here/testdata/rootzone}"
 zone="${1:-$data/root.zone.2026073102}"
 anchors="${2:-$data/root-anchors.xml}"
 at_unix=1785542400          # 2026-08-01T00:00:00Z, inside the signature windows
 at_ldns=20260801000000
 runs="${RUNS:-30}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-zone}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
 
 for tool in hyperfine kzonecheck ldns-verify-zone /usr/bin/time python3; do
     command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }

@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages imrs needs on a build/test machine (run as root).
+#   build-essential   C compiler, headers and make: aws-lc (cc builder, no cmake), ring and the
+#                     bundled SQLite are compiled from C by their build scripts
+#   pkg-config git curl ca-certificates   build scripts, the checkout, rustup's installer (Rust
+#                     itself comes from rustup; rust-toolchain.toml pins the version)
 #   qemu-system-x86   boots images in tests and the lab
 #   bird2 frr         BGP: the appliance's daemon and the host router in tests
 #   nsd knot          DNS daemons (transfer servers in tests, reference behaviour)
@@ -12,7 +16,8 @@
 #   fdisk dosfstools mtools e2fsprogs   the lab's disk (sfdisk GPT, vfat config, ext4 data)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(qemu-system-x86 bird2 frr nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils knot-dnssecutils
+pkgs=(build-essential pkg-config git curl
+      qemu-system-x86 bird2 frr nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils knot-dnssecutils
       iproute2 cpio zstd xz-utils hyperfine time bc ca-certificates
       fdisk dosfstools mtools e2fsprogs)
 missing=()

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use imrs_config::image::{
     ANCHORS_PATH, IMAGE_INFO_PATH, ImageInfo, MANIFEST_SCHEMA, Manifest, ManifestPackage,
-    SITE_PUBKEY_PATH, canonical_json,
+    SITE_PUBKEY_PATH, Toolchain, canonical_json,
 };
 use imrs_config::keys;
 use imrs_config::lock::{Lock, LockedPackage, Role};
@@ -40,6 +40,8 @@ pub struct Inputs<'a> {
     pub cache: &'a Cache,
     /// The static init.
     pub init: &'a [u8],
+    /// The Rust toolchain that compiled it.
+    pub init_toolchain: &'a Toolchain,
     /// Public key site configs must be signed with.
     pub site_pubkey: &'a VerifyingKey,
     /// A signed site config to embed: (text, signature).
@@ -270,6 +272,7 @@ pub fn build_image(
         profile: r.profile.name.clone(),
         dns: r.recipe.dns,
         builder: BUILDER.into(),
+        init_toolchain: inp.init_toolchain.clone(),
         source_date_epoch: lock.source_date_epoch,
         recipe_sha256: r.sha256.clone(),
         lock_sha256: inp.lock_sha256.clone(),

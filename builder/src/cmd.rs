@@ -359,6 +359,8 @@ pub(crate) fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
     let (lock, lock_bytes) = load_lock(&r, &args.inputs)?;
     // Keys first: a missing key must fail before any work.
     let key = keys::read_secret(&args.key)?;
+    // Where the init comes from, before any download: the workspace to compile it in, or --init.
+    let init_src = crate::initbin::Source::for_build(args.init.as_deref(), &args.recipe)?;
     let site_pub = match &args.site_pubkey {
         Some(p) => keys::read_public(p)?,
         None => key.verifying_key(),
@@ -384,21 +386,22 @@ pub(crate) fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
         .or(r.recipe.apt.snapshot.as_deref());
     let fetched = cache.fetch(&lock, snap, args.inputs.offline, ui)?;
     let t_fetch = t0.elapsed();
-    let init = match &args.init {
-        Some(p) => crate::initbin::read(p)?,
-        None => {
+    let init = match &init_src {
+        crate::initbin::Source::Workspace(_) => {
             let sp = ui.spinner("building static imrs-init");
-            let b = crate::initbin::build(true)?;
+            let b = init_src.load(true)?;
             sp.finish_and_clear();
             b
         }
+        crate::initbin::Source::Prebuilt(_) => init_src.load(true)?,
     };
     let inputs = assemble::Inputs {
         recipe: &r,
         lock: &lock,
         lock_sha256: crate::image_dir::sha256_hex(&lock_bytes),
         cache: &cache,
-        init: &init,
+        init: &init.bytes,
+        init_toolchain: &init.toolchain,
         site_pubkey: &site_pub,
         site: site.as_ref().map(|(t, s)| (t.as_slice(), s.as_str())),
     };
@@ -445,8 +448,15 @@ fn inspect(dir: &Path, ui: &Ui) -> Result<u8> {
         return Ok(0);
     }
     println!(
-        "{} {} (profile {}, dns {}, kernel {}, epoch {})",
-        m.name, m.version, m.profile, m.dns, m.kernel_release, m.source_date_epoch
+        "{} {} (profile {}, dns {}, kernel {}, epoch {}, init by rustc {} {})",
+        m.name,
+        m.version,
+        m.profile,
+        m.dns,
+        m.kernel_release,
+        m.source_date_epoch,
+        m.init_toolchain.release,
+        m.init_toolchain.commit_hash
     );
     println!("packages:");
     for p in &m.packages {

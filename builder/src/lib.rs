@@ -27,6 +27,7 @@ pub mod qemu;
 pub mod tree;
 pub mod ui;
 pub mod verify;
+pub mod workspace;
 pub mod xz;
 pub mod zone_cli;
 

@@ -94,6 +94,10 @@ fn tiny_image(dir: &Path, out: &Path) -> PathBuf {
         profile: "qemu".into(),
         dns: imrs_config::recipe::DnsImpl::Nsd,
         builder: "test".into(),
+        init_toolchain: imrs_config::image::Toolchain {
+            release: "1.95.0".into(),
+            commit_hash: "0".repeat(9),
+        },
         source_date_epoch: 1,
         recipe_sha256: "0".repeat(64),
         lock_sha256: "0".repeat(64),

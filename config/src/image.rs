@@ -76,6 +76,18 @@ pub struct ManifestPackage {
     pub sha256: String,
 }
 
+/// The Rust toolchain that compiled the image's init (the init is the only code of ours in the
+/// image: the same sources and the same toolchain give the same bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Toolchain {
+    /// The rustc release (`release:` of `rustc -vV`), such as `1.95.0`.
+    pub release: String,
+    /// The rustc commit: the full `commit-hash:` of `rustc -vV` when the builder compiled the
+    /// init; for a prebuilt init (`--init`), the abbreviated hash its `.comment` section names.
+    pub commit_hash: String,
+}
+
 /// The signed description of an image folder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +104,8 @@ pub struct Manifest {
     pub dns: DnsImpl,
     /// Builder name and version.
     pub builder: String,
+    /// The Rust toolchain that compiled the init.
+    pub init_toolchain: Toolchain,
     /// SOURCE_DATE_EPOCH used for every timestamp.
     pub source_date_epoch: i64,
     /// sha256 of the recipe file.
@@ -158,6 +172,10 @@ mod tests {
             profile: "qemu".into(),
             dns: DnsImpl::Nsd,
             builder: "imrs-build 0.1.0".into(),
+            init_toolchain: Toolchain {
+                release: "1.95.0".into(),
+                commit_hash: "59807616e".into(),
+            },
             source_date_epoch: 1,
             recipe_sha256: "0".repeat(64),
             lock_sha256: "0".repeat(64),

@@ -21,19 +21,14 @@ use domain::base::{Name, Rtype};
 use imrs_config::recipe::DnsImpl;
 use netns::require;
 
-const ZONE_DIR: &str = "/work/shared/data/rootzone";
 const SERIAL: u32 = 2026073102;
 const OLD_SERIAL: u32 = 2026073101;
 
-fn shared(rel: &str) -> std::path::PathBuf {
-    // The checkout's sibling `shared/` (CI lays it beside the clone), else the lab path.
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/rootzone");
-    let base = if beside.exists() {
-        beside
-    } else {
-        ZONE_DIR.into()
-    };
-    base.join(rel)
+fn testdata(rel: &str) -> std::path::PathBuf {
+    // The real root zone data in the repository (testdata/rootzone/README.md).
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/rootzone")
+        .join(rel)
 }
 
 /// A port free for UDP and TCP on 127.0.0.1 and ::1 right now.
@@ -58,8 +53,8 @@ fn replace_atomically(from: &Path, to: &Path) {
 
 fn serve_and_probe(imp: DnsImpl, daemon_bin: &str) {
     let test = format!("serving_dns_{imp}");
-    let zone_new = shared("root.zone.2026073102");
-    let zone_old = shared("stripped/root.zone.2026073101");
+    let zone_new = testdata("root.zone.2026073102");
+    let zone_old = testdata("stripped/root.zone.2026073101");
     let zone_new_s = zone_new.to_string_lossy().into_owned();
     if !require(&test, false, &[daemon_bin, &zone_new_s]) {
         return;

@@ -32,12 +32,7 @@ fn manifest(rel: &str) -> PathBuf {
 }
 
 fn zone_file() -> PathBuf {
-    let beside = manifest("../../shared/data/rootzone/root.zone.2026073102");
-    if beside.exists() {
-        beside
-    } else {
-        "/work/shared/data/rootzone/root.zone.2026073102".into()
-    }
+    manifest("../testdata/rootzone/root.zone.2026073102")
 }
 
 fn free_port() -> u16 {

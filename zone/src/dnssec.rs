@@ -322,6 +322,31 @@ fn ts(secs: u32, at: Timestamp) -> Timestamp {
     Timestamp::from_second(at_s + delta).unwrap_or(at)
 }
 
+/// The span in which every RRSIG of a zone is valid (empty when the latest inception is after
+/// the earliest expiration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignatureWindow {
+    /// The latest inception of any RRSIG.
+    pub latest_inception: Timestamp,
+    /// The earliest expiration of any RRSIG.
+    pub earliest_expiration: Timestamp,
+}
+
+/// The [`SignatureWindow`] of `zone`, with the RRSIG times (serial numbers modulo 2^32) read as
+/// the instants nearest `near`; `None` when the zone has no well-formed RRSIG.
+pub fn signature_window(zone: &Zone, near: Timestamp) -> Option<SignatureWindow> {
+    zone.records()
+        .iter()
+        .filter(|r| r.rtype == Rtype::RRSIG)
+        .filter_map(|r| Rrsig::parse(&r.rdata))
+        .map(|sig| (ts(sig.inception, near), ts(sig.expiration, near)))
+        .reduce(|(i1, e1), (i2, e2)| (i1.max(i2), e1.min(e2)))
+        .map(|(latest_inception, earliest_expiration)| SignatureWindow {
+            latest_inception,
+            earliest_expiration,
+        })
+}
+
 /// Verifies the DNSSEC signatures, chain of trust and NSEC chain of `zone`
 /// at time `at`. Returns the first failure in canonical order.
 pub fn verify(
@@ -814,10 +839,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn signature_window_of_the_root_zone() {
+        let zone = Zone::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../testdata/rootzone/root.zone.2026073102"),
+        )
+        .unwrap();
+        let w = signature_window(&zone, Timestamp::now()).unwrap();
+        // Most RRSIGs: 2026-07-31T19:00Z .. 2026-08-13T20:00Z; the DNSKEY RRSIG starts earlier
+        // (07-31T00:00Z) and ends later (08-21T00:00Z).
+        assert_eq!(w.latest_inception, "2026-07-31T19:00:00Z".parse().unwrap());
+        assert_eq!(
+            w.earliest_expiration,
+            "2026-08-13T20:00:00Z".parse().unwrap()
+        );
+        let unsigned =
+            Zone::from_text(b". 86400 IN SOA a. b. 1 1800 900 604800 86400\n. 86400 IN NS a.\n")
+                .unwrap();
+        assert_eq!(signature_window(&unsigned, Timestamp::now()), None);
+    }
+
+    #[test]
     fn key_tags_of_the_root_keys() {
-        let text = std::fs::read_to_string("../../shared/data/rootzone/root.zone.2026073102")
-            .or_else(|_| std::fs::read_to_string("/work/shared/data/rootzone/root.zone.2026073102"))
-            .unwrap();
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../testdata/rootzone/root.zone.2026073102"),
+        )
+        .unwrap();
         let head: String = text.lines().take(30).map(|l| format!("{l}\n")).collect();
         let zone = Zone::from_text(head.as_bytes()).unwrap();
         let mut tags: Vec<u16> = zone

@@ -1,8 +1,10 @@
 //! `imrs-build lab`: boots an appliance image under QEMU inside a simulated host organisation
 //! network and reports what a host would see (issue #7, "the lab").
 //!
-//! The run: build the image (from a recipe) or take an image folder; write a signed copy of the
-//! lab site config with a fresh phone-home CA ([`site`]); make the guest's disk with the config
+//! The run: obtain the root zone to serve ([`zone`]: the bundled one, a file, or the live one
+//! from ICANN); build the image (from a recipe) or take an image folder; verify the zone against
+//! the image's anchors at the guest's clock; write a signed copy of the lab site config with a
+//! fresh phone-home CA ([`site`]); make the guest's disk with the config
 //! and data partitions ([`disk`]); create a network namespace with a tap ([`netns`], addresses
 //! from [`plan`]); start the router (FRR, [`router`]), the transfer server (NSD, [`xfr`]) and the
 //! phone-home receiver ([`receiver`]); boot QEMU in the namespace ([`vm`]), follow the console's
@@ -11,8 +13,15 @@
 //! Everything started is stopped by `Drop` guards, on success, on error and on Ctrl-C
 //! ([`signal`]).
 //!
+//! The lab's defaults (the site config `images/sites/lab.toml`, the bundled zone in
+//! `testdata/rootzone`) are read from the imrs workspace found above the recipe or image folder,
+//! else above the current directory ([`crate::workspace`]), never from where this binary was
+//! compiled.
+//!
 //! The lab never sends a packet to a public address: every address comes from the site config
-//! and must be a documentation address ([`plan`]).
+//! and must be a documentation address ([`plan`]). The one exception is asked for by name:
+//! `--zone live` transfers the root zone from ICANN's transfer servers, from the host, before
+//! anything else starts.
 
 pub mod console;
 pub mod disk;
@@ -28,6 +37,7 @@ pub mod site;
 pub mod summary;
 pub mod vm;
 pub mod xfr;
+pub mod zone;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,9 +48,6 @@ use imrs_config::keys;
 use crate::qemu::Accel;
 use crate::ui::Ui;
 pub use scenario::Scenario;
-
-/// The default lab site config, relative to the workspace.
-pub const DEFAULT_SITE: &str = "images/sites/lab.toml";
 
 /// Accelerator choice for the lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,9 +66,16 @@ pub struct LabArgs {
     /// A recipe (`*.toml`: the image is built first, with a fresh key, from the lock next to it)
     /// or an image folder (needs --key).
     pub target: PathBuf,
-    /// Site config to boot with (default: images/sites/lab.toml); must be a lab site.
+    /// Site config to boot with (default: images/sites/lab.toml of the imrs workspace found
+    /// above the recipe or image folder, else above the current directory); must be a lab site.
     #[arg(long)]
     pub site: Option<PathBuf>,
+    /// The root zone the transfer server serves: `bundled` (the repository's zone 2026073102,
+    /// guest clock pinned inside its signature window), `live` (transferred now from ICANN's
+    /// transfer servers, guest clock = real time), or a zone FILE (guest clock set inside its
+    /// signatures' window). Verified against the image's trust anchors before use.
+    #[arg(long, value_name = "bundled|live|FILE", default_value = "bundled")]
+    pub zone: zone::ZoneChoice,
     /// The image's site-signing secret key (the `build --key`); required with an image folder.
     #[arg(long)]
     pub key: Option<PathBuf>,
@@ -260,15 +274,44 @@ pub fn run(args: LabArgs, ui: &Ui) -> Result<u8> {
 }
 
 fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
-    let (image, key_path) = if is_recipe(&args.target) {
-        if args.key.is_some() {
-            bail!(
-                "--key is for an image folder; with a recipe the lab makes its own key ({})",
-                args.target.display()
-            );
-        }
+    let is_recipe = is_recipe(&args.target);
+    if !is_recipe && !args.target.is_dir() {
+        bail!(
+            "{}: neither a recipe (*.toml) nor an image folder",
+            args.target.display()
+        );
+    }
+    if is_recipe && args.key.is_some() {
+        bail!(
+            "--key is for an image folder; with a recipe the lab makes its own key ({})",
+            args.target.display()
+        );
+    }
+    // Inputs first, so that a missing one fails before anything is built or started.
+    let ws = crate::workspace::find(Some(&args.target));
+    let site_src = match (&args.site, &ws) {
+        (Some(p), _) => p.clone(),
+        (None, Ok(w)) => w.lab_site(),
+        (None, Err(e)) => bail!(
+            "no --site given, and the default lab site ({}) is in the imrs repository, but {e}; \
+             run inside a checkout (or give a recipe or image folder inside one), or pass --site FILE",
+            crate::workspace::LAB_SITE
+        ),
+    };
+    let parsed = imrs_config::site::load(&site_src)?;
+    let plan = plan::Plan::from_site(&parsed)?;
+    ui.info(format!("lab: zone {}", args.zone));
+    let obtained = zone::obtain(&args.zone, ws.as_ref())?;
+    ui.info(format!(
+        "lab: zone serial {} from {} ({} records)",
+        obtained.zone.serial(),
+        obtained.source,
+        obtained.zone.len()
+    ));
+
+    let (image, key_path) = if is_recipe {
         build_image(&args.target, work, args, ui)?
-    } else if args.target.is_dir() {
+    } else {
         let key = args.key.clone().ok_or_else(|| {
             anyhow::anyhow!(
                 "{}: an image folder needs --key, its site-signing secret key (the key given \
@@ -277,21 +320,18 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
             )
         })?;
         (args.target.clone(), key)
-    } else {
-        bail!(
-            "{}: neither a recipe (*.toml) nor an image folder",
-            args.target.display()
-        );
     };
     let key = keys::read_secret(&key_path)?;
     site::check_key_matches(&image, &key, &key_path)?;
 
-    let site_src = args
-        .site
-        .clone()
-        .unwrap_or_else(|| crate::initbin::workspace_dir().join(DEFAULT_SITE));
-    let parsed = imrs_config::site::load(&site_src)?;
-    let plan = plan::Plan::from_site(&parsed)?;
+    // Two boots at most, each up to the time limit, plus the late services.
+    let budget = Duration::from_secs(args.timeout.saturating_mul(2).saturating_add(args.late));
+    let facts = zone::image_facts(&image)?;
+    let served = zone::prepare(obtained, &facts, &work.join("zone"), budget)?;
+    ui.info(format!(
+        "lab: zone serial {} verified at {} (ZONEMD + DNSSEC, the image's anchors); guest clock {}",
+        served.serial, served.verified_at, served.clock
+    ));
     let tls = site::make_tls(work, plan.receiver.ip())?;
     let site_path = work.join("site.toml");
     site::write_signed_site(&site_src, &site_path, &tls.ca_pem, &key)?;
@@ -340,6 +380,7 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
             json: false,
         },
         tampered: None,
+        zone: served,
     };
     scenario::run(&mut lab, args.scenario)
 }

@@ -230,7 +230,7 @@ mod tests {
     use super::*;
 
     fn lab_site() -> Site {
-        let path = crate::initbin::workspace_dir().join("images/sites/lab.toml");
+        let path = crate::workspace::this_checkout().join("images/sites/lab.toml");
         imrs_config::site::load(&path).expect("images/sites/lab.toml")
     }
 

@@ -239,9 +239,10 @@ mod tests {
 
     #[test]
     fn config_peers_with_the_guest() {
-        let site =
-            imrs_config::site::load(&crate::initbin::workspace_dir().join("images/sites/lab.toml"))
-                .unwrap();
+        let site = imrs_config::site::load(
+            &crate::workspace::this_checkout().join("images/sites/lab.toml"),
+        )
+        .unwrap();
         let plan = Plan::from_site(&site).unwrap();
         let c = bgpd_conf(&plan);
         assert!(

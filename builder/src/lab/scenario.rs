@@ -29,7 +29,8 @@ use super::signal;
 use super::site::Tls;
 use super::summary::{BootOutcome, Check, Summary};
 use super::vm::{Vm, VmConfig};
-use super::xfr::{XfrServer, ZONE_SERIAL};
+use super::xfr::XfrServer;
+use super::zone::LabZone;
 use crate::qemu::Accel;
 use crate::ui::Ui;
 
@@ -129,6 +130,8 @@ pub struct Lab {
     pub ui: Ui,
     /// Changed glue record (tampered-zone), filled in when the server starts.
     pub tampered: Option<String>,
+    /// The zone the transfer server serves and the guest's clock (`--zone`).
+    pub zone: LabZone,
 }
 
 impl Lab {
@@ -210,13 +213,20 @@ impl Lab {
             accel: self.accel,
             memory_mib: self.memory_mib,
             serial: format!("IMRS-LAB-{}", std::process::id()),
+            rtc: self.zone.clock.qemu_base(),
             append: Vec::new(),
         }
     }
 
     fn start_xfr(&mut self, svc: &mut Services, tampered: bool) -> Result<()> {
-        let x = XfrServer::start(&svc.ns, &self.workdir.join("xfr"), &self.plan, tampered)
-            .context("starting the transfer server (NSD)")?;
+        let x = XfrServer::start(
+            &svc.ns,
+            &self.workdir.join("xfr"),
+            &self.plan,
+            &self.zone,
+            tampered,
+        )
+        .context("starting the transfer server (NSD)")?;
         if let Some(t) = &x.tampering {
             self.tampered = Some(format!("{} A {} served as {}", t.owner, t.from, t.to));
         }
@@ -529,6 +539,7 @@ fn install_checks(
     t: &Tracker,
     fin: &Final,
     baseline: usize,
+    serial: u32,
 ) {
     // Every stage up to phone-home (steady follows on its own).
     let must = imrs_config::stage::Stage::ALL.map(imrs_config::stage::Stage::name);
@@ -547,7 +558,7 @@ fn install_checks(
             bad.join("; ")
         },
     );
-    serving_checks(checks, b, fin);
+    serving_checks(checks, b, fin, serial);
     let new: Vec<&StoredReport> = fin.reports.iter().skip(baseline).collect();
     let installs: Vec<&&StoredReport> = new.iter().filter(|r| r.is_install()).collect();
     check(
@@ -565,7 +576,7 @@ fn install_checks(
     );
 }
 
-fn serving_checks(checks: &mut Vec<Check>, b: &BootOutcome, fin: &Final) {
+fn serving_checks(checks: &mut Vec<Check>, b: &BootOutcome, fin: &Final, serial: u32) {
     check(
         checks,
         &format!(
@@ -590,12 +601,12 @@ fn serving_checks(checks: &mut Vec<Check>, b: &BootOutcome, fin: &Final) {
     let good = fin
         .soa
         .iter()
-        .filter(|a| a.ok() && a.serial == Some(ZONE_SERIAL) && a.nsid.is_some())
+        .filter(|a| a.ok() && a.serial == Some(serial) && a.nsid.is_some())
         .count();
     check(
         checks,
         &format!(
-            "{}: . SOA serial {ZONE_SERIAL} with AA and NSID over UDP+TCP, IPv4+IPv6",
+            "{}: . SOA serial {serial} with AA and NSID over UDP+TCP, IPv4+IPv6",
             b.label
         ),
         good == 4 && fin.soa.len() == 4,
@@ -655,7 +666,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         lab.start_xfr(&mut svc, scenario == Scenario::TamperedZone)?;
         lab.progress(format!(
             "lab: transfer server (NSD) serving {} on {}{}",
-            ZONE_SERIAL,
+            lab.zone.serial,
             lab.plan
                 .xfr
                 .iter()
@@ -685,7 +696,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
     let (install_boot, fin) = match scenario {
         Scenario::Normal | Scenario::XfrDown | Scenario::ReceiverDown => {
             let (b, t, fin) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
-            install_checks(&mut checks, &b, &t, &fin, 0);
+            install_checks(&mut checks, &b, &t, &fin, 0, lab.zone.serial);
             if scenario == Scenario::XfrDown {
                 let zone_end = t.get("zone").and_then(|s| s.ended_at_s);
                 check(
@@ -793,7 +804,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                     t2.status("hardware") == Some(Status::DoneEarlier),
                     format!("hardware {}", stage_detail(&t2, "hardware")),
                 );
-                install_checks(&mut checks, &b2, &t2, &fin2, base);
+                install_checks(&mut checks, &b2, &t2, &fin2, base, lab.zone.serial);
                 let installs = fin2.reports.iter().filter(|r| r.is_install()).count();
                 check(
                     &mut checks,
@@ -809,7 +820,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         }
         Scenario::SecondBoot => {
             let (b1, t1, fin1) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
-            install_checks(&mut checks, &b1, &t1, &fin1, 0);
+            install_checks(&mut checks, &b1, &t1, &fin1, 0, lab.zone.serial);
             let first_ok = checks.iter().all(|c| c.ok);
             let base = fin1.reports.len();
             boots.push(b1);
@@ -821,7 +832,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                     receiver_after_phone_home: None,
                 };
                 let (b2, t2, fin2) = lab.boot(&mut svc, &two, base)?;
-                serving_checks(&mut checks, &b2, &fin2);
+                serving_checks(&mut checks, &b2, &fin2, lab.zone.serial);
                 for s in ["hardware", "phone-home"] {
                     check(
                         &mut checks,

@@ -141,7 +141,7 @@ mod tests {
         let tls = make_tls(dir.path(), "192.0.2.80".parse().unwrap()).unwrap();
         assert!(tls.ca_pem.contains("BEGIN CERTIFICATE"));
         let key = keys::generate().unwrap();
-        let src = crate::initbin::workspace_dir().join("images/sites/lab.toml");
+        let src = crate::workspace::this_checkout().join("images/sites/lab.toml");
         let out = dir.path().join("site.toml");
         let s = write_signed_site(&src, &out, &tls.ca_pem, &key).unwrap();
         assert_eq!(s.phone_home.ca_pem, tls.ca_pem);
@@ -154,7 +154,7 @@ mod tests {
     fn non_lab_sites_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let key = keys::generate().unwrap();
-        let src = crate::initbin::workspace_dir().join("images/sites/example.toml");
+        let src = crate::workspace::this_checkout().join("images/sites/example.toml");
         let tls = make_tls(dir.path(), "192.0.2.80".parse().unwrap()).unwrap();
         let e = write_signed_site(&src, &dir.path().join("s.toml"), &tls.ca_pem, &key)
             .unwrap_err()

@@ -1,8 +1,9 @@
 //! The appliance under QEMU inside the lab namespace: the command line of [`crate::qemu`]
 //! (PVH vmlinux, `-no-reboot`, serial console on stdout) without a user-network NIC, plus the
-//! lab's tap NIC, the lab disk, a fixed RTC and a serial number; the console streamed line by
-//! line to the lab and written to `console.log`. Also the accelerator choice: KVM only when a
-//! probe VM shows it works (nested KVM on the build machines aborts; lab-notes.md).
+//! lab's tap NIC, the lab disk, the RTC the lab's zone needs ([`super::zone::GuestClock`]) and a
+//! serial number; the console streamed line by line to the lab and written to `console.log`.
+//! Also the accelerator choice: KVM only when a probe VM shows it works (nested KVM on some
+//! build machines aborts at vCPU setup).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -17,9 +18,6 @@ use super::netns::NetNs;
 use super::proc::signal_group;
 use crate::qemu::{Accel, BootOptions};
 
-/// The guest's clock at power-on: inside the lab zone's signature window
-/// (../shared/data/rootzone/README.md), after the images' SOURCE_DATE_EPOCH.
-pub const RTC_BASE: &str = "2026-08-01T00:00:00";
 /// The guest NIC's MAC address.
 pub const MAC: &str = "52:54:00:1a:b0:10";
 
@@ -38,6 +36,8 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// DMI serial.
     pub serial: String,
+    /// The guest's clock at power-on (QEMU's `-rtc base=`: a UTC time or `utc`).
+    pub rtc: String,
     /// Extra kernel command-line words.
     pub append: Vec<String>,
 }
@@ -51,7 +51,7 @@ pub fn boot_options(cfg: &VmConfig) -> BootOptions {
     o.append = cfg.append.clone();
     o.extra = vec![
         "-rtc".into(),
-        format!("base={RTC_BASE}"),
+        format!("base={}", cfg.rtc),
         "-smbios".into(),
         format!("type=1,manufacturer=QEMU,serial={}", cfg.serial),
         "-netdev".into(),
@@ -265,6 +265,7 @@ mod tests {
             accel: Accel::Tcg,
             memory_mib: 1024,
             serial: "IMRS-LAB-1".into(),
+            rtc: "2026-08-01T00:00:00".into(),
             append: vec![],
         };
         let o = boot_options(&cfg);

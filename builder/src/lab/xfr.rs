@@ -1,12 +1,13 @@
-//! The lab's root zone transfer server: NSD inside the namespace serving `.` from the real root
-//! zone in `../shared/data/rootzone/` (or a tampered copy), on every `zone.servers` address of
-//! the site, with `provide-xfr` to the guest's addresses only (NOKEY).
+//! The lab's root zone transfer server: NSD inside the namespace serving `.` from the lab's
+//! verified zone ([`super::zone`]: the bundled real root zone, a file or the live zone) or a
+//! tampered copy of it, on every `zone.servers` address of the site, with `provide-xfr` to the
+//! guest's addresses only (NOKEY).
 //!
 //! The tampered copy changes one glue A record: glue is not signed, so only ZONEMD catches it
-//! (../shared/data/rootzone/README.md); a correct appliance refuses the zone.
+//! (testdata/rootzone/README.md); a correct appliance refuses the zone.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -15,36 +16,10 @@ use super::netns::NetNs;
 use super::plan::Plan;
 use super::probe::{self, Transport};
 use super::proc::{Daemon, wait_for};
+use super::zone::LabZone;
 
 /// NSD.
 pub const NSD: &str = "/usr/sbin/nsd";
-/// The zone the lab serves (file name in the root zone data folder).
-pub const ZONE_FILE: &str = "root.zone.2026073102";
-/// Its SOA serial.
-pub const ZONE_SERIAL: u32 = 2026073102;
-
-/// The root zone data folder: `<workspace>/../shared/data/rootzone`, else
-/// `/work/shared/data/rootzone`.
-pub fn data_dir() -> PathBuf {
-    let rel = crate::initbin::workspace_dir().join("../shared/data/rootzone");
-    if rel.join(ZONE_FILE).is_file() {
-        return rel;
-    }
-    PathBuf::from("/work/shared/data/rootzone")
-}
-
-/// The real zone file.
-pub fn zone_path() -> Result<PathBuf> {
-    let p = data_dir().join(ZONE_FILE);
-    if !p.is_file() {
-        bail!(
-            "{}: the lab's root zone is missing (expected in ../shared/data/rootzone/ next to \
-             the workspace)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
 
 /// What was changed in a tampered copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,11 +94,18 @@ pub struct XfrServer {
 }
 
 impl XfrServer {
-    /// Starts NSD in `ns` from `dir` and waits (up to 60 s) until it answers `. SOA` with the
-    /// zone's serial on its first address.
-    pub fn start(ns: &NetNs, dir: &Path, plan: &Plan, tampered: bool) -> Result<XfrServer> {
+    /// Starts NSD in `ns` from `dir`, serving `zone` (or a tampered copy), and waits (up to
+    /// 60 s) until it answers `. SOA` with the zone's serial on its first address.
+    pub fn start(
+        ns: &NetNs,
+        dir: &Path,
+        plan: &Plan,
+        zone: &LabZone,
+        tampered: bool,
+    ) -> Result<XfrServer> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: mkdir", dir.display()))?;
-        let src = zone_path()?;
+        let src = zone.file.clone();
+        let serial = zone.serial;
         let (zonefile, tampering) = if tampered {
             let text = std::fs::read_to_string(&src)
                 .with_context(|| format!("{}: cannot read", src.display()))?;
@@ -152,7 +134,7 @@ impl XfrServer {
             let a = ns
                 .run_inside(move || probe::soa(first, Transport::Udp, Duration::from_millis(500)))
                 .ok()?;
-            (a.ok() && a.serial == Some(ZONE_SERIAL)).then_some(true)
+            (a.ok() && a.serial == Some(serial)).then_some(true)
         });
         match ready {
             Some(true) => Ok(XfrServer { daemon, tampering }),
@@ -160,7 +142,7 @@ impl XfrServer {
                 let log = std::fs::read_to_string(dir.join("nsd.log")).unwrap_or_default();
                 daemon.ensure_running()?;
                 bail!(
-                    "NSD did not serve serial {ZONE_SERIAL} on {first} within 60 s; nsd.log:\n{}",
+                    "NSD did not serve serial {serial} on {first} within 60 s; nsd.log:\n{}",
                     log.lines().rev().take(15).collect::<Vec<_>>().join("\n")
                 )
             }
@@ -197,10 +179,7 @@ mod tests {
 
     #[test]
     fn tampers_the_real_zone() {
-        let Ok(p) = zone_path() else {
-            eprintln!("SKIP: no root zone data");
-            return;
-        };
+        let p = crate::workspace::this_checkout().join("testdata/rootzone/root.zone.2026073102");
         let text = std::fs::read_to_string(p).unwrap();
         let (new, t) = tamper(&text).unwrap();
         assert_eq!(new.len(), text.len() + t.to.len() - t.from.len());

@@ -1,23 +1,13 @@
-//! Helpers shared by the integration tests: paths to the real data and the
+//! Helpers shared by the integration tests: the path to the real data and the
 //! prerequisite rule (skip with a reason, but fail under `CI=true`).
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-/// The shared real root zone data.
+/// The real root zone data in the repository (`testdata/rootzone`, see its README).
 pub fn data_dir() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for candidate in [
-        here.join("../../shared/data/rootzone"),
-        here.join("../shared/data/rootzone"),
-        PathBuf::from("/work/shared/data/rootzone"),
-    ] {
-        if candidate.join("root.zone.2026073102").exists() {
-            return candidate;
-        }
-    }
-    panic!("real root zone data not found next to {}", here.display());
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/rootzone")
 }
 
 /// Whether a prerequisite binary exists. Missing: prints why the test skips,

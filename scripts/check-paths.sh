@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Fails when a file of the repository names a path outside the repository:
+#   - a sibling folder of the checkout (`../shared`, `../../shared/...`);
+#   - an absolute path of a build machine: folders that hold people's and CI runners' files
+#     (`/home/`, `/root/`, `/Users/`, `/work/`, `/mnt/`, `/media/`, `/srv/`, `/opt/`, `/scratch/`,
+#     `/builds/`, `/__w/`, `/github/`, `/var/tmp/`), and the folders of the machine running the
+#     check: the checkout's own location, `$HOME`, `$CARGO_HOME`, `$RUSTUP_HOME`.
+# Paths of the appliance and of the host OS pass: `/etc/imrs`, `/usr/sbin`, `/run`, `/proc`, `/sys`,
+# `/dev`, `/var/lib/imrs`, `/tmp`, `/init`, `/root:` in a passwd line (only `/root/` is a home).
+# A path counts only where it starts (after a space, quote, `=`, `(`, `:` ... or at the line
+# start), so `https://host/home/x` or `src/work/x` pass.
+#
+# Scans every tracked and every new, not ignored file (git ls-files), text files only.
+# Usage: scripts/check-paths.sh [--self-test]   (exit 0: clean; 1: offending lines printed)
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+self="scripts/check-paths.sh"
+
+# Folders under which a build machine keeps checkouts, homes and CI work trees.
+machine_roots='home|root|Users|work|mnt|media|srv|opt|scratch|builds|__w|github|var/tmp'
+start='(^|[[:space:]"'"'"'`=(:,;[{<>|])'
+re_machine="${start}/(${machine_roots})(/|[[:space:]\"'\`)]|\$)"
+re_sibling='(^|[^[:alnum:]_.-])(\.\./)+shared([/[:space:]"'"'"'`)]|$)'
+
+# Prints offending lines of the repository at $1 ("file:line: text"); returns 1 if there are any.
+check() {
+    local root="$1" bad=0 out
+    local -a fixed=()
+    # The machine's own folders, literally (only absolute, and never `/` itself).
+    local p
+    for p in "$(cd "$root" && pwd -P)" "$(cd "$root" && pwd -L)" "${HOME:-}" "${CARGO_HOME:-}" "${RUSTUP_HOME:-}"; do
+        case "$p" in /?*) fixed+=(-e "${p%/}/") ;; esac
+    done
+    local -a files=()
+    while IFS= read -r -d '' f; do
+        [ "$f" = "$self" ] && continue
+        [ -f "$root/$f" ] && files+=("$f")
+    done < <(git -C "$root" ls-files -z --cached --others --exclude-standard)
+    [ ${#files[@]} -gt 0 ] || return 0
+    if out="$(cd "$root" && grep -nIHE -e "$re_sibling" -e "$re_machine" -- "${files[@]}")"; then
+        printf '%s\n' "$out" | sed 's/^/path outside the repository: /'
+        bad=1
+    fi
+    if [ ${#fixed[@]} -gt 0 ] && out="$(cd "$root" && grep -nIHF "${fixed[@]}" -- "${files[@]}")"; then
+        printf '%s\n' "$out" | sed 's/^/path of this machine: /'
+        bad=1
+    fi
+    return $bad
+}
+
+# Plants good and bad lines in a scratch repository and checks the verdicts.
+self_test() {
+    local t fails=0
+    t="$(mktemp -d)"
+    trap 'rm -rf "$t"' RETURN
+    git -C "$t" init -q
+    mkdir -p "$t/scripts" "$t/src"
+    cp "$here/$self" "$t/$self"
+    # OS and appliance paths, URLs and relative paths: must pass.
+    cat >"$t/src/good.rs" <<'EOF'
+pub const ANCHORS: &str = "/etc/imrs/root-anchors.xml";
+pub const NSD: &str = "/usr/sbin/nsd"; // reads /proc/self/stat, /sys/class/net, /dev/null
+pub const STATE: &str = "/var/lib/imrs"; // else /run/imrs; scratch in /tmp/imrs-lab-1
+const PASSWD: &[u8] = b"root:x:0:0:root:/root:/init\n";
+// https://example.org/home/x and src/work/x and ../testdata/rootzone and ~/.cache/imrs
+// --remap-path-prefix=...=/imrs and /cargo and /rustc
+EOF
+    if ! (cd "$t" && check "$t" >"$t/out" 2>&1); then
+        echo "self-test: clean lines were flagged:" >&2
+        cat "$t/out" >&2
+        fails=1
+    fi
+    local -a planted=(
+        'let d = "../shared/data/rootzone";'
+        'here.join("../../shared/data/rootzone/root.zone")'
+        'PathBuf::from("/work/shared/data/rootzone")'
+        'CARGO_TARGET_DIR=/work/target-zone cargo build'
+        'see /home/alice/imrs/README.md'
+        'export PATH=/root/.cargo/bin:$PATH'
+        'cd /Users/bob/src/imrs'
+        'ZONE="/builds/group/imrs/zone"'
+        "exe: '/opt/imrs/bin/imrs-build'"
+        "zone=$t/src/zone.txt"
+    )
+    local line
+    for line in "${planted[@]}"; do
+        printf '%s\n' "$line" >"$t/src/bad.rs"
+        if (cd "$t" && check "$t" >"$t/out" 2>&1); then
+            echo "self-test: not caught: $line" >&2
+            fails=1
+        elif ! grep -q '^path .*src/bad.rs:1:' "$t/out"; then
+            echo "self-test: caught without naming src/bad.rs:1: $line" >&2
+            cat "$t/out" >&2
+            fails=1
+        fi
+    done
+    rm -f "$t/src/bad.rs"
+    if [ $fails -ne 0 ]; then
+        echo "check-paths self-test FAILED" >&2
+        return 1
+    fi
+    echo "check-paths self-test: ${#planted[@]} planted lines caught, clean lines passed"
+}
+
+case "${1:-}" in
+    --self-test) self_test ;;
+    "")
+        if check "$here"; then
+            echo "check-paths: no file names a path outside the repository"
+        else
+            echo "check-paths: name files by paths inside the repository (testdata/, images/, relative to the recipe)" >&2
+            exit 1
+        fi
+        ;;
+    *) echo "usage: $0 [--self-test]" >&2; exit 2 ;;
+esac
