@@ -2,8 +2,8 @@
 //! other tools. See ARCHITECTURE.md for the map.
 //!
 //! Exit codes of the command: 0 success; 1 error; 2 usage error; 3 verification failed (the
-//! image, signature or zone is not what it should be); 4 a locked package has left the apt
-//! mirror (re-lock or use a snapshot).
+//! image, signature or zone is not what it should be); 4 no source (mirror, snapshot archive,
+//! `--snapshot`) has a locked package (re-lock or name a snapshot that has it).
 
 pub mod apt;
 pub mod assemble;
@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cmd;
 pub mod cpio;
 pub mod deb;
+pub mod download;
 pub mod elf;
 pub mod home;
 pub mod image_dir;
@@ -31,5 +32,5 @@ pub mod zone_cli;
 pub const EXIT_ERROR: u8 = 1;
 /// Exit code: an image, signature or zone did not verify.
 pub const EXIT_VERIFY: u8 = 3;
-/// Exit code: a locked package is no longer on the mirror.
+/// Exit code: no source has a locked package.
 pub const EXIT_GONE: u8 = 4;

@@ -122,6 +122,13 @@ fn default_mode() -> u32 {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AptSource {
+    /// Archive base URLs (`http://deb.debian.org/debian`) `lock` may take packages from; empty:
+    /// any source the host's apt uses. The lock records each package's mirror.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// Suites (`bookworm`, `bookworm-security`) `lock` may take packages from; empty: any.
+    #[serde(default)]
+    pub suites: Vec<String>,
     /// A snapshot archive base URL (e.g. `https://snapshot.debian.org/archive/debian/20260101T000000Z`)
     /// from which locked versions that left the mirror are fetched by their pool path.
     #[serde(default)]
@@ -313,6 +320,24 @@ fn validate(path: &Path, r: &Recipe) -> Result<(), ConfigError> {
             format!("files[{i}].mode"),
             format!("{:o}", f.mode),
             "permission bits only",
+        )?;
+    }
+    for (i, m) in r.apt.mirrors.iter().enumerate() {
+        c.ensure(
+            crate::lock::is_mirror_url(m),
+            format!("apt.mirrors[{i}]"),
+            m.escape_debug(),
+            "an http:// or https:// archive base URL without a trailing slash, query or credentials",
+        )?;
+    }
+    for (i, s) in r.apt.suites.iter().enumerate() {
+        c.ensure(
+            !s.is_empty()
+                && s.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.+/".contains(ch)),
+            format!("apt.suites[{i}]"),
+            s.escape_debug(),
+            "a suite name such as bookworm or bookworm-security",
         )?;
     }
     if let Some(s) = &r.apt.snapshot {
