@@ -560,7 +560,8 @@ pub fn match_source(
     })
 }
 
-fn run_apt(program: &str, args: &[&str], more: &[String]) -> Result<(String, String), AptError> {
+/// Runs an apt command with `LC_ALL=C`; its stdout, or the first `E:` line it printed.
+fn run_apt(program: &str, args: &[&str], more: &[String]) -> Result<String, AptError> {
     let cmd = format!("{program} {}", args.join(" "));
     let output = Command::new(program)
         .args(args)
@@ -571,14 +572,14 @@ fn run_apt(program: &str, args: &[&str], more: &[String]) -> Result<(String, Str
             cmd: cmd.clone(),
             source,
         })?;
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
     if let Some(e) = stderr.lines().find_map(|l| l.strip_prefix("E: ")) {
         return Err(AptError::Output {
             cmd,
             line: e.to_string(),
         });
     }
-    Ok((String::from_utf8_lossy(&output.stdout).into_owned(), stderr))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Asks the host's apt where each exact version (`(name, version)`) is downloaded from, in the
@@ -588,7 +589,7 @@ pub fn locate(pkgs: &[(String, String)]) -> Result<Vec<Location>, AptError> {
         return Ok(Vec::new());
     }
     let specs: Vec<String> = pkgs.iter().map(|(n, v)| format!("{n}={v}")).collect();
-    let (stdout, _) = run_apt("apt-get", &["download", "--print-uris"], &specs)?;
+    let stdout = run_apt("apt-get", &["download", "--print-uris"], &specs)?;
     let uris = parse_print_uris(&stdout);
     let names: Vec<String> = pkgs
         .iter()
@@ -596,7 +597,7 @@ pub fn locate(pkgs: &[(String, String)]) -> Result<Vec<Location>, AptError> {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let (stdout, _) = run_apt("apt-cache", &["madison"], &names)?;
+    let stdout = run_apt("apt-cache", &["madison"], &names)?;
     let sources = parse_madison(&stdout);
     pkgs.iter()
         .map(|(name, version)| {

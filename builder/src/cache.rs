@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use imrs_config::lock::{Lock, LockedPackage};
 use sha2::{Digest, Sha256};
 
-use crate::download::{Attempt, Downloader, Failure, Sources, describe};
+use crate::download::{Attempt, Downloader, Sources, describe};
 use crate::ui::Ui;
 
 /// A cached package is missing, wrong, or could not be downloaded.
@@ -53,13 +53,29 @@ pub enum CacheError {
         /// Expected cache file.
         path: PathBuf,
     },
-    /// No source has the package: every URL tried answered "not found" or could not be reached.
+    /// No source has the package: at least one answered "not found", none served other bytes,
+    /// the rest could not be reached.
     #[error(
-        "{package} {version}: no source has it (re-lock, or name a snapshot archive that does \
-         with --snapshot URL); tried {}",
+        "{package} {version}: no source has it (re-lock, or name an archive that has it with \
+         --snapshot URL); tried {}",
         describe(.tried)
     )]
     Gone {
+        /// Package.
+        package: String,
+        /// Version.
+        version: String,
+        /// Every URL tried, in order, and why each failed.
+        tried: Vec<Attempt>,
+    },
+    /// No source could be reached or answered (network, proxy, server errors): nothing says the
+    /// package is gone.
+    #[error(
+        "{package} {version}: no source could be reached or served it (check the network and \
+         proxy settings, or use --offline with a filled cache); tried {}",
+        describe(.tried)
+    )]
+    Unavailable {
         /// Package.
         package: String,
         /// Version.
@@ -245,23 +261,27 @@ impl Cache {
                 Err(failure) => tried.push(Attempt { url, failure }),
             }
         }
-        if tried
-            .iter()
-            .any(|a| matches!(a.failure, Failure::Refused(_)))
-        {
-            Err(CacheError::Refused {
-                package: p.name.clone(),
-                version: p.version.clone(),
+        let (package, version) = (p.name.clone(), p.version.clone());
+        Err(if tried.iter().any(|a| a.failure.is_refused()) {
+            CacheError::Refused {
+                package,
+                version,
                 size: p.size,
                 sha256: p.sha256.clone(),
                 tried,
-            })
-        } else {
-            Err(CacheError::Gone {
-                package: p.name.clone(),
-                version: p.version.clone(),
+            }
+        } else if tried.iter().any(|a| a.failure.is_not_found()) {
+            CacheError::Gone {
+                package,
+                version,
                 tried,
-            })
-        }
+            }
+        } else {
+            CacheError::Unavailable {
+                package,
+                version,
+                tried,
+            }
+        })
     }
 }

@@ -129,6 +129,18 @@ pub enum Failure {
     Failed(String),
 }
 
+impl Failure {
+    /// The source answered that it does not have the file (HTTP 404 or 410, no such local file).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Failure::Status(404 | 410) | Failure::NoFile)
+    }
+
+    /// The source served bytes that are not the locked package.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Failure::Refused(_))
+    }
+}
+
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

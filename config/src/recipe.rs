@@ -129,8 +129,9 @@ pub struct AptSource {
     /// Suites (`bookworm`, `bookworm-security`) `lock` may take packages from; empty: any.
     #[serde(default)]
     pub suites: Vec<String>,
-    /// A snapshot archive base URL (e.g. `https://snapshot.debian.org/archive/debian/20260101T000000Z`)
-    /// from which locked versions that left the mirror are fetched by their pool path.
+    /// A base URL tried last, as `<URL>/<pool path>`, for packages that neither their mirror nor
+    /// the snapshot archive at the lock's time serve (e.g. a later snapshot,
+    /// `https://snapshot.debian.org/archive/debian/20260101T000000Z`, or a local mirror).
     #[serde(default)]
     pub snapshot: Option<String>,
 }
