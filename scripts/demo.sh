@@ -16,14 +16,15 @@ B=target/release/imrs-build
 mkdir -p "$OUT"
 [ -f "$OUT/image-key" ] || "$B" keygen --out "$OUT/image-key"
 
-# Fetch exactly the locked packages. Exit code 4: a locked version has left the Debian mirror;
-# re-lock into a scratch lock (the committed one stays as it is) and carry on.
+# Fetch exactly the locked packages, directly from each package's mirror, else the Debian snapshot
+# archive at the lock's time (no apt involved). Exit code 4: no source has a locked version;
+# re-lock with the host's apt into a scratch lock (the committed one stays as it is) and carry on.
 set +e
 "$B" fetch "$RECIPE" --lock "$LOCK"
 rc=$?
 set -e
 if [ "$rc" -eq 4 ]; then
-  echo "demo: the committed lock names a version the mirror no longer has; re-locking into $OUT/qemu.lock.json" >&2
+  echo "demo: no source has a version the committed lock names; re-locking into $OUT/qemu.lock.json" >&2
   LOCK="$OUT/qemu.lock.json"
   "$B" lock "$RECIPE" --lock "$LOCK"
   "$B" fetch "$RECIPE" --lock "$LOCK"

@@ -1,15 +1,17 @@
 //! The package cache: exactly the locked .deb files, each checked against its sha256 on every
-//! use. Downloads go to a temporary file and are renamed into place only once size and sha256
-//! match, so the cache never holds a half-written or wrong package under a valid name.
+//! use. Missing packages are downloaded directly (never through apt) from the lock's mirror, then
+//! the Debian snapshot archive at the lock's timestamp, then an extra base (`--snapshot`); a
+//! download lands in the cache (atomically) only once its size and sha256 match, so the cache
+//! never holds a half-written or wrong package under a valid name.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use imrs_config::lock::{Lock, LockedPackage};
 use sha2::{Digest, Sha256};
 
-use crate::apt::{self, AptError};
+use crate::download::{Attempt, Downloader, Sources, describe};
 use crate::ui::Ui;
 
 /// A cached package is missing, wrong, or could not be downloaded.
@@ -51,35 +53,55 @@ pub enum CacheError {
         /// Expected cache file.
         path: PathBuf,
     },
-    /// The mirror or snapshot served something else than the lock says.
+    /// No source has the package: at least one answered "not found", none served other bytes,
+    /// the rest could not be reached.
     #[error(
-        "{package} {version}: downloaded from {url}: sha256 {actual}, the lock says {expected}"
+        "{package} {version}: no source has it (re-lock, or name an archive that has it with \
+         --snapshot URL); tried {}",
+        describe(.tried)
     )]
-    Mismatch {
+    Gone {
         /// Package.
         package: String,
         /// Version.
         version: String,
-        /// Source URL.
-        url: String,
-        /// Locked sha256.
-        expected: String,
-        /// Received sha256.
-        actual: String,
+        /// Every URL tried, in order, and why each failed.
+        tried: Vec<Attempt>,
     },
-    /// HTTP failure.
-    #[error("{package}: download from {url} failed: {detail}")]
-    Download {
+    /// No source could be reached or answered (network, proxy, server errors): nothing says the
+    /// package is gone.
+    #[error(
+        "{package} {version}: no source could be reached or served it (check the network and \
+         proxy settings, or use --offline with a filled cache); tried {}",
+        describe(.tried)
+    )]
+    Unavailable {
         /// Package.
         package: String,
-        /// URL.
-        url: String,
-        /// Why.
-        detail: String,
+        /// Version.
+        version: String,
+        /// Every URL tried, in order, and why each failed.
+        tried: Vec<Attempt>,
     },
-    /// apt could not locate the package.
-    #[error(transparent)]
-    Apt(#[from] AptError),
+    /// No source gave the locked bytes and at least one served other bytes (wrong size or
+    /// sha256): refused, nothing written.
+    #[error(
+        "{package} {version}: no source served the locked bytes (size {size}, sha256 {sha256}); \
+         tried {}",
+        describe(.tried)
+    )]
+    Refused {
+        /// Package.
+        package: String,
+        /// Version.
+        version: String,
+        /// Locked size.
+        size: u64,
+        /// Locked sha256.
+        sha256: String,
+        /// Every URL tried, in order, and why each failed.
+        tried: Vec<Attempt>,
+    },
 }
 
 /// The package cache folder.
@@ -165,13 +187,13 @@ impl Cache {
         Ok(path)
     }
 
-    /// Makes every locked package present and correct: corrupt ones are downloaded again, missing
-    /// ones downloaded from the host's apt mirror, or from `snapshot` if a version has left it.
-    /// With `offline`, nothing is downloaded and anything missing or corrupt is an error.
+    /// Makes every locked package present and correct: corrupt ones are downloaded again,
+    /// missing ones downloaded from `sources` (see [`Sources::urls`]). With `offline`, nothing is
+    /// downloaded and anything missing or corrupt is an error.
     pub fn fetch(
         &self,
         lock: &Lock,
-        snapshot: Option<&str>,
+        sources: &Sources,
         offline: bool,
         ui: &Ui,
     ) -> Result<FetchSummary, CacheError> {
@@ -194,92 +216,72 @@ impl Cache {
             check.inc(1);
         }
         check.finish_and_clear();
-        if need.is_empty() {
-            return Ok(summary);
-        }
-        // Where does the host's apt find them? A gone version falls back to the snapshot.
-        let sources: Vec<(String, &LockedPackage)> = match apt::print_uris(&need) {
-            Ok(uris) => need
-                .iter()
-                .map(|p| (uris[&p.name].url.clone(), *p))
-                .collect(),
-            Err(AptError::Gone { name, version }) => match snapshot {
-                Some(base) => {
-                    ui.warn(format!(
-                        "{name} {version} has left the apt mirror; fetching from the snapshot {base}"
-                    ));
-                    let mut out = Vec::new();
-                    for p in &need {
-                        let url = match apt::print_uris(&[p]) {
-                            Ok(u) => u[&p.name].url.clone(),
-                            Err(AptError::Gone { .. }) => {
-                                format!("{}/{}", base.trim_end_matches('/'), p.filename)
-                            }
-                            Err(e) => return Err(e.into()),
-                        };
-                        out.push((url, *p));
-                    }
-                    out
-                }
-                None => return Err(AptError::Gone { name, version }.into()),
-            },
-            Err(e) => return Err(e.into()),
-        };
-        for (url, p) in sources {
-            summary.bytes += self.download(&url, p, ui)?;
+        let mut dl = Downloader::new();
+        for p in need {
+            summary.bytes += self.download(&mut dl, lock, sources, p, ui)?;
             summary.downloaded += 1;
         }
         Ok(summary)
     }
 
-    fn download(&self, url: &str, p: &LockedPackage, ui: &Ui) -> Result<u64, CacheError> {
+    /// Tries each source of `p` in order; stores the first body whose size and sha256 match.
+    fn download(
+        &self,
+        dl: &mut Downloader,
+        lock: &Lock,
+        sources: &Sources,
+        p: &LockedPackage,
+        ui: &Ui,
+    ) -> Result<u64, CacheError> {
         let dest = self.path(p);
-        let tmp = dest.with_extension("deb.part");
-        let fail = |detail: String| CacheError::Download {
-            package: p.name.clone(),
-            url: url.to_string(),
-            detail,
-        };
-        let mut reader: Box<dyn Read> = if let Some(local) = url.strip_prefix("file://") {
-            Box::new(File::open(local).map_err(|e| fail(e.to_string()))?)
-        } else {
-            let resp = ureq::get(url).call().map_err(|e| fail(e.to_string()))?;
-            Box::new(resp.into_body().into_reader())
-        };
-        let pb = ui.bytes(p.size, p.name.clone());
-        let mut out = File::create(&tmp).map_err(io(&tmp))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut total = 0u64;
-        loop {
-            let n = reader.read(&mut buf).map_err(|e| fail(e.to_string()))?;
-            if n == 0 {
-                break;
+        let mut tried: Vec<Attempt> = Vec::new();
+        for url in sources.urls(lock, p) {
+            let pb = ui.bytes(p.size, p.name.clone());
+            let got = dl.get(&url, p, &pb);
+            pb.finish_and_clear();
+            match got {
+                Ok(data) => {
+                    imrs_config::fsutil::write_atomic(&dest, &data, 0o644).map_err(io(&dest))?;
+                    if !tried.is_empty() {
+                        ui.warn(format!(
+                            "{} {}: fetched from {url} after {}",
+                            p.name,
+                            p.version,
+                            describe(&tried)
+                        ));
+                    }
+                    ui.info(format!(
+                        "fetched {} {} ({} bytes)",
+                        p.name,
+                        p.version,
+                        data.len()
+                    ));
+                    return Ok(data.len() as u64);
+                }
+                Err(failure) => tried.push(Attempt { url, failure }),
             }
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io(&tmp))?;
-            total += n as u64;
-            pb.set_position(total);
         }
-        pb.finish_and_clear();
-        out.sync_all().map_err(io(&tmp))?;
-        drop(out);
-        let actual = hex::encode(h.finalize());
-        if actual != p.sha256 {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(CacheError::Mismatch {
-                package: p.name.clone(),
-                version: p.version.clone(),
-                url: url.to_string(),
-                expected: p.sha256.clone(),
-                actual,
-            });
-        }
-        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
-        ui.info(format!(
-            "fetched {} {} ({} bytes)",
-            p.name, p.version, total
-        ));
-        Ok(total)
+        let (package, version) = (p.name.clone(), p.version.clone());
+        Err(if tried.iter().any(|a| a.failure.is_refused()) {
+            CacheError::Refused {
+                package,
+                version,
+                size: p.size,
+                sha256: p.sha256.clone(),
+                tried,
+            }
+        } else if tried.iter().any(|a| a.failure.is_not_found()) {
+            CacheError::Gone {
+                package,
+                version,
+                tried,
+            }
+        } else {
+            CacheError::Unavailable {
+                package,
+                version,
+                tried,
+            }
+        })
     }
 }

@@ -82,7 +82,8 @@ pub enum Command {
     /// Site configs: check or sign.
     #[command(subcommand)]
     Site(SiteCommand),
-    /// Resolve the recipe's Debian packages through the host's apt and write the lock.
+    /// Resolve the recipe's Debian packages through the host's apt and write the lock (with each
+    /// package's mirror, suite and pool path, and the snapshot time).
     Lock {
         /// Recipe file.
         recipe: PathBuf,
@@ -94,7 +95,9 @@ pub enum Command {
         #[arg(long)]
         epoch: Option<i64>,
     },
-    /// Download exactly the locked packages into the cache and check every sha256.
+    /// Download exactly the locked packages into the cache and check every sha256: from each
+    /// package's mirror, then the Debian snapshot archive at the lock's time, then --snapshot;
+    /// never through apt.
     Fetch {
         /// Recipe file.
         recipe: PathBuf,
@@ -178,8 +181,9 @@ pub struct Inputs {
     /// Package cache folder (default: $IMRS_CACHE, else $XDG_CACHE_HOME/imrs, else ~/.cache/imrs).
     #[arg(long)]
     pub cache: Option<PathBuf>,
-    /// Snapshot archive base URL for locked versions that have left the mirror (overrides the
-    /// recipe's apt.snapshot).
+    /// Base URL tried last, as URL/POOL-PATH, for packages neither their mirror nor the snapshot
+    /// archive serves (overrides the recipe's apt.snapshot). The snapshot archive itself is
+    /// https://snapshot.debian.org/archive, or $IMRS_SNAPSHOT_ARCHIVE.
     #[arg(long)]
     pub snapshot: Option<String>,
     /// Never touch the network: use only the cache.

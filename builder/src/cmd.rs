@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use imrs_config::{keys, lock, recipe, signed, site};
 use serde_json::json;
 
-use crate::apt::AptError;
 use crate::cache::{Cache, CacheError};
 use crate::cli::{BuildArgs, Cli, Command, Inputs, SiteCommand};
+use crate::download::Sources;
 use crate::ui::{Failure, Ui, print_ok};
 use crate::verify::VerifyError;
 use crate::{EXIT_ERROR, EXIT_GONE, apt, assemble, verify};
@@ -25,11 +25,8 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return e.exit_code();
         }
         if matches!(
-            cause.downcast_ref::<AptError>(),
-            Some(AptError::Gone { .. })
-        ) || matches!(
             cause.downcast_ref::<CacheError>(),
-            Some(CacheError::Apt(AptError::Gone { .. }))
+            Some(CacheError::Gone { .. })
         ) {
             return EXIT_GONE;
         }
@@ -96,11 +93,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             let (lock, _) = load_lock(&r, &inputs)?;
             let cache = open_cache(&inputs)?;
             let t = Instant::now();
-            let snap = inputs
-                .snapshot
-                .as_deref()
-                .or(r.recipe.apt.snapshot.as_deref());
-            let s = cache.fetch(&lock, snap, inputs.offline, &ui)?;
+            let s = cache.fetch(&lock, &sources(&r, &inputs)?, inputs.offline, &ui)?;
             if ui.json {
                 print_ok(
                     json!({"cache": cache.dir(), "cached": s.cached, "downloaded": s.downloaded,
@@ -266,15 +259,32 @@ fn lock_cmd(path: &Path, out: Option<PathBuf>, epoch: Option<i64>, ui: &Ui) -> R
     let r = recipe::load(path)?;
     let out = out.unwrap_or_else(|| r.default_lock_path());
     let spinner = ui.spinner("resolving packages with apt");
-    let mut new = apt::resolve(&r, 0)?;
+    let mut new = apt::resolve(&r, 0, &apt::snapshot_now())?;
     spinner.finish_and_clear();
+    // The previous lock, of any schema: the same pinned bytes keep its SOURCE_DATE_EPOCH (and
+    // snapshot time), so re-locking alone never changes the image.
+    let pins = if out.exists() {
+        match lock::read_pins(&out) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                ui.warn(format!("{e}; not keeping anything from it"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let previous = lock::load(&out).ok();
+    let same = pins.as_ref().filter(|p| p.same_packages(&new));
+    if let Some(ts) = same.and_then(|p| p.snapshot.clone()) {
+        new.snapshot = ts;
+    }
     let env_epoch = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.parse::<i64>().ok());
-    new.source_date_epoch = match (epoch, &previous) {
+    new.source_date_epoch = match (epoch, same) {
         (Some(e), _) => e,
-        (None, Some(p)) if p.packages == new.packages => p.source_date_epoch,
+        (None, Some(p)) => p.source_date_epoch,
         _ => env_epoch.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -289,19 +299,34 @@ fn lock_cmd(path: &Path, out: Option<PathBuf>, epoch: Option<i64>, ui: &Ui) -> R
     if ui.json {
         print_ok(
             json!({"lock": out, "packages": new.packages.len(), "kernel_release": new.kernel_release,
-                   "source_date_epoch": new.source_date_epoch, "changed": changed}),
+                   "source_date_epoch": new.source_date_epoch, "snapshot": new.snapshot,
+                   "changed": changed}),
         )?;
     } else {
         ui.info(format!(
-            "{}: {} packages, kernel {}, SOURCE_DATE_EPOCH {}{}",
+            "{}: {} packages, kernel {}, SOURCE_DATE_EPOCH {}, snapshot {}{}",
             out.display(),
             new.packages.len(),
             new.kernel_release,
             new.source_date_epoch,
+            new.snapshot,
             if changed { "" } else { " (unchanged)" }
         ));
     }
     Ok(0)
+}
+
+/// Download sources besides each package's mirror: the snapshot archive (`$IMRS_SNAPSHOT_ARCHIVE`
+/// or snapshot.debian.org) and `--snapshot`, else the recipe's `apt.snapshot`.
+fn sources(r: &recipe::ResolvedRecipe, inputs: &Inputs) -> Result<Sources> {
+    let extra = match (&inputs.snapshot, &r.recipe.apt.snapshot) {
+        (Some(s), _) => Some(("--snapshot".to_string(), s.as_str())),
+        (None, Some(s)) => Some((format!("{}: apt.snapshot", r.path.display()), s.as_str())),
+        (None, None) => None,
+    };
+    Ok(Sources::new(
+        extra.as_ref().map(|(what, url)| (what.as_str(), *url)),
+    )?)
 }
 
 fn open_cache(inputs: &Inputs) -> Result<Cache> {
@@ -379,12 +404,7 @@ pub(crate) fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
         None => None,
     };
     let cache = open_cache(&args.inputs)?;
-    let snap = args
-        .inputs
-        .snapshot
-        .as_deref()
-        .or(r.recipe.apt.snapshot.as_deref());
-    let fetched = cache.fetch(&lock, snap, args.inputs.offline, ui)?;
+    let fetched = cache.fetch(&lock, &sources(&r, &args.inputs)?, args.inputs.offline, ui)?;
     let t_fetch = t0.elapsed();
     let init = match &init_src {
         crate::initbin::Source::Workspace(_) => {

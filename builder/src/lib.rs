@@ -2,10 +2,11 @@
 //! other tools. See ARCHITECTURE.md for the map.
 //!
 //! Exit codes of the command (`cli::EXIT_CODES`): 0 success; 1 error, also an input that cannot
-//! be read (missing, no permission, not a regular file, too large); 2 usage error; 3
-//! verification failed: an input was read and is wrong (a bad signature, a tampered or malformed
-//! image folder, a zone that does not parse or verify); 4 a locked package has left the apt
-//! mirror (re-lock or use a snapshot).
+//! be read (missing, no permission, not a regular file, too large) or a package source that
+//! cannot be reached; 2 usage error; 3 verification failed: an input was read and is wrong (a
+//! bad signature, a tampered or malformed image folder, a zone that does not parse or verify); 4
+//! no source (mirror, snapshot archive, `--snapshot`) has a locked package (re-lock or name a
+//! snapshot that has it).
 
 pub mod apt;
 pub mod assemble;
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod cmd;
 pub mod cpio;
 pub mod deb;
+pub mod download;
 pub mod elf;
 pub mod home;
 pub mod image_dir;
@@ -37,5 +39,5 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: an image, signature or zone was read and did not verify.
 pub const EXIT_VERIFY: u8 = 3;
-/// Exit code: a locked package is no longer on the mirror.
+/// Exit code: no source has a locked package.
 pub const EXIT_GONE: u8 = 4;

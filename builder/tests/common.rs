@@ -1,6 +1,7 @@
 //! Shared helpers for imrs-build's integration tests: run the binary, find the repository, build
-//! the qemu image once per test binary (re-locking into a scratch lock if the committed lock's
-//! versions have left the mirror), and the CI-aware skip rule.
+//! the qemu image once per test binary (fetching with apt absent from `PATH`; re-locking into a
+//! scratch lock with the host's apt only if no source has the committed lock's versions), and the
+//! CI-aware skip rule.
 
 #![allow(dead_code)]
 
@@ -67,15 +68,17 @@ pub fn have_apt() -> bool {
         .unwrap_or(false)
 }
 
-/// A lock usable for `recipe` now: the committed one if the mirror still has its versions,
-/// else a fresh lock in scratch space. Fetches into the shared cache.
+/// A folder to use as `PATH` that has no apt-get or apt-cache: `fetch` must not need them.
+pub fn path_without_apt() -> PathBuf {
+    let d = scratch().join("path-without-apt");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A lock usable for `recipe` now: the committed one if its packages can still be fetched (from
+/// their mirror or the snapshot archive), else a fresh lock in scratch space, resolved with the
+/// host's apt. Fetches into the shared cache with apt absent from `PATH`.
 pub fn usable_lock(recipe: &str) -> Option<PathBuf> {
-    if !require(
-        have_apt(),
-        "apt package lists (run scripts/install-deps.sh)",
-    ) {
-        return None;
-    }
     let recipe_path = repo().join("images").join(recipe);
     let committed = recipe_path.with_extension("lock.json");
     let fetch = |lock: &Path| {
@@ -85,7 +88,8 @@ pub fn usable_lock(recipe: &str) -> Option<PathBuf> {
             .arg("--lock")
             .arg(lock)
             .arg("--cache")
-            .arg(cache()))
+            .arg(cache())
+            .env("PATH", path_without_apt()))
     };
     let o = fetch(&committed);
     if o.status.success() {
@@ -94,13 +98,19 @@ pub fn usable_lock(recipe: &str) -> Option<PathBuf> {
     assert_eq!(
         o.status.code(),
         Some(4),
-        "fetch failed for another reason than a gone version: {}",
+        "fetch failed for another reason than a package no source has: {}",
         text(&o)
     );
     eprintln!(
         "committed lock is stale ({}); re-locking into scratch",
         text(&o).trim()
     );
+    if !require(
+        have_apt(),
+        "apt package lists to re-lock (run scripts/install-deps.sh)",
+    ) {
+        return None;
+    }
     let fresh = scratch().join(format!("{recipe}.lock.json"));
     let o = run(bin()
         .args(["--quiet", "lock"])

@@ -139,8 +139,16 @@ fn default_mode() -> u32 {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AptSource {
-    /// A snapshot archive base URL (e.g. `https://snapshot.debian.org/archive/debian/20260101T000000Z`)
-    /// from which locked versions that left the mirror are fetched by their pool path.
+    /// Archive base URLs (`http://deb.debian.org/debian`) `lock` may take packages from; empty:
+    /// any source the host's apt uses. The lock records each package's mirror.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// Suites (`bookworm`, `bookworm-security`) `lock` may take packages from; empty: any.
+    #[serde(default)]
+    pub suites: Vec<String>,
+    /// A base URL tried last, as `<URL>/<pool path>`, for packages that neither their mirror nor
+    /// the snapshot archive at the lock's time serve (e.g. a later snapshot,
+    /// `https://snapshot.debian.org/archive/debian/20260101T000000Z`, or a local mirror).
     #[serde(default)]
     pub snapshot: Option<String>,
 }

@@ -98,6 +98,16 @@ fn bad_recipes_name_key_and_rule() {
             "files[0].dest",
         ),
         (
+            "bad mirror",
+            &|t| t.replace("\"http://deb.debian.org/debian\",", "\"ftp://x/debian\","),
+            "apt.mirrors[0] = ftp://x/debian",
+        ),
+        (
+            "bad suite",
+            &|t| t.replace("\"bookworm-updates\"", "\"book worm\""),
+            "apt.suites[1]",
+        ),
+        (
             "no bird",
             &|t| t.replace("\"bird2\", \"nsd\"", "\"nsd\""),
             "BGP needs bird2",

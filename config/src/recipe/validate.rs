@@ -83,6 +83,25 @@ pub(super) fn validate(path: &Path, r: &Recipe) -> Result<(), ConfigError> {
     userland(&c, r)?;
     files(&c, r)?;
     shells(&c, r)?;
+    for (i, m) in r.apt.mirrors.iter().enumerate() {
+        c.ensure(
+            crate::lock::is_mirror_url(m),
+            format!("apt.mirrors[{i}]"),
+            m,
+            "an http:// or https:// archive base URL without a trailing slash, query or credentials",
+        )?;
+    }
+    for (i, s) in r.apt.suites.iter().enumerate() {
+        c.ensure(
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.+/".contains(ch)),
+            format!("apt.suites[{i}]"),
+            s,
+            "a suite name such as bookworm or bookworm-security",
+        )?;
+    }
     if let Some(s) = &r.apt.snapshot {
         c.length("apt.snapshot", s, 1, 2048)?;
         c.no_control("apt.snapshot", s)?;
