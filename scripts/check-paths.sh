@@ -6,8 +6,8 @@
 #     and build folders, mount points, /var/tmp), or under a folder of the machine running the
 #     check: the checkout's own location, `$HOME`, `$CARGO_HOME`, `$RUSTUP_HOME`.
 # Paths of the appliance and of the host OS pass: `/etc/imrs`, `/usr/sbin`, `/run`, `/proc`, `/sys`,
-# `/dev`, `/var/lib/imrs`, `/tmp`, `/init`, `/root:` in a passwd line (root's home counts only
-# with a path below it). A path counts only where it starts (after a space, quote, `=`, `(`,
+# `/dev`, `/var/lib/imrs`, `/tmp`, `/init`, and those folders themselves (root's home in a
+# passwd line or a list of image-owned paths): only a path below one of them names a file. A path counts only where it starts (after a space, quote, `=`, `(`,
 # `:` ... or at the line start), so a URL path or a relative path naming such a folder passes.
 # This file spells its examples in pieces, so that a plain grep of the repository for such paths
 # finds nothing, this file included.
@@ -21,7 +21,7 @@ self="scripts/check-paths.sh"
 # Folders under which a build machine keeps checkouts, homes and CI work trees.
 machine_roots='home|root|Users|work|mnt|media|srv|opt|scratch|builds|__w|github|var/tmp'
 start='(^|[[:space:]"'"'"'`=(:,;[{<>|])'
-re_machine="${start}/(${machine_roots})(/|[[:space:]\"'\`)]|\$)"
+re_machine="${start}/(${machine_roots})/"
 re_sibling='(^|[^[:alnum:]_.-])(\.\./)+shared([/[:space:]"'"'"'`)]|$)'
 
 # Prints offending lines of the repository at $1 ("file:line: text"); returns 1 if there are any.
@@ -65,6 +65,7 @@ pub const ANCHORS: &str = "/etc/imrs/root-anchors.xml";
 pub const NSD: &str = "/usr/sbin/nsd"; // reads /proc/self/stat, /sys/class/net, /dev/null
 pub const STATE: &str = "/var/lib/imrs"; // else /run/imrs; scratch in /tmp/imrs-lab-1
 const PASSWD: &[u8] = b"root:x:0:0:root:/$R:/init\\n";
+const OWNED: [&str; 2] = ["/$R", "/$H"]; // cd /$W
 // https://example.org/$H/x and src/$W/x and ../testdata/rootzone and ~/.cache/imrs
 // --remap-path-prefix=...=/imrs and /cargo and /rustc
 EOF
