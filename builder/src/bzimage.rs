@@ -1,7 +1,7 @@
 //! The ELF `vmlinux` inside a Debian `vmlinuz` (an x86 bzImage with an xz payload).
 //!
 //! Under QEMU's TCG, booting the ELF through its PVH entry note skips the bzImage's real-mode
-//! setup and in-guest decompression, about 3 s per boot on the build machines (lab-notes.md). The
+//! setup and in-guest decompression, about 3 s per boot on the build machines (docs/lab-notes.md). The
 //! image still ships the bzImage (what a bootloader on the appliance boots); this is only for VMs.
 
 use std::io::Read;

@@ -1,5 +1,5 @@
 //! Booting an image folder under QEMU: TCG by default (nested KVM on the build machines does not
-//! work; lab-notes.md), KVM when asked for. The serial console is streamed line by line to the
+//! work; docs/lab-notes.md), KVM when asked for. The serial console is streamed line by line to the
 //! caller and kept, and the VM is killed when it overruns its time.
 
 use std::io::{BufRead, BufReader};

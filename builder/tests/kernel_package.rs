@@ -74,7 +74,7 @@ fn real_kernel_module_order_from_modinfo() {
     assert_eq!(names.last().map(String::as_str), Some("virtio_net"));
     let mut sorted = names.clone();
     sorted.sort();
-    // The set recorded in lab-notes.md for virtio-net.
+    // The set recorded in docs/lab-notes.md for virtio-net.
     assert_eq!(
         sorted,
         [

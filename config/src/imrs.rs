@@ -1,16 +1,16 @@
 //! IMRS constants: the facts an L-root appliance must never get wrong.
 //!
-//! Every value here comes from `shared/docs/facts.md` (section "Routing" and "The root zone").
+//! Every value here comes from `docs/facts.md` (section "Routing" and "The root zone").
 //! Nothing else in the workspace spells these numbers out; everything refers to this module.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// Origin AS of every IMRS announcement (facts.md, Routing).
+/// Origin AS of every IMRS announcement (docs/facts.md, Routing).
 pub const IMRS_ASN: u32 = 20144;
 
-/// Whether a prefix is a covering "failsafe" prefix or a specific one (facts.md, ICANN practice:
+/// Whether a prefix is a covering "failsafe" prefix or a specific one (docs/facts.md, ICANN practice:
 /// an unhealthy node withdraws the specifics and keeps the covering prefixes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,7 +50,7 @@ const fn v6(s: [u16; 8], len: u8) -> IpNet {
     }
 }
 
-/// Exactly the five prefixes an IMRS-Single may announce (facts.md, Routing). Nothing else, ever.
+/// Exactly the five prefixes an IMRS-Single may announce (docs/facts.md, Routing). Nothing else, ever.
 pub const IMRS_PREFIXES: [ImrsPrefix; 5] = [
     ImrsPrefix {
         prefix: v4(199, 7, 82, 0, 23),
@@ -79,9 +79,9 @@ pub const IMRS_PREFIXES: [ImrsPrefix; 5] = [
     },
 ];
 
-/// The L-root IPv4 service address (facts.md).
+/// The L-root IPv4 service address (docs/facts.md).
 pub const LROOT_V4: Ipv4Addr = Ipv4Addr::new(199, 7, 83, 42);
-/// The L-root IPv6 service address (facts.md).
+/// The L-root IPv6 service address (docs/facts.md).
 pub const LROOT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0x500, 0x9f, 0, 0, 0, 0, 0x42);
 
 /// Looks up an IMRS prefix; `None` for anything that may never be announced.
@@ -89,7 +89,7 @@ pub fn imrs_prefix(net: &IpNet) -> Option<&'static ImrsPrefix> {
     IMRS_PREFIXES.iter().find(|p| p.prefix == *net)
 }
 
-/// One of ICANN's root zone transfer servers (facts.md, The root zone).
+/// One of ICANN's root zone transfer servers (docs/facts.md, The root zone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransferServer {
     /// Host name.
@@ -110,7 +110,7 @@ impl TransferServer {
     }
 }
 
-/// ICANN's AXFR servers for the root zone, in preference order (facts.md).
+/// ICANN's AXFR servers for the root zone, in preference order (docs/facts.md).
 pub const ICANN_XFR_SERVERS: [TransferServer; 2] = [
     TransferServer {
         name: "lax.xfr.dns.icann.org",
@@ -124,14 +124,14 @@ pub const ICANN_XFR_SERVERS: [TransferServer; 2] = [
     },
 ];
 
-/// HTTPS copy of the root zone, a further fallback source (facts.md).
+/// HTTPS copy of the root zone, a further fallback source (docs/facts.md).
 pub const ROOT_ZONE_HTTPS: &str = "https://www.internic.net/domain/root.zone";
 
-/// Root zone SOA timers in seconds (facts.md): refresh, retry, expire.
+/// Root zone SOA timers in seconds (docs/facts.md): refresh, retry, expire.
 pub const ROOT_SOA_REFRESH: u32 = 1800;
-/// SOA retry (facts.md).
+/// SOA retry (docs/facts.md).
 pub const ROOT_SOA_RETRY: u32 = 900;
-/// SOA expire (facts.md).
+/// SOA expire (docs/facts.md).
 pub const ROOT_SOA_EXPIRE: u32 = 604_800;
 
 /// Documentation and private ranges a lab site may use for its service addresses.

@@ -1,6 +1,6 @@
 //! Hardware profiles (`images/profiles/*.toml`): what first boot requires of an appliance.
 //!
-//! The exact hardware of Calypso and Pandora is not public (facts.md): these files are editable
+//! The exact hardware of Calypso and Pandora is not public (docs/facts.md): these files are editable
 //! data, reviewed like code, not facts. The init's hardware stage checks the machine against them.
 
 use std::path::Path;

@@ -21,7 +21,7 @@ use crate::profile::Profile;
 /// The recipe schema version this build understands.
 pub const RECIPE_VERSION: u32 = 1;
 
-/// DNS implementation served by the image (L-root runs both for diversity; facts.md).
+/// DNS implementation served by the image (L-root runs both for diversity; docs/facts.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DnsImpl {

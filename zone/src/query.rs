@@ -4,7 +4,7 @@
 //! parsed with `domain`; only the TCP length prefix is framed here.
 //!
 //! Every query carries EDNS (a 1232-byte UDP payload size) and an empty NSID option, as the
-//! RSSAC047 measurement probes send them (facts.md: NSID is required). The answer is checked to
+//! RSSAC047 measurement probes send them (docs/facts.md: NSID is required). The answer is checked to
 //! be a response to this query (QR set, the same random id); nothing about its content is
 //! judged here: that is the caller's policy.
 

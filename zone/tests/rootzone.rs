@@ -326,7 +326,7 @@ fn anchors_that_match_no_ksk_and_anchor_windows() {
         matches!(v.dnssec, Err(DnssecError::NoAnchoredKey { ref anchors, .. }) if anchors.is_empty())
     );
     // Only KSK-2024 anchored: it is published but does not sign the DNSKEY
-    // RRset yet (facts.md), so the chain does not close.
+    // RRset yet (docs/facts.md), so the chain does not close.
     let only_2024 = TrustAnchors::parse(&xml.replace("E06D44B8", "E06D44B9")).unwrap();
     let v = verify(zone, &only_2024, at());
     assert_eq!(

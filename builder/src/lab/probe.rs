@@ -1,5 +1,5 @@
 //! `. SOA` queries with an NSID request, as the RSSAC047 measurement probes send them
-//! (facts.md): over UDP and TCP, to the appliance's lab service addresses (and to the lab's own
+//! (docs/facts.md): over UDP and TCP, to the appliance's lab service addresses (and to the lab's own
 //! transfer server for its readiness). Built and parsed with `domain`; the lab calls these from a
 //! thread inside its namespace ([`super::netns::NetNs::run_inside`]).
 

@@ -1,5 +1,5 @@
 //! The host organisation's router: FRR (zebra + bgpd) inside the lab namespace, run directly
-//! from a private state folder owned by `frr` (lab-notes.md: without systemd; zebra is needed for
+//! from a private state folder owned by `frr` (docs/lab-notes.md: without systemd; zebra is needed for
 //! IPv6 routes with link-local next hops). It peers with the appliance on both families, accepts
 //! everything (`no bgp ebgp-requires-policy`) and is read with `vtysh ... json`.
 

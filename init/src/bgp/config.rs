@@ -130,7 +130,7 @@ fn render_imrs_only(out: &mut String) {
     };
     let _ = writeln!(
         out,
-        "# True only for exactly the five IMRS prefixes (facts.md, Routing), whatever the\n\
+        "# True only for exactly the five IMRS prefixes (docs/facts.md, Routing), whatever the\n\
          # static protocols hold: defence in depth behind the site validation.\n\
          function imrs_only() {{\n  \
            if source != RTS_STATIC then return false;\n  \

@@ -23,7 +23,7 @@ pub fn render(c: &DnsConfig) -> String {
     if let Some(u) = &c.user {
         let _ = writeln!(o, "    user: {u}");
     }
-    // Identity: NSID and hostname.bind / id.server CH TXT (facts.md, Service expectations).
+    // Identity: NSID and hostname.bind / id.server CH TXT (docs/facts.md, Service expectations).
     let _ = writeln!(o, "    identity: \"{}\"", c.instance);
     let _ = writeln!(o, "    nsid: \"{}\"", c.instance);
     let _ = writeln!(o, "    version: \"\"");

@@ -8,7 +8,7 @@
 //!
 //! Both renderings share one policy: authoritative only (neither daemon recurses), no zone
 //! transfers to anyone (NSD: no `provide-xfr`; Knot: no ACL), NSID and `hostname.bind` /
-//! `id.server` CH TXT answer the instance name (facts.md, Service expectations), the version is
+//! `id.server` CH TXT answer the instance name (docs/facts.md, Service expectations), the version is
 //! hidden, and the zone file is never written back.
 //!
 //! - [`nsd`] and [`knot`]: the two renderings.

@@ -38,7 +38,7 @@ pub fn render(c: &DnsConfig) -> String {
     // The zone comes from the verified file only: never written back.
     let _ = writeln!(o, "    zonefiles-write: 0");
     let _ = writeln!(o, "    zonefiles-check: yes");
-    // Identity: NSID and hostname.bind / id.server CH TXT (facts.md, Service expectations).
+    // Identity: NSID and hostname.bind / id.server CH TXT (docs/facts.md, Service expectations).
     let _ = writeln!(o, "    identity: \"{}\"", c.instance);
     let _ = writeln!(o, "    hide-identity: no");
     let _ = writeln!(o, "    nsid: \"ascii_{}\"", c.instance);

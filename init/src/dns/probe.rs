@@ -2,7 +2,7 @@
 //! for readiness. The query itself is [`imrs_zone::query`]'s; this module is the policy.
 //!
 //! Ready means NOERROR with the AA bit, the expected SOA serial and, when asked for, an NSID in
-//! the answer (facts.md, Service expectations: measurement probes require NSID). Knot answers
+//! the answer (docs/facts.md, Service expectations: measurement probes require NSID). Knot answers
 //! SERVFAIL while a zone loads, so "the daemon answers" is not readiness.
 //!
 //! Blocking with a timeout on purpose: the health driver calls it from its own thread once a

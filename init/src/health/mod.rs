@@ -1,6 +1,6 @@
 //! Health gating: which IMRS prefixes the node announces, decided by a pure state machine.
 //!
-//! ICANN's practice (facts.md, Routing): a node that is unhealthy (DNS failing, zone stale, or
+//! ICANN's practice (docs/facts.md, Routing): a node that is unhealthy (DNS failing, zone stale, or
 //! marked non-operational) withdraws the specific prefixes and keeps the covering "failsafe"
 //! prefixes, so traffic moves to healthy nodes while a covering route remains if every node is
 //! sick; and a node does not fail over because the distribution layer (the transfer servers) is
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// Thresholds and timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// Time between probes (at most 1 s; facts.md: 1 s to 5 s is the field's practice).
+    /// Time between probes (at most 1 s; docs/facts.md: 1 s to 5 s is the field's practice).
     pub interval: Duration,
     /// Failed probes in a row that withdraw the specifics.
     pub fall: u32,
@@ -218,7 +218,7 @@ impl Health {
             // Operator switch, in every phase: only the drain flag changes.
             (ph, Event::Drain) => (ph, "drained by the operator".into()),
             (ph, Event::Undrain) => (ph, "undrained by the operator".into()),
-            // The distribution layer is not the node's health (facts.md, ICANN practice).
+            // The distribution layer is not the node's health (docs/facts.md, ICANN practice).
             (ph, Event::TransferFailed(why)) => (
                 ph,
                 format!("transfer failed ({why}); local zone still valid, no change"),
