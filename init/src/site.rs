@@ -13,6 +13,8 @@
 //! 6.1 kernel (`CONFIG_EXT4_FS=m`, `CONFIG_VFAT_FS=m`): the image lists them in `image.json`
 //! `modules`; when the kernel does not know the filesystem the failure says so.
 
+pub mod binding;
+
 use std::path::{Path, PathBuf};
 
 use imrs_config::image::SITE_PUBKEY_PATH;

@@ -1,15 +1,32 @@
 //! Stage `site`: the signed site config (`IMRS-CONFIG` partition, else the initramfs), verified
-//! with the image's site-signing key ([`crate::site`]). Without it the node stays off the air.
+//! with the image's site-signing key ([`crate::site`]), then admitted on this appliance: it must
+//! name this device (or `any`) and must not be older than the config applied last
+//! ([`crate::site::binding`]). Without an admitted config the node stays off the air.
 
 use crate::context::Context;
 use crate::log;
 use crate::outcome::Outcome;
 use crate::pid1::Role;
+use crate::site::binding;
 
 /// Finds, verifies and keeps the site config.
 pub fn run(ctx: &mut Context) -> Outcome {
     match crate::site::load(&ctx.root, ctx.role == Role::Machine) {
         Ok((s, from)) => {
+            let sys = ctx.root.join("sys");
+            let this = match binding::admit_here(&s, &sys, &ctx.state_dir) {
+                Ok(this) => this,
+                Err(e) => {
+                    return Outcome::Failed(format!(
+                        "{from}: {}; staying off the air (no DNS, no BGP)",
+                        log::chain(&e)
+                    ));
+                }
+            };
+            log::info(format!(
+                "site config {} sequence {} admitted on this appliance ({this})",
+                s.device, s.sequence
+            ));
             log::info(format!(
                 "site config from {from}: instance {}, site {}{}",
                 s.instance,
