@@ -44,8 +44,38 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Check { recipe } => check(&recipe, &ui),
         Command::Site(SiteCommand::Check { file }) => {
             let s = site::load(&file)?;
+            let work = tempfile::tempdir().context("a scratch folder for the daemon checks")?;
+            let daemons = crate::site_check::check(&s, work.path());
+            let refused: Vec<String> = daemons
+                .iter()
+                .filter_map(|c| match &c.verdict {
+                    crate::site_check::Verdict::Refused { message } => {
+                        Some(format!("{}: {message}", c.daemon))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !refused.is_empty() {
+                return Err(Failure::new(
+                    EXIT_ERROR,
+                    format!(
+                        "{}: the appliance's generated daemon configs are refused: {}",
+                        file.display(),
+                        refused.join("; ")
+                    ),
+                )
+                .with_details(json!({"daemons": daemons}))
+                .into());
+            }
+            for c in &daemons {
+                if let crate::site_check::Verdict::Skipped { reason } = &c.verdict {
+                    ui.info(format!("{}: not checked: {reason}", c.daemon));
+                }
+            }
             if ui.json {
-                print_ok(&s)?;
+                let mut v = serde_json::to_value(&s)?;
+                v["daemons"] = serde_json::to_value(&daemons)?;
+                print_ok(v)?;
             } else {
                 ui.info(format!(
                     "{}: ok: instance {}, site {}{}, device {}, sequence {}, {} interface(s), \

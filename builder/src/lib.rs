@@ -26,6 +26,7 @@ pub mod kmod;
 pub mod lab;
 pub mod manual;
 pub mod qemu;
+pub mod site_check;
 pub mod tree;
 pub mod ui;
 pub mod verify;

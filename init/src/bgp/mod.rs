@@ -23,7 +23,7 @@ pub use birdc::{Birdc, ProtocolInfo, Reply};
 pub use config::{
     BirdOptions, COVER4, COVER6, SPEC4, SPEC6, render, session_name, static_protocols,
 };
-pub use daemon::BirdDaemon;
+pub use daemon::{BIRD_BIN, BirdDaemon};
 
 /// Everything that can fail while configuring or controlling BIRD.
 #[derive(Debug, thiserror::Error)]
