@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::Read as _;
-use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
@@ -161,25 +161,6 @@ impl VerifyError {
     }
 }
 
-/// What kind of file system object `t` is, for messages.
-fn kind(t: std::fs::FileType) -> &'static str {
-    if t.is_symlink() {
-        "symbolic link"
-    } else if t.is_dir() {
-        "directory"
-    } else if t.is_fifo() {
-        "FIFO"
-    } else if t.is_char_device() {
-        "character device"
-    } else if t.is_block_device() {
-        "block device"
-    } else if t.is_socket() {
-        "socket"
-    } else {
-        "special file"
-    }
-}
-
 /// Opens `path` without following a symlink in its last component and without blocking on a
 /// FIFO; it must be a regular file. Returns the file and its size.
 fn open_regular(path: &Path) -> Result<(File, u64), VerifyError> {
@@ -214,7 +195,7 @@ fn open_regular(path: &Path) -> Result<(File, u64), VerifyError> {
     if !meta.file_type().is_file() {
         return Err(VerifyError::NotRegular {
             path: path.to_path_buf(),
-            kind: kind(meta.file_type()),
+            kind: imrs_config::fsutil::kind_name(meta.file_type()),
         });
     }
     Ok((file, meta.len()))
@@ -379,7 +360,7 @@ fn check_entries(dir: &Path, manifest: &Manifest) -> Result<(), VerifyError> {
         if !t.is_file() {
             return Err(VerifyError::NotRegular {
                 path,
-                kind: kind(t),
+                kind: imrs_config::fsutil::kind_name(t),
             });
         }
         let listed = name.to_str().is_some_and(|n| {

@@ -103,8 +103,12 @@ impl ReadError {
     }
 }
 
-fn kind_name(ft: std::fs::FileType) -> &'static str {
-    if ft.is_dir() {
+/// What kind of file system object `ft` is, for messages (`directory`, `FIFO`, `symbolic link`,
+/// ...).
+pub fn kind_name(ft: std::fs::FileType) -> &'static str {
+    if ft.is_symlink() {
+        "symbolic link"
+    } else if ft.is_dir() {
         "directory"
     } else if ft.is_fifo() {
         "FIFO"

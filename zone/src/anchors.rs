@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(TrustAnchors::load(&p).unwrap().anchors.len(), 3);
         // `--anchors /dev/zero` once grew to 21 GB: refused before any read.
         let err = TrustAnchors::load(Path::new("/dev/zero")).unwrap_err();
-        let msg = crate::input::tests_chain(&err);
+        let msg = crate::error_chain(&err);
         assert!(
             msg.contains("/dev/zero") && msg.contains("character device"),
             "{msg}"
@@ -355,7 +355,7 @@ mod tests {
             .unwrap()
             .set_len(MAX_ANCHORS_BYTES + 1)
             .unwrap();
-        let msg = crate::input::tests_chain(&TrustAnchors::load(&big).unwrap_err());
+        let msg = crate::error_chain(&TrustAnchors::load(&big).unwrap_err());
         assert!(msg.contains("over the limit of 1 MiB"), "{msg}");
         std::fs::write(&big, b"\xff\xfe<").unwrap();
         let msg = TrustAnchors::load(&big).unwrap_err().to_string();

@@ -6,7 +6,6 @@
 
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::os::unix::fs::FileTypeExt as _;
 use std::path::Path;
 
 /// Why an input file was not read.
@@ -50,25 +49,6 @@ pub(crate) fn human(n: u64) -> String {
     }
 }
 
-/// What kind of file system object `t` is, for messages.
-fn kind(t: std::fs::FileType) -> &'static str {
-    if t.is_dir() {
-        "directory"
-    } else if t.is_fifo() {
-        "FIFO"
-    } else if t.is_char_device() {
-        "character device"
-    } else if t.is_block_device() {
-        "block device"
-    } else if t.is_socket() {
-        "socket"
-    } else if t.is_symlink() {
-        "symbolic link"
-    } else {
-        "special file"
-    }
-}
-
 /// Opens a regular file no larger than `limit` bytes; returns it with its size.
 ///
 /// The path is checked with `stat` before opening, so a FIFO is refused instead of blocking the
@@ -78,14 +58,14 @@ pub fn open_regular(path: &Path, limit: u64) -> Result<(File, u64), InputError> 
     let before = std::fs::metadata(path)?;
     if !before.file_type().is_file() {
         return Err(InputError::NotRegular {
-            kind: kind(before.file_type()),
+            kind: imrs_config::fsutil::kind_name(before.file_type()),
         });
     }
     let file = File::open(path)?;
     let meta = file.metadata()?;
     if !meta.file_type().is_file() {
         return Err(InputError::NotRegular {
-            kind: kind(meta.file_type()),
+            kind: imrs_config::fsutil::kind_name(meta.file_type()),
         });
     }
     if meta.len() > limit {
@@ -134,19 +114,6 @@ pub fn read_exactly(file: &mut File, len: u64) -> Result<Vec<u8>, InputError> {
 pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, InputError> {
     let (mut file, len) = open_regular(path, limit)?;
     read_exactly(&mut file, len)
-}
-
-/// An error with its causes, `: `-separated (for tests' messages).
-#[cfg(test)]
-pub(crate) fn tests_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1081,7 +1081,7 @@ mod tests {
     #[test]
     fn load_reads_only_a_bounded_regular_file() {
         let d = tempfile::tempdir().unwrap();
-        let chain = |path: &Path| crate::input::tests_chain(&Zone::load(path).unwrap_err());
+        let chain = |path: &Path| crate::error_chain(&Zone::load(path).unwrap_err());
         // `zone verify /dev/zero` once grew to 7.2 GB: refused before any read.
         let msg = chain(Path::new("/dev/zero"));
         assert!(
