@@ -86,7 +86,11 @@ pub fn check(site: &Site, work: &Path) -> Vec<DaemonCheck> {
                 },
                 Ok(()) => run(
                     Path::new(BIRD_BIN),
-                    &["-p".into(), "-c".into(), conf.to_string_lossy().into_owned()],
+                    &[
+                        "-p".into(),
+                        "-c".into(),
+                        conf.to_string_lossy().into_owned(),
+                    ],
                 ),
             }
         }
@@ -102,13 +106,7 @@ pub fn check(site: &Site, work: &Path) -> Vec<DaemonCheck> {
     };
     for (daemon, implementation) in [("nsd", DnsImpl::Nsd), ("knot", DnsImpl::Knot)] {
         let run_dir = work.join(daemon);
-        let cfg = DnsConfig::for_site(
-            implementation,
-            site,
-            &hw,
-            work.join("root.zone"),
-            &run_dir,
-        );
+        let cfg = DnsConfig::for_site(implementation, site, &hw, work.join("root.zone"), &run_dir);
         let verdict = match cfg.write() {
             Err(e) => Verdict::Refused {
                 message: imrs_config::error_chain(&e),
@@ -159,7 +157,11 @@ mod tests {
         std::fs::write(&conf, "protocol bgp x { this is not bird }\n").unwrap();
         match run(
             Path::new(BIRD_BIN),
-            &["-p".into(), "-c".into(), conf.to_string_lossy().into_owned()],
+            &[
+                "-p".into(),
+                "-c".into(),
+                conf.to_string_lossy().into_owned(),
+            ],
         ) {
             Verdict::Refused { message } => assert!(message.contains("bird"), "{message}"),
             Verdict::Skipped { reason } => {

@@ -299,14 +299,22 @@ fn json_failures_are_one_object_with_the_error_and_the_exit_code() {
         ),
         (vec!["inspect", s(&missing)], 1, "cannot read"),
         (vec!["check", s(&missing)], 1, "missing: cannot read"),
-        (vec!["check", s(&dir)], 1, "a-folder: cannot read"),
+        (
+            vec!["check", s(&dir)],
+            1,
+            "a-folder: the recipe is a directory, not a regular file",
+        ),
         (vec!["check", s(&garbage)], 1, "garbage"),
         (
             vec!["site", "check", s(&missing)],
             1,
             "missing: cannot read",
         ),
-        (vec!["site", "check", s(&dir)], 1, "a-folder: cannot read"),
+        (
+            vec!["site", "check", s(&dir)],
+            1,
+            "a-folder: the site config is a directory",
+        ),
         (vec!["site", "check", s(&garbage)], 1, "garbage"),
         (vec!["keygen", "--out", s(&key)], 1, "refusing to overwrite"),
         (

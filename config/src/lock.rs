@@ -160,11 +160,6 @@ pub fn read_pins(path: &Path) -> Result<Pins, ConfigError> {
     })
 }
 
-/// A value as shown in an error: control characters (and quotes, backslashes) escaped.
-fn shown(v: &str) -> String {
-    v.escape_debug().to_string()
-}
-
 /// Whether `s` is a mirror base URL a lock or recipe may name: `http://` or `https://`, a host,
 /// no trailing slash, no query, fragment, credentials, spaces or control characters.
 pub fn is_mirror_url(s: &str) -> bool {
@@ -278,7 +273,7 @@ pub fn load(path: &Path) -> Result<Lock, ConfigError> {
     c.ensure(
         is_snapshot_timestamp(&lock.snapshot),
         "snapshot",
-        shown(&lock.snapshot),
+        &lock.snapshot,
         "a UTC time YYYYMMDDThhmmssZ (e.g. 20260731T000000Z)",
     )?;
     c.ensure(
@@ -295,13 +290,13 @@ pub fn load(path: &Path) -> Result<Lock, ConfigError> {
         c.ensure(
             p.sha256.len() == 64 && p.sha256.chars().all(|ch| ch.is_ascii_hexdigit()),
             format!("packages[{i}].sha256"),
-            shown(&p.sha256),
+            &p.sha256,
             "64 hex digits",
         )?;
         c.ensure(
             !p.version.is_empty() && !p.name.is_empty(),
             format!("packages[{i}]"),
-            shown(&p.name),
+            &p.name,
             "name and version required",
         )?;
         c.ensure(
@@ -309,31 +304,31 @@ pub fn load(path: &Path) -> Result<Lock, ConfigError> {
                 && !p.filename.split('/').any(|s| s == ".." || s.is_empty())
                 && p.filename.chars().all(|ch| ch.is_ascii_graphic()),
             format!("packages[{i}].filename"),
-            shown(&p.filename),
+            &p.filename,
             "a pool/ path (printable ASCII, no empty or `..` segments)",
         )?;
         c.ensure(
             is_mirror_url(&p.mirror),
             format!("packages[{i}].mirror"),
-            shown(&p.mirror),
+            &p.mirror,
             "an http:// or https:// base URL without a trailing slash, query or credentials",
         )?;
         c.ensure(
             is_archive_name(&p.archive),
             format!("packages[{i}].archive"),
-            shown(&p.archive),
+            &p.archive,
             "a snapshot archive name such as debian or debian-security",
         )?;
         c.ensure(
             is_dist_name(&p.suite),
             format!("packages[{i}].suite"),
-            shown(&p.suite),
+            &p.suite,
             "a suite name such as bookworm or bookworm-security",
         )?;
         c.ensure(
             is_dist_name(&p.component),
             format!("packages[{i}].component"),
-            shown(&p.component),
+            &p.component,
             "a component name such as main",
         )?;
     }
