@@ -634,12 +634,12 @@ fn lock_records_mirror_suite_and_pool_path() {
 
     // A recipe that allows only bookworm-security cannot take bird2 from bookworm.
     let rdir = tmp.path().join("recipe");
-    std::fs::create_dir_all(rdir.join("profiles")).unwrap();
-    std::fs::copy(
-        repo().join("images/profiles/qemu.toml"),
-        rdir.join("profiles/qemu.toml"),
-    )
-    .unwrap();
+    // The recipe's own files are read from beside it (profiles/, files/).
+    for f in ["profiles/qemu.toml", "files/root-anchors.xml"] {
+        let to = rdir.join(f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(repo().join("images").join(f), to).unwrap();
+    }
     let text_r = std::fs::read_to_string(repo().join("images/qemu.toml")).unwrap();
     let narrowed = text_r.replace(
         "suites = [\"bookworm\", \"bookworm-updates\", \"bookworm-security\"]",
