@@ -91,20 +91,15 @@ impl ZoneSetup {
 }
 
 /// Why a round over the transfer servers gave no zone.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Each carries every server's own reason, `; `-separated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoundError {
     /// No server could be reached or transferred from (retry later).
+    #[error("{0}")]
     Unreachable(String),
     /// At least one server sent a zone that failed verification (and none sent a good one).
+    #[error("{0}")]
     Refused(String),
-}
-
-impl std::fmt::Display for RoundError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RoundError::Unreachable(s) | RoundError::Refused(s) => f.write_str(s),
-        }
-    }
 }
 
 fn load_anchors(path: &Path) -> Result<TrustAnchors, RoundError> {
@@ -269,24 +264,44 @@ pub async fn obtain(setup: &ZoneSetup) -> Result<Obtained, RoundError> {
     }
 }
 
+/// Why a transfer server's serial is unknown (the last try: TCP after UDP).
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    /// No usable response.
+    #[error(transparent)]
+    Query(#[from] query::QueryError),
+    /// A response without the root's SOA.
+    #[error("{server}: no SOA in the answer ({rcode})")]
+    NoSoa {
+        /// The server.
+        server: SocketAddr,
+        /// The response code it gave.
+        rcode: String,
+    },
+}
+
 /// The SOA serial a transfer server publishes (UDP, then TCP).
-pub fn poll_serial(server: SocketAddr) -> Result<u32, String> {
-    let mut last = String::new();
+pub fn poll_serial(server: SocketAddr) -> Result<u32, PollError> {
+    let mut last = None;
     for transport in [Transport::Udp, Transport::Tcp] {
         match query::root_soa(server, transport, Duration::from_secs(3)) {
             Ok(r) => match r.root_soa_serial() {
                 Some(s) => return Ok(s),
                 None => {
-                    last = format!(
-                        "{server}: no SOA in the answer ({})",
-                        r.message.header().rcode()
-                    )
+                    last = Some(PollError::NoSoa {
+                        server,
+                        rcode: r.message.header().rcode().to_string(),
+                    })
                 }
             },
-            Err(e) => last = log::chain(&e),
+            Err(e) => last = Some(e.into()),
         }
     }
-    Err(last)
+    // Two transports were tried, so `last` is set.
+    Err(last.unwrap_or(PollError::NoSoa {
+        server,
+        rcode: "no query sent".into(),
+    }))
 }
 
 /// What the refresh loop does when a newer zone was accepted: load it into the daemon.
@@ -344,7 +359,7 @@ pub async fn refresh_loop(
                 inputs
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .transfer_failure = Some(why);
+                    .transfer_failure = Some(why.to_string());
             }
             Err(e) => log::error(format!("zone refresh crashed: {e}")),
         }
@@ -366,7 +381,7 @@ enum Refreshed {
 
 /// Polls the servers' serial; transfers, verifies and stores when one publishes a newer one,
 /// or the same one while the stored zone is close to expiring.
-fn poll_and_fetch(setup: &ZoneSetup, current: &AcceptedRecord) -> Result<Refreshed, String> {
+fn poll_and_fetch(setup: &ZoneSetup, current: &AcceptedRecord) -> Result<Refreshed, RoundError> {
     let mut errors = Vec::new();
     let mut fetch = false;
     for server in &setup.servers {
@@ -385,19 +400,16 @@ fn poll_and_fetch(setup: &ZoneSetup, current: &AcceptedRecord) -> Result<Refresh
                 fetch = true;
                 break;
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(log::chain(&e)),
         }
     }
     if !fetch {
-        return Err(format!(
+        return Err(RoundError::Unreachable(format!(
             "no transfer server answered: {}",
             errors.join("; ")
-        ));
+        )));
     }
-    match round(setup, Some(current)) {
-        Ok(record) => Ok(Refreshed::Stored(record)),
-        Err(e) => Err(e.to_string()),
-    }
+    round(setup, Some(current)).map(Refreshed::Stored)
 }
 
 fn set_inputs(setup: &ZoneSetup, inputs: &SharedInputs, record: &AcceptedRecord) {
