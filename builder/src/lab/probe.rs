@@ -1,7 +1,7 @@
 //! `. SOA` queries with an NSID request, as the RSSAC047 measurement probes send them
-//! (docs/facts.md): over UDP and TCP, to the appliance's lab service addresses (and to the lab's own
-//! transfer server for its readiness). Built and parsed with `domain`; the lab calls these from a
-//! thread inside its namespace ([`super::netns::NetNs::run_inside`]).
+//! (docs/facts.md): over UDP and TCP, to the appliance's lab service addresses. Built and parsed
+//! with `domain`; the lab calls these from a thread inside its namespace
+//! ([`crate::host::netns::NetNs::run_inside`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
