@@ -28,7 +28,6 @@ struct Server {
     log: Arc<Mutex<Vec<String>>>,
 }
 
-
 fn serve_one(
     stream: TcpStream,
     files: &Mutex<BTreeMap<String, Vec<u8>>>,
