@@ -5,7 +5,8 @@
 #   pkg-config git curl ca-certificates   build scripts, the checkout, rustup's installer (Rust
 #                     itself comes from rustup; rust-toolchain.toml pins the version)
 #   qemu-system-x86   boots images in tests and the lab
-#   bird2 frr         BGP: the appliance's daemon and the host router in tests
+#   bird2 frr gobgpd  BGP: the appliance's daemon and the host router in tests and the lab
+#                     (two independent implementations: FRR and GoBGP)
 #   nsd knot          DNS daemons (transfer servers in tests, reference behaviour)
 #   knot-dnsutils bind9-dnsutils   kdig / dig for queries
 #   ldnsutils bind9-utils knot-dnssecutils   reference zone verifiers (ldns-verify-zone,
@@ -17,7 +18,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential pkg-config git curl
-      qemu-system-x86 bird2 frr nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils knot-dnssecutils
+      qemu-system-x86 bird2 frr gobgpd nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils knot-dnssecutils
       iproute2 cpio zstd xz-utils hyperfine time bc ca-certificates
       fdisk dosfstools mtools e2fsprogs)
 missing=()
@@ -33,6 +34,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The daemons are run by the tests themselves, never as system services.
-for s in bird frr nsd knot; do
+for s in bird frr gobgpd nsd knot; do
   systemctl disable --now "$s" >/dev/null 2>&1 || service "$s" stop >/dev/null 2>&1 || true
 done

@@ -19,6 +19,7 @@ pub mod deb;
 pub mod download;
 pub mod elf;
 pub mod home;
+pub mod host;
 pub mod image_dir;
 pub mod initbin;
 pub mod kernel;

@@ -28,26 +28,6 @@ struct Server {
     log: Arc<Mutex<Vec<String>>>,
 }
 
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
-
 fn serve_one(
     stream: TcpStream,
     files: &Mutex<BTreeMap<String, Vec<u8>>>,
@@ -64,7 +44,7 @@ fn serve_one(
     }
     let raw = request.split_whitespace().nth(1).unwrap_or("/");
     // A raw '+' or '~' in a pool path would show that the client did not escape it.
-    let path = decode(raw);
+    let path = imrs_build::apt::percent_decode(raw);
     log.lock().unwrap().push(format!("{raw} {path}"));
     let body = files.lock().unwrap().get(&path).cloned();
     let mut w = stream;

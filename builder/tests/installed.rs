@@ -130,7 +130,7 @@ fn netns_of(pid: u32) -> Vec<String> {
 }
 
 fn lab_prerequisites() -> bool {
-    let missing = imrs_build::lab::missing_prerequisites();
+    let missing = imrs_build::lab::missing_prerequisites(imrs_build::host::router::RouterKind::Frr);
     require(
         missing.is_empty(),
         &format!("the lab needs {}", missing.join(", ")),

@@ -1,11 +1,11 @@
 //! End-to-end tests of `imrs-build lab`: the qemu image booted in the lab's namespace with its
-//! router (FRR), transfer server (NSD) and phone-home receiver, one test per scenario, run one
-//! at a time (each boots QEMU; TCG on the build machines). The image is built once per test
-//! binary (common::qemu_image), or taken from `IMRS_LAB_IMAGE` with its site-signing key in
-//! `IMRS_LAB_KEY`.
+//! router (FRR; GoBGP for the normal pass once more), transfer server (NSD) and phone-home
+//! receiver, one test per scenario, run one at a time (each boots QEMU; TCG on the build
+//! machines). The image is built once per test binary (common::qemu_image), or taken from
+//! `IMRS_LAB_IMAGE` with its site-signing key in `IMRS_LAB_KEY`.
 //!
-//! Needs root, QEMU, FRR, NSD, fdisk, dosfstools, mtools, e2fsprogs (scripts/install-deps.sh):
-//! skipped with the reason when missing, failed under CI=true.
+//! Needs root, QEMU, FRR, GoBGP, NSD, fdisk, dosfstools, mtools, e2fsprogs
+//! (scripts/install-deps.sh): skipped with the reason when missing, failed under CI=true.
 
 mod common;
 
@@ -14,6 +14,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use common::*;
+use imrs_build::host::router::RouterKind;
 use serde_json::Value;
 
 /// Time limit per boot: the longest scenario boots twice.
@@ -23,8 +24,8 @@ const LATE: &str = "20";
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn prerequisites() -> bool {
-    let missing = imrs_build::lab::missing_prerequisites();
+fn prerequisites(router: RouterKind) -> bool {
+    let missing = imrs_build::lab::missing_prerequisites(router);
     require(
         missing.is_empty(),
         &format!("the lab needs {}", missing.join(", ")),
@@ -51,15 +52,21 @@ fn netns_left(pid: u32) -> Vec<String> {
         .collect()
 }
 
-/// Runs one scenario and returns its JSON summary; asserts what holds whatever the scenario:
-/// one JSON object, the image read its site from the lab disk, nothing left behind.
+/// Runs one scenario with FRR as the router and returns its JSON summary.
 fn lab(scenario: &str) -> Option<Value> {
-    if !prerequisites() {
+    lab_with(scenario, RouterKind::Frr)
+}
+
+/// Runs one scenario with `router` and returns its JSON summary; asserts what holds whatever
+/// the scenario: one JSON object naming the router, the image read its site from the lab disk,
+/// nothing left behind.
+fn lab_with(scenario: &str, router: RouterKind) -> Option<Value> {
+    if !prerequisites(router) {
         return None;
     }
     let (image, key) = image()?;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let work = scratch().join(format!("lab-{scenario}-{}", std::process::id()));
+    let work = scratch().join(format!("lab-{scenario}-{router}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let mut cmd = bin();
     cmd.args(["--json", "lab"])
@@ -73,6 +80,8 @@ fn lab(scenario: &str) -> Option<Value> {
             BOOT_TIMEOUT,
             "--late",
             LATE,
+            "--router",
+            router.name(),
         ])
         .arg("--keep")
         .arg(&work);
@@ -96,6 +105,11 @@ fn lab(scenario: &str) -> Option<Value> {
         "{scenario}: exit code and `passed` disagree"
     );
     assert_eq!(v["scenario"], scenario);
+    assert_eq!(
+        v["router"],
+        router.name(),
+        "{scenario}: the summary names the router"
+    );
     assert!(
         netns_left(pid).is_empty(),
         "{scenario}: namespaces left behind: {:?}",
@@ -195,6 +209,45 @@ fn normal_first_boot_serves_and_reports() {
     assert!(v["boot_to_report_s"].as_f64().is_some());
 }
 
+/// The normal pass against a second, independent BGP implementation: GoBGP learns the five
+/// prefixes from AS 20144 over both sessions.
+#[test]
+fn normal_first_boot_against_gobgp() {
+    let Some(v) = lab_with("normal", RouterKind::Gobgp) else {
+        return;
+    };
+    assert_passed("normal (gobgp)", &v);
+    assert_serving(&v);
+    let mut held: Vec<&str> = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["origin_as"] == 20144 && r["valid"] == true && r["best"] == true)
+        .map(|r| r["prefix"].as_str().unwrap())
+        .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            "199.7.82.0/23",
+            "199.7.83.0/24",
+            "2001:500:3::/48",
+            "2001:500:9e::/47",
+            "2001:500:9f::/48"
+        ],
+        "{}",
+        pretty(&v)
+    );
+    let sessions = v["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{}", pretty(&v));
+    assert!(
+        sessions.iter().all(|s| s["state"] == "established"),
+        "{}",
+        pretty(&v)
+    );
+    assert_eq!(v["report_event"], "install-passed");
+}
+
 #[test]
 fn tampered_zone_is_refused_and_reported() {
     let Some(v) = lab("tampered-zone") else {
@@ -261,7 +314,7 @@ fn second_boot_serves_without_a_new_install_report() {
 /// before starting anything.
 #[test]
 fn image_folder_needs_its_own_key() {
-    if !prerequisites() {
+    if !prerequisites(RouterKind::Frr) {
         return;
     }
     let Some((image, _)) = image() else { return };

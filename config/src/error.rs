@@ -69,7 +69,34 @@ pub const ECHO_MAX: usize = 200;
 /// Characters that reorder or hide text on a terminal without being control characters
 /// (bidirectional embeddings, overrides and isolates; zero-width characters; the BOM).
 fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
+}
+
+/// Whether [`escape`] writes `c` escaped: a backslash, a control character (C0, C1, DEL), an
+/// invisible formatting character (bidi controls, zero-width characters, line and paragraph
+/// separators, the BOM).
+pub fn needs_escape(c: char) -> bool {
+    c == '\\' || c.is_control() || is_invisible_format(c)
+}
+
+/// `s` with every character [`needs_escape`] names escaped, whatever its length (for text
+/// someone else controls that is shown whole: a fleet list, a log line); borrowed when nothing
+/// needs escaping.
+pub fn escape_all(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(needs_escape) {
+        std::borrow::Cow::Owned(escape_max(s, usize::MAX))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 /// `s` made safe to print on one line: backslash, control characters (newline included) and
@@ -91,7 +118,7 @@ fn escape_max(s: &str, max: usize) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() || is_invisible_format(c) => {
+            c if needs_escape(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
             }
             c => out.push(c),
@@ -219,6 +246,33 @@ mod tests {
         assert_eq!(escape("plain-value_1.2"), "plain-value_1.2");
         assert_eq!(escape("a\nb\r\tc"), "a\\nb\\r\\tc");
         assert_eq!(escape("\u{1b}[2J"), "\\u{1b}[2J");
+        // Whole, for text shown in full (a fleet list): controls, bidi, separators, backslash.
+        let cases = [
+            ("SN-1", "SN-1"),
+            ("sité ünïcode 日本", "sité ünïcode 日本"),
+            ("a\nb\rc\td", "a\\nb\\rc\\td"),
+            ("\0\x07\x7f", "\\u{0}\\u{7}\\u{7f}"),
+            ("\u{85}\u{9b}31m", "\\u{85}\\u{9b}31m"),
+            ("abc\u{202e}fed", "abc\\u{202e}fed"),
+            (
+                "\u{2066}\u{2069}\u{200f}\u{61c}",
+                "\\u{2066}\\u{2069}\\u{200f}\\u{61c}",
+            ),
+            ("line\u{2028}sep", "line\\u{2028}sep"),
+            ("C:\\x1b", "C:\\\\x1b"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(escape_all(raw), want, "{raw:?}");
+        }
+        assert!(matches!(escape_all("plain"), std::borrow::Cow::Borrowed(_)));
+        let all: String = (0u32..0x3000).filter_map(char::from_u32).collect();
+        let long = "x".repeat(10 * ECHO_MAX);
+        assert_eq!(escape_all(&long), long, "escape_all does not shorten");
+        assert!(
+            !escape_all(&all)
+                .chars()
+                .any(|c| c != '\\' && needs_escape(c))
+        );
         assert_eq!(escape("x\u{202e}y\u{7f}"), "x\\u{202e}y\\u{7f}");
         assert_eq!(escape("back\\slash"), "back\\\\slash");
         assert_eq!(escape("héllo"), "héllo");

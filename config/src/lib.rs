@@ -24,4 +24,4 @@ pub mod signed;
 pub mod site;
 pub mod stage;
 
-pub use error::{ConfigError, error_chain, escape};
+pub use error::{ConfigError, error_chain, escape, escape_all, needs_escape};

@@ -1,20 +1,24 @@
 //! BGP serving tests against the real daemons: BIRD with the generated config in one network
-//! namespace (the appliance), FRR (zebra + bgpd) in another (the host's router, AS 64512), a veth
-//! between them with documentation addresses. FRR must learn exactly the five IMRS prefixes from
-//! AS 20144 over the IPv4 and the IPv6 session; disabling the specifics must leave exactly the two
-//! covering prefixes; a hand-edited config with extra routes must still export nothing else.
+//! namespace (the appliance), the host's router (AS 64512) in another, a veth between them with
+//! documentation addresses. Every export and withdrawal check runs against both routers, FRR
+//! (zebra + bgpd) and GoBGP (gobgpd), two independent BGP implementations. The router must learn
+//! exactly the five IMRS prefixes from AS 20144 over the IPv4 and the IPv6 session; disabling the
+//! specifics must leave exactly the two covering prefixes; a hand-edited config with extra routes
+//! must still export nothing else.
 
 use imrs_init::bgp;
 use imrs_tests::daemons;
 use imrs_tests::netns;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bgp::{BirdDaemon, BirdOptions, Birdc, COVER4, COVER6, SPEC4, SPEC6};
-use daemons::{BGPD, BIRD, Daemon, Frr, VTYSH, ZEBRA, frr_bgpd_conf, wait_for};
+use daemons::{
+    BIRD, Daemon, POLL, Router, RouterKind, bgp_programs, router_config, wait_exact, wait_for,
+};
 use imrs_config::site::Site;
-use netns::{NetNs, require, veth};
+use netns::{NetNs, appliance_and_host, require};
 
 const V4_ALL: [&str; 2] = ["199.7.82.0/23", "199.7.83.0/24"];
 const V6_ALL: [&str; 3] = ["2001:500:3::/48", "2001:500:9e::/47", "2001:500:9f::/48"];
@@ -24,11 +28,11 @@ fn lab_site() -> Site {
     imrs_config::site::load(&path).unwrap()
 }
 
-/// Appliance and router namespaces with BIRD and FRR running. Fields drop in order: daemons
-/// first, then namespaces, then the directory.
+/// Appliance and router namespaces with BIRD and the router running. Fields drop in order:
+/// daemons first, then namespaces, then the directory.
 struct Lab {
     bird: Daemon,
-    frr: Frr,
+    router: Router,
     birdd: BirdDaemon,
     _appl: NetNs,
     _rtr: NetNs,
@@ -36,26 +40,21 @@ struct Lab {
 }
 
 impl Lab {
-    fn start(tag: &str, opts: &BirdOptions, edit: impl Fn(String) -> String) -> Option<Lab> {
-        if !require(tag, true, &[BIRD, ZEBRA, BGPD, VTYSH, "/usr/sbin/ip"]) {
+    fn start(
+        kind: RouterKind,
+        tag: &str,
+        opts: &BirdOptions,
+        edit: impl Fn(String) -> String,
+    ) -> Option<Lab> {
+        let tag = format!("{tag}-{kind}");
+        if !require(&tag, true, &bgp_programs(kind)) {
             return None;
         }
-        let appl = NetNs::new(&format!("{tag}a"));
-        let rtr = NetNs::new(&format!("{tag}r"));
-        veth(&appl, "eth0", &rtr, "eth0");
-        appl.addr("eth0", &["192.0.2.10/24", "2001:db8:1::10/64"]);
-        rtr.addr("eth0", &["192.0.2.1/24", "2001:db8:1::1/64"]);
+        let (appl, rtr) = appliance_and_host(&tag, &[]);
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let frr = Frr::start(
-            &rtr,
-            &dir.path().join("frr"),
-            &frr_bgpd_conf(
-                64512,
-                "192.0.2.1",
-                &[("192.0.2.10", 20144), ("2001:db8:1::10", 20144)],
-            ),
-        );
+        let router = Router::start(kind, &rtr, &dir.path().join(kind.name()), &router_config())
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let conf = edit(bgp::render(&lab_site(), opts).unwrap());
         let birdd = BirdDaemon {
             bird: BIRD.into(),
@@ -65,20 +64,19 @@ impl Lab {
         let (bin, args) = birdd.command();
         let mut bird = Daemon::spawn(
             "bird",
-            Some(&appl),
-            &bin,
-            &args,
+            appl.command(&bin).args(&args),
             &dir.path().join("bird.log"),
-        );
+        )
+        .unwrap();
         let sock = birdd.socket();
-        wait_for(Duration::from_secs(10), || {
+        wait_for(Duration::from_secs(10), POLL, || {
             Birdc::new(&sock).protocols().ok()
         })
         .unwrap_or_else(|| panic!("BIRD control socket never answered:\n{}", bird.log()));
-        bird.assert_running();
+        bird.ensure_running().unwrap();
         Some(Lab {
             bird,
-            frr,
+            router,
             birdd,
             _appl: appl,
             _rtr: rtr,
@@ -90,66 +88,53 @@ impl Lab {
         self.birdd.birdc()
     }
 
-    /// Waits until FRR holds exactly `v4` and `v6` as valid routes, each with AS path `20144`.
+    /// Waits until the router holds exactly `v4` and `v6` as valid routes, each with AS path
+    /// `20144`.
     fn wait_exact(&mut self, v4: &[&str], v6: &[&str], timeout: Duration) -> Duration {
-        let t0 = Instant::now();
-        let want = |w: &[&str]| {
-            let mut w: Vec<String> = w.iter().map(|s| s.to_string()).collect();
-            w.sort();
-            w
-        };
-        let ok = wait_for(timeout, || {
-            (self.frr.prefixes("ipv4") == want(v4) && self.frr.prefixes("ipv6") == want(v6))
-                .then_some(())
+        self.router.ensure_running().unwrap();
+        let elapsed = wait_exact(&self.router, v4, v6, timeout, &|| {
+            format!("BIRD:\n{}", self.bird.log())
         });
-        if ok.is_none() {
-            self.frr.assert_running();
-            self.bird.assert_running();
-            panic!(
-                "FRR never held exactly {v4:?} + {v6:?}; it has {:?} + {:?}\nBIRD:\n{}\n{}",
-                self.frr.routes("ipv4"),
-                self.frr.routes("ipv6"),
-                self.bird.log(),
-                self.frr.logs()
+        for route in self.router.routes().unwrap() {
+            assert_eq!(
+                route.as_path, "20144",
+                "{} has AS path {}",
+                route.prefix, route.as_path
             );
-        }
-        let elapsed = t0.elapsed();
-        for fam in ["ipv4", "ipv6"] {
-            for (prefix, route) in self.frr.routes(fam).unwrap() {
-                assert_eq!(route.path, "20144", "{prefix} has AS path {}", route.path);
-            }
+            assert_eq!(route.origin_as, Some(20144), "{route:?}");
         }
         elapsed
     }
 
     fn wait_sessions(&mut self) {
         let c = self.birdc();
-        let up = wait_for(Duration::from_secs(30), || {
+        let up = wait_for(Duration::from_secs(30), POLL, || {
             let p = c.protocols().ok()?;
             let sessions: Vec<_> = p.iter().filter(|p| p.proto == "BGP").collect();
             (sessions.len() == 2 && sessions.iter().all(|s| s.is_up())).then_some(())
         });
         if up.is_none() {
             panic!(
-                "BGP sessions never came up: {:?}\n{}\n{}",
+                "BGP sessions never came up: {:?}, the router says {:?}\n{}\n{}",
                 c.protocols(),
+                self.router.neighbor_states(),
                 self.bird.log(),
-                self.frr.logs()
+                self.router.logs()
             );
         }
     }
 }
 
-#[test]
-fn frr_learns_exactly_the_imrs_prefixes_and_specifics_are_gated() {
-    let Some(mut lab) = Lab::start("bgp", &BirdOptions::default(), |c| c) else {
+/// The router learns exactly the five prefixes once gating enables them, and the specifics go
+/// and come back with the gate.
+fn learns_exactly_the_imrs_prefixes_and_specifics_are_gated(kind: RouterKind) {
+    let Some(mut lab) = Lab::start(kind, "bgp", &BirdOptions::default(), |c| c) else {
         return;
     };
     lab.wait_sessions();
     // Statics start disabled: nothing is announced before gating says so.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(lab.frr.prefixes("ipv4"), Vec::<String>::new());
-    assert_eq!(lab.frr.prefixes("ipv6"), Vec::<String>::new());
+    lab.wait_exact(&[], &[], Duration::ZERO);
 
     let c = lab.birdc();
     for p in [COVER4, COVER6, SPEC4, SPEC6] {
@@ -170,16 +155,26 @@ fn frr_learns_exactly_the_imrs_prefixes_and_specifics_are_gated() {
             &["2001:500:9e::/47"],
             Duration::from_secs(5),
         );
-        eprintln!("round {round}: specifics withdrawn at FRR after {t:?}");
+        eprintln!("{kind} round {round}: specifics withdrawn at the router after {t:?}");
         c.enable(SPEC4).unwrap();
         c.enable(SPEC6).unwrap();
         let t = lab.wait_exact(&V4_ALL, &V6_ALL, Duration::from_secs(5));
-        eprintln!("round {round}: specifics back at FRR after {t:?}");
+        eprintln!("{kind} round {round}: specifics back at the router after {t:?}");
     }
 }
 
 #[test]
-fn hand_edited_config_still_exports_only_imrs_prefixes() {
+fn frr_learns_exactly_the_imrs_prefixes_and_specifics_are_gated() {
+    learns_exactly_the_imrs_prefixes_and_specifics_are_gated(RouterKind::Frr);
+}
+
+#[test]
+fn gobgp_learns_exactly_the_imrs_prefixes_and_specifics_are_gated() {
+    learns_exactly_the_imrs_prefixes_and_specifics_are_gated(RouterKind::Gobgp);
+}
+
+/// BIRD holds extra routes, but the export filter lets only the five prefixes out.
+fn hand_edited_config_still_exports_only_imrs_prefixes(kind: RouterKind) {
     let leak = |conf: String| {
         conf.replace(
             "  route 199.7.83.0/24 blackhole;",
@@ -196,7 +191,7 @@ fn hand_edited_config_still_exports_only_imrs_prefixes() {
         announce_at_start: true,
         ..BirdOptions::default()
     };
-    let Some(mut lab) = Lab::start("leak", &opts, leak) else {
+    let Some(mut lab) = Lab::start(kind, "leak", &opts, leak) else {
         return;
     };
     lab.wait_sessions();
@@ -220,6 +215,16 @@ fn hand_edited_config_still_exports_only_imrs_prefixes() {
     lab.wait_exact(&V4_ALL, &V6_ALL, Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(2));
     lab.wait_exact(&V4_ALL, &V6_ALL, Duration::ZERO);
+}
+
+#[test]
+fn frr_hand_edited_config_still_exports_only_imrs_prefixes() {
+    hand_edited_config_still_exports_only_imrs_prefixes(RouterKind::Frr);
+}
+
+#[test]
+fn gobgp_hand_edited_config_still_exports_only_imrs_prefixes() {
+    hand_edited_config_still_exports_only_imrs_prefixes(RouterKind::Gobgp);
 }
 
 #[test]
@@ -267,4 +272,32 @@ fn generated_config_passes_bird_check() {
     let conf = bgp::render(&site, &BirdOptions::default()).unwrap();
     d.write_config(&conf).unwrap();
     assert_eq!(std::fs::read_to_string(d.config_path()).unwrap(), conf);
+}
+
+/// A router that cannot start fails at once, naming the router, the namespace and why, with
+/// the end of its log (a second GoBGP in one namespace finds its API port taken).
+#[test]
+fn a_router_that_cannot_start_says_why() {
+    let kind = RouterKind::Gobgp;
+    if !require(
+        "a_router_that_cannot_start_says_why",
+        true,
+        &bgp_programs(kind),
+    ) {
+        return;
+    }
+    let (_appl, rtr) = appliance_and_host("dup", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Router::start(kind, &rtr, &dir.path().join("one"), &router_config())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let t0 = std::time::Instant::now();
+    let e = Router::start(kind, &rtr, &dir.path().join("two"), &router_config()).unwrap_err();
+    let text = format!("{e:#}");
+    assert!(
+        text.starts_with(&format!("starting the router (GoBGP) in {}", rtr.name())),
+        "{text}"
+    );
+    assert!(text.contains("gobgpd exited"), "{text}");
+    assert!(text.contains("two/gobgpd.log"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
 }

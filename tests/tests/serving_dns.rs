@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use daemons::{Daemon, KNOTD, NSD, wait_for};
+use daemons::{Daemon, KNOTD, NSD, POLL, wait_for};
 use dns::probe::{Probe, ProbeError, Transport, chaos_txt, query};
 use dns::{DnsConfig, Hardware};
 use domain::base::iana::{Class, Rcode};
@@ -85,15 +85,20 @@ fn serve_and_probe(imp: DnsImpl, daemon_bin: &str) {
     cfg.check().unwrap();
     let (bin, args) = cfg.command();
     let t0 = Instant::now();
-    let mut d = Daemon::spawn(&test, None, &bin, &args, &dir.path().join("daemon.log"));
+    let mut d = Daemon::spawn(
+        &test,
+        std::process::Command::new(&bin).args(&args),
+        &dir.path().join("daemon.log"),
+    )
+    .unwrap();
 
     let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-    let ready = wait_for(Duration::from_secs(60), || {
+    let ready = wait_for(Duration::from_secs(60), POLL, || {
         Probe::new(v4, Transport::Udp, Some(OLD_SERIAL)).run().ok()
     });
     if ready.is_none() {
-        d.assert_running();
+        d.ensure_running().unwrap();
         panic!(
             "{imp} never became ready: {:?}\n{}",
             Probe::new(v4, Transport::Udp, Some(OLD_SERIAL)).run(),
@@ -127,7 +132,7 @@ fn serve_and_probe(imp: DnsImpl, daemon_bin: &str) {
     replace_atomically(&zone_new, &zone);
     let t1 = Instant::now();
     cfg.reload().unwrap();
-    let switched = wait_for(Duration::from_secs(60), || {
+    let switched = wait_for(Duration::from_secs(60), POLL, || {
         Probe::new(v4, Transport::Udp, Some(SERIAL)).run().ok()
     });
     std::thread::sleep(Duration::from_millis(200));
@@ -207,7 +212,7 @@ fn serve_and_probe(imp: DnsImpl, daemon_bin: &str) {
         assert_eq!(m.header_counts().ancount(), 0);
         assert!(m.header_counts().nscount() > 0, "{imp}: no referral");
     }
-    d.assert_running();
+    d.ensure_running().unwrap();
 }
 
 #[test]

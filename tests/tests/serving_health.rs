@@ -1,8 +1,9 @@
 //! Health gating end to end with the real daemons: NSD serving the root zone, BIRD with the
-//! generated config in the appliance namespace, FRR as the host's router in another, and the
-//! health driver probing NSD and steering BIRD. Killing NSD withdraws the specifics at FRR and
-//! keeps the covering prefixes; NSD back brings the specifics back after the hold-down; the drain
-//! switch withdraws and undrain restores them. Prints the withdrawal latency at FRR.
+//! generated config in the appliance namespace, the host's router in another (FRR, and again
+//! GoBGP), and the health driver probing NSD and steering BIRD. Killing NSD withdraws the
+//! specifics at the router and keeps the covering prefixes; NSD back brings the specifics back
+//! after the hold-down; the drain switch withdraws and undrain restores them. Prints the
+//! withdrawal latency at the router.
 
 use imrs_init::bgp;
 use imrs_init::dns;
@@ -14,15 +15,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bgp::{BirdDaemon, BirdOptions};
-use daemons::{BGPD, BIRD, Daemon, Frr, NSD, VTYSH, ZEBRA, frr_bgpd_conf, wait_for};
+use daemons::{BIRD, Daemon, NSD, Router, RouterKind, bgp_programs, router_config, wait_exact};
 use dns::{DnsConfig, Hardware};
 use health::Policy;
 use health::driver::{BirdAnnouncer, DnsProber, Driver, Inputs, SharedInputs};
 use imrs_config::recipe::DnsImpl;
-use netns::{NetNs, require, veth};
+use netns::{appliance_and_host, require};
 
 const SERIAL: u32 = 2026073102;
 const HOLD_DOWN: Duration = Duration::from_secs(3);
@@ -48,75 +49,37 @@ fn free_port() -> u16 {
     }
 }
 
-fn sorted(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
-
-/// Waits until FRR holds exactly these prefixes; returns how long that took.
-fn wait_exact(
-    frr: &Frr,
-    v4: &[&str],
-    v6: &[&str],
-    timeout: Duration,
-    log: &dyn Fn() -> String,
-) -> Duration {
-    let t0 = Instant::now();
-    let ok = wait_for(timeout, || {
-        (frr.prefixes("ipv4") == sorted(v4) && frr.prefixes("ipv6") == sorted(v6)).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "FRR never held exactly {v4:?} + {v6:?}: {:?} {:?}\n{}",
-        frr.prefixes("ipv4"),
-        frr.prefixes("ipv6"),
-        log()
-    );
-    t0.elapsed()
-}
-
 const ALL4: [&str; 2] = ["199.7.82.0/23", "199.7.83.0/24"];
 const ALL6: [&str; 3] = ["2001:500:3::/48", "2001:500:9e::/47", "2001:500:9f::/48"];
 const COVER4: [&str; 1] = ["199.7.82.0/23"];
 const COVER6: [&str; 1] = ["2001:500:9e::/47"];
 
 #[test]
-fn dns_failure_and_drain_gate_the_specifics_at_the_peer() {
-    if !require(
-        "serving_health",
-        true,
-        &[
-            BIRD,
-            ZEBRA,
-            BGPD,
-            VTYSH,
-            NSD,
-            "/usr/sbin/ip",
-            &zone_file().to_string_lossy(),
-        ],
-    ) {
+fn frr_dns_failure_and_drain_gate_the_specifics() {
+    dns_failure_and_drain_gate_the_specifics_at_the_peer(RouterKind::Frr);
+}
+
+#[test]
+fn gobgp_dns_failure_and_drain_gate_the_specifics() {
+    dns_failure_and_drain_gate_the_specifics_at_the_peer(RouterKind::Gobgp);
+}
+
+fn dns_failure_and_drain_gate_the_specifics_at_the_peer(kind: RouterKind) {
+    let test = format!("serving_health ({kind})");
+    let zone = zone_file().to_string_lossy().into_owned();
+    let mut needs = bgp_programs(kind);
+    needs.extend([NSD, zone.as_str()]);
+    if !require(&test, true, &needs) {
         return;
     }
     let site = imrs_config::site::load(&manifest("../images/sites/lab.toml")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
 
-    // Routing: appliance namespace with BIRD, router namespace with FRR.
-    let appl = NetNs::new("hlta");
-    let rtr = NetNs::new("hltr");
-    veth(&appl, "eth0", &rtr, "eth0");
-    appl.addr("eth0", &["192.0.2.10/24", "2001:db8:1::10/64"]);
-    rtr.addr("eth0", &["192.0.2.1/24", "2001:db8:1::1/64"]);
-    let frr = Frr::start(
-        &rtr,
-        &dir.path().join("frr"),
-        &frr_bgpd_conf(
-            64512,
-            "192.0.2.1",
-            &[("192.0.2.10", 20144), ("2001:db8:1::10", 20144)],
-        ),
-    );
+    // Routing: appliance namespace with BIRD, router namespace with the router.
+    let (appl, rtr) = appliance_and_host(&format!("hlt-{kind}"), &[]);
+    let mut router = Router::start(kind, &rtr, &dir.path().join(kind.name()), &router_config())
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let birdd = BirdDaemon {
         bird: BIRD.into(),
         run_dir: dir.path().join("bird"),
@@ -127,11 +90,10 @@ fn dns_failure_and_drain_gate_the_specifics_at_the_peer() {
     let (bin, args) = birdd.command();
     let bird = Daemon::spawn(
         "bird",
-        Some(&appl),
-        &bin,
-        &args,
+        appl.command(&bin).args(&args),
         &dir.path().join("bird.log"),
-    );
+    )
+    .unwrap();
 
     // DNS: NSD on loopback (the driver runs here; BIRD is reached through its socket).
     let port = free_port();
@@ -151,7 +113,12 @@ fn dns_failure_and_drain_gate_the_specifics_at_the_peer() {
     dns.write().unwrap();
     let start_nsd = || {
         let (bin, args) = dns.command();
-        Daemon::spawn("nsd", None, &bin, &args, &dir.path().join("nsd.log"))
+        Daemon::spawn(
+            "nsd",
+            std::process::Command::new(bin).args(args),
+            &dir.path().join("nsd.log"),
+        )
+        .unwrap()
     };
     let mut nsd = start_nsd();
 
@@ -200,7 +167,7 @@ fn dns_failure_and_drain_gate_the_specifics_at_the_peer() {
     };
 
     // Boot: covering first, then everything once rise good probes are in.
-    wait_exact(&frr, &ALL4, &ALL6, Duration::from_secs(40), &logs);
+    wait_exact(&router, &ALL4, &ALL6, Duration::from_secs(40), &logs);
     {
         let r = records.lock().unwrap();
         let cover_first = r
@@ -212,17 +179,19 @@ fn dns_failure_and_drain_gate_the_specifics_at_the_peer() {
         assert!(cover_first.is_some() && cover_first < all, "{r:?}");
     }
 
-    // DNS daemon dies: specifics gone at FRR, covering kept; back after the hold-down.
+    // DNS daemon dies: specifics gone at the router, covering kept; back after the hold-down.
     let mut withdrawals = Vec::new();
     for trial in 0..3 {
         std::thread::sleep(Duration::from_millis(300 * trial));
         nsd.kill();
-        let t = wait_exact(&frr, &COVER4, &COVER6, Duration::from_secs(10), &logs);
-        eprintln!("trial {trial}: specifics withdrawn at FRR {t:?} after NSD died");
+        let t = wait_exact(&router, &COVER4, &COVER6, Duration::from_secs(10), &logs);
+        eprintln!("{kind} trial {trial}: specifics withdrawn at the router {t:?} after NSD died");
         withdrawals.push(t);
         nsd = start_nsd();
-        let back = wait_exact(&frr, &ALL4, &ALL6, Duration::from_secs(30), &logs);
-        eprintln!("trial {trial}: specifics back at FRR {back:?} after NSD restarted");
+        let back = wait_exact(&router, &ALL4, &ALL6, Duration::from_secs(30), &logs);
+        eprintln!(
+            "{kind} trial {trial}: specifics back at the router {back:?} after NSD restarted"
+        );
         assert!(
             back >= HOLD_DOWN,
             "re-announced after {back:?}, before the hold-down"
@@ -231,23 +200,23 @@ fn dns_failure_and_drain_gate_the_specifics_at_the_peer() {
     }
     withdrawals.sort();
     eprintln!(
-        "withdrawal latency at FRR: median {:?} (of {:?})",
+        "{kind}: withdrawal latency at the router: median {:?} (of {:?})",
         withdrawals[withdrawals.len() / 2],
         withdrawals
     );
 
     // Operator drain and undrain.
     inputs.lock().unwrap().drained = true;
-    let t = wait_exact(&frr, &COVER4, &COVER6, Duration::from_secs(5), &logs);
+    let t = wait_exact(&router, &COVER4, &COVER6, Duration::from_secs(5), &logs);
     eprintln!("drain: specifics withdrawn after {t:?}");
     inputs.lock().unwrap().drained = false;
-    let t = wait_exact(&frr, &ALL4, &ALL6, Duration::from_secs(5), &logs);
+    let t = wait_exact(&router, &ALL4, &ALL6, Duration::from_secs(5), &logs);
     eprintln!("undrain: specifics back after {t:?}");
 
     // A transfer failure while the zone is valid changes nothing.
     inputs.lock().unwrap().transfer_failure = Some("192.0.2.53: timeout".into());
     std::thread::sleep(Duration::from_secs(3));
-    wait_exact(&frr, &ALL4, &ALL6, Duration::ZERO, &logs);
+    wait_exact(&router, &ALL4, &ALL6, Duration::ZERO, &logs);
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     driver.join().unwrap();
@@ -256,7 +225,8 @@ fn dns_failure_and_drain_gate_the_specifics_at_the_peer() {
     assert!(r.contains("drained by the operator"), "{r}");
     assert!(r.contains("hold-down over, probes good"), "{r}");
     eprintln!("{r}");
+    router.ensure_running().unwrap();
     drop(nsd);
     drop(bird);
-    drop(frr);
+    drop(router);
 }

@@ -6,32 +6,26 @@
 use imrs_init::net;
 use imrs_tests::netns;
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::path::Path;
 
 use ipnet::IpNet;
 use net::{Change, LinkState, NetPlan, Report};
 use netns::{NetNs, require};
 
-/// Runs `f` on a new thread inside `ns`, with a current-thread tokio runtime and a netlink
-/// handle opened there.
+/// Runs `f` on a thread inside `ns` ([`NetNs::run_inside`]), with a current-thread tokio
+/// runtime and a netlink handle opened there.
 fn in_netns<T: Send>(ns: &NetNs, f: impl AsyncFnOnce(&rtnetlink::Handle) -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let fd = File::open(ns.path()).unwrap();
-            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let h = net::connect().unwrap();
-                f(&h).await
-            })
+    ns.run_inside(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let h = net::connect().unwrap();
+            f(&h).await
         })
-        .join()
-        .unwrap()
     })
+    .unwrap()
 }
 
 fn apply_and_read(ns: &NetNs, plan: &NetPlan) -> (Report, Report, LinkState, LinkState) {
@@ -58,7 +52,7 @@ fn global(addrs: &[IpNet]) -> BTreeSet<String> {
 /// `ip -j addr show dev IFACE` in the namespace: global addresses as `addr/len`.
 fn ip_addrs(ns: &NetNs, iface: &str) -> BTreeSet<String> {
     let v: serde_json::Value =
-        serde_json::from_str(&ns.ip(&["-j", "addr", "show", "dev", iface])).unwrap();
+        serde_json::from_str(&ns.ip(&["-j", "addr", "show", "dev", iface]).unwrap()).unwrap();
     v[0]["addr_info"]
         .as_array()
         .unwrap()
@@ -75,7 +69,7 @@ fn ip_defaults(ns: &NetNs, v6: bool) -> Vec<(String, String)> {
         args.push("-6");
     }
     args.extend(["route", "show", "default"]);
-    let v: serde_json::Value = serde_json::from_str(&ns.ip(&args)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ns.ip(&args).unwrap()).unwrap();
     v.as_array()
         .unwrap()
         .iter()
@@ -93,11 +87,12 @@ fn site_applied_through_netlink_idempotently_and_drift_repaired() {
     if !require("serving_net", true, &["/usr/sbin/ip"]) {
         return;
     }
-    let ns = NetNs::new("net");
+    let ns = NetNs::create("net").unwrap();
     ns.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
-    ]);
-    ns.ip(&["link", "set", "peer0", "up"]);
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "peer0", "up"]).unwrap();
     // Some kernels have no dummy driver: then the service addresses must go on lo.
     let dummy = ns
         .command("ip")
@@ -107,7 +102,7 @@ fn site_applied_through_netlink_idempotently_and_drift_repaired() {
         .success();
     let svc_name = if dummy { "imrs0" } else { "lo" };
     if dummy {
-        ns.ip(&["link", "del", "probe0"]);
+        ns.ip(&["link", "del", "probe0"]).unwrap();
     } else {
         eprintln!("no dummy driver in this kernel: testing the fallback to lo");
     }
@@ -168,11 +163,11 @@ fn site_applied_through_netlink_idempotently_and_drift_repaired() {
     if dummy {
         assert_eq!(ip_addrs(&ns, "imrs0"), want_svc);
         let link: serde_json::Value =
-            serde_json::from_str(&ns.ip(&["-j", "-d", "link", "show", "imrs0"])).unwrap();
+            serde_json::from_str(&ns.ip(&["-j", "-d", "link", "show", "imrs0"]).unwrap()).unwrap();
         assert_eq!(link[0]["linkinfo"]["info_kind"], "dummy");
     } else {
         // `ip` reports lo's addresses with scope host; check the service ones are there.
-        let lo = ns.ip(&["addr", "show", "dev", "lo"]);
+        let lo = ns.ip(&["addr", "show", "dev", "lo"]).unwrap();
         assert!(
             lo.contains("198.51.100.42/32") && lo.contains("2001:db8:42::42/128"),
             "{lo}"
@@ -188,12 +183,15 @@ fn site_applied_through_netlink_idempotently_and_drift_repaired() {
     );
 
     // Drift behind the init's back.
-    ns.ip(&["addr", "add", "192.0.2.99/24", "dev", "eth0"]);
-    ns.ip(&["addr", "del", "2001:db8:1::10/64", "dev", "eth0"]);
-    ns.ip(&["link", "set", "eth0", "mtu", "1500"]);
-    ns.ip(&["addr", "del", "198.51.100.42/32", "dev", svc_name]);
+    ns.ip(&["addr", "add", "192.0.2.99/24", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&["addr", "del", "2001:db8:1::10/64", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&["link", "set", "eth0", "mtu", "1500"]).unwrap();
+    ns.ip(&["addr", "del", "198.51.100.42/32", "dev", svc_name])
+        .unwrap();
     if dummy {
-        ns.ip(&["link", "set", "imrs0", "down"]);
+        ns.ip(&["link", "set", "imrs0", "down"]).unwrap();
     }
     ns.ip(&[
         "route",
@@ -203,7 +201,8 @@ fn site_applied_through_netlink_idempotently_and_drift_repaired() {
         "192.0.2.2",
         "dev",
         "eth0",
-    ]);
+    ])
+    .unwrap();
     let (repair, again, eth0, _) = apply_and_read(&ns, &plan);
     let mut did: Vec<String> = repair.changes.iter().map(|c| c.to_string()).collect();
     did.sort();
@@ -236,7 +235,7 @@ fn missing_interface_is_named() {
     if !require("serving_net", true, &["/usr/sbin/ip"]) {
         return;
     }
-    let ns = NetNs::new("netmiss");
+    let ns = NetNs::create("netmiss").unwrap();
     let site = imrs_config::site::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
     )
@@ -259,7 +258,8 @@ fn missing_interface_is_named() {
         "peer",
         "name",
         "peer0",
-    ]);
+    ])
+    .unwrap();
     plan.links[0].mac = Some("02:00:00:00:00:42".into());
     let report = in_netns(&ns, async |h| net::apply(h, &plan).await.unwrap());
     assert_eq!(report.links, [("eth0".to_string(), "enp9s0".to_string())]);

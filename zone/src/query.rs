@@ -292,50 +292,106 @@ fn exchange_tcp(server: SocketAddr, timeout: Duration, wire: &[u8]) -> Result<Ve
     Ok(buf)
 }
 
+/// A DNS server to test clients against: answers built like a root server's, served once on
+/// loopback. Used by the tests of every program's client policy (readiness probe, measurement
+/// queries).
+pub mod fake {
+    use std::net::{SocketAddr, UdpSocket};
+
+    use domain::base::iana::Rcode;
+    use domain::base::opt::Nsid;
+    use domain::base::{Message, MessageBuilder, Name, Serial, Ttl};
+    use domain::rdata::Soa;
+
+    /// What the fake server answers to a query.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct RootSoa {
+        /// The response code.
+        pub rcode: Rcode,
+        /// The AA bit.
+        pub aa: bool,
+        /// The serial of a `. SOA` record in the answer section (`None`: no record).
+        pub serial: Option<u32>,
+        /// An NSID option in the answer's OPT record.
+        pub nsid: Option<Vec<u8>>,
+    }
+
+    impl RootSoa {
+        /// NOERROR, authoritative, serial `serial`, NSID `nsid`.
+        pub fn good(serial: u32, nsid: &[u8]) -> RootSoa {
+            RootSoa {
+                rcode: Rcode::NOERROR,
+                aa: true,
+                serial: Some(serial),
+                nsid: Some(nsid.to_vec()),
+            }
+        }
+
+        /// The response to `query` (same id and question).
+        pub fn answer(&self, query: &Message<Vec<u8>>) -> Result<Vec<u8>, String> {
+            let err = |e: &dyn std::fmt::Display| e.to_string();
+            let mut b = MessageBuilder::new_vec()
+                .start_answer(query, self.rcode)
+                .map_err(|e| err(&e))?;
+            b.header_mut().set_aa(self.aa);
+            if let Some(serial) = self.serial {
+                let soa = Soa::new(
+                    Name::<Vec<u8>>::root_vec(),
+                    Name::<Vec<u8>>::root_vec(),
+                    Serial(serial),
+                    Ttl::from_secs(1800),
+                    Ttl::from_secs(900),
+                    Ttl::from_secs(604800),
+                    Ttl::from_secs(86400),
+                );
+                b.push((Name::root_vec(), 86400, soa))
+                    .map_err(|e| err(&e))?;
+            }
+            let nsid = match &self.nsid {
+                Some(n) => Some(Nsid::from_octets(n.as_slice()).map_err(|e| err(&e))?),
+                None => None,
+            };
+            let mut a = b.additional();
+            a.opt(|o| {
+                if let Some(n) = &nsid {
+                    o.push(n)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| err(&e))?;
+            Ok(a.finish())
+        }
+    }
+
+    /// A UDP server on 127.0.0.1 that answers one query with `respond(query)` from a thread.
+    pub fn one_shot(
+        respond: impl FnOnce(Message<Vec<u8>>) -> Vec<u8> + Send + 'static,
+    ) -> std::io::Result<SocketAddr> {
+        let sock = UdpSocket::bind("127.0.0.1:0")?;
+        let addr = sock.local_addr()?;
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                buf.truncate(n);
+                if let Ok(q) = Message::from_octets(buf) {
+                    let _ = sock.send_to(&respond(q), peer);
+                }
+            }
+        });
+        Ok(addr)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::base::iana::Rcode;
-    use domain::base::{Serial, Ttl};
 
-    /// A one-shot UDP server answering with whatever `respond` builds from the query.
-    fn one_shot(respond: impl FnOnce(Message<Vec<u8>>) -> Vec<u8> + Send + 'static) -> SocketAddr {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = sock.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 4096];
-            let (n, peer) = sock.recv_from(&mut buf).unwrap();
-            buf.truncate(n);
-            let q = Message::from_octets(buf).unwrap();
-            let _ = sock.send_to(&respond(q), peer);
-        });
-        addr
-    }
+    use super::fake::{RootSoa, one_shot};
 
     fn soa_answer(q: &Message<Vec<u8>>, serial: u32, nsid: Option<&[u8]>) -> Vec<u8> {
-        let mut b = MessageBuilder::new_vec()
-            .start_answer(q, Rcode::NOERROR)
-            .unwrap();
-        b.header_mut().set_aa(true);
-        let soa = Soa::new(
-            Name::<Vec<u8>>::root_vec(),
-            Name::<Vec<u8>>::root_vec(),
-            Serial(serial),
-            Ttl::from_secs(1800),
-            Ttl::from_secs(900),
-            Ttl::from_secs(604800),
-            Ttl::from_secs(86400),
-        );
-        b.push((Name::root_vec(), 86400, soa)).unwrap();
-        let mut a = b.additional();
-        a.opt(|o| {
-            if let Some(n) = nsid {
-                o.push(&Nsid::from_octets(n.to_vec()).unwrap())?;
-            }
-            Ok(())
-        })
-        .unwrap();
-        a.finish()
+        let mut a = RootSoa::good(serial, b"");
+        a.nsid = nsid.map(<[u8]>::to_vec);
+        a.answer(q).unwrap()
     }
 
     #[test]
@@ -346,7 +402,8 @@ mod tests {
             assert!(opt.opt().first::<Nsid<_>>().is_some(), "NSID requested");
             assert!(!q.header().rd());
             soa_answer(&q, 2026073102, Some(b"lab-01"))
-        });
+        })
+        .unwrap();
         let r = root_soa(s, Transport::Udp, Duration::from_secs(2)).unwrap();
         assert_eq!(r.root_soa_serial(), Some(2026073102));
         assert_eq!(r.nsid().as_deref(), Some("lab-01"));
@@ -358,7 +415,8 @@ mod tests {
             let mut w = soa_answer(&q, 7, None);
             w[0] ^= 0xff;
             w
-        });
+        })
+        .unwrap();
         let r = root_soa(s, Transport::Udp, Duration::from_secs(2));
         assert!(matches!(r, Err(QueryError::Malformed { .. })), "{r:?}");
     }

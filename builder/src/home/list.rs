@@ -6,8 +6,8 @@
 
 use std::fmt::Write;
 
-use super::escape::escape;
 use super::store::{DeviceRow, Fleet, RejectedRow};
+use imrs_config::escape_all as escape;
 
 /// Most names listed in one conflict note or one per-source drop line.
 const MAX_NAMED: usize = 10;
@@ -211,21 +211,21 @@ mod tests {
         assert!(!text.chars().any(bad), "{text:?}");
         assert!(!text.contains('\u{202e}'), "{text:?}");
         for want in [
-            "SN-1\\x1b[2J\\nk9  SN-FORGED",
+            "SN-1\\u{1b}[2J\\nk9  SN-FORGED",
             "site\\u{9b}1",
             "i\\u{202e}nstance",
             "bad\\r\\nzone",
-            "[CONFLICT: k0\\x07 claimed it first]",
+            "[CONFLICT: k0\\u{7} claimed it first]",
             "[CONFLICT: also claimed by c0, c1",
             "and 2 more]",
             "k1 [unenrolled]",
             "1 not enrolled (open enrolment)",
-            "unknown-device: \\x1b]0;pwned\\x07  [truncated]",
+            "unknown-device: \\u{1b}]0;pwned\\u{7}  [truncated]",
             "device k\\n",
             "serial \\u{2066}x",
             "site s\\t",
             "5 rejected submission(s): 1 kept, 4 dropped",
-            "dropped per source: weird\\x1b 4",
+            "dropped per source: weird\\u{1b} 4",
         ] {
             assert!(text.contains(want), "{want:?} in {text}");
         }

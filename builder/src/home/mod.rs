@@ -10,10 +10,9 @@
 //! - [`store`]: the SQLite database, the only code with SQL: writer, bounded refusals, reads.
 //! - [`enrol`]: the folder of enrolled device keys, or open enrolment.
 //! - [`list`]: the fleet as text for people, every reporter-controlled value escaped
-//!   ([`escape`]).
+//!   ([`imrs_config::escape_all`]).
 
 pub mod enrol;
-pub mod escape;
 pub mod limits;
 pub mod list;
 pub mod receiver;

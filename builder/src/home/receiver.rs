@@ -15,7 +15,7 @@
 //! with a `warning`), and flagged: `home list` shows which key holds the serial. Refusing it
 //! instead would let whoever reports first lock the real device out.
 //!
-//! Everything logged from a submission is cut to size and escaped ([`super::escape`]).
+//! Everything logged from a submission is cut to size and escaped ([`imrs_config::escape_all`]).
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,11 +27,11 @@ use serde_json::json;
 use sha2::Digest;
 
 use super::enrol::{Enrolment, EnrolmentMode};
-use super::escape::escape;
 use super::server::{ServeConfig, ServeError};
 use super::source::Source;
 use super::store::rejected::bounded;
 use super::store::{NewReport, Rejection, Store, StoreError, Stored};
+use imrs_config::escape_all as escape;
 
 /// The receiver's shared state: the store, the enrolment and the body limit.
 #[derive(Debug)]

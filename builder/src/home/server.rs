@@ -27,11 +27,11 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use super::enrol::{EnrolError, EnrolmentMode};
-use super::escape::escape;
 use super::limits::{ClientLimits, Clients, Refused};
 use super::receiver::Receiver;
 use super::source::Source;
 use super::store::{RejectedCaps, StoreError};
+use imrs_config::escape_all as escape;
 
 /// Default largest accepted body.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;

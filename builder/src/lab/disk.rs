@@ -18,7 +18,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::proc::run;
+use crate::host::process::run;
 
 /// GPT name of the config partition (the init's `site::CONFIG_PARTNAME`).
 pub const CONFIG_PARTNAME: &str = "IMRS-CONFIG";

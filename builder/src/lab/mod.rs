@@ -5,13 +5,14 @@
 //! from ICANN); build the image (from a recipe) or take an image folder; verify the zone against
 //! the image's anchors at the guest's clock; write a signed copy of the lab site config with a
 //! fresh phone-home CA ([`site`]); make the guest's disk with the config
-//! and data partitions ([`disk`]); create a network namespace with a tap ([`netns`], addresses
-//! from [`plan`]); start the router (FRR, [`router`]), the transfer server (NSD, [`xfr`]) and the
-//! phone-home receiver ([`receiver`]); boot QEMU in the namespace ([`vm`]), follow the console's
-//! stage lines ([`console`]), poll the router, the service addresses ([`probe`]) and the
-//! receiver, as the scenario says ([`scenario`]); then print the outcome ([`summary`]).
-//! Everything started is stopped by `Drop` guards, on success, on error and on Ctrl-C
-//! ([`signal`]).
+//! and data partitions ([`disk`]); create a network namespace with a tap (addresses from
+//! [`plan`]); start the router (`--router`: FRR or GoBGP), the transfer server (NSD, [`xfr`]) and
+//! the phone-home receiver ([`receiver`]); boot QEMU in the namespace ([`vm`]), follow the
+//! console's stage lines ([`console`]), poll the router, the service addresses ([`probe`]) and
+//! the receiver, as the scenario says ([`scenario`]); then print the outcome ([`summary`]).
+//! The namespace, the processes, the router and NSD are the host side of the cable that the
+//! tests use too ([`crate::host`]). Everything started is stopped by `Drop` guards, on success,
+//! on error and on Ctrl-C ([`crate::host::signal`]).
 //!
 //! The lab's defaults (the site config `images/sites/lab.toml`, the bundled zone in
 //! `testdata/rootzone`) are read from the imrs workspace found above the recipe or image folder,
@@ -25,14 +26,10 @@
 
 pub mod console;
 pub mod disk;
-pub mod netns;
 pub mod plan;
 pub mod probe;
-pub mod proc;
 pub mod receiver;
-pub mod router;
 pub mod scenario;
-pub mod signal;
 pub mod site;
 pub mod summary;
 pub mod vm;
@@ -45,6 +42,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use imrs_config::keys;
 
+use crate::host::router::RouterKind;
+use crate::host::signal;
 use crate::qemu::Accel;
 use crate::ui::Ui;
 pub use scenario::Scenario;
@@ -82,6 +81,9 @@ pub struct LabArgs {
     /// What to simulate.
     #[arg(long, value_enum, default_value = "normal")]
     pub scenario: Scenario,
+    /// The host's router, the appliance's BGP peer: FRR (zebra + bgpd) or GoBGP (gobgpd).
+    #[arg(long, value_enum, default_value = "frr")]
+    pub router: RouterKind,
     /// Time limit of each boot, seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -106,14 +108,11 @@ pub struct LabArgs {
     pub cache: Option<PathBuf>,
 }
 
-/// Host programs the lab needs.
-pub const PROGRAMS: [&str; 11] = [
+/// Host programs the lab needs whatever the router ([`RouterKind::programs`] adds its own).
+pub const PROGRAMS: [&str; 8] = [
     "ip",
     "qemu-system-x86_64",
-    router::ZEBRA,
-    router::BGPD,
-    router::VTYSH,
-    xfr::NSD,
+    crate::host::xfr::NSD,
     "sfdisk",
     "mkfs.vfat",
     "mcopy",
@@ -132,15 +131,16 @@ pub fn have_program(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Missing programs (see [`PROGRAMS`]) and root, as a list of what to install.
-pub fn missing_prerequisites() -> Vec<String> {
+/// Missing programs (see [`PROGRAMS`], and those of `router`) and root, as a list of what to
+/// install.
+pub fn missing_prerequisites(router: RouterKind) -> Vec<String> {
     let mut m: Vec<String> = PROGRAMS
         .iter()
+        .chain(router.programs())
         .filter(|p| !have_program(p))
         .map(|p| p.to_string())
         .collect();
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         m.push("root (network namespaces, taps)".into());
     }
     m
@@ -201,7 +201,7 @@ fn build_image(recipe: &Path, work: &Path, args: &LabArgs, ui: &Ui) -> Result<(P
 /// Runs `imrs-build lab`; returns the exit code (0: the scenario's expectation held).
 pub fn run(args: LabArgs, ui: &Ui) -> Result<u8> {
     signal::install().context("cannot install the Ctrl-C handler")?;
-    let missing = missing_prerequisites();
+    let missing = missing_prerequisites(args.router);
     if !missing.is_empty() {
         bail!(
             "the lab needs: {} (scripts/install-deps.sh installs the packages; run as root)",
@@ -357,11 +357,12 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         }
     };
     ui.info(format!(
-        "lab: disk {} ({} + {}), accelerator {accel:?}, scenario {}",
+        "lab: disk {} ({} + {}), accelerator {accel:?}, scenario {}, router {}",
         disk.display(),
         disk::CONFIG_PARTNAME,
         disk::DATA_PARTNAME,
-        args.scenario.name()
+        args.scenario.name(),
+        args.router.product()
     ));
     let exe = std::env::current_exe().context("cannot find this program (for the receiver)")?;
     let mut lab = scenario::Lab {
@@ -381,6 +382,7 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         },
         tampered: None,
         zone: served,
+        router: args.router,
     };
     scenario::run(&mut lab, args.scenario)
 }

@@ -16,6 +16,8 @@ use imrs_config::imrs::is_documentation;
 use imrs_config::site::{Site, parse_server};
 use ipnet::IpNet;
 
+use crate::host::router::RouterConfig;
+
 /// The addresses of one lab run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -216,6 +218,19 @@ impl Plan {
         out
     }
 
+    /// The router's configuration: the neighbours' AS at the gateways' IPv4 address as router
+    /// id, the guest's two interface addresses as its eBGP neighbours in AS 20144.
+    pub fn router_config(&self) -> RouterConfig {
+        RouterConfig {
+            asn: self.router_asn,
+            router_id: self.router_v4,
+            neighbors: vec![
+                (self.guest_v4.addr(), imrs_config::imrs::IMRS_ASN),
+                (self.guest_v6.addr(), imrs_config::imrs::IMRS_ASN),
+            ],
+        }
+    }
+
     /// Routes from the lab to the service addresses: (destination, via the guest).
     pub fn service_routes(&self) -> [(IpAddr, IpAddr); 2] {
         [
@@ -252,6 +267,19 @@ mod tests {
                 "192.0.2.80/24"
             ]
         );
+        let r = p.router_config();
+        assert_eq!(
+            (r.asn, r.router_id.to_string()),
+            (64512, "192.0.2.1".into())
+        );
+        assert_eq!(
+            r.neighbors,
+            [
+                ("192.0.2.10".parse().unwrap(), 20144),
+                ("2001:db8:1::10".parse().unwrap(), 20144)
+            ]
+        );
+        r.check().unwrap();
         assert_eq!(
             p.service_routes()[0],
             (

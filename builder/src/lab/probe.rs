@@ -1,7 +1,7 @@
 //! `. SOA` queries with an NSID request, as the RSSAC047 measurement probes send them
-//! (docs/facts.md): over UDP and TCP, to the appliance's lab service addresses (and to the lab's own
-//! transfer server for its readiness). Built and parsed with `domain`; the lab calls these from a
-//! thread inside its namespace ([`super::netns::NetNs::run_inside`]).
+//! (docs/facts.md): over UDP and TCP, to the appliance's lab service addresses. Built and parsed
+//! with `domain`; the lab calls these from a thread inside its namespace
+//! ([`crate::host::netns::NetNs::run_inside`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -94,59 +94,12 @@ pub fn soa_all(servers: &[SocketAddr], timeout: Duration) -> Vec<SoaAnswer> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::base::iana::Class;
-    use domain::base::opt::Nsid;
-    use domain::base::{Message, MessageBuilder, Name, Rtype};
-    use domain::rdata::Soa;
+    use imrs_zone::query::fake::{RootSoa, one_shot};
     use std::net::UdpSocket;
-
-    /// Answers one UDP query on loopback with `respond(query)`.
-    fn one_shot(respond: impl FnOnce(&[u8]) -> Vec<u8> + Send + 'static) -> SocketAddr {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = sock.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            let (n, peer) = sock.recv_from(&mut buf).unwrap();
-            let _ = sock.send_to(&respond(&buf[..n]), peer);
-        });
-        addr
-    }
-
-    fn answer(query: &[u8], aa: bool, serial: Option<u32>, nsid: Option<&[u8]>) -> Vec<u8> {
-        let q = Message::from_octets(query.to_vec()).unwrap();
-        let mut b = MessageBuilder::new_vec();
-        b.header_mut().set_id(q.header().id());
-        b.header_mut().set_qr(true);
-        b.header_mut().set_aa(aa);
-        let mut qs = b.question();
-        qs.push((Name::root_vec(), Rtype::SOA, Class::IN)).unwrap();
-        let mut ans = qs.answer();
-        if let Some(serial) = serial {
-            let soa = Soa::new(
-                Name::<Vec<u8>>::root_vec(),
-                Name::<Vec<u8>>::root_vec(),
-                domain::base::Serial(serial),
-                domain::base::Ttl::from_secs(1800),
-                domain::base::Ttl::from_secs(900),
-                domain::base::Ttl::from_secs(604800),
-                domain::base::Ttl::from_secs(86400),
-            );
-            ans.push((Name::root_vec(), 86400, soa)).unwrap();
-        }
-        let mut add = ans.additional();
-        add.opt(|opt| {
-            if let Some(n) = nsid {
-                opt.push(&Nsid::from_octets(n.to_vec()).unwrap())?;
-            }
-            Ok(())
-        })
-        .unwrap();
-        add.finish()
-    }
 
     #[test]
     fn reads_serial_aa_and_nsid() {
-        let s = one_shot(|q| answer(q, true, Some(2026073102), Some(b"lab-01")));
+        let s = one_shot(|q| RootSoa::good(2026073102, b"lab-01").answer(&q).unwrap()).unwrap();
         let a = soa(s, Transport::Udp, Duration::from_secs(2));
         assert!(a.ok(), "{a:?}");
         assert_eq!(a.serial, Some(2026073102));
@@ -156,7 +109,13 @@ mod tests {
 
     #[test]
     fn not_authoritative_and_silence_are_reported() {
-        let s = one_shot(|q| answer(q, false, Some(1), None));
+        let s = one_shot(|q| {
+            let mut a = RootSoa::good(1, b"");
+            a.aa = false;
+            a.nsid = None;
+            a.answer(&q).unwrap()
+        })
+        .unwrap();
         let a = soa(s, Transport::Udp, Duration::from_secs(2));
         assert!(!a.ok());
         assert_eq!(a.error.as_deref(), Some("answer is not authoritative"));

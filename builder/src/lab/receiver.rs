@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::home::store::{self, StoreError};
+use crate::host::netns::NetNs;
+use crate::host::process::{Daemon, wait_for};
 
-use super::netns::NetNs;
-use super::proc::{Daemon, wait_for};
 use super::site::Tls;
 
 /// One stored (verified) report.
@@ -48,7 +48,7 @@ impl Receiver {
             .arg("--tls-key")
             .arg(&tls.key);
         let log = dir.join("receiver.log");
-        let mut daemon = Daemon::spawn("receiver (imrs-build home serve)", cmd, &log)?;
+        let mut daemon = Daemon::spawn("receiver (imrs-build home serve)", &mut cmd, &log)?;
         let up = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
             if !daemon.running() {
                 return Some(false);

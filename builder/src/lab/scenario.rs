@@ -20,17 +20,17 @@ use imrs_config::imrs::{IMRS_ASN, IMRS_PREFIXES, PrefixKind};
 use serde::Serialize;
 
 use super::console::{Event, Status, Tracker};
-use super::netns::NetNs;
 use super::plan::Plan;
 use super::probe::{self, SoaAnswer, Transport};
 use super::receiver::{self, Receiver, StoredReport};
-use super::router::{self, Route, Router};
-use super::signal;
 use super::site::Tls;
 use super::summary::{BootOutcome, Check, Summary};
 use super::vm::{Vm, VmConfig};
 use super::xfr::XfrServer;
 use super::zone::LabZone;
+use crate::host::netns::NetNs;
+use crate::host::router::{self, Neighbor, Route, Router, RouterKind};
+use crate::host::signal;
 use crate::qemu::Accel;
 use crate::ui::Ui;
 
@@ -132,6 +132,8 @@ pub struct Lab {
     pub tampered: Option<String>,
     /// The zone the transfer server serves and the guest's clock (`--zone`).
     pub zone: LabZone,
+    /// The host's router (`--router`).
+    pub router: RouterKind,
 }
 
 impl Lab {
@@ -182,6 +184,7 @@ struct BootPlan {
 /// The end of one boot, measured before QEMU was stopped.
 struct Final {
     routes: Vec<Route>,
+    sessions: Vec<Neighbor>,
     soa: Vec<SoaAnswer>,
     reports: Vec<StoredReport>,
     rejected: u64,
@@ -480,6 +483,7 @@ impl Lab {
         // Measure while the box still runs.
         let mut fin = Final {
             routes: Vec::new(),
+            sessions: Vec::new(),
             soa: Vec::new(),
             reports,
             rejected,
@@ -488,6 +492,7 @@ impl Lab {
         };
         if out.killed_at.is_none() && vm.exited().is_none() {
             fin.routes = svc.router.routes().unwrap_or_default();
+            fin.sessions = svc.router.neighbor_states().unwrap_or_default();
             let servers = [
                 std::net::SocketAddr::new(self.plan.service_v4.into(), 53),
                 std::net::SocketAddr::new(self.plan.service_v6.into(), 53),
@@ -587,12 +592,13 @@ fn serving_checks(checks: &mut Vec<Check>, b: &BootOutcome, fin: &Final, serial:
         b.serving_s.map_or_else(
             || {
                 format!(
-                    "never; the router holds [{}]",
+                    "never; the router holds [{}]; sessions [{}]",
                     fin.routes
                         .iter()
                         .map(|r| format!("{} from {:?}", r.prefix, r.origin_as))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    sessions_text(&fin.sessions)
                 )
             },
             |s| format!("after {s:.1} s"),
@@ -635,7 +641,7 @@ fn serving_checks(checks: &mut Vec<Check>, b: &BootOutcome, fin: &Final, serial:
 
 /// Runs `scenario` in a fresh namespace and returns its summary.
 pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
-    let ns = NetNs::create()?;
+    let ns = NetNs::create("lab")?;
     ns.add_tap(TAP, &lab.plan.tap_addresses())?;
     for (dest, via) in lab.plan.service_routes() {
         ns.add_route(dest, via, TAP)?;
@@ -650,11 +656,18 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             .collect::<Vec<_>>()
             .join(" ")
     ));
-    let frr = frr_dir(&lab.workdir)?;
-    let router = Router::start(&ns, &frr.path, &lab.plan).context("starting the router (FRR)")?;
+    let router = Router::start(
+        lab.router,
+        &ns,
+        &lab.workdir.join(lab.router.name()),
+        &lab.plan.router_config(),
+    )?;
     lab.progress(format!(
-        "lab: router AS {} at {} / {}",
-        lab.plan.router_asn, lab.plan.router_v4, lab.plan.router_v6
+        "lab: router {} AS {} at {} / {}",
+        lab.router.product(),
+        lab.plan.router_asn,
+        lab.plan.router_v4,
+        lab.plan.router_v6
     ));
     let mut svc = Services {
         receiver: None,
@@ -893,7 +906,9 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         boot_to_report_s: install_report.and(ib.report_s),
         second_boot_to_serving_s: second_serving,
         stages: ib.stages.clone(),
+        router: lab.router,
         routes: fin.routes,
+        sessions: fin.sessions,
         soa: fin.soa,
         soa_serial,
         report_verified: install_report.is_some(),
@@ -922,43 +937,11 @@ fn opt_s(v: Option<f64>) -> String {
     v.map_or("never".into(), |s| format!("{s:.1} s"))
 }
 
-/// FRR's state folder: inside the work folder when the `frr` user can reach it there (every
-/// parent searchable by others) and its socket paths fit `sun_path` (108 bytes); else a short
-/// folder in /tmp, removed at the end.
-struct FrrDir {
-    path: PathBuf,
-    remove: bool,
-}
-
-impl Drop for FrrDir {
-    fn drop(&mut self) {
-        if self.remove {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-fn searchable_by_others(p: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.ancestors().all(|a| {
-        a.as_os_str().is_empty()
-            || std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
-    })
-}
-
-fn frr_dir(workdir: &std::path::Path) -> Result<FrrDir> {
-    let d = workdir.join("frr");
-    let dir = if d.join("zebra.vty").as_os_str().len() < 100 && searchable_by_others(workdir) {
-        FrrDir {
-            path: d,
-            remove: false,
-        }
-    } else {
-        FrrDir {
-            path: PathBuf::from(format!("/tmp/imrs-lab-frr-{}", std::process::id())),
-            remove: true,
-        }
-    };
-    std::fs::create_dir_all(&dir.path).with_context(|| format!("{}: mkdir", dir.path.display()))?;
-    Ok(dir)
+/// `192.0.2.10 established, 2001:db8:1::10 active`.
+fn sessions_text(sessions: &[Neighbor]) -> String {
+    sessions
+        .iter()
+        .map(|n| format!("{} {}", n.address, n.state))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::console::StageReport;
 use super::probe::SoaAnswer;
 use super::receiver::StoredReport;
-use super::router::Route;
+use crate::host::router::{Neighbor, Route, RouterKind};
 
 /// One boot of the appliance.
 #[derive(Debug, Clone, Serialize)]
@@ -70,8 +70,12 @@ pub struct Summary {
     pub second_boot_to_serving_s: Option<f64>,
     /// Stages of the installing boot.
     pub stages: Vec<StageReport>,
+    /// The host's router (`frr`, `gobgp`).
+    pub router: RouterKind,
     /// Routes the router held at the end of the installing boot.
     pub routes: Vec<Route>,
+    /// The router's BGP sessions with the appliance at the end of the installing boot.
+    pub sessions: Vec<Neighbor>,
     /// `. SOA` over UDP and TCP to both service addresses at the end of the installing boot.
     pub soa: Vec<SoaAnswer>,
     /// The serial all good answers agree on.
@@ -96,7 +100,7 @@ pub struct Summary {
     pub image: PathBuf,
     /// The serial console of every boot.
     pub console_log: PathBuf,
-    /// The lab's work folder (logs of FRR, NSD, the receiver).
+    /// The lab's work folder (logs of the router, NSD, the receiver).
     pub workdir: PathBuf,
     /// The glue record changed for tampered-zone.
     pub tampered: Option<String>,
@@ -181,6 +185,15 @@ pub fn render(s: &Summary) -> String {
             let _ = writeln!(o, "      lab: {a}");
         }
     }
+    let _ = writeln!(
+        o,
+        "  router {}{}",
+        s.router.product(),
+        s.sessions
+            .iter()
+            .map(|n| format!(", session {} {}", n.address, n.state))
+            .collect::<String>()
+    );
     if s.routes.is_empty() {
         let _ = writeln!(o, "  routes: none at the router");
     }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::netns::NetNs;
-use super::proc::signal_group;
+use crate::host::netns::NetNs;
+use crate::host::process::signal_group;
 use crate::qemu::{Accel, BootOptions};
 
 /// The guest NIC's MAC address.
@@ -162,7 +162,7 @@ impl Vm {
     /// Pulls the plug: SIGKILL, no shutdown in the guest.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            signal_group(c.id(), libc::SIGKILL);
+            signal_group(c.id(), nix::sys::signal::Signal::SIGKILL);
             let _ = c.kill();
             let st = c.wait().ok();
             if self.exit.is_none() {

@@ -593,10 +593,10 @@ fn home_list_escapes_reporter_text_and_json_stays_exact() {
         );
     }
     for want in [
-        "SN-1\\x1b[2J\\r\\nFORGED-DEVICE  SN-OK",
+        "SN-1\\u{1b}[2J\\r\\nFORGED-DEVICE  SN-OK",
         "lab-\\u{202e}10-bal",
-        "serial \\x1b]0;owned\\x07\\nFORGED-REJECT",
-        "\\x1b[31mred\\u{9b}0m",
+        "serial \\u{1b}]0;owned\\u{7}\\nFORGED-REJECT",
+        "\\u{1b}[31mred\\u{9b}0m",
     ] {
         assert!(text.contains(want), "{want:?} in {text}");
     }

@@ -193,25 +193,13 @@ pub fn chaos_txt(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::base::opt::Nsid;
-    use domain::base::{Message, MessageBuilder};
-    use domain::rdata::Soa;
-    use std::net::UdpSocket;
+    use domain::base::Message;
+    use imrs_zone::query::fake::{RootSoa, one_shot};
 
-    /// A one-shot UDP server answering with whatever `respond` builds from the query.
     fn fake_server(
         respond: impl FnOnce(Message<Vec<u8>>) -> Vec<u8> + Send + 'static,
     ) -> SocketAddr {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = sock.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 4096];
-            let (n, peer) = sock.recv_from(&mut buf).unwrap();
-            buf.truncate(n);
-            let q = Message::from_octets(buf).unwrap();
-            sock.send_to(&respond(q), peer).unwrap();
-        });
-        addr
+        one_shot(respond).unwrap()
     }
 
     fn answer(
@@ -221,31 +209,14 @@ mod tests {
         serial: Option<u32>,
         nsid: bool,
     ) -> Vec<u8> {
-        use domain::base::{Serial, Ttl};
-        let b = MessageBuilder::new_vec();
-        let mut b = b.start_answer(q, rcode).unwrap();
-        b.header_mut().set_aa(aa);
-        if let Some(s) = serial {
-            let soa = Soa::new(
-                Name::<Vec<u8>>::root_vec(),
-                Name::<Vec<u8>>::root_vec(),
-                Serial(s),
-                Ttl::from_secs(1800),
-                Ttl::from_secs(900),
-                Ttl::from_secs(604800),
-                Ttl::from_secs(86400),
-            );
-            b.push((Name::root_vec(), 86400, soa)).unwrap();
+        RootSoa {
+            rcode,
+            aa,
+            serial,
+            nsid: nsid.then(|| b"test-nsid".to_vec()),
         }
-        let mut a = b.additional();
-        a.opt(|o| {
-            if nsid {
-                o.push(&Nsid::from_octets(b"test-nsid".as_slice()).unwrap())?;
-            }
-            Ok(())
-        })
-        .unwrap();
-        a.finish()
+        .answer(q)
+        .unwrap()
     }
 
     #[test]
