@@ -145,7 +145,7 @@ impl Bmap {
         let text = |checksum: &str| {
             format!(
                 "<?xml version=\"1.0\" ?>\n\
-                 <!-- Block map of an IMRS appliance disk image (imrs-build disk --bmap): the\n     \
+                 <!-- Block map of an IMRS appliance disk image made by imrs-build disk: the\n     \
                  blocks that hold data; flash only these. -->\n\
                  <bmap version=\"2.0\">\n    \
                  <ImageSize> {} </ImageSize>\n    \
@@ -188,6 +188,9 @@ mod tests {
         let xml = m.to_xml();
         assert!(xml.contains("<BlockSize> 4096 </BlockSize>"), "{xml}");
         assert!(xml.contains("<MappedBlocksCount> "), "{xml}");
+        // XML forbids `--` inside a comment (bmaptool's parser refuses the file).
+        let comment = xml.split("<!--").nth(1).unwrap().split("-->").next().unwrap();
+        assert!(!comment.contains("--"), "{comment}");
         // The file checksum is over the text with the checksum zeroed.
         let sum = xml
             .split("<BmapFileChecksum> ")

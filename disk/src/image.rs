@@ -117,8 +117,9 @@ pub fn write_appliance(path: &Path, spec: &ApplianceSpec<'_>) -> Result<Layout, 
     if let Some(p) = layout.get(Kind::Config) {
         config(&mut file, p.extent, &seed, epoch, spec.config_files)?;
     }
-    finish(file, path)?;
     data(path, &layout, &seed, epoch)?;
+    // fsync covers the inode, so mke2fs's writes through its own descriptor too.
+    finish(file, path)?;
     Ok(layout)
 }
 
@@ -138,8 +139,8 @@ pub fn write_config_and_data(
     if let Some(p) = layout.get(Kind::Config) {
         config(&mut file, p.extent, seed, epoch, config_files)?;
     }
-    finish(file, path)?;
     data(path, &layout, seed, epoch)?;
+    finish(file, path)?;
     Ok(layout)
 }
 
