@@ -198,10 +198,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             // A file is an appliance disk (`imrs-build disk`), booted through UEFI.
             let vars_dir = tempfile::tempdir().context("a temporary folder for UEFI variables")?;
             let mut opts = if dir.is_file() {
-                crate::qemu::BootOptions::disk(crate::qemu::Uefi::vars_copy(
-                    &dir,
-                    vars_dir.path(),
-                )?)
+                crate::qemu::BootOptions::disk(crate::qemu::Uefi::vars_copy(&dir, vars_dir.path())?)
             } else {
                 crate::qemu::BootOptions::new(&dir)
             };

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use imrs_config::image::SITE_PUBKEY_PATH;
 use imrs_config::fsutil::{limits, read_bounded, read_bounded_string};
+use imrs_config::image::SITE_PUBKEY_PATH;
 use imrs_config::{keys, signed};
 use imrs_disk::SlotPayload;
 use imrs_disk::bmap::Bmap;
@@ -280,6 +280,10 @@ mod tests {
         assert_eq!(parse_size("1TiB"), Ok(1 << 40));
         assert!(parse_size("12X").unwrap_err().contains("unknown unit"));
         assert!(parse_size("M").unwrap_err().contains("not a size"));
-        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+        assert!(
+            parse_size("99999999999T")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 }

@@ -53,8 +53,10 @@ pub enum QemuError {
         source: std::io::Error,
     },
     /// A disk boots with its slot entry's command line: nothing can be appended.
-    #[error("an appliance disk boots with its boot entry's command line; put extra words on it \
-             with `imrs-build disk --append`")]
+    #[error(
+        "an appliance disk boots with its boot entry's command line; put extra words on it \
+             with `imrs-build disk --append`"
+    )]
     AppendToDisk,
     /// The VM ran past its time limit and was killed.
     #[error("the VM did not finish within {seconds} s and was killed")]

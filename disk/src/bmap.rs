@@ -189,7 +189,13 @@ mod tests {
         assert!(xml.contains("<BlockSize> 4096 </BlockSize>"), "{xml}");
         assert!(xml.contains("<MappedBlocksCount> "), "{xml}");
         // XML forbids `--` inside a comment (bmaptool's parser refuses the file).
-        let comment = xml.split("<!--").nth(1).unwrap().split("-->").next().unwrap();
+        let comment = xml
+            .split("<!--")
+            .nth(1)
+            .unwrap()
+            .split("-->")
+            .next()
+            .unwrap();
         assert!(!comment.contains("--"), "{comment}");
         // The file checksum is over the text with the checksum zeroed.
         let sum = xml

@@ -119,7 +119,12 @@ fn bad_recipes_name_key_and_rule() {
         ),
         (
             "bad boot loader package",
-            &|t| t.replace("package = \"systemd-boot-efi\"", "package = \"Systemd Boot\""),
+            &|t| {
+                t.replace(
+                    "package = \"systemd-boot-efi\"",
+                    "package = \"Systemd Boot\"",
+                )
+            },
             "boot.package = Systemd Boot",
         ),
     ];
