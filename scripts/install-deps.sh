@@ -14,13 +14,16 @@
 #   iproute2          network namespaces for tests
 #   cpio zstd         cross-checking our archives with the standard tools
 #   hyperfine time    benchmarks
-#   fdisk dosfstools mtools e2fsprogs   the lab's disk (sfdisk GPT, vfat config, ext4 data)
+#   fdisk dosfstools mtools e2fsprogs   the lab's disk (sfdisk GPT, vfat config, ext4 data);
+#                     mke2fs makes the appliance disk's IMRS-DATA, fsck.vfat/sfdisk cross-check it
+#   ovmf              UEFI firmware: appliance disks boot under QEMU as on the appliance
+#   bmap-tools        bmaptool, cross-checking the disk's block map
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential pkg-config git curl
       qemu-system-x86 bird2 frr gobgpd nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils knot-dnssecutils
       iproute2 cpio zstd xz-utils hyperfine time bc ca-certificates
-      fdisk dosfstools mtools e2fsprogs)
+      fdisk dosfstools mtools e2fsprogs ovmf bmap-tools)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

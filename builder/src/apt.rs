@@ -213,7 +213,8 @@ fn locked(st: &Stanza, role: Role, at: &Location) -> Result<LockedPackage, AptEr
 }
 
 /// Resolves the recipe's packages through the host's apt into a lock: the versioned kernel
-/// package (its own Depends are not followed: only its files are used), the userland packages
+/// package and the boot loader package (their own Depends are not followed: only their files
+/// are used), the userland packages
 /// and their `Depends`/`Pre-Depends` closure minus `userland.exclude`, each with the mirror,
 /// suite, component and pool path it is downloaded from (checked against the recipe's `[apt]`).
 /// `snapshot` is the lock's snapshot timestamp (see [`snapshot_now`]).
@@ -259,6 +260,11 @@ pub fn resolve(
         .trim_end_matches("-unsigned")
         .to_string();
     let mut stanzas: Vec<(Stanza, Role)> = vec![(kst, Role::Kernel)];
+    // The boot loader: like the kernel, only its files are used (its EFI binary); its Depends
+    // are not followed.
+    if let Some(b) = &r.boot {
+        stanzas.push((show1(&b.package, "boot.package")?, Role::Bootloader));
+    }
 
     // Userland closure, breadth first, one apt-cache call per level.
     let mut chosen: BTreeMap<String, Role> = BTreeMap::new();

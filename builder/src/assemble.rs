@@ -13,11 +13,11 @@ use imrs_config::image::{
 };
 use imrs_config::keys;
 use imrs_config::lock::{Lock, LockedPackage, Role};
-use imrs_config::recipe::ResolvedRecipe;
+use imrs_config::recipe::{ResolvedRecipe, SYSTEMD_BOOT_EFI};
 
 use crate::cache::Cache;
 use crate::deb::DebArchive;
-use crate::image_dir::{self, INITRAMFS, KERNEL};
+use crate::image_dir::{self, BOOT_LOADER, INITRAMFS, KERNEL};
 use crate::tree::{Node, Tree};
 use crate::ui::Ui;
 use crate::{cpio, elf};
@@ -102,6 +102,38 @@ fn copy_resolved(dst: &mut Tree, src: &Tree, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// systemd-boot's EFI binary from the locked boot loader package, when the recipe names one.
+fn boot_loader(inp: &Inputs<'_>) -> Result<Option<Vec<u8>>> {
+    let r = inp.recipe;
+    let Some(boot) = &r.recipe.boot else {
+        return Ok(None);
+    };
+    let Some(p) = inp.lock.bootloader().filter(|p| p.name == boot.package) else {
+        bail!(
+            "{}: boot.package {} is not in the lock as its boot loader; re-run `imrs-build lock {}`",
+            r.path.display(),
+            boot.package,
+            r.path.display()
+        );
+    };
+    let files = open_deb(inp.cache, p)?
+        .files()
+        .with_context(|| format!("reading {} {}", p.name, p.version))?;
+    let path = SYSTEMD_BOOT_EFI.trim_start_matches('/');
+    let data = files
+        .resolve(path)
+        .ok()
+        .and_then(|at| files.get(&at))
+        .and_then(|n| n.data())
+        .with_context(|| {
+            format!(
+                "package {} {} has no {SYSTEMD_BOOT_EFI} (boot.package must be systemd-boot-efi)",
+                p.name, p.version
+            )
+        })?;
+    Ok(Some(data.to_vec()))
+}
+
 /// Builds the image into `out`.
 pub fn build_image(
     inp: &Inputs<'_>,
@@ -124,7 +156,7 @@ pub fn build_image(
     let userland: Vec<&LockedPackage> = lock
         .packages
         .iter()
-        .filter(|p| p.role != Role::Kernel)
+        .filter(|p| matches!(p.role, Role::Userland | Role::Dependency))
         .collect();
     let pb = ui.count(userland.len() as u64, "extracting packages");
     for p in &userland {
@@ -141,6 +173,11 @@ pub fn build_image(
     let kpkg = lock.kernel().context("the lock has no kernel package")?;
     let kernel = crate::kernel::extract(inp.cache, kpkg, release, &r.modules, ui)?;
     time("extract_kernel", &mut lap);
+
+    // 2b. The boot loader's EFI binary: an artifact of its own (for `disk`), not in the
+    // initramfs.
+    let loader = boot_loader(inp)?;
+    time("extract_boot_loader", &mut lap);
 
     // 3. The image tree.
     let mut img = skeleton()?;
@@ -264,6 +301,9 @@ pub fn build_image(
         image_dir::artifact(INITRAMFS, &zst),
         image_dir::artifact(KERNEL, &kernel.vmlinuz),
     ];
+    if let Some(efi) = &loader {
+        artifacts.push(image_dir::artifact(BOOT_LOADER, efi));
+    }
     artifacts.sort_by(|a, b| a.name.cmp(&b.name));
     let manifest = Manifest {
         schema: MANIFEST_SCHEMA,
@@ -291,12 +331,11 @@ pub fn build_image(
             })
             .collect(),
     };
-    let manifest_bytes = image_dir::write(
-        out,
-        &[(KERNEL, &kernel.vmlinuz), (INITRAMFS, &zst)],
-        &manifest,
-        key,
-    )?;
+    let mut files: Vec<(&str, &[u8])> = vec![(KERNEL, &kernel.vmlinuz), (INITRAMFS, &zst)];
+    if let Some(efi) = &loader {
+        files.push((BOOT_LOADER, efi));
+    }
+    let manifest_bytes = image_dir::write(out, &files, &manifest, key)?;
     time("write", &mut lap);
     Ok(Built {
         manifest,

@@ -121,6 +121,9 @@ pub enum Command {
         #[arg(long)]
         pubkey: PathBuf,
     },
+    /// Make the appliance's bootable disk image (GPT: IMRS-ESP with systemd-boot and the image in
+    /// slot A, IMRS-CONFIG, IMRS-DATA) from a verified image folder; bit-for-bit reproducible.
+    Disk(crate::disk::DiskArgs),
     /// List an image's packages and files.
     Inspect {
         /// Image folder.
@@ -132,10 +135,11 @@ pub enum Command {
     /// Root zone: verify a zone file, or transfer, verify and write one.
     #[command(subcommand)]
     Zone(crate::zone_cli::ZoneCommand),
-    /// Boot an image folder under QEMU with its serial console on stdout; returns when the guest
-    /// powers off (exit 0) or the time limit passes.
+    /// Boot an image folder (its kernel directly) or an appliance disk image (through UEFI
+    /// firmware, Debian's ovmf, and the disk's boot loader) under QEMU with its serial console on
+    /// stdout; returns when the guest powers off (exit 0) or the time limit passes.
     Boot {
-        /// Image folder.
+        /// Image folder, or a disk image from `imrs-build disk` (the guest writes to it).
         dir: PathBuf,
         /// Extra kernel command-line words (e.g. imrs.poweroff_after_boot=1).
         #[arg(long = "append", value_name = "WORD")]

@@ -181,6 +181,7 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Disk(args) => crate::disk::run(args, &ui),
         Command::Inspect { dir } => inspect(&dir, &ui),
         Command::Home(h) => crate::home::run(h, cli.json),
         Command::Zone(z) => crate::zone_cli::run(z, cli.json),
@@ -194,7 +195,13 @@ pub fn run(cli: Cli) -> Result<u8> {
             timeout,
             expect,
         } => {
-            let mut opts = crate::qemu::BootOptions::new(&dir);
+            // A file is an appliance disk (`imrs-build disk`), booted through UEFI.
+            let vars_dir = tempfile::tempdir().context("a temporary folder for UEFI variables")?;
+            let mut opts = if dir.is_file() {
+                crate::qemu::BootOptions::disk(crate::qemu::Uefi::vars_copy(&dir, vars_dir.path())?)
+            } else {
+                crate::qemu::BootOptions::new(&dir)
+            };
             opts.append = append;
             opts.accel = accel;
             opts.memory_mib = memory;

@@ -1,4 +1,5 @@
-//! The image folder: `vmlinuz`, `initramfs.cpio.zst`, `manifest.json`, `manifest.sig`.
+//! The image folder: `vmlinuz`, `initramfs.cpio.zst`, `systemd-bootx64.efi` (when the recipe
+//! names a boot loader), `manifest.json`, `manifest.sig`.
 //! It is written into a temporary sibling folder and renamed into place only when complete, so a
 //! failed or interrupted build never leaves a half-written image under the requested name.
 
@@ -12,14 +13,16 @@ use sha2::{Digest, Sha256};
 
 use crate::cpio::Entry;
 
-/// Kernel file name in the image folder.
-pub const KERNEL: &str = "vmlinuz";
+/// Kernel file name in the image folder (the same in a disk's slot).
+pub const KERNEL: &str = imrs_disk::payload::KERNEL;
 /// Initramfs file name.
-pub const INITRAMFS: &str = "initramfs.cpio.zst";
+pub const INITRAMFS: &str = imrs_disk::payload::INITRAMFS;
+/// The UEFI boot loader (systemd-boot), carried for `imrs-build disk`.
+pub const BOOT_LOADER: &str = "systemd-bootx64.efi";
 /// Manifest file name.
-pub const MANIFEST: &str = "manifest.json";
+pub const MANIFEST: &str = imrs_disk::payload::MANIFEST;
 /// Signature file name.
-pub const SIGNATURE: &str = "manifest.sig";
+pub const SIGNATURE: &str = imrs_disk::payload::SIGNATURE;
 
 /// Writing the image folder failed.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod cmd;
 pub mod cpio;
 pub mod deb;
+pub mod disk;
 pub mod download;
 pub mod elf;
 pub mod home;

@@ -1,6 +1,8 @@
-//! Booting an image folder under QEMU: TCG by default (nested KVM on the build machines does not
-//! work; docs/lab-notes.md), KVM when asked for. The serial console is streamed line by line to the
-//! caller and kept, and the VM is killed when it overruns its time.
+//! Booting an image under QEMU: an image folder's kernel directly, or an appliance disk through
+//! UEFI firmware (OVMF) and its boot loader, as the appliance boots. TCG by default (nested KVM
+//! on the build machines does not work; docs/lab-notes.md), KVM when asked for. The serial
+//! console is streamed line by line to the caller and kept, and the VM is killed when it
+//! overruns its time.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -41,12 +43,66 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
+    /// The UEFI firmware is not installed or its variable store cannot be copied.
+    #[error("{path}: UEFI firmware missing or not copyable (install ovmf)")]
+    Firmware {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A disk boots with its slot entry's command line: nothing can be appended.
+    #[error(
+        "an appliance disk boots with its boot entry's command line; put extra words on it \
+             with `imrs-build disk --append`"
+    )]
+    AppendToDisk,
     /// The VM ran past its time limit and was killed.
     #[error("the VM did not finish within {seconds} s and was killed")]
     Timeout {
         /// Limit.
         seconds: u64,
     },
+}
+
+/// Debian `ovmf`'s firmware code (read-only, 4 MiB flash layout).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// Debian `ovmf`'s empty variable store: each VM gets its own copy (the boot loader writes it).
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// An appliance disk booted through UEFI.
+#[derive(Debug, Clone)]
+pub struct Uefi {
+    /// The disk image (written by the guest, as a real disk is).
+    pub disk: PathBuf,
+    /// This VM's own copy of the variable store ([`Uefi::vars_copy`]).
+    pub vars: PathBuf,
+}
+
+impl Uefi {
+    /// Copies [`OVMF_VARS`] into `dir` for one VM and checks the firmware is installed.
+    pub fn vars_copy(disk: &Path, dir: &Path) -> Result<Uefi, QemuError> {
+        for f in [OVMF_CODE, OVMF_VARS] {
+            std::fs::metadata(f).map_err(|source| QemuError::Firmware {
+                path: PathBuf::from(f),
+                source,
+            })?;
+        }
+        std::fs::metadata(disk).map_err(|source| QemuError::Image {
+            path: disk.to_path_buf(),
+            source,
+        })?;
+        let vars = dir.join("OVMF_VARS_4M.fd");
+        std::fs::copy(OVMF_VARS, &vars).map_err(|source| QemuError::Firmware {
+            path: vars.clone(),
+            source,
+        })?;
+        Ok(Uefi {
+            disk: disk.to_path_buf(),
+            vars,
+        })
+    }
 }
 
 /// Accelerator choice.
@@ -80,6 +136,8 @@ pub struct BootOptions {
     pub timeout: Duration,
     /// Boot the ELF vmlinux inside the bzImage through its PVH entry (faster under TCG).
     pub pvh: bool,
+    /// Boot this appliance disk through UEFI instead of `dir`'s kernel.
+    pub uefi: Option<Uefi>,
 }
 
 impl BootOptions {
@@ -95,6 +153,17 @@ impl BootOptions {
             extra: Vec::new(),
             timeout: Duration::from_secs(120),
             pvh: true,
+            uefi: None,
+        }
+    }
+
+    /// Defaults for an appliance disk booted through UEFI, as [`BootOptions::new`].
+    pub fn disk(uefi: Uefi) -> Self {
+        BootOptions {
+            dir: uefi.disk.clone(),
+            pvh: false,
+            uefi: Some(uefi),
+            ..BootOptions::new(Path::new(""))
         }
     }
 }
@@ -112,8 +181,59 @@ pub struct BootResult {
     pub panicked: bool,
 }
 
+fn machine(opts: &BootOptions) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .args(["-machine", "q35", "-cpu", "max"])
+    .args(["-m", &opts.memory_mib.to_string()])
+    .args(["-smp", &opts.cpus.to_string()])
+    .args(["-serial", "stdio", "-monitor", "none"])
+    .args([
+        "-accel",
+        if opts.accel == Accel::Kvm {
+            "kvm"
+        } else {
+            "tcg"
+        },
+    ])
+    .args(["-device", "virtio-rng-pci"]);
+    cmd
+}
+
+/// The QEMU command line for an appliance disk: OVMF's code read-only, the VM's own variable
+/// store, the disk as a virtio disk.
+fn uefi_command(opts: &BootOptions, u: &Uefi) -> Result<Command, QemuError> {
+    if !opts.append.is_empty() {
+        return Err(QemuError::AppendToDisk);
+    }
+    let mut cmd = machine(opts);
+    let mut code = std::ffi::OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
+    code.push(OVMF_CODE);
+    let mut vars = std::ffi::OsString::from("if=pflash,format=raw,unit=1,file=");
+    vars.push(&u.vars);
+    let mut disk = std::ffi::OsString::from("if=virtio,format=raw,file=");
+    disk.push(&u.disk);
+    cmd.arg("-drive").arg(code);
+    cmd.arg("-drive").arg(vars);
+    cmd.arg("-drive").arg(disk);
+    if opts.user_nic {
+        cmd.args(["-nic", "user,model=virtio-net-pci"]);
+    }
+    cmd.args(&opts.extra);
+    Ok(cmd)
+}
+
 /// The QEMU command line for an image.
 pub fn command(opts: &BootOptions) -> Result<Command, QemuError> {
+    if let Some(u) = &opts.uefi {
+        return uefi_command(opts, u);
+    }
     let mpath = opts.dir.join(MANIFEST);
     let mbytes = std::fs::read(&mpath).map_err(|source| QemuError::Image {
         path: mpath.clone(),
@@ -141,32 +261,12 @@ pub fn command(opts: &BootOptions) -> Result<Command, QemuError> {
     } else {
         opts.dir.join(KERNEL)
     };
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .args(["-machine", "q35", "-cpu", "max"])
-    .args(["-m", &opts.memory_mib.to_string()])
-    .args(["-smp", &opts.cpus.to_string()])
-    .args(["-serial", "stdio", "-monitor", "none"])
-    .args([
-        "-accel",
-        if opts.accel == Accel::Kvm {
-            "kvm"
-        } else {
-            "tcg"
-        },
-    ])
-    .arg("-kernel")
-    .arg(kernel)
-    .arg("-initrd")
-    .arg(opts.dir.join(INITRAMFS))
-    .args(["-append", &append])
-    .args(["-device", "virtio-rng-pci"]);
+    let mut cmd = machine(opts);
+    cmd.arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(opts.dir.join(INITRAMFS))
+        .args(["-append", &append]);
     if opts.user_nic {
         cmd.args(["-nic", "user,model=virtio-net-pci"]);
     }

@@ -271,13 +271,35 @@ fn check_artifact_name(mpath: &Path, name: &str) -> Result<(), VerifyError> {
     }
 }
 
+/// An image folder's contents as verified: what a later step (a disk, a flash) must use
+/// instead of reading the folder again.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Its exact bytes (what the signature covers).
+    pub manifest_bytes: Vec<u8>,
+    /// The signature file's bytes.
+    pub signature: Vec<u8>,
+    /// Every artifact's bytes, by name.
+    pub artifacts: std::collections::BTreeMap<String, Vec<u8>>,
+    /// The initramfs's entries.
+    pub initramfs: Vec<cpio::Entry>,
+}
+
 /// Verifies an image folder; returns the manifest when everything checks out.
 pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<Manifest, VerifyError> {
+    verify_loaded(dir, key).map(|v| v.manifest)
+}
+
+/// Verifies an image folder like [`verify`] and returns the bytes that were verified.
+pub fn verify_loaded(dir: &Path, key: &VerifyingKey) -> Result<Verified, VerifyError> {
     check_folder(dir)?;
     let mpath = dir.join(MANIFEST);
     let spath = dir.join(SIGNATURE);
     let mbytes = read_limited(&mpath, MAX_MANIFEST_BYTES)?;
-    let stext = String::from_utf8_lossy(&read_limited(&spath, MAX_SIGNATURE_BYTES)?).into_owned();
+    let sbytes = read_limited(&spath, MAX_SIGNATURE_BYTES)?;
+    let stext = String::from_utf8_lossy(&sbytes).into_owned();
     let sig = keys::parse_signature(&stext, &spath).map_err(|source| VerifyError::Signature {
         path: spath.clone(),
         source,
@@ -295,7 +317,7 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<Manifest, VerifyError> {
         check_artifact_name(&mpath, &a.name)?;
     }
     check_entries(dir, &manifest)?;
-    let mut initramfs = None;
+    let mut artifacts = std::collections::BTreeMap::new();
     for a in &manifest.artifacts {
         let path = dir.join(&a.name);
         let (file, size) = open_regular(&path)?;
@@ -315,17 +337,17 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<Manifest, VerifyError> {
                 actual,
             });
         }
-        if a.name == INITRAMFS {
-            initramfs = Some(data);
-        }
+        artifacts.insert(a.name.clone(), data);
     }
     // Deep check: the initramfs parses and its file list is the one that was signed.
     let ipath = dir.join(INITRAMFS);
-    let data = initramfs.ok_or_else(|| VerifyError::Manifest {
-        path: mpath.clone(),
-        detail: format!("lists no {INITRAMFS}"),
-    })?;
-    let entries = unpack_initramfs(&ipath, &data)?;
+    let data = artifacts
+        .get(INITRAMFS)
+        .ok_or_else(|| VerifyError::Manifest {
+            path: mpath.clone(),
+            detail: format!("lists no {INITRAMFS}"),
+        })?;
+    let entries = unpack_initramfs(&ipath, data)?;
     let (count, actual) = file_list_digest(&entries);
     if actual != manifest.files_sha256 || count != manifest.files_count {
         return Err(VerifyError::FileList {
@@ -334,7 +356,13 @@ pub fn verify(dir: &Path, key: &VerifyingKey) -> Result<Manifest, VerifyError> {
             actual,
         });
     }
-    Ok(manifest)
+    Ok(Verified {
+        manifest,
+        manifest_bytes: mbytes,
+        signature: sbytes,
+        artifacts,
+        initramfs: entries,
+    })
 }
 
 /// The folder holds only regular files, each of them the manifest, its signature or a listed

@@ -23,6 +23,9 @@ pub enum Role {
     Userland,
     /// Pulled in through `Depends`/`Pre-Depends`.
     Dependency,
+    /// The UEFI boot loader (`boot.package`): its EFI binary is an artifact of its own, nothing
+    /// of it goes into the initramfs.
+    Bootloader,
 }
 
 /// One pinned package.
@@ -100,6 +103,11 @@ impl Lock {
     /// The kernel package.
     pub fn kernel(&self) -> Option<&LockedPackage> {
         self.packages.iter().find(|p| p.role == Role::Kernel)
+    }
+
+    /// The boot loader package, if the recipe has one.
+    pub fn bootloader(&self) -> Option<&LockedPackage> {
+        self.packages.iter().find(|p| p.role == Role::Bootloader)
     }
 
     /// Finds a package by name.
@@ -332,6 +340,16 @@ pub fn load(path: &Path) -> Result<Lock, ConfigError> {
             "a component name such as main",
         )?;
     }
+    c.ensure(
+        lock.packages
+            .iter()
+            .filter(|p| p.role == Role::Bootloader)
+            .count()
+            <= 1,
+        "packages",
+        "(bootloader)",
+        "at most one package with role \"bootloader\"",
+    )?;
     let mut names: Vec<&str> = lock.packages.iter().map(|p| p.name.as_str()).collect();
     names.dedup();
     c.ensure(
@@ -387,6 +405,11 @@ mod tests {
         for name in ["qemu", "qemu-knot", "calypso", "pandora"] {
             let l = load(&images.join(format!("{name}.lock.json"))).unwrap();
             assert!(l.packages.iter().all(|p| p.mirror.starts_with("http")));
+            assert_eq!(
+                l.bootloader().map(|p| p.name.as_str()),
+                Some("systemd-boot-efi"),
+                "{name}"
+            );
         }
     }
 

@@ -74,6 +74,10 @@ pub struct Recipe {
     /// Extra files copied into the image.
     #[serde(default)]
     pub files: Vec<FileSpec>,
+    /// The UEFI boot loader `imrs-build disk` puts on appliance disks; an image built from a
+    /// recipe without it cannot become a disk.
+    #[serde(default)]
+    pub boot: Option<Boot>,
     /// Package sources.
     #[serde(default)]
     pub apt: AptSource,
@@ -102,6 +106,19 @@ pub struct Kernel {
     /// Kernel command line.
     pub cmdline: String,
 }
+
+/// The UEFI boot loader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// Debian package with systemd-boot (`systemd-boot-efi`), pinned in the lock with the role
+    /// `bootloader`; only its EFI binary [`SYSTEMD_BOOT_EFI`] is used (it is carried into the
+    /// image folder, not the initramfs).
+    pub package: String,
+}
+
+/// Where systemd-boot's x86-64 EFI binary is in the `systemd-boot-efi` package.
+pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
 /// Userland packages.
 #[derive(Debug, Clone, Serialize, Deserialize)]

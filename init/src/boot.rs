@@ -144,6 +144,10 @@ fn run() -> ! {
     let image = context::read_image(&settings.root);
     // First line on the console.
     log::info(banner(&image));
+    match settings.slot {
+        Some(slot) => log::info(format!("started from disk slot {}", slot.letter())),
+        None => log::info("started directly (no disk slot on the command line)"),
+    }
     if let Err(e) = blocked {
         log::error(log::chain(&e));
     }

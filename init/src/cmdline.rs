@@ -10,6 +10,7 @@
 //! | `imrs.stop_after=STAGE` | end the pipeline after `STAGE` passes (later stages "not reached", the summary printed as usual): a bench check of the hardware before shipment (`imrs.stop_after=hardware`), or a boot test without the lab network |
 //! | `imrs.hold=STAGE` | stop before running `STAGE` and wait (tests: kill the init at a known stage) |
 //! | `imrs.manifest=SHA256` | the sha256 of the image's signed manifest, as the boot loader (or `imrs-build boot`/`lab`) knows it; carried in phone-home reports (the manifest covers the initramfs, so the image cannot carry its own digest) |
+//! | `imrs.slot=a\|b` | the disk slot the boot loader started this image from (its entry's `options`, written by `imrs_disk`); absent when the kernel was booted directly (`imrs-build boot`/`lab`) |
 //! | `imrs.fake_time=UNIX` | test hook, ignored (with a warning) as the machine's init: the init's clock reads start at this Unix time (the real zone's signatures need a time inside their window; a network namespace cannot have its own clock) |
 //! | `imrs.grace=SECONDS` | grace between SIGTERM and SIGKILL at shutdown (default 5) |
 //!
@@ -71,6 +72,8 @@ pub struct Settings {
     pub manifest: Option<String>,
     /// `imrs.fake_time=UNIX`.
     pub fake_time: Option<i64>,
+    /// `imrs.slot=a|b`.
+    pub slot: Option<imrs_disk::Slot>,
     /// Parameters that could not be used.
     pub problems: Vec<CmdlineError>,
 }
@@ -87,6 +90,7 @@ impl Default for Settings {
             manifest: None,
             stop_after: None,
             fake_time: None,
+            slot: None,
             problems: Vec::new(),
         }
     }
@@ -172,6 +176,16 @@ pub fn parse(text: &str) -> Settings {
                 })
                 .map(|v| s.manifest = Some(v.to_string()))
                 .ok_or(bad("64 lowercase hex digits")),
+            "slot" => {
+                let mut c = value.chars();
+                match (c.next().and_then(imrs_disk::Slot::from_letter), c.next()) {
+                    (Some(slot), None) => {
+                        s.slot = Some(slot);
+                        Ok(())
+                    }
+                    _ => Err(bad("a or b")),
+                }
+            }
             "fake_time" => value
                 .parse::<i64>()
                 .ok()
@@ -226,7 +240,7 @@ mod tests {
         fn damaged_command_lines_never_panic(bytes in crate::fuzzing::damaged(
             b"console=ttyS0 imrs.state=/var/lib/imrs imrs.hold=zone imrs.stop_after=hardware \
               imrs.manifest=0123abcd imrs.fake_time=1785542400 imrs.grace=5 \
-              imrs.poweroff_after_boot=1 imrs.supervise=/bin/x".to_vec()
+              imrs.poweroff_after_boot=1 imrs.supervise=/bin/x imrs.slot=a".to_vec()
         )) {
             let _ = parse(&String::from_utf8_lossy(&bytes));
         }
@@ -237,7 +251,7 @@ mod tests {
         let s = parse(
             "console=ttyS0 imrs.poweroff_after_boot=1 imrs.state=/x imrs.colour=red quiet \
              imrs.root=/fx imrs.supervise=/a imrs.supervise=/b imrs.hold=clock imrs.grace=0.5 \
-             imrs.state=relative imrs.hold=lunch",
+             imrs.state=relative imrs.hold=lunch imrs.slot=b imrs.slot=ab",
         );
         assert!(s.poweroff_after_boot);
         assert_eq!(s.state_dir, Some(PathBuf::from("/x")));
@@ -245,6 +259,7 @@ mod tests {
         assert_eq!(s.supervise, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
         assert_eq!(s.hold, Some(Stage::Clock));
         assert_eq!(s.grace, Duration::from_millis(500));
+        assert_eq!(s.slot, Some(imrs_disk::Slot::B));
         assert_eq!(
             s.problems,
             vec![
@@ -258,6 +273,10 @@ mod tests {
                 CmdlineError::BadValue {
                     word: "imrs.hold=lunch".into(),
                     expected: "a stage name"
+                },
+                CmdlineError::BadValue {
+                    word: "imrs.slot=ab".into(),
+                    expected: "a or b"
                 },
             ]
         );

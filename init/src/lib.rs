@@ -31,6 +31,7 @@ mod command;
 mod context;
 mod control;
 pub mod dns;
+mod entropy;
 #[cfg(test)]
 mod fuzzing;
 mod hardware;

@@ -45,6 +45,11 @@ fn shipped_recipes_load() {
         assert_eq!(r.profile.name, profile);
         assert!(r.modules.iter().all(|m| !m.contains('-')));
         assert_eq!(r.sha256.len(), 64);
+        assert_eq!(
+            r.recipe.boot.as_ref().map(|b| b.package.as_str()),
+            Some("systemd-boot-efi"),
+            "{name}: appliance disks need the boot loader"
+        );
     }
 }
 
@@ -111,6 +116,16 @@ fn bad_recipes_name_key_and_rule() {
             "no bird",
             &|t| t.replace("\"bird2\", \"nsd\"", "\"nsd\""),
             "BGP needs bird2",
+        ),
+        (
+            "bad boot loader package",
+            &|t| {
+                t.replace(
+                    "package = \"systemd-boot-efi\"",
+                    "package = \"Systemd Boot\"",
+                )
+            },
+            "boot.package = Systemd Boot",
         ),
     ];
     for (what, edit, expect) in cases {

@@ -80,6 +80,14 @@ pub(super) fn validate(path: &Path, r: &Recipe) -> Result<(), ConfigError> {
         "only amd64 appliances exist",
     )?;
     kernel(&c, r)?;
+    if let Some(b) = &r.boot {
+        c.ensure(
+            is_package_name(&b.package),
+            "boot.package",
+            &b.package,
+            "a Debian package name (systemd-boot-efi)",
+        )?;
+    }
     userland(&c, r)?;
     files(&c, r)?;
     shells(&c, r)?;

@@ -2,33 +2,11 @@
 //! ([`crate::hardware`]); every check is logged, the report is kept for the state folder and
 //! the installation report.
 
-use std::time::Duration;
-
 use crate::context::Context;
 use crate::hardware;
 use crate::log;
 use crate::outcome::Outcome;
 use crate::pid1::Role;
-
-/// How long the hardware stage lets the kernel gather entropy (machine role).
-const ENTROPY_WAIT: Duration = Duration::from_secs(10);
-
-/// Makes the kernel's CRNG ready if it can be: on Linux 6.1 a blocking `getrandom` runs the
-/// jitter entropy generator until it is. Bounded by [`ENTROPY_WAIT`]; the entropy check then
-/// reads the result.
-async fn wait_for_entropy() {
-    let t = tokio::task::spawn_blocking(|| {
-        let mut b = [0u8; 1];
-        // SAFETY: getrandom writes at most `b.len()` bytes into the valid buffer `b`.
-        unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) }
-    });
-    if tokio::time::timeout(ENTROPY_WAIT, t).await.is_err() {
-        log::warn(format!(
-            "kernel entropy not ready after {} s",
-            ENTROPY_WAIT.as_secs()
-        ));
-    }
-}
 
 /// Runs every check against the profile.
 pub async fn run(ctx: &mut Context) -> Outcome {
@@ -36,8 +14,11 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         Ok(i) => i.clone(),
         Err(_) => return Outcome::Failed("no image info: no profile to check against".into()),
     };
-    if ctx.role == Role::Machine {
-        wait_for_entropy().await;
+    if ctx.role == Role::Machine && !crate::entropy::wait(crate::entropy::WAIT).await {
+        log::warn(format!(
+            "kernel entropy not ready after {} s",
+            crate::entropy::WAIT.as_secs()
+        ));
     }
     let root = ctx.root.clone();
     let failures = ctx.module_failures.clone();

@@ -40,7 +40,7 @@ pub const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn run(stage: Stage, ctx: &mut Context, results: &[StageResult]) -> Outcome {
     match stage {
         Stage::Platform => platform::run(ctx),
-        Stage::Site => site::run(ctx),
+        Stage::Site => site::run(ctx).await,
         Stage::Hardware => hardware::run(ctx).await,
         Stage::Network => network::run(ctx).await,
         Stage::Clock => clock::run(ctx).await,

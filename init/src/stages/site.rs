@@ -10,9 +10,19 @@ use crate::pid1::Role;
 use crate::site::binding;
 
 /// Finds, verifies and keeps the site config.
-pub fn run(ctx: &mut Context) -> Outcome {
+pub async fn run(ctx: &mut Context) -> Outcome {
     match crate::site::load(&ctx.root, ctx.role == Role::Machine) {
         Ok((s, from)) => {
+            // Admission needs the device key, made from the kernel's CRNG on the first boot:
+            // never block on it for good.
+            if ctx.role == Role::Machine && !crate::entropy::wait(crate::entropy::WAIT).await {
+                return Outcome::Failed(format!(
+                    "kernel entropy not ready after {} s: the device key cannot be made \
+                     (a hardware random source is needed: RDRAND, a TPM, virtio-rng); \
+                     staying off the air (no DNS, no BGP)",
+                    crate::entropy::WAIT.as_secs()
+                ));
+            }
             let sys = ctx.root.join("sys");
             let this = match binding::admit_here(&s, &sys, &ctx.state_dir) {
                 Ok(this) => this,

@@ -1,0 +1,58 @@
+//! The data partition's ext4, made by the host's `mke2fs` straight into the disk image at the
+//! partition's offset (builder side only: the init never formats). Reproducible: the UUID and
+//! the directory hash seed are given, the clock is fixed with `E2FSPROGS_FAKE_TIME`, nothing is
+//! discarded, and only metadata is written (the rest of the partition stays a hole).
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::error::DiskError;
+use crate::guid::Guid;
+use crate::layout::Extent;
+
+/// The program.
+pub const MKE2FS: &str = "mke2fs";
+/// ext4 block size.
+pub const BLOCK: u64 = 4096;
+/// Volume label of the data partition.
+pub const DATA_LABEL: &str = "imrs-data";
+
+/// Makes an ext4 file system over `extent` of the image file `image`.
+pub fn make(
+    image: &Path,
+    extent: Extent,
+    uuid: Guid,
+    hash_seed: Guid,
+    epoch: i64,
+) -> Result<(), DiskError> {
+    let blocks = extent.len / BLOCK;
+    let out = Command::new(MKE2FS)
+        .args(["-t", "ext4", "-q", "-F", "-b", "4096", "-m", "0"])
+        .args(["-L", DATA_LABEL, "-U", &uuid.to_string()])
+        .arg("-E")
+        .arg(format!(
+            "offset={},nodiscard,hash_seed={hash_seed},root_owner=0:0",
+            extent.offset
+        ))
+        .arg(image)
+        .arg(blocks.to_string())
+        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| DiskError::Tool {
+            program: MKE2FS,
+            detail: format!("cannot run it ({e}); install e2fsprogs"),
+        })?;
+    if !out.status.success() {
+        return Err(DiskError::Tool {
+            program: MKE2FS,
+            detail: format!(
+                "failed ({}) on {}: {}",
+                out.status,
+                image.display(),
+                imrs_config::escape(String::from_utf8_lossy(&out.stderr).trim())
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! What goes into a slot: an image's kernel, initramfs, manifest and signature, checked against
+//! each other (the kernel and initramfs must be the ones the manifest lists, by size and
+//! sha256). Checking the manifest's signature is the caller's job, before this: the builder
+//! and the flasher run `verify`, the init checks against the image's own key.
+
+use imrs_config::image::Manifest;
+use sha2::{Digest, Sha256};
+
+use crate::error::DiskError;
+
+/// Kernel file name, in an image folder and in a slot.
+pub const KERNEL: &str = "vmlinuz";
+/// Initramfs file name.
+pub const INITRAMFS: &str = "initramfs.cpio.zst";
+/// Manifest file name.
+pub const MANIFEST: &str = "manifest.json";
+/// Signature file name.
+pub const SIGNATURE: &str = "manifest.sig";
+
+/// An image's files, ready to be written into a slot.
+#[derive(Debug, Clone)]
+pub struct SlotPayload {
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    signature: Vec<u8>,
+    kernel: Vec<u8>,
+    initramfs: Vec<u8>,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+impl SlotPayload {
+    /// A payload from an image's (already signature-checked) manifest bytes and signature, and
+    /// its kernel and initramfs, which must match the manifest's artifacts.
+    pub fn new(
+        manifest_bytes: Vec<u8>,
+        signature: Vec<u8>,
+        kernel: Vec<u8>,
+        initramfs: Vec<u8>,
+    ) -> Result<SlotPayload, DiskError> {
+        let manifest: Manifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| DiskError::Payload {
+                detail: format!("{MANIFEST} is not an image manifest: {e}"),
+            })?;
+        for (name, data) in [(KERNEL, &kernel), (INITRAMFS, &initramfs)] {
+            let a = manifest
+                .artifacts
+                .iter()
+                .find(|a| a.name == name)
+                .ok_or_else(|| DiskError::Payload {
+                    detail: format!("the manifest lists no {name}"),
+                })?;
+            let got = sha256_hex(data);
+            if a.size != data.len() as u64 || a.sha256 != got {
+                return Err(DiskError::Payload {
+                    detail: format!(
+                        "{name} is {} bytes with sha256 {got}; the manifest says {} bytes with \
+                         sha256 {}",
+                        data.len(),
+                        a.size,
+                        imrs_config::escape(&a.sha256)
+                    ),
+                });
+            }
+        }
+        Ok(SlotPayload {
+            manifest,
+            manifest_bytes,
+            signature,
+            kernel,
+            initramfs,
+        })
+    }
+
+    /// The parsed manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// sha256 of the manifest bytes (what `imrs.manifest=` carries).
+    pub fn manifest_sha256(&self) -> String {
+        sha256_hex(&self.manifest_bytes)
+    }
+
+    /// The slot's files in the order they are written (kernel and initramfs first, the manifest
+    /// and its signature last).
+    pub fn files(&self) -> [(&'static str, &[u8]); 4] {
+        [
+            (KERNEL, &self.kernel),
+            (INITRAMFS, &self.initramfs),
+            (MANIFEST, &self.manifest_bytes),
+            (SIGNATURE, &self.signature),
+        ]
+    }
+
+    /// Bytes of all files.
+    pub fn total_len(&self) -> u64 {
+        self.files().iter().map(|(_, d)| d.len() as u64).sum()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use imrs_config::image::{Artifact, MANIFEST_SCHEMA, Toolchain, canonical_json};
+    use imrs_config::recipe::DnsImpl;
+
+    /// A consistent payload for tests, `tag` making it distinct.
+    pub fn payload(tag: &str, kernel_len: usize) -> SlotPayload {
+        let kernel: Vec<u8> = (0..kernel_len).map(|i| (i % 251) as u8).collect();
+        let initramfs = format!("initramfs {tag}").into_bytes();
+        let art = |name: &str, d: &[u8]| Artifact {
+            name: name.into(),
+            size: d.len() as u64,
+            sha256: sha256_hex(d),
+        };
+        let m = Manifest {
+            schema: MANIFEST_SCHEMA,
+            name: "imrs-test".into(),
+            version: tag.into(),
+            profile: "qemu".into(),
+            dns: DnsImpl::Nsd,
+            builder: "test".into(),
+            init_toolchain: Toolchain {
+                release: "1".into(),
+                commit_hash: "0".into(),
+            },
+            source_date_epoch: 1_785_456_000,
+            recipe_sha256: "0".repeat(64),
+            lock_sha256: "0".repeat(64),
+            kernel_release: "6.1".into(),
+            cmdline: "console=ttyS0".into(),
+            artifacts: vec![art(INITRAMFS, &initramfs), art(KERNEL, &kernel)],
+            files_count: 0,
+            files_sha256: "0".repeat(64),
+            packages: vec![],
+        };
+        SlotPayload::new(canonical_json(&m), b"sig\n".to_vec(), kernel, initramfs).unwrap()
+    }
+
+    #[test]
+    fn a_payload_must_match_its_manifest() {
+        let p = payload("1", 100);
+        assert_eq!(
+            p.total_len(),
+            p.files().iter().map(|f| f.1.len() as u64).sum::<u64>()
+        );
+        let mut kernel = p.kernel.clone();
+        kernel[0] ^= 1;
+        let e = SlotPayload::new(
+            p.manifest_bytes.clone(),
+            vec![],
+            kernel,
+            p.initramfs.clone(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("slot payload: vmlinuz is 100 bytes with sha256"),
+            "{e}"
+        );
+        let e = SlotPayload::new(b"{}".to_vec(), vec![], vec![], vec![]).unwrap_err();
+        assert!(e.to_string().contains("not an image manifest"), "{e}");
+    }
+}
