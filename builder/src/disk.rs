@@ -107,29 +107,46 @@ fn site_files(path: &Path, v: &Verified, dir: &Path) -> Result<(Vec<u8>, Vec<u8>
     Ok((text, sig.into_bytes()))
 }
 
-/// The slot payload and boot loader from a verified folder.
-fn payload(v: &Verified, dir: &Path) -> Result<(SlotPayload, Vec<u8>)> {
-    let Some(loader) = v.artifacts.get(BOOT_LOADER) else {
-        bail!(
+/// The boot loader from a verified folder.
+fn boot_loader(v: &Verified, dir: &Path) -> Result<Vec<u8>> {
+    match v.artifacts.get(BOOT_LOADER) {
+        Some(l) => Ok(l.clone()),
+        None => bail!(
             "{}: the image has no {BOOT_LOADER}: it was built from a recipe without a boot \
              loader; add `[boot] package = \"systemd-boot-efi\"` to the recipe (the shipped \
              images/*.toml have it), run `imrs-build lock` and build the image again",
             dir.display()
-        );
-    };
+        ),
+    }
+}
+
+/// What goes into a slot, from a verified folder.
+pub(crate) fn slot_payload(v: &Verified, dir: &Path) -> Result<SlotPayload> {
     let get = |name: &str| {
         v.artifacts
             .get(name)
             .cloned()
             .with_context(|| format!("{}: the image has no {name}", dir.display()))
     };
-    let p = SlotPayload::new(
+    Ok(SlotPayload::new(
         v.manifest_bytes.clone(),
         v.signature.clone(),
         get(KERNEL)?,
         get(INITRAMFS)?,
-    )?;
-    Ok((p, loader.clone()))
+    )?)
+}
+
+/// Refuses a `--append` word with spaces or control characters (one word each).
+pub(crate) fn check_words(words: &[String]) -> Result<()> {
+    for w in words {
+        if w.is_empty() || w.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!(
+                "--append {}: one command-line word, without spaces or control characters",
+                imrs_config::escape(w)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A temporary file next to `path`, removed unless persisted.
@@ -155,17 +172,11 @@ pub fn run(args: DiskArgs, ui: &Ui) -> Result<u8> {
         // The seed only places identifiers; the size check does not depend on it.
         Layout::appliance(Some(size), b"").with_context(|| format!("--size {size}"))?;
     }
-    for w in &args.append {
-        if w.is_empty() || w.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            bail!(
-                "--append {}: one command-line word, without spaces or control characters",
-                imrs_config::escape(w)
-            );
-        }
-    }
+    check_words(&args.append)?;
     let key = keys::read_public(&args.pubkey)?;
     let v = verify::verify_loaded(&args.dir, &key)?;
-    let (payload, loader) = payload(&v, &args.dir)?;
+    let loader = boot_loader(&v, &args.dir)?;
+    let payload = slot_payload(&v, &args.dir)?;
     let site = match &args.site {
         Some(p) => Some(site_files(p, &v, &args.dir)?),
         None => None,

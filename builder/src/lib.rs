@@ -31,6 +31,7 @@ pub mod qemu;
 pub mod site_check;
 pub mod tree;
 pub mod ui;
+pub mod update;
 pub mod verify;
 pub mod workspace;
 pub mod xz;

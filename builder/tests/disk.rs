@@ -290,3 +290,100 @@ fn the_disk_boots_through_uefi_from_slot_a() {
         text(&o)
     );
 }
+
+fn boot_slot(disk: &Path) -> String {
+    let o = run(bin()
+        .args(["--json", "boot"])
+        .arg(disk)
+        .args(["--timeout", "300"]));
+    let t = text(&o);
+    assert!(o.status.success(), "boot failed:\n{t}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["console"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str()?.split("started from disk slot ").nth(1))
+        .map(str::to_string)
+        .next()
+        .unwrap_or_else(|| panic!("no slot on the console:\n{t}"))
+}
+
+/// `update` writes slot B with a boot counter; real systemd-boot under OVMF tries it as many
+/// times as it has tries, and, never blessed (this image stops before health), falls back to A.
+/// A tampered image changes nothing on the disk.
+#[test]
+fn an_update_is_tried_then_falls_back_when_never_blessed() {
+    let Some((image, key, _)) = qemu_image() else {
+        return;
+    };
+    if !require(
+        have("qemu-system-x86_64", "--version"),
+        "qemu-system-x86_64 (install qemu-system-x86)",
+    ) || !require(
+        Path::new(imrs_build::qemu::OVMF_CODE).exists(),
+        "OVMF firmware (install ovmf)",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("disk.img");
+    let bench = [
+        "--append",
+        "imrs.stop_after=hardware",
+        "--append",
+        "imrs.poweroff_after_boot=1",
+    ];
+    let o = run(disk_cmd(image, key, &disk)
+        .arg("--site")
+        .arg(image_site(image))
+        .args(bench));
+    assert!(o.status.success(), "disk: {}", text(&o));
+
+    // Refused before anything is written.
+    let tampered = tmp.path().join("tampered");
+    copy_dir(image, &tampered);
+    let mut k = std::fs::read(tampered.join(KERNEL)).unwrap();
+    k[77] ^= 1;
+    std::fs::write(tampered.join(KERNEL), k).unwrap();
+    let before = std::fs::read(&disk).unwrap();
+    let o = run(bin()
+        .args(["--quiet", "update"])
+        .arg(&disk)
+        .arg(&tampered)
+        .arg("--pubkey")
+        .arg(key.with_extension("pub")));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        std::fs::read(&disk).unwrap() == before,
+        "a refused update changed the disk"
+    );
+
+    let o = run(bin()
+        .args(["--json", "update"])
+        .arg(&disk)
+        .arg(image)
+        .arg("--pubkey")
+        .arg(key.with_extension("pub"))
+        .args(["--tries", "2"])
+        .args(bench));
+    assert!(o.status.success(), "update: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["slot"], "b");
+    assert_eq!(v["entry"], "imrs-b+2.conf");
+    assert_eq!(v["next_boot"], "b");
+    assert_eq!(v["fallback"], "a");
+
+    let seen: Vec<String> = (0..3).map(|_| boot_slot(&disk)).collect();
+    assert_eq!(seen, ["b", "b", "a"], "slots booted");
+    // systemd-boot counted both tries in the entry's name.
+    let mut esp = imrs_disk::Esp::open(std::fs::File::open(&disk).unwrap()).unwrap();
+    assert_eq!(
+        esp.entry_files().unwrap(),
+        ["imrs-a.conf", "imrs-b+0-2.conf"]
+    );
+    assert_eq!(
+        imrs_disk::next_boot(&esp.slots().unwrap()),
+        Some(imrs_disk::Slot::A)
+    );
+}

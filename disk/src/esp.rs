@@ -94,6 +94,37 @@ impl SlotStatus {
     }
 }
 
+/// The slot systemd-boot starts next, as it orders the entries (equal `sort-key`, newer
+/// `version` first, entries whose tries are spent last): the newest bootable slot that is blessed
+/// or has tries left, else the newest bootable one (systemd-boot still boots an exhausted entry
+/// when nothing else is left). `None` when no slot is bootable.
+pub fn next_boot(slots: &[SlotStatus; 2]) -> Option<Slot> {
+    let newest = |good: bool| {
+        slots
+            .iter()
+            .filter(|s| s.bootable())
+            .filter(|s| {
+                !good
+                    || s.entry
+                        .as_ref()
+                        .is_some_and(|e| e.name.tries_left().is_none_or(|t| t > 0))
+            })
+            .max_by_key(|s| s.entry.as_ref().and_then(|e| e.generation()))
+            .map(|s| s.slot)
+    };
+    newest(true).or_else(|| newest(false))
+}
+
+/// The slot an update writes: never the running one (`running`, from `imrs.slot=` on the
+/// appliance), else (a disk that is not running) not the one that would boot next; slot A on a
+/// disk with no bootable slot.
+pub fn update_target(slots: &[SlotStatus; 2], running: Option<Slot>) -> Slot {
+    match running.or_else(|| next_boot(slots)) {
+        Some(s) => s.other(),
+        None => Slot::A,
+    }
+}
+
 /// What [`Esp::bless`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Blessed {

@@ -54,6 +54,6 @@ mod testutil;
 pub use device::{Device, Window};
 pub use entry::{EntryName, LoaderEntry, Slot};
 pub use error::DiskError;
-pub use esp::{Blessed, Esp, SlotStatus};
+pub use esp::{Blessed, Esp, SlotStatus, next_boot, update_target};
 pub use layout::Layout;
 pub use payload::SlotPayload;

@@ -112,7 +112,12 @@ fn an_update_is_tried_counted_then_blessed() {
     let extra = ["imrs.stop_after=hardware".to_string()];
     let name = esp.write_slot(Slot::B, &b, Some(3), &extra).unwrap();
     assert_eq!(name.file_name(), "imrs-b+3.conf");
-    let [sa, sb] = esp.slots().unwrap();
+    let slots = esp.slots().unwrap();
+    // The new slot is tried next; an update now would write A (B is about to run).
+    assert_eq!(next_boot(&slots), Some(Slot::B));
+    assert_eq!(update_target(&slots, None), Slot::A);
+    assert_eq!(update_target(&slots, Some(Slot::A)), Slot::B);
+    let [sa, sb] = slots;
     assert!(sa.blessed());
     let eb = sb.entry.unwrap();
     assert_eq!((eb.name.tries_left(), eb.generation()), (Some(3), Some(2)));
@@ -134,6 +139,24 @@ fn an_update_is_tried_counted_then_blessed() {
         fat::close(fs, ESP_PARTNAME).unwrap();
     }
     let selected = EntryName::parse("imrs-b+2-1.conf").unwrap();
+    // Tries spent: A (blessed, older) boots next.
+    {
+        let fs = esp.fs(0).unwrap();
+        {
+            let d = fs.root_dir().open_dir(ENTRIES_DIR).unwrap();
+            d.rename("imrs-b+2-1.conf", &d, "imrs-b+0-3.conf").unwrap();
+        }
+        fat::close(fs, ESP_PARTNAME).unwrap();
+    }
+    assert_eq!(next_boot(&esp.slots().unwrap()), Some(Slot::A));
+    {
+        let fs = esp.fs(0).unwrap();
+        {
+            let d = fs.root_dir().open_dir(ENTRIES_DIR).unwrap();
+            d.rename("imrs-b+0-3.conf", &d, "imrs-b+2-1.conf").unwrap();
+        }
+        fat::close(fs, ESP_PARTNAME).unwrap();
+    }
     assert_eq!(
         esp.bless(&selected).unwrap(),
         Blessed::Renamed {
