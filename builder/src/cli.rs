@@ -124,6 +124,10 @@ pub enum Command {
     /// Make the appliance's bootable disk image (GPT: IMRS-ESP with systemd-boot and the image in
     /// slot A, IMRS-CONFIG, IMRS-DATA) from a verified image folder; bit-for-bit reproducible.
     Disk(crate::disk::DiskArgs),
+    /// Flash one appliance: verify the image, check the disk is idle, write only the used
+    /// ranges, read every one back (O_DIRECT), put the site config and a new device key on it,
+    /// and print the signed flash record.
+    Flash(crate::flash::FlashArgs),
     /// Write a verified image into the inactive slot of an appliance disk (file or block
     /// device), to be tried on the next boot with a boot counter; the running slot stays the
     /// fallback.

@@ -19,6 +19,7 @@ pub mod deb;
 pub mod disk;
 pub mod download;
 pub mod elf;
+pub mod flash;
 pub mod home;
 pub mod host;
 pub mod image_dir;

@@ -421,7 +421,7 @@ pub fn read_initramfs(path: &Path) -> Result<Vec<cpio::Entry>, VerifyError> {
 
 /// Decompresses (to at most [`MAX_INITRAMFS_UNPACKED`] bytes) and parses initramfs bytes read
 /// from `path`.
-fn unpack_initramfs(path: &Path, data: &[u8]) -> Result<Vec<cpio::Entry>, VerifyError> {
+pub(crate) fn unpack_initramfs(path: &Path, data: &[u8]) -> Result<Vec<cpio::Entry>, VerifyError> {
     let archive = |detail: String| VerifyError::Archive {
         path: path.to_path_buf(),
         detail,

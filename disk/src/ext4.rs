@@ -17,23 +17,29 @@ pub const BLOCK: u64 = 4096;
 /// Volume label of the data partition.
 pub const DATA_LABEL: &str = "imrs-data";
 
-/// Makes an ext4 file system over `extent` of the image file `image`.
+/// Makes an ext4 file system over `extent` of the image file `image`; with `populate`, the
+/// file system holds that folder's files (`mke2fs -d`, owners and modes as they are there).
 pub fn make(
     image: &Path,
     extent: Extent,
     uuid: Guid,
     hash_seed: Guid,
     epoch: i64,
+    populate: Option<&Path>,
 ) -> Result<(), DiskError> {
     let blocks = extent.len / BLOCK;
-    let out = Command::new(MKE2FS)
-        .args(["-t", "ext4", "-q", "-F", "-b", "4096", "-m", "0"])
+    let mut cmd = Command::new(MKE2FS);
+    cmd.args(["-t", "ext4", "-q", "-F", "-b", "4096", "-m", "0"])
         .args(["-L", DATA_LABEL, "-U", &uuid.to_string()])
         .arg("-E")
         .arg(format!(
             "offset={},nodiscard,hash_seed={hash_seed},root_owner=0:0",
             extent.offset
-        ))
+        ));
+    if let Some(dir) = populate {
+        cmd.arg("-d").arg(dir);
+    }
+    let out = cmd
         .arg(image)
         .arg(blocks.to_string())
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())

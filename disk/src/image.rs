@@ -80,7 +80,76 @@ fn data(path: &Path, layout: &Layout, seed: &[u8], epoch: i64) -> Result<(), Dis
         Guid::derive(seed, "ext4 uuid"),
         Guid::derive(seed, "ext4 hash seed"),
         epoch,
+        None,
     )
+}
+
+/// One appliance's own files on a disk image made by [`write_appliance`], before it is flashed:
+/// `config_files` replace the config partition's files of the same names, and the data
+/// partition is made again holding `data_files` (name, bytes, mode; in its root, owned by root),
+/// its identifiers derived from `seed` (per appliance).
+pub fn personalise(
+    path: &Path,
+    config_files: &[(&str, &[u8])],
+    data_files: &[(&str, &[u8], u32)],
+    seed: &[u8],
+    epoch: i64,
+) -> Result<(), DiskError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut file = open_rw(path)?;
+    let config = crate::layout::find(&mut file, CONFIG_PARTNAME)?;
+    let data = crate::layout::find(&mut file, crate::layout::DATA_PARTNAME)?;
+    {
+        let mut vol = Window::new(&mut file, config.offset, config.len);
+        let fs = fat::open(&mut vol, CONFIG_PARTNAME, epoch)?;
+        for (name, bytes) in config_files {
+            fat::write_file(&fs, CONFIG_PARTNAME, name, bytes)?;
+        }
+        fat::close(fs, CONFIG_PARTNAME)?;
+    }
+    let stage = tempfile_dir(path)?;
+    for (name, bytes, mode) in data_files {
+        let p = stage.join(name);
+        std::fs::write(&p, bytes)
+            .and_then(|()| std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)))
+            .map_err(DiskError::io(format!(
+                "{}: staging {name}",
+                stage.display()
+            )))?;
+    }
+    let made = ext4::make(
+        path,
+        data,
+        Guid::derive(seed, "ext4 uuid"),
+        Guid::derive(seed, "ext4 hash seed"),
+        epoch,
+        Some(&stage),
+    );
+    let _ = std::fs::remove_dir_all(&stage);
+    made?;
+    finish(file, path)
+}
+
+/// A private scratch folder beside `path` (mode 0700: it may hold a secret key for a moment).
+fn tempfile_dir(path: &Path) -> Result<std::path::PathBuf, DiskError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = parent.join(format!(
+        ".{}.data.{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(DiskError::io(format!("{}: creating", dir.display())))?;
+    Ok(dir)
 }
 
 fn finish(file: File, path: &Path) -> Result<(), DiskError> {

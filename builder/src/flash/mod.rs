@@ -1,0 +1,415 @@
+//! `imrs-build flash SOURCE DEVICE`: one appliance's disk, written and proven. In order:
+//!
+//! 1. the source is verified before anything is written: an image folder as `verify` does, or a
+//!    disk image's slot A (manifest signature, kernel, initramfs and boot loader against their
+//!    signed sha256);
+//! 2. the site config must verify with the image's own site-signing key;
+//! 3. the target is checked ([`target`]: whole disk, idle, not the system disk, big enough) and
+//!    the engineer confirms (or `--yes`);
+//! 4. the appliance's disk is composed in a scratch file: the image's disk, this appliance's
+//!    site config on `IMRS-CONFIG`, a new device key (Ed25519) on `IMRS-DATA` that the init uses
+//!    instead of making one;
+//! 5. only the mapped ranges are written, then every one is read back bypassing the page cache
+//!    and compared by sha256 ([`write`]);
+//! 6. the flash record (device identity, key, site, image, read-back digest, time), signed with
+//!    `--key`, is printed; with `--enrol DIR` the device's public key is dropped into the
+//!    receiver's enrolment folder and the record appended to `DIR/inventory.jsonl`.
+
+pub mod target;
+pub mod write;
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write as _};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use ed25519_dalek::VerifyingKey;
+use imrs_config::fsutil::{limits, read_bounded, read_bounded_string};
+use imrs_config::image::{Manifest, SITE_PUBKEY_PATH, canonical_json};
+use imrs_config::{keys, signed};
+use imrs_disk::bmap::Bmap;
+use imrs_disk::image::{ApplianceSpec, personalise, write_appliance};
+use imrs_disk::payload::{INITRAMFS, KERNEL, MANIFEST, SIGNATURE};
+use imrs_disk::{Esp, SlotPayload};
+use serde_json::{Value, json};
+
+use crate::disk::parse_size;
+use crate::image_dir::{BOOT_LOADER, sha256_hex};
+use crate::ui::Ui;
+use crate::verify::{self, VerifyError};
+
+/// The device key's file name on `IMRS-DATA` (the init's state folder).
+pub const DEVICE_KEY_FILE: &str = imrs_init::phonehome::identity::DEVICE_KEY_FILE;
+
+/// Record schema version.
+pub const RECORD_SCHEMA: u32 = 1;
+
+/// `flash` arguments.
+#[derive(Debug, Args)]
+pub struct FlashArgs {
+    /// An image folder (from `build`) or a disk image (from `disk`).
+    pub source: PathBuf,
+    /// The whole disk to write (`/dev/sdX`), or a file.
+    pub device: PathBuf,
+    /// Public key (PEM) the image's manifest must be signed with.
+    #[arg(long)]
+    pub pubkey: PathBuf,
+    /// This appliance's signed site config (FILE and FILE.sig); it must verify with the image's
+    /// site-signing key.
+    #[arg(long)]
+    pub site: PathBuf,
+    /// Secret key that signs the flash record.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The receiver's enrolment folder (`home serve --enrolled DIR`): the device's public key
+    /// goes there as KEY-ID.pub and the record is appended to DIR/inventory.jsonl.
+    #[arg(long)]
+    pub enrol: Option<PathBuf>,
+    /// Disk size when SOURCE is an image folder (as `disk --size`).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// Accept a partition instead of a whole disk.
+    #[arg(long)]
+    pub allow_partition: bool,
+}
+
+/// A verified source: the disk image to start from (a scratch file) and what it holds.
+struct Source {
+    manifest: Manifest,
+    manifest_sha256: String,
+    site_key: VerifyingKey,
+    disk: tempfile::NamedTempFile,
+}
+
+/// The image's site-signing key from its initramfs entries.
+fn site_key_of(entries: &[crate::cpio::Entry], what: &Path) -> Result<VerifyingKey> {
+    let want = SITE_PUBKEY_PATH.trim_start_matches('/');
+    let e = entries
+        .iter()
+        .find(|e| e.name == want)
+        .with_context(|| format!("{}: the image has no {SITE_PUBKEY_PATH}", what.display()))?;
+    let pem = std::str::from_utf8(&e.data)
+        .with_context(|| format!("{}: {SITE_PUBKEY_PATH} is not text", what.display()))?;
+    Ok(keys::parse_public(pem, Path::new(SITE_PUBKEY_PATH))?)
+}
+
+fn scratch() -> Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix("imrs-flash-")
+        .suffix(".img")
+        .tempfile()
+        .context("a scratch file for the appliance's disk")
+}
+
+/// An image folder: verified, then made into a disk.
+fn from_folder(dir: &Path, key: &VerifyingKey, size: Option<u64>) -> Result<Source> {
+    let v = verify::verify_loaded(dir, key)?;
+    let Some(loader) = v.artifacts.get(BOOT_LOADER) else {
+        bail!(
+            "{}: the image has no {BOOT_LOADER}; build it from a recipe with a [boot] section",
+            dir.display()
+        );
+    };
+    let payload = crate::disk::slot_payload(&v, dir)?;
+    let disk = scratch()?;
+    write_appliance(
+        disk.path(),
+        &ApplianceSpec {
+            size,
+            loader_efi: loader,
+            payload: &payload,
+            extra_options: &[],
+            config_files: &[],
+        },
+    )?;
+    Ok(Source {
+        site_key: site_key_of(&v.initramfs, dir)?,
+        manifest_sha256: payload.manifest_sha256(),
+        manifest: v.manifest,
+        disk,
+    })
+}
+
+/// A disk image: slot A's image verified (signature, then every file against the manifest),
+/// then its data copied into a scratch file.
+fn from_disk(path: &Path, key: &VerifyingKey) -> Result<Source> {
+    let bad = |detail: String| VerifyError::Manifest {
+        path: path.join(format!("(slot a)/{MANIFEST}")),
+        detail,
+    };
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut esp =
+        Esp::open(file).with_context(|| format!("{}: not an appliance disk", path.display()))?;
+    let limit = verify::MAX_INITRAMFS_BYTES;
+    let mut read = |p: &str| -> Result<Vec<u8>> {
+        esp.read_file(p, limit)?
+            .with_context(|| format!("{}: the ESP has no {p}", path.display()))
+    };
+    let slot = imrs_disk::Slot::A.dir();
+    let mut read_slot = |name: &str| read(&format!("{slot}/{name}"));
+    let mbytes = read_slot(MANIFEST)?;
+    let sig = read_slot(SIGNATURE)?;
+    let stext = String::from_utf8_lossy(&sig);
+    let spath = path.join(format!("(slot a)/{SIGNATURE}"));
+    let signature =
+        keys::parse_signature(&stext, &spath).map_err(|source| VerifyError::Signature {
+            path: spath.clone(),
+            source,
+        })?;
+    keys::verify(key, &mbytes, &signature).map_err(|source| VerifyError::Signature {
+        path: spath.clone(),
+        source,
+    })?;
+    let kernel = read_slot(KERNEL)?;
+    let initramfs = read_slot(INITRAMFS)?;
+    let payload = SlotPayload::new(mbytes, sig.clone(), kernel, initramfs.clone())
+        .map_err(|e| bad(e.to_string()))?;
+    // The boot loader on the ESP is the one the image names.
+    let efi = read(imrs_disk::esp::BOOT_EFI)?;
+    let listed = payload
+        .manifest()
+        .artifacts
+        .iter()
+        .find(|a| a.name == BOOT_LOADER)
+        .ok_or_else(|| bad(format!("lists no {BOOT_LOADER}")))?;
+    if listed.sha256 != sha256_hex(&efi) {
+        return Err(bad(format!(
+            "{} on the disk has sha256 {}, the manifest says {}",
+            imrs_disk::esp::BOOT_EFI,
+            sha256_hex(&efi),
+            imrs_config::escape(&listed.sha256)
+        ))
+        .into());
+    }
+    let entries = verify::unpack_initramfs(&path.join("(slot a)/initramfs.cpio.zst"), &initramfs)?;
+    let site_key = site_key_of(&entries, path)?;
+    // Copy the disk's data (its mapped ranges) into the scratch file.
+    let disk = scratch()?;
+    let map = Bmap::of_file(path)?;
+    disk.as_file()
+        .set_len(map.image_size)
+        .context("sizing the scratch disk")?;
+    let src = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    write::write_ranges(&src, disk.as_file(), &map, &mut |_| {})?;
+    Ok(Source {
+        manifest_sha256: payload.manifest_sha256(),
+        manifest: payload.manifest().clone(),
+        site_key,
+        disk,
+    })
+}
+
+/// Asks the engineer, on the terminal.
+fn confirm(what: &str) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!("{what}: not confirmed (no terminal to ask on); pass --yes");
+    }
+    eprint!("{what}\nEverything on it is lost. Type yes to go on: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the answer")?;
+    if line.trim() != "yes" {
+        bail!("{what}: not confirmed");
+    }
+    Ok(())
+}
+
+/// A new device key pair: (PKCS#8 PEM secret, public key).
+fn device_key() -> Result<(Vec<u8>, VerifyingKey)> {
+    let key = keys::generate()?;
+    let dir = tempfile::tempdir().context("a scratch folder for the device key")?;
+    let path = dir.path().join("device-key");
+    keys::write_keypair(&key, &path)?;
+    let pem = std::fs::read(&path).context("reading the device key back")?;
+    Ok((pem, key.verifying_key()))
+}
+
+/// Opens the target for writing: a block device exclusively, a file created and sized.
+fn open_target(t: &target::Target, size: u64) -> Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    if t.kind == target::Kind::File {
+        o.create(true);
+    } else {
+        o.custom_flags(libc::O_EXCL);
+    }
+    let f = o.open(&t.path).with_context(|| {
+        format!(
+            "{}: cannot open for writing (exclusively, for a device)",
+            t.path.display()
+        )
+    })?;
+    if t.kind == target::Kind::File {
+        f.set_len(size)
+            .with_context(|| format!("{}: sizing to {size} bytes", t.path.display()))?;
+    }
+    Ok(f)
+}
+
+/// Writes `DIR/KEY-ID.pub` and appends the signed record to `DIR/inventory.jsonl`.
+fn enrol(dir: &Path, device: &VerifyingKey, signed_record: &Value) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let id = keys::key_id(device);
+    let pubp = dir.join(format!("{id}.pub"));
+    let tmp = dir.join(format!(".{id}.pub.tmp"));
+    std::fs::write(&tmp, keys::public_pem(device))
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &pubp))
+        .with_context(|| format!("{}: cannot write", pubp.display()))?;
+    let inv = dir.join("inventory.jsonl");
+    let mut line = serde_json::to_vec(signed_record)?;
+    line.push(b'\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&inv)
+        .with_context(|| format!("{}: cannot open", inv.display()))?;
+    f.write_all(&line)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("{}: cannot append", inv.display()))?;
+    Ok(pubp)
+}
+
+/// `flash`.
+pub fn run(args: FlashArgs, ui: &Ui) -> Result<u8> {
+    let t0 = Instant::now();
+    // Keys and inputs first: nothing is written until all of them check out.
+    let image_key = keys::read_public(&args.pubkey)?;
+    let record_key = keys::read_secret(&args.key)?;
+    let sp = ui.spinner("verifying the image");
+    let src = if args.source.is_dir() {
+        from_folder(&args.source, &image_key, args.size)?
+    } else {
+        if args.size.is_some() {
+            bail!("--size applies to an image folder; a disk image keeps its own size");
+        }
+        from_disk(&args.source, &image_key)?
+    };
+    sp.finish_and_clear();
+    let site_text = read_bounded(&args.site, limits::SITE, "site config")?;
+    let sig_path = signed::sig_path_for(&args.site);
+    let site_sig = read_bounded_string(&sig_path, limits::SIGNATURE, "site signature")?;
+    let site = signed::verify_text(&args.site, &site_text, &site_sig, &src.site_key).with_context(
+        || {
+            format!(
+                "{}: the site config does not verify with the image's site-signing key",
+                args.site.display()
+            )
+        },
+    )?;
+    let size = src
+        .disk
+        .as_file()
+        .metadata()
+        .context("the scratch disk")?
+        .len();
+    let tgt = target::inspect(
+        &args.device,
+        size,
+        args.allow_partition,
+        Path::new("/sys"),
+        Path::new("/proc"),
+    )?;
+    let what = format!(
+        "flash {} {} onto {}",
+        src.manifest.name,
+        src.manifest.version,
+        tgt.describe()
+    );
+    if !args.yes {
+        confirm(&what)?;
+    }
+
+    // This appliance's disk.
+    let (device_pem, device_pub) = device_key()?;
+    personalise(
+        src.disk.path(),
+        &[
+            ("site.toml", &site_text),
+            ("site.toml.sig", site_sig.as_bytes()),
+        ],
+        &[(DEVICE_KEY_FILE, &device_pem, 0o600)],
+        device_pub.as_bytes(),
+        src.manifest.source_date_epoch,
+    )?;
+    let map = Bmap::of_file(src.disk.path())?;
+    let out = open_target(&tgt, size)?;
+    let total = map.mapped_blocks() * imrs_disk::bmap::BLOCK;
+    let pb = ui.bytes(total, "writing");
+    let written = write::write_ranges(src.disk.as_file(), &out, &map, &mut |b| pb.set_position(b))?;
+    pb.finish_and_clear();
+    drop(out);
+    let t_write = t0.elapsed();
+    let pb = ui.bytes(total, "reading back");
+    let (how, readback) = write::read_back(&tgt.path, &map, &mut |b| pb.set_position(b))?;
+    pb.finish_and_clear();
+
+    let record = json!({
+        "schema": RECORD_SCHEMA,
+        "kind": "imrs-flash-record",
+        "flashed_at": jiff::Timestamp::now().to_string(),
+        "target": {"path": tgt.path, "kind": format!("{:?}", tgt.kind).to_lowercase(),
+                   "name": tgt.name, "model": tgt.model, "serial": tgt.serial, "size": tgt.size},
+        "device_key_id": keys::key_id(&device_pub),
+        "device_public_key": keys::public_pem(&device_pub),
+        "site": {"site_id": site.site_id, "instance": site.instance,
+                 "device": site.device.to_string(), "sequence": site.sequence},
+        "image": {"name": src.manifest.name, "version": src.manifest.version,
+                  "manifest_sha256": src.manifest_sha256},
+        "disk_size": size,
+        "bytes_written": written,
+        "ranges": map.ranges.len(),
+        "read_back": how,
+        "read_back_sha256": readback,
+        "signer_key_id": keys::key_id(&record_key.verifying_key()),
+    });
+    let signature = keys::sign_hex(&record_key, &canonical_json(&record))
+        .trim()
+        .to_string();
+    let signed_record = json!({"record": record, "signature": signature});
+    let enrolled = match &args.enrol {
+        Some(dir) => Some(enrol(dir, &device_pub, &signed_record)?),
+        None => None,
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    if ui.json {
+        crate::ui::print_ok(json!({
+            "record": signed_record["record"], "signature": signature,
+            "enrolled": enrolled, "seconds": secs,
+            "seconds_write": t_write.as_secs_f64(),
+        }))?;
+    } else {
+        ui.info(format!(
+            "{}: {} {} written ({} MiB in {} ranges) and read back ({}): every range matches",
+            tgt.path.display(),
+            src.manifest.name,
+            src.manifest.version,
+            written >> 20,
+            map.ranges.len(),
+            match how {
+                write::ReadBack::Direct => "O_DIRECT",
+                write::ReadBack::CacheDropped => "page cache dropped first",
+            }
+        ));
+        ui.info(format!(
+            "device key {} on IMRS-DATA; site {} sequence {} on IMRS-CONFIG{}; {secs:.1} s",
+            keys::key_id(&device_pub),
+            site.site_id,
+            site.sequence,
+            enrolled
+                .as_ref()
+                .map(|p| format!("; enrolled as {}", p.display()))
+                .unwrap_or_default()
+        ));
+        println!("{}", serde_json::to_string_pretty(&signed_record)?);
+    }
+    Ok(0)
+}
