@@ -240,9 +240,13 @@ async fn event_loop(
         clock_source: String::new(),
         phone: None,
         manifest_sha256: settings.manifest.clone(),
+        boot_entry: crate::slots::BootEntry::Unknown("not read yet".into()),
     };
     // Disk and filesystem drivers first: the state may live on the data partition.
     stages::platform::load_modules(&mut ctx).await;
+    // Which slot systemd-boot started (efivarfs is a module: after the modules).
+    ctx.boot_entry = crate::slots::read(&settings.root, role == Role::Machine);
+    log::info(ctx.boot_entry.to_string());
     let store = state::open(
         &settings.root,
         settings.state_dir.as_deref(),

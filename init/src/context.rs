@@ -56,6 +56,8 @@ pub struct Context {
     pub phone: Option<PhoneHome>,
     /// The image manifest's sha256 when the boot loader passed it (`imrs.manifest=`).
     pub manifest_sha256: Option<String>,
+    /// The boot loader entry this boot was started from ([`crate::slots`]).
+    pub boot_entry: crate::slots::BootEntry,
 }
 
 /// What the serving stages built, for the later stages and the phone-home report.

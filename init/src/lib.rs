@@ -49,6 +49,7 @@ mod rootzone;
 mod shutdown;
 mod signals;
 mod site;
+mod slots;
 mod stages;
 mod state;
 mod summary;

@@ -127,6 +127,10 @@ pub async fn run(
                 log_end(stage, &outcome, seconds);
                 let note = std::mem::take(&mut ctx.notes);
                 st.record(stage, &outcome, seconds, note);
+                if stage == Stage::Bgp && outcome == Outcome::Passed {
+                    // Healthy: zone verified, DNS answering, BGP established and announcing.
+                    crate::slots::on_healthy(&ctx.root, &ctx.boot_entry);
+                }
                 if stage == Stage::PhoneHome && outcome == Outcome::Passed {
                     // The first boot passed: this marker is written only after success.
                     st.first_boot_passed = true;
