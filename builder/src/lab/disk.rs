@@ -43,6 +43,36 @@ pub fn build(out: &Path, site: &Path, site_sig: &Path) -> Result<PathBuf> {
     Ok(out.to_path_buf())
 }
 
+/// Builds the appliance disk `out` from the image folder `image` (already verified by the
+/// lab), with the signed site config on `IMRS-CONFIG`: what `imrs-build disk --site` makes.
+pub fn appliance(out: &Path, image: &Path, site: &Path, site_sig: &Path) -> Result<PathBuf> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()));
+    let (text, sig) = (read(site)?, read(site_sig)?);
+    let get = |name: &str| read(&image.join(name));
+    let payload = imrs_disk::SlotPayload::new(
+        get(imrs_disk::payload::MANIFEST)?,
+        get(imrs_disk::payload::SIGNATURE)?,
+        get(imrs_disk::payload::KERNEL)?,
+        get(imrs_disk::payload::INITRAMFS)?,
+    )?;
+    let loader = get(crate::image_dir::BOOT_LOADER).context(
+        "the image has no boot loader (built from a recipe without [boot]): --boot disk needs it",
+    )?;
+    std::fs::File::create(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    imrs_disk::image::write_appliance(
+        out,
+        &imrs_disk::image::ApplianceSpec {
+            size: None,
+            loader_efi: &loader,
+            payload: &payload,
+            extra_options: &[],
+            config_files: &[("site.toml", &text), ("site.toml.sig", &sig)],
+        },
+    )
+    .with_context(|| format!("{}: writing the appliance disk", out.display()))?;
+    Ok(out.to_path_buf())
+}
+
 /// The partition names in `disk`'s GPT, in disk order.
 pub fn partition_names(disk: &Path) -> Result<Vec<String>> {
     let mut f =

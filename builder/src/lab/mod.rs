@@ -59,6 +59,15 @@ pub enum LabAccel {
     Kvm,
 }
 
+/// How the lab boots the appliance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabBoot {
+    /// The image's kernel, started by QEMU.
+    Kernel,
+    /// The appliance disk, through UEFI.
+    Disk,
+}
+
 /// `imrs-build lab` arguments.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LabArgs {
@@ -84,6 +93,11 @@ pub struct LabArgs {
     /// The host's router, the appliance's BGP peer: FRR (zebra + bgpd) or GoBGP (gobgpd).
     #[arg(long, value_enum, default_value = "frr")]
     pub router: RouterKind,
+    /// How the appliance boots: `kernel` (QEMU starts the image's kernel directly; the disk holds
+    /// IMRS-CONFIG and IMRS-DATA) or `disk` (the appliance disk of `imrs-build disk`, site
+    /// config on it, booted through UEFI firmware (OVMF) and systemd-boot, as on the appliance).
+    #[arg(long, value_enum, default_value = "kernel")]
+    pub boot: LabBoot,
     /// Time limit of each boot, seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
@@ -340,11 +354,11 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         site_path.display(),
         keys::key_id(&key.verifying_key())
     ));
-    let disk = disk::build(
-        &work.join("disk.img"),
-        &site_path,
-        &imrs_config::signed::sig_path_for(&site_path),
-    )?;
+    let site_sig = imrs_config::signed::sig_path_for(&site_path);
+    let disk = match args.boot {
+        LabBoot::Kernel => disk::build(&work.join("disk.img"), &site_path, &site_sig)?,
+        LabBoot::Disk => disk::appliance(&work.join("disk.img"), &image, &site_path, &site_sig)?,
+    };
     let accel = match args.accel {
         LabAccel::Tcg => Accel::Tcg,
         LabAccel::Kvm => Accel::Kvm,
@@ -357,10 +371,12 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         }
     };
     ui.info(format!(
-        "lab: disk {} ({} + {}), accelerator {accel:?}, scenario {}, router {}",
+        "lab: disk {} ({}), accelerator {accel:?}, scenario {}, router {}",
         disk.display(),
-        disk::CONFIG_PARTNAME,
-        disk::DATA_PARTNAME,
+        match args.boot {
+            LabBoot::Kernel => "IMRS-CONFIG + IMRS-DATA, kernel booted directly",
+            LabBoot::Disk => "the appliance disk, booted through OVMF + systemd-boot",
+        },
         args.scenario.name(),
         args.router.product()
     ));
@@ -383,6 +399,7 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         tampered: None,
         zone: served,
         router: args.router,
+        boot: args.boot,
     };
     scenario::run(&mut lab, args.scenario)
 }

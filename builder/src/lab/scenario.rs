@@ -134,6 +134,8 @@ pub struct Lab {
     pub zone: LabZone,
     /// The host's router (`--router`).
     pub router: RouterKind,
+    /// How the appliance boots (`--boot`).
+    pub boot: super::LabBoot,
 }
 
 impl Lab {
@@ -218,6 +220,8 @@ impl Lab {
             serial: format!("IMRS-LAB-{}", std::process::id()),
             rtc: self.zone.clock.qemu_base(),
             append: Vec::new(),
+            uefi_vars: (self.boot == super::LabBoot::Disk)
+                .then(|| self.workdir.join("OVMF_VARS_4M.fd")),
         }
     }
 

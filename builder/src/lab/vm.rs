@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 
 use crate::host::netns::NetNs;
 use crate::host::process::signal_group;
-use crate::qemu::{Accel, BootOptions};
+use crate::qemu::{Accel, BootOptions, Uefi};
 
 /// The guest NIC's MAC address.
 pub const MAC: &str = "52:54:00:1a:b0:10";
@@ -40,11 +40,20 @@ pub struct VmConfig {
     pub rtc: String,
     /// Extra kernel command-line words.
     pub append: Vec<String>,
+    /// Boot `disk` through UEFI with this variable store (copied from OVMF's on first use and
+    /// kept across the boots of a scenario, as a machine's NVRAM is).
+    pub uefi_vars: Option<PathBuf>,
 }
 
 /// The QEMU options for `cfg` (the lab's additions to [`crate::qemu::command`]).
 pub fn boot_options(cfg: &VmConfig) -> BootOptions {
-    let mut o = BootOptions::new(&cfg.image);
+    let mut o = match &cfg.uefi_vars {
+        Some(vars) => BootOptions::disk(Uefi {
+            disk: cfg.disk.clone(),
+            vars: vars.clone(),
+        }),
+        None => BootOptions::new(&cfg.image),
+    };
     o.user_nic = false;
     o.accel = cfg.accel;
     o.memory_mib = cfg.memory_mib;
@@ -58,14 +67,18 @@ pub fn boot_options(cfg: &VmConfig) -> BootOptions {
         format!("tap,id=n0,ifname={},script=no,downscript=no", cfg.tap),
         "-device".into(),
         format!("virtio-net-pci,netdev=n0,mac={MAC}"),
-        "-drive".into(),
-        format!(
-            "file={},format=raw,if=none,id=d0,cache=writeback",
-            cfg.disk.display()
-        ),
-        "-device".into(),
-        "virtio-blk-pci,drive=d0".into(),
     ];
+    if cfg.uefi_vars.is_none() {
+        o.extra.extend([
+            "-drive".into(),
+            format!(
+                "file={},format=raw,if=none,id=d0,cache=writeback",
+                cfg.disk.display()
+            ),
+            "-device".into(),
+            "virtio-blk-pci,drive=d0".into(),
+        ]);
+    }
     o
 }
 
@@ -92,6 +105,16 @@ pub struct Vm {
 impl Vm {
     /// Starts QEMU inside `ns`, console appended to `console_log` (with a header naming `boot`).
     pub fn start(ns: &NetNs, cfg: &VmConfig, console_log: &Path, boot: &str) -> Result<Vm> {
+        if let Some(vars) = &cfg.uefi_vars
+            && !vars.exists()
+        {
+            std::fs::copy(crate::qemu::OVMF_VARS, vars).with_context(|| {
+                format!(
+                    "{}: cannot copy the UEFI variable store (install ovmf)",
+                    crate::qemu::OVMF_VARS
+                )
+            })?;
+        }
         let opts = boot_options(cfg);
         let qemu = crate::qemu::command(&opts)?;
         let mut cmd = ns.wrap(&qemu);
@@ -267,6 +290,7 @@ mod tests {
             serial: "IMRS-LAB-1".into(),
             rtc: "2026-08-01T00:00:00".into(),
             append: vec![],
+            uefi_vars: None,
         };
         let o = boot_options(&cfg);
         assert!(!o.user_nic);
