@@ -440,11 +440,11 @@ mod tests {
         );
 
         let mi = r.join("proc/self/mountinfo");
-        std::fs::write(&mi, "22 1 0:21 / /proc rw - proc proc rw\n30 1 8:2 / /mnt/usb\\040key rw - vfat /dev/sda2 rw\n").unwrap();
+        std::fs::write(&mi, "22 1 0:21 / /proc rw - proc proc rw\n30 1 8:2 / /run/media/usb\\040key rw - vfat /dev/sda2 rw\n").unwrap();
         let e = check(r, 8, 0, false).unwrap_err().to_string();
         assert_eq!(
             e,
-            "/dev/x (sda) is in use: sda2 is mounted at /mnt/usb key; unmount it first"
+            "/dev/x (sda) is in use: sda2 is mounted at /run/media/usb key; unmount it first"
         );
         std::fs::write(
             &mi,
