@@ -173,7 +173,8 @@ fn a_loop_device_is_flashed_and_a_byte_changed_behind_the_writer_is_caught() {
         .write(true)
         .open(&lo.dev)
         .unwrap();
-    write_ranges(&src, &dst, &map, &mut |_| {}).unwrap();
+    let (_, written) = write_ranges(&src, &dst, &map, &mut |_| {}).unwrap();
+    assert_eq!(written, map);
     read_back(&lo.dev, &map, &mut |_| {}).expect("a faithful copy reads back");
     let r = map.ranges.last().unwrap();
     let at = r.first * imrs_disk::bmap::BLOCK + 17;

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -54,19 +54,30 @@ fn netns_left(pid: u32) -> Vec<String> {
 
 /// Runs one scenario with FRR as the router and returns its JSON summary.
 fn lab(scenario: &str) -> Option<Value> {
-    lab_with(scenario, RouterKind::Frr)
+    lab_with(scenario, RouterKind::Frr, "kernel")
 }
 
 /// Runs one scenario with `router` and returns its JSON summary; asserts what holds whatever
 /// the scenario: one JSON object naming the router, the image read its site from the lab disk,
 /// nothing left behind.
-fn lab_with(scenario: &str, router: RouterKind) -> Option<Value> {
+fn lab_with(scenario: &str, router: RouterKind, boot: &str) -> Option<Value> {
     if !prerequisites(router) {
+        return None;
+    }
+    if boot == "disk"
+        && !require(
+            Path::new(imrs_build::qemu::OVMF_CODE).exists(),
+            "OVMF firmware (install ovmf)",
+        )
+    {
         return None;
     }
     let (image, key) = image()?;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let work = scratch().join(format!("lab-{scenario}-{router}-{}", std::process::id()));
+    let work = scratch().join(format!(
+        "lab-{scenario}-{router}-{boot}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&work);
     let mut cmd = bin();
     cmd.args(["--json", "lab"])
@@ -82,6 +93,8 @@ fn lab_with(scenario: &str, router: RouterKind) -> Option<Value> {
             LATE,
             "--router",
             router.name(),
+            "--boot",
+            boot,
         ])
         .arg("--keep")
         .arg(&work);
@@ -121,6 +134,20 @@ fn lab_with(scenario: &str, router: RouterKind) -> Option<Value> {
         "{scenario}: the site did not come from the lab disk:\n{}",
         tail(&console, 40)
     );
+    if boot == "disk" {
+        // Started by systemd-boot from slot A's entry, which the init read from efivarfs.
+        for line in [
+            "EFI stub",
+            "started from disk slot a",
+            "systemd-boot started imrs-a.conf",
+        ] {
+            assert!(
+                console.contains(line),
+                "{scenario} (disk): no {line:?} on the console:\n{}",
+                tail(&console, 60)
+            );
+        }
+    }
     for stage in ["platform", "site"] {
         assert!(
             v["boots"][0]["stages"]
@@ -209,11 +236,23 @@ fn normal_first_boot_serves_and_reports() {
     assert!(v["boot_to_report_s"].as_f64().is_some());
 }
 
+/// The normal pass with the appliance disk booted as on Calypso and Pandora: OVMF, systemd-boot,
+/// slot A (blessed on the disk: nothing to bless once healthy).
+#[test]
+fn normal_first_boot_from_the_appliance_disk() {
+    let Some(v) = lab_with("normal", RouterKind::Frr, "disk") else {
+        return;
+    };
+    assert_passed("normal (disk)", &v);
+    assert_serving(&v);
+    assert_eq!(v["report_event"], "install-passed");
+}
+
 /// The normal pass against a second, independent BGP implementation: GoBGP learns the five
 /// prefixes from AS 20144 over both sessions.
 #[test]
 fn normal_first_boot_against_gobgp() {
-    let Some(v) = lab_with("normal", RouterKind::Gobgp) else {
+    let Some(v) = lab_with("normal", RouterKind::Gobgp, "kernel") else {
         return;
     };
     assert_passed("normal (gobgp)", &v);

@@ -69,8 +69,18 @@ pub fn data_ranges(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
 }
 
 impl Bmap {
+    /// The mapped ranges of the image file `path` without their checksums (empty `sha256`), for
+    /// a writer that hashes what it writes.
+    pub fn ranges_of_file(path: &Path) -> Result<Bmap, DiskError> {
+        Self::scan(path, false)
+    }
+
     /// The block map of the image file `path`.
     pub fn of_file(path: &Path) -> Result<Bmap, DiskError> {
+        Self::scan(path, true)
+    }
+
+    fn scan(path: &Path, hash: bool) -> Result<Bmap, DiskError> {
         let what = |w: &str| format!("{}: {w}", path.display());
         let mut file = File::open(path).map_err(DiskError::io(what("opening for the bmap")))?;
         let size = file
@@ -90,6 +100,14 @@ impl Bmap {
         let mut ranges = Vec::with_capacity(blocks.len());
         let mut buf = vec![0u8; 1 << 20];
         for (first, last) in blocks {
+            if !hash {
+                ranges.push(Range {
+                    first,
+                    last,
+                    sha256: String::new(),
+                });
+                continue;
+            }
             let start = first * BLOCK;
             let end = ((last + 1) * BLOCK).min(size);
             file.seek(SeekFrom::Start(start))

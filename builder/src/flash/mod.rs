@@ -191,7 +191,7 @@ fn from_disk(path: &Path, key: &VerifyingKey) -> Result<Source> {
     let site_key = site_key_of(&entries, path)?;
     // Copy the disk's data (its mapped ranges) into the scratch file.
     let disk = scratch()?;
-    let map = Bmap::of_file(path)?;
+    let map = Bmap::ranges_of_file(path)?;
     disk.as_file()
         .set_len(map.image_size)
         .context("sizing the scratch disk")?;
@@ -340,11 +340,12 @@ pub fn run(args: FlashArgs, ui: &Ui) -> Result<u8> {
         device_pub.as_bytes(),
         src.manifest.source_date_epoch,
     )?;
-    let map = Bmap::of_file(src.disk.path())?;
+    let map = Bmap::ranges_of_file(src.disk.path())?;
     let out = open_target(&tgt, size)?;
     let total = map.mapped_blocks() * imrs_disk::bmap::BLOCK;
     let pb = ui.bytes(total, "writing");
-    let written = write::write_ranges(src.disk.as_file(), &out, &map, &mut |b| pb.set_position(b))?;
+    let (written, map) =
+        write::write_ranges(src.disk.as_file(), &out, &map, &mut |b| pb.set_position(b))?;
     pb.finish_and_clear();
     drop(out);
     let t_write = t0.elapsed();

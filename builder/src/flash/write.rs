@@ -60,17 +60,20 @@ fn span(r: &Range, image_size: u64) -> (u64, u64) {
 }
 
 /// Copies every mapped range of `src` to `dst` at the same offsets, then fsyncs `dst`.
-/// `progress` gets the bytes written so far.
+/// `progress` gets the bytes written so far. Returns the bytes written and the map with each
+/// range's sha256 as written (what [`read_back`] must find).
 pub fn write_ranges(
     src: &File,
     dst: &File,
     map: &Bmap,
     progress: &mut dyn FnMut(u64),
-) -> Result<u64, FlashError> {
+) -> Result<(u64, Bmap), FlashError> {
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
-    for r in &map.ranges {
+    let mut written = map.clone();
+    for r in &mut written.ranges {
         let (start, end) = span(r, map.image_size);
+        let mut h = Sha256::new();
         let mut off = start;
         while off < end {
             let n = (end - off).min(CHUNK as u64) as usize;
@@ -78,14 +81,28 @@ pub fn write_ranges(
                 .map_err(io_err(format!("reading the disk image at byte {off}")))?;
             dst.write_all_at(&buf[..n], off)
                 .map_err(io_err(format!("writing the target at byte {off}")))?;
+            h.update(&buf[..n]);
             off += n as u64;
             done += n as u64;
             progress(done);
         }
+        let got = hex::encode(h.finalize());
+        // A map that came with checksums (a bmap file) is checked on the way.
+        if !r.sha256.is_empty() && r.sha256 != got {
+            return Err(FlashError::Mismatch {
+                first: r.first,
+                last: r.last,
+                start,
+                end,
+                expected: r.sha256.clone(),
+                actual: got,
+            });
+        }
+        r.sha256 = got;
     }
     dst.sync_all()
         .map_err(io_err("flushing the target (fsync)"))?;
-    Ok(done)
+    Ok((done, written))
 }
 
 /// A buffer aligned for `O_DIRECT` (4096 bytes, a multiple of any logical block size).
@@ -260,7 +277,9 @@ mod tests {
             .open(&dst_path)
             .unwrap();
         let mut last = 0;
-        let n = write_ranges(&File::open(&img).unwrap(), &dst, &map, &mut |b| last = b).unwrap();
+        let (n, written) =
+            write_ranges(&File::open(&img).unwrap(), &dst, &map, &mut |b| last = b).unwrap();
+        assert_eq!(written, map, "the checksums as written are the image's");
         assert_eq!(n, map.mapped_blocks() * BLOCK);
         assert_eq!(last, n);
         let out = std::fs::read(&dst_path).unwrap();
