@@ -283,6 +283,9 @@ async fn event_loop(
     }
     control::start(role, &store.dir, ctx.serving.inputs.clone());
     let mut orphan_log = RateLimit::new(5.0, 20.0);
+    // A slot on trial that does not become healthy must give the boot back to systemd-boot,
+    // which tries it again while it has tries and then boots the other slot.
+    let trial = ctx.boot_entry.on_trial();
     let how = {
         let pipeline = async {
             let results = pipeline::run(
@@ -294,18 +297,40 @@ async fn event_loop(
             )
             .await;
             summary::print(&results, start.elapsed());
+            // Healthy: the bgp stage passed (zone verified, DNS answering, announcing).
+            results.iter().any(|r| {
+                r.stage == imrs_config::stage::Stage::Bgp
+                    && r.outcome == Some(crate::outcome::Outcome::Passed)
+            })
         };
         let mut pipeline = std::pin::pin!(pipeline);
         let mut pipeline_done = false;
         let mut tick = tokio::time::interval(REAP_INTERVAL);
+        let deadline = tokio::time::sleep(crate::slots::TRIAL_DEADLINE);
+        let mut deadline = std::pin::pin!(deadline);
+        let mut healthy = false;
         loop {
             tokio::select! {
-                _ = &mut pipeline, if !pipeline_done => {
+                h = &mut pipeline, if !pipeline_done => {
                     pipeline_done = true;
+                    healthy = h;
                     if settings.poweroff_after_boot {
                         log::info("imrs.poweroff_after_boot=1: powering off");
                         break Halt::Poweroff;
                     }
+                    if let (Some(entry), false) = (&trial, healthy) {
+                        log::error(crate::slots::giving_up(entry, "the boot pipeline stopped"));
+                        break Halt::Reboot;
+                    }
+                }
+                _ = &mut deadline, if trial.is_some() && !healthy && !pipeline_done => {
+                    if let Some(entry) = &trial {
+                        log::error(crate::slots::giving_up(entry, &format!(
+                            "not healthy after {} s",
+                            crate::slots::TRIAL_DEADLINE.as_secs()
+                        )));
+                    }
+                    break Halt::Reboot;
                 }
                 sig = next_signal(&mut signals) => match signals::meaning(sig) {
                     Request::Reap => reap(&reaper, &mut orphan_log),

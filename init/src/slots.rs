@@ -14,6 +14,27 @@ use std::path::{Path, PathBuf};
 
 use imrs_disk::{Blessed, EntryName, Esp, Window, efivar};
 
+/// How long a slot on trial has to become healthy before the init reboots (systemd-boot then
+/// tries it again or, its tries spent, boots the other slot).
+pub const TRIAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// The console line when a slot on trial is given up for this boot.
+pub fn giving_up(entry: &EntryName, why: &str) -> String {
+    let left = entry.tries_left().unwrap_or(0);
+    format!(
+        "slot {} on trial ({entry}) did not become healthy: {why}; rebooting: {}",
+        entry.slot,
+        if left > 0 {
+            format!("systemd-boot tries it again ({left} tries left)")
+        } else {
+            format!(
+                "its tries are spent, systemd-boot boots slot {}",
+                entry.slot.other()
+            )
+        }
+    )
+}
+
 /// Where efivarfs is mounted, under the root.
 pub const EFIVARS: &str = "sys/firmware/efi/efivars";
 
@@ -29,6 +50,16 @@ pub enum BootEntry {
         /// The counted entry being tried (`LoaderBootCountPath`), absent for a blessed entry.
         counting: Option<EntryName>,
     },
+}
+
+impl BootEntry {
+    /// The counted entry this boot is a try of, if any.
+    pub fn on_trial(&self) -> Option<EntryName> {
+        match self {
+            BootEntry::Started { counting, .. } => *counting,
+            BootEntry::Unknown(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Display for BootEntry {
@@ -244,6 +275,12 @@ mod tests {
             b.to_string(),
             "systemd-boot started imrs-b+2-1.conf: slot b on trial, 2 tries left after this one"
         );
+        assert_eq!(b.on_trial().as_ref(), Some(c));
+        assert!(
+            giving_up(c, "x").ends_with("rebooting: systemd-boot tries it again (2 tries left)")
+        );
+        let spent = EntryName::parse("imrs-b+0-3.conf").unwrap();
+        assert!(giving_up(&spent, "x").ends_with("systemd-boot boots slot a"));
         // Blessing without an ESP partition says so.
         let e = bless(r, c).unwrap_err();
         assert!(e.to_string().contains("no partition named IMRS-ESP"), "{e}");
