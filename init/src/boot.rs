@@ -323,7 +323,8 @@ async fn event_loop(
                         break Halt::Reboot;
                     }
                 }
-                _ = &mut deadline, if trial.is_some() && !healthy && !pipeline_done => {
+                _ = &mut deadline, if trial.is_some() && !healthy && !pipeline_done
+                    && !crate::slots::was_healthy() => {
                     if let Some(entry) = &trial {
                         log::error(crate::slots::giving_up(entry, &format!(
                             "not healthy after {} s",

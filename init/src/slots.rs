@@ -196,8 +196,17 @@ pub fn bless(root: &Path, entry: &EntryName) -> Result<Blessed, BlessError> {
     })
 }
 
+/// Set once this boot has been healthy ([`on_healthy`]): the trial deadline no longer applies.
+static HEALTHY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this boot has been healthy.
+pub fn was_healthy() -> bool {
+    HEALTHY.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Called once the node is healthy: blesses the entry on trial, or says why nothing is done.
 pub fn on_healthy(root: &Path, boot: &BootEntry) {
+    HEALTHY.store(true, std::sync::atomic::Ordering::SeqCst);
     match boot {
         BootEntry::Started {
             counting: Some(c), ..
