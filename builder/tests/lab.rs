@@ -248,6 +248,23 @@ fn normal_first_boot_from_the_appliance_disk() {
     assert_eq!(v["report_event"], "install-passed");
 }
 
+/// After a normal pass from slot A, the image is written into slot B with a boot counter (as
+/// `imrs-build update` does); systemd-boot tries B, the box serves from it, and the init
+/// blesses B on the disk once healthy.
+#[test]
+fn an_update_into_slot_b_serves_and_is_blessed() {
+    let Some(v) = lab_with("update", RouterKind::Frr, "disk") else {
+        return;
+    };
+    assert_passed("update", &v);
+    assert_eq!(
+        v["boots"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        pretty(&v)
+    );
+}
+
 /// The normal pass against a second, independent BGP implementation: GoBGP learns the five
 /// prefixes from AS 20144 over both sessions.
 #[test]

@@ -51,19 +51,22 @@ pub enum Scenario {
     ReceiverDown,
     /// Power cut while the zone stage runs, then a boot on the same disk.
     PowerCut,
+    /// A normal pass, then an update into slot B and a boot from it (`--boot disk` only).
+    Update,
     /// A normal pass, then a second boot on the same disk.
     SecondBoot,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Normal,
         Scenario::TamperedZone,
         Scenario::XfrDown,
         Scenario::ReceiverDown,
         Scenario::PowerCut,
         Scenario::SecondBoot,
+        Scenario::Update,
     ];
 
     /// Its name on the command line.
@@ -75,6 +78,7 @@ impl Scenario {
             Scenario::ReceiverDown => "receiver-down",
             Scenario::PowerCut => "power-cut",
             Scenario::SecondBoot => "second-boot",
+            Scenario::Update => "update",
         }
     }
 
@@ -98,6 +102,9 @@ impl Scenario {
             }
             Scenario::SecondBoot => {
                 "after a normal pass, a second boot on the same disk serves again without a new install report"
+            }
+            Scenario::Update => {
+                "after a normal pass from slot A, the image written into slot B with a boot counter is tried, serves, and is blessed by the init"
             }
         }
     }
@@ -223,6 +230,37 @@ impl Lab {
             uefi_vars: (self.boot == super::LabBoot::Disk)
                 .then(|| self.workdir.join("OVMF_VARS_4M.fd")),
         }
+    }
+
+    /// Writes the lab's image into slot B of the appliance disk with 3 tries, as
+    /// `imrs-build update` does; returns what was written.
+    fn update_slot_b(&self) -> Result<String> {
+        let get = |name: &str| {
+            std::fs::read(self.image.join(name))
+                .with_context(|| format!("{}: cannot read", self.image.join(name).display()))
+        };
+        let payload = imrs_disk::SlotPayload::new(
+            get(imrs_disk::payload::MANIFEST)?,
+            get(imrs_disk::payload::SIGNATURE)?,
+            get(imrs_disk::payload::KERNEL)?,
+            get(imrs_disk::payload::INITRAMFS)?,
+        )?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.disk)
+            .with_context(|| format!("{}: cannot open", self.disk.display()))?;
+        let mut esp = imrs_disk::Esp::open(file)?;
+        let slot = imrs_disk::update_target(&esp.slots()?, None);
+        let entry = esp.write_slot(slot, &payload, Some(3), &[])?;
+        Ok(format!("slot {slot} written, entry {entry}"))
+    }
+
+    /// The boot entry files on the appliance disk's ESP.
+    fn slot_entries(&self) -> Result<Vec<String>> {
+        let file = std::fs::File::open(&self.disk)
+            .with_context(|| format!("{}: cannot open", self.disk.display()))?;
+        Ok(imrs_disk::Esp::open(file)?.entry_files()?)
     }
 
     fn start_xfr(&mut self, svc: &mut Services, tampered: bool) -> Result<()> {
@@ -831,6 +869,58 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                 );
                 boots.push(b2);
                 (1, fin2)
+            } else {
+                (0, fin1)
+            }
+        }
+        Scenario::Update => {
+            if lab.boot != super::LabBoot::Disk {
+                anyhow::bail!(
+                    "scenario update needs --boot disk (slots live on the appliance disk)"
+                );
+            }
+            let (b1, t1, fin1) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
+            install_checks(&mut checks, &b1, &t1, &fin1, 0, lab.zone.serial);
+            let first_ok = checks.iter().all(|c| c.ok);
+            let base = fin1.reports.len();
+            boots.push(b1);
+            if first_ok {
+                let written = lab.update_slot_b()?;
+                lab.progress(format!("lab: {written}"));
+                let two = BootPlan {
+                    label: "boot 2".into(),
+                    goal: Goal::Serving,
+                    xfr_at: None,
+                    receiver_after_phone_home: None,
+                };
+                let (b2, _t2, fin2) = lab.boot(&mut svc, &two, base)?;
+                serving_checks(&mut checks, &b2, &fin2, lab.zone.serial);
+                let console =
+                    std::fs::read_to_string(lab.workdir.join("console.log")).unwrap_or_default();
+                let boot2 = console
+                    .rsplit("===== imrs-build lab: boot 2")
+                    .next()
+                    .unwrap_or("");
+                check(
+                    &mut checks,
+                    "boot 2: started from slot B on trial",
+                    boot2.contains("started from disk slot b") && boot2.contains("slot b on trial"),
+                    boot2
+                        .lines()
+                        .find(|l| l.contains("systemd-boot started") || l.contains("boot entry"))
+                        .unwrap_or("no boot entry line")
+                        .trim(),
+                );
+                let entries = lab.slot_entries()?;
+                check(
+                    &mut checks,
+                    "boot 2: healthy, slot B blessed on the disk",
+                    boot2.contains("slot b blessed") && entries.iter().any(|e| e == "imrs-b.conf"),
+                    format!("entries now: {}", entries.join(" ")),
+                );
+                second_serving = b2.serving_s;
+                boots.push(b2);
+                (0, fin1_with(fin1, &fin2))
             } else {
                 (0, fin1)
             }
