@@ -66,7 +66,7 @@ fn builds_are_bit_for_bit_reproducible() {
         .map(|e| e.unwrap().file_name())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 4, "{names:?}");
+    assert_eq!(names.len(), 5, "{names:?}");
     for n in names {
         let a = std::fs::read(first.join(&n)).unwrap();
         let b = std::fs::read(out.join(&n)).unwrap();

@@ -39,11 +39,27 @@ pub struct ModuleFailure {
     pub reason: String,
 }
 
+/// Modules whose init refuses with `ENODEV` when the firmware lacks what they serve:
+/// `efivarfs` on a machine not started through UEFI (a kernel booted directly). That is not a
+/// failure of the machine; the boot says so and goes on ([`crate::slots`] then reports that no
+/// slot can be blessed).
+pub const FIRMWARE_DEPENDENT: [&str; 1] = ["efivarfs"];
+
+/// Whether `module` (a path ending in `NAME.ko`) may refuse with `ENODEV` without failing.
+pub fn firmware_dependent(module: &str) -> bool {
+    let name = module.rsplit('/').next().unwrap_or(module);
+    FIRMWARE_DEPENDENT
+        .iter()
+        .any(|d| name.strip_suffix(".ko") == Some(d))
+}
+
 /// What loading did.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Modules loaded (or present).
+    /// Modules loaded (or present), or firmware-dependent ones not for this machine.
     pub ok: usize,
+    /// Firmware-dependent modules the kernel refused with `ENODEV` (not failures).
+    pub not_applicable: Vec<String>,
     /// Those that were not.
     pub failures: Vec<ModuleFailure>,
     /// Seconds each took, slowest first (the boot-time budget is mostly here).
@@ -56,6 +72,7 @@ pub fn load_all(root: &Path, release: &str, modules: &[String], load: bool) -> L
     let dir = root.join("lib/modules").join(release);
     let mut ok = 0;
     let mut failures = Vec::new();
+    let mut not_applicable = Vec::new();
     let mut timings = Vec::new();
     for m in modules {
         let t = std::time::Instant::now();
@@ -71,6 +88,10 @@ pub fn load_all(root: &Path, release: &str, modules: &[String], load: bool) -> L
                 }
                 match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
                     Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+                    Err(nix::errno::Errno::ENODEV) if firmware_dependent(m) => {
+                        not_applicable.push(m.clone());
+                        Ok(())
+                    }
                     Err(source) => Err(ModuleError::Load {
                         path: path.clone(),
                         source,
@@ -89,6 +110,7 @@ pub fn load_all(root: &Path, release: &str, modules: &[String], load: bool) -> L
     timings.sort_by(|a, b| b.1.total_cmp(&a.1));
     Loaded {
         ok,
+        not_applicable,
         failures,
         timings,
     }
@@ -97,6 +119,13 @@ pub fn load_all(root: &Path, release: &str, modules: &[String], load: bool) -> L
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_firmware_dependent_modules_may_be_absent() {
+        assert!(firmware_dependent("kernel/fs/efivarfs/efivarfs.ko"));
+        assert!(!firmware_dependent("kernel/fs/ext4/ext4.ko"));
+        assert!(!firmware_dependent("kernel/fs/efivarfs/notefivarfs.ko"));
+    }
 
     #[test]
     fn missing_module_is_a_named_failure_and_present_ones_count() {

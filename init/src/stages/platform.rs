@@ -32,6 +32,11 @@ pub async fn load_modules(ctx: &mut Context) {
     for f in &loaded.failures {
         log::error(format!("kernel module {}: {}", f.module, f.reason));
     }
+    for m in &loaded.not_applicable {
+        log::info(format!(
+            "kernel module {m}: not for this machine (ENODEV: the firmware lacks what it serves)"
+        ));
+    }
     let slowest: Vec<String> = loaded
         .timings
         .iter()
