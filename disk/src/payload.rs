@@ -74,6 +74,23 @@ impl SlotPayload {
         })
     }
 
+    /// A payload from an image folder's files (the caller verified the folder's signature).
+    pub fn from_folder(dir: &std::path::Path) -> Result<SlotPayload, DiskError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|e| DiskError::Input {
+                path,
+                detail: format!("cannot read ({e})"),
+            })
+        };
+        SlotPayload::new(
+            read(MANIFEST)?,
+            read(SIGNATURE)?,
+            read(KERNEL)?,
+            read(INITRAMFS)?,
+        )
+    }
+
     /// The parsed manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
@@ -138,6 +155,20 @@ pub(crate) mod tests {
             packages: vec![],
         };
         SlotPayload::new(canonical_json(&m), b"sig\n".to_vec(), kernel, initramfs).unwrap()
+    }
+
+    #[test]
+    fn a_payload_reads_from_an_image_folder() {
+        let p = payload("7", 64);
+        let d = tempfile::tempdir().unwrap();
+        for (name, data) in p.files() {
+            std::fs::write(d.path().join(name), data).unwrap();
+        }
+        let q = SlotPayload::from_folder(d.path()).unwrap();
+        assert_eq!(q.manifest_sha256(), p.manifest_sha256());
+        std::fs::remove_file(d.path().join(KERNEL)).unwrap();
+        let e = SlotPayload::from_folder(d.path()).unwrap_err().to_string();
+        assert!(e.contains("vmlinuz") && e.contains("cannot read"), "{e}");
     }
 
     #[test]

@@ -48,14 +48,8 @@ pub fn build(out: &Path, site: &Path, site_sig: &Path) -> Result<PathBuf> {
 pub fn appliance(out: &Path, image: &Path, site: &Path, site_sig: &Path) -> Result<PathBuf> {
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()));
     let (text, sig) = (read(site)?, read(site_sig)?);
-    let get = |name: &str| read(&image.join(name));
-    let payload = imrs_disk::SlotPayload::new(
-        get(imrs_disk::payload::MANIFEST)?,
-        get(imrs_disk::payload::SIGNATURE)?,
-        get(imrs_disk::payload::KERNEL)?,
-        get(imrs_disk::payload::INITRAMFS)?,
-    )?;
-    let loader = get(crate::image_dir::BOOT_LOADER).context(
+    let payload = imrs_disk::SlotPayload::from_folder(image)?;
+    let loader = read(&image.join(crate::image_dir::BOOT_LOADER)).context(
         "the image has no boot loader (built from a recipe without [boot]): --boot disk needs it",
     )?;
     std::fs::File::create(out).with_context(|| format!("{}: cannot create", out.display()))?;

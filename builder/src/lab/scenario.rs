@@ -235,16 +235,7 @@ impl Lab {
     /// Writes the lab's image into slot B of the appliance disk with 3 tries, as
     /// `imrs-build update` does; returns what was written.
     fn update_slot_b(&self) -> Result<String> {
-        let get = |name: &str| {
-            std::fs::read(self.image.join(name))
-                .with_context(|| format!("{}: cannot read", self.image.join(name).display()))
-        };
-        let payload = imrs_disk::SlotPayload::new(
-            get(imrs_disk::payload::MANIFEST)?,
-            get(imrs_disk::payload::SIGNATURE)?,
-            get(imrs_disk::payload::KERNEL)?,
-            get(imrs_disk::payload::INITRAMFS)?,
-        )?;
+        let payload = imrs_disk::SlotPayload::from_folder(&self.image)?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
