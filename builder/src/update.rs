@@ -42,11 +42,7 @@ pub struct UpdateArgs {
 }
 
 fn parse_slot(text: &str) -> Result<Slot, String> {
-    let mut c = text.chars();
-    match (c.next().and_then(Slot::from_letter), c.next()) {
-        (Some(s), None) => Ok(s),
-        _ => Err(format!("{}: a or b", imrs_config::escape(text))),
-    }
+    Slot::parse(text).ok_or_else(|| format!("{}: a or b", imrs_config::escape(text)))
 }
 
 /// Opens the target for writing: a regular file, or a block device exclusively (`O_EXCL`

@@ -51,6 +51,15 @@ impl Slot {
         }
     }
 
+    /// From `a` or `b` as a whole word (a kernel parameter's value, a command-line argument).
+    pub fn parse(text: &str) -> Option<Slot> {
+        let mut c = text.chars();
+        match (c.next().and_then(Slot::from_letter), c.next()) {
+            (Some(slot), None) => Some(slot),
+            _ => None,
+        }
+    }
+
     /// The other slot.
     pub fn other(self) -> Slot {
         match self {
@@ -276,6 +285,15 @@ impl LoaderEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_parse_as_whole_words() {
+        assert_eq!(Slot::parse("a"), Some(Slot::A));
+        assert_eq!(Slot::parse("b"), Some(Slot::B));
+        for bad in ["", "ab", "c", "A"] {
+            assert_eq!(Slot::parse(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn entry_names_round_trip() {

@@ -176,16 +176,9 @@ pub fn parse(text: &str) -> Settings {
                 })
                 .map(|v| s.manifest = Some(v.to_string()))
                 .ok_or(bad("64 lowercase hex digits")),
-            "slot" => {
-                let mut c = value.chars();
-                match (c.next().and_then(imrs_disk::Slot::from_letter), c.next()) {
-                    (Some(slot), None) => {
-                        s.slot = Some(slot);
-                        Ok(())
-                    }
-                    _ => Err(bad("a or b")),
-                }
-            }
+            "slot" => imrs_disk::Slot::parse(value)
+                .map(|slot| s.slot = Some(slot))
+                .ok_or(bad("a or b")),
             "fake_time" => value
                 .parse::<i64>()
                 .ok()
