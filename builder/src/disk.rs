@@ -79,36 +79,46 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{}: too large", imrs_config::escape(text)))
 }
 
-/// The image's site-signing public key, from its (verified) initramfs.
-fn site_key(v: &Verified, dir: &Path) -> Result<ed25519_dalek::VerifyingKey> {
+/// The image's site-signing public key, from its (verified) initramfs entries; `what` names
+/// the image in errors.
+pub(crate) fn image_site_key(
+    entries: &[crate::cpio::Entry],
+    what: &Path,
+) -> Result<ed25519_dalek::VerifyingKey> {
     let want = SITE_PUBKEY_PATH.trim_start_matches('/');
-    let e = v
-        .initramfs
+    let e = entries
         .iter()
         .find(|e| e.name == want)
-        .with_context(|| format!("{}: the image has no {SITE_PUBKEY_PATH}", dir.display()))?;
+        .with_context(|| format!("{}: the image has no {SITE_PUBKEY_PATH}", what.display()))?;
     let pem = std::str::from_utf8(&e.data)
-        .with_context(|| format!("{}: {SITE_PUBKEY_PATH} is not text", dir.display()))?;
+        .with_context(|| format!("{}: {SITE_PUBKEY_PATH} is not text", what.display()))?;
     keys::parse_public(pem, Path::new(SITE_PUBKEY_PATH)).map_err(Into::into)
 }
 
-/// Reads `--site` and checks it against the image's site key.
-fn site_files(path: &Path, v: &Verified, dir: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
+/// A signed site config as read for a disk: its text, its signature file and what it says.
+pub(crate) struct SiteFiles {
+    pub text: Vec<u8>,
+    pub sig: String,
+    pub site: imrs_config::site::Site,
+}
+
+/// Reads the site config `path` (and `path.sig`) and checks it against the image's site key.
+pub(crate) fn read_site(path: &Path, key: &ed25519_dalek::VerifyingKey) -> Result<SiteFiles> {
     let text = read_bounded(path, limits::SITE, "site config")?;
     let sig_path = signed::sig_path_for(path);
     let sig = read_bounded_string(&sig_path, limits::SIGNATURE, "site signature")?;
-    signed::verify_text(path, &text, &sig, &site_key(v, dir)?).with_context(|| {
+    let site = signed::verify_text(path, &text, &sig, key).with_context(|| {
         format!(
             "{}: the site config does not verify with the image's site-signing key \
              ({SITE_PUBKEY_PATH}); sign it with that key (`imrs-build site sign`)",
             path.display()
         )
     })?;
-    Ok((text, sig.into_bytes()))
+    Ok(SiteFiles { text, sig, site })
 }
 
 /// The boot loader from a verified folder.
-fn boot_loader(v: &Verified, dir: &Path) -> Result<Vec<u8>> {
+pub(crate) fn boot_loader(v: &Verified, dir: &Path) -> Result<Vec<u8>> {
     match v.artifacts.get(BOOT_LOADER) {
         Some(l) => Ok(l.clone()),
         None => bail!(
@@ -178,11 +188,11 @@ pub fn run(args: DiskArgs, ui: &Ui) -> Result<u8> {
     let loader = boot_loader(&v, &args.dir)?;
     let payload = slot_payload(&v, &args.dir)?;
     let site = match &args.site {
-        Some(p) => Some(site_files(p, &v, &args.dir)?),
+        Some(p) => Some(read_site(p, &image_site_key(&v.initramfs, &args.dir)?)?),
         None => None,
     };
     let config: Vec<(&str, &[u8])> = match &site {
-        Some((t, s)) => vec![("site.toml", t), ("site.toml.sig", s)],
+        Some(f) => vec![("site.toml", &f.text), ("site.toml.sig", f.sig.as_bytes())],
         None => vec![],
     };
     let spec = ApplianceSpec {

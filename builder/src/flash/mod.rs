@@ -27,16 +27,15 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ed25519_dalek::VerifyingKey;
-use imrs_config::fsutil::{limits, read_bounded, read_bounded_string};
-use imrs_config::image::{Manifest, SITE_PUBKEY_PATH, canonical_json};
-use imrs_config::{keys, signed};
+use imrs_config::image::{Manifest, canonical_json};
+use imrs_config::keys;
 use imrs_disk::bmap::Bmap;
 use imrs_disk::image::{ApplianceSpec, personalise, write_appliance};
 use imrs_disk::payload::{INITRAMFS, KERNEL, MANIFEST, SIGNATURE};
 use imrs_disk::{Esp, SlotPayload};
 use serde_json::{Value, json};
 
-use crate::disk::parse_size;
+use crate::disk::{SiteFiles, image_site_key, parse_size, read_site};
 use crate::image_dir::{BOOT_LOADER, sha256_hex};
 use crate::ui::Ui;
 use crate::verify::{self, VerifyError};
@@ -87,18 +86,6 @@ struct Source {
     disk: tempfile::NamedTempFile,
 }
 
-/// The image's site-signing key from its initramfs entries.
-fn site_key_of(entries: &[crate::cpio::Entry], what: &Path) -> Result<VerifyingKey> {
-    let want = SITE_PUBKEY_PATH.trim_start_matches('/');
-    let e = entries
-        .iter()
-        .find(|e| e.name == want)
-        .with_context(|| format!("{}: the image has no {SITE_PUBKEY_PATH}", what.display()))?;
-    let pem = std::str::from_utf8(&e.data)
-        .with_context(|| format!("{}: {SITE_PUBKEY_PATH} is not text", what.display()))?;
-    Ok(keys::parse_public(pem, Path::new(SITE_PUBKEY_PATH))?)
-}
-
 fn scratch() -> Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
         .prefix("imrs-flash-")
@@ -110,26 +97,21 @@ fn scratch() -> Result<tempfile::NamedTempFile> {
 /// An image folder: verified, then made into a disk.
 fn from_folder(dir: &Path, key: &VerifyingKey, size: Option<u64>) -> Result<Source> {
     let v = verify::verify_loaded(dir, key)?;
-    let Some(loader) = v.artifacts.get(BOOT_LOADER) else {
-        bail!(
-            "{}: the image has no {BOOT_LOADER}; build it from a recipe with a [boot] section",
-            dir.display()
-        );
-    };
+    let loader = crate::disk::boot_loader(&v, dir)?;
     let payload = crate::disk::slot_payload(&v, dir)?;
     let disk = scratch()?;
     write_appliance(
         disk.path(),
         &ApplianceSpec {
             size,
-            loader_efi: loader,
+            loader_efi: &loader,
             payload: &payload,
             extra_options: &[],
             config_files: &[],
         },
     )?;
     Ok(Source {
-        site_key: site_key_of(&v.initramfs, dir)?,
+        site_key: image_site_key(&v.initramfs, dir)?,
         manifest_sha256: payload.manifest_sha256(),
         manifest: v.manifest,
         disk,
@@ -188,7 +170,7 @@ fn from_disk(path: &Path, key: &VerifyingKey) -> Result<Source> {
         .into());
     }
     let entries = verify::unpack_initramfs(&path.join("(slot a)/initramfs.cpio.zst"), &initramfs)?;
-    let site_key = site_key_of(&entries, path)?;
+    let site_key = image_site_key(&entries, path)?;
     // Copy the disk's data (its mapped ranges) into the scratch file.
     let disk = scratch()?;
     let map = Bmap::ranges_of_file(path)?;
@@ -294,17 +276,11 @@ pub fn run(args: FlashArgs, ui: &Ui) -> Result<u8> {
         from_disk(&args.source, &image_key)?
     };
     sp.finish_and_clear();
-    let site_text = read_bounded(&args.site, limits::SITE, "site config")?;
-    let sig_path = signed::sig_path_for(&args.site);
-    let site_sig = read_bounded_string(&sig_path, limits::SIGNATURE, "site signature")?;
-    let site = signed::verify_text(&args.site, &site_text, &site_sig, &src.site_key).with_context(
-        || {
-            format!(
-                "{}: the site config does not verify with the image's site-signing key",
-                args.site.display()
-            )
-        },
-    )?;
+    let SiteFiles {
+        text: site_text,
+        sig: site_sig,
+        site,
+    } = read_site(&args.site, &src.site_key)?;
     let size = src
         .disk
         .as_file()
