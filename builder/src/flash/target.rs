@@ -189,15 +189,15 @@ fn swaps(proc_: &Path) -> BTreeSet<String> {
         .filter_map(|l| l.split_whitespace().next())
         .filter_map(|p| std::fs::metadata(p).ok())
         .filter(|m| m.file_type().is_block_device())
-        .map(|m| devnum(libc_major(m.rdev()), libc_minor(m.rdev())))
+        .map(|m| devnum(major_of(m.rdev()), minor_of(m.rdev())))
         .collect()
 }
 
-fn libc_major(rdev: u64) -> u64 {
+fn major_of(rdev: u64) -> u64 {
     u64::from(nix::sys::stat::major(rdev) as u32)
 }
 
-fn libc_minor(rdev: u64) -> u64 {
+fn minor_of(rdev: u64) -> u64 {
     u64::from(nix::sys::stat::minor(rdev) as u32)
 }
 
@@ -214,34 +214,26 @@ pub fn inspect(
         path: path.to_path_buf(),
         detail,
     };
+    let file = || Target {
+        path: path.to_path_buf(),
+        kind: Kind::File,
+        name: None,
+        size: None,
+        model: None,
+        serial: None,
+    };
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Target {
-                path: path.to_path_buf(),
-                kind: Kind::File,
-                name: None,
-                size: None,
-                model: None,
-                serial: None,
-            });
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(file()),
         Err(e) => return Err(unusable(format!("cannot read ({e})"))),
     };
     if meta.is_file() {
-        return Ok(Target {
-            path: path.to_path_buf(),
-            kind: Kind::File,
-            name: None,
-            size: None,
-            model: None,
-            serial: None,
-        });
+        return Ok(file());
     }
     if !meta.file_type().is_block_device() {
         return Err(unusable("neither a block device nor a regular file".into()));
     }
-    let (major, minor) = (libc_major(meta.rdev()), libc_minor(meta.rdev()));
+    let (major, minor) = (major_of(meta.rdev()), minor_of(meta.rdev()));
     inspect_block(path, major, minor, needed, allow_partition, sys, proc_)
 }
 

@@ -59,6 +59,19 @@ fn span(r: &Range, image_size: u64) -> (u64, u64) {
     (start, end)
 }
 
+/// Range `r` holds `actual`, not the digest it should.
+fn mismatch(r: &Range, image_size: u64, actual: String) -> FlashError {
+    let (start, end) = span(r, image_size);
+    FlashError::Mismatch {
+        first: r.first,
+        last: r.last,
+        start,
+        end,
+        expected: r.sha256.clone(),
+        actual,
+    }
+}
+
 /// Copies every mapped range of `src` to `dst` at the same offsets, then fsyncs `dst`.
 /// `progress` gets the bytes written so far. Returns the bytes written and the map with each
 /// range's sha256 as written (what [`read_back`] must find).
@@ -89,14 +102,7 @@ pub fn write_ranges(
         let got = hex::encode(h.finalize());
         // A map that came with checksums (a bmap file) is checked on the way.
         if !r.sha256.is_empty() && r.sha256 != got {
-            return Err(FlashError::Mismatch {
-                first: r.first,
-                last: r.last,
-                start,
-                end,
-                expected: r.sha256.clone(),
-                actual: got,
-            });
+            return Err(mismatch(r, map.image_size, got));
         }
         r.sha256 = got;
     }
@@ -234,14 +240,7 @@ pub fn read_back(
         }
         let actual = hex::encode(h.finalize());
         if actual != r.sha256 {
-            return Err(FlashError::Mismatch {
-                first: r.first,
-                last: r.last,
-                start,
-                end,
-                expected: r.sha256.clone(),
-                actual,
-            });
+            return Err(mismatch(r, map.image_size, actual));
         }
         all.update(actual.as_bytes());
     }
