@@ -40,6 +40,22 @@ pub fn require(ok: bool, what: &str) -> bool {
     false
 }
 
+/// Whether `program arg` can be run.
+pub fn have(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).output().is_ok()
+}
+
+/// QEMU and the UEFI firmware an appliance disk boots with (see [`require`]).
+pub fn uefi_prerequisites() -> bool {
+    require(
+        have("qemu-system-x86_64", "--version"),
+        "qemu-system-x86_64 (install qemu-system-x86)",
+    ) && require(
+        Path::new(imrs_build::qemu::OVMF_CODE).exists(),
+        "OVMF firmware (install ovmf)",
+    )
+}
+
 /// Runs a command, returning its output.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("spawn")

@@ -34,10 +34,6 @@ fn only(dir: &Path, keep: &[&str]) {
     assert_eq!(names, keep, "{}", dir.display());
 }
 
-fn have(program: &str, arg: &str) -> bool {
-    Command::new(program).arg(arg).output().is_ok()
-}
-
 #[test]
 fn disks_are_reproducible_and_bmaptool_copies_them() {
     let Some((image, key, _)) = qemu_image() else {
@@ -233,13 +229,7 @@ fn the_disk_boots_through_uefi_from_slot_a() {
     let Some((image, key, _)) = qemu_image() else {
         return;
     };
-    if !require(
-        have("qemu-system-x86_64", "--version"),
-        "qemu-system-x86_64 (install qemu-system-x86)",
-    ) || !require(
-        Path::new(imrs_build::qemu::OVMF_CODE).exists(),
-        "OVMF firmware (install ovmf)",
-    ) {
+    if !uefi_prerequisites() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -324,13 +314,7 @@ fn an_update_is_tried_then_falls_back_when_never_blessed() {
     let Some((image, key, _)) = qemu_image() else {
         return;
     };
-    if !require(
-        have("qemu-system-x86_64", "--version"),
-        "qemu-system-x86_64 (install qemu-system-x86)",
-    ) || !require(
-        Path::new(imrs_build::qemu::OVMF_CODE).exists(),
-        "OVMF firmware (install ovmf)",
-    ) {
+    if !uefi_prerequisites() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

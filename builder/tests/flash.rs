@@ -13,10 +13,6 @@ use common::*;
 use imrs_build::flash::write::{FlashError, read_back, write_ranges};
 use imrs_disk::bmap::Bmap;
 
-fn have(program: &str, arg: &str) -> bool {
-    Command::new(program).arg(arg).output().is_ok()
-}
-
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -121,10 +117,7 @@ fn a_flashed_file_boots_with_its_device_key_and_the_record_verifies() {
     assert_eq!(inv.lines().count(), 1);
     assert!(inv.contains(&device_key));
 
-    if !require(
-        have("qemu-system-x86_64", "--version") && Path::new(imrs_build::qemu::OVMF_CODE).exists(),
-        "qemu-system-x86_64 and OVMF (install qemu-system-x86 ovmf)",
-    ) {
+    if !uefi_prerequisites() {
         return;
     }
     let o = run(bin()

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -64,12 +64,7 @@ fn lab_with(scenario: &str, router: RouterKind, boot: &str) -> Option<Value> {
     if !prerequisites(router) {
         return None;
     }
-    if boot == "disk"
-        && !require(
-            Path::new(imrs_build::qemu::OVMF_CODE).exists(),
-            "OVMF firmware (install ovmf)",
-        )
-    {
+    if boot == "disk" && !uefi_prerequisites() {
         return None;
     }
     let (image, key) = image()?;

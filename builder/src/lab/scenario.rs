@@ -190,6 +190,18 @@ struct BootPlan {
     receiver_after_phone_home: Option<f64>,
 }
 
+impl BootPlan {
+    /// A later boot of a scenario: every service already up.
+    fn later(label: &str, goal: Goal) -> BootPlan {
+        BootPlan {
+            label: label.into(),
+            goal,
+            xfr_at: None,
+            receiver_after_phone_home: None,
+        }
+    }
+}
+
 /// The end of one boot, measured before QEMU was stopped.
 struct Final {
     routes: Vec<Route>,
@@ -837,12 +849,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             boots.push(b1);
             let base = fin1.reports.len();
             if cut_ok {
-                let two = BootPlan {
-                    label: "boot 2".into(),
-                    goal: Goal::Install,
-                    xfr_at: None,
-                    receiver_after_phone_home: None,
-                };
+                let two = BootPlan::later("boot 2", Goal::Install);
                 let (b2, t2, fin2) = lab.boot(&mut svc, &two, base)?;
                 check(
                     &mut checks,
@@ -878,18 +885,13 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             if first_ok {
                 let written = lab.update_slot_b()?;
                 lab.progress(format!("lab: {written}"));
-                let two = BootPlan {
-                    label: "boot 2".into(),
-                    goal: Goal::Serving,
-                    xfr_at: None,
-                    receiver_after_phone_home: None,
-                };
+                let two = BootPlan::later("boot 2", Goal::Serving);
                 let (b2, _t2, fin2) = lab.boot(&mut svc, &two, base)?;
                 serving_checks(&mut checks, &b2, &fin2, lab.zone.serial);
                 let console =
                     std::fs::read_to_string(lab.workdir.join("console.log")).unwrap_or_default();
                 let boot2 = console
-                    .rsplit("===== imrs-build lab: boot 2")
+                    .rsplit(&super::vm::console_header("boot 2"))
                     .next()
                     .unwrap_or("");
                 check(
@@ -923,12 +925,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             let base = fin1.reports.len();
             boots.push(b1);
             if first_ok {
-                let two = BootPlan {
-                    label: "boot 2".into(),
-                    goal: Goal::Serving,
-                    xfr_at: None,
-                    receiver_after_phone_home: None,
-                };
+                let two = BootPlan::later("boot 2", Goal::Serving);
                 let (b2, t2, fin2) = lab.boot(&mut svc, &two, base)?;
                 serving_checks(&mut checks, &b2, &fin2, lab.zone.serial);
                 for s in ["hardware", "phone-home"] {

@@ -82,6 +82,11 @@ pub fn boot_options(cfg: &VmConfig) -> BootOptions {
     o
 }
 
+/// The line `console.log` has before each boot's console.
+pub fn console_header(boot: &str) -> String {
+    format!("===== imrs-build lab: {boot} =====")
+}
+
 /// A console line with its time after QEMU start.
 #[derive(Debug, Clone)]
 pub struct Line {
@@ -127,7 +132,7 @@ impl Vm {
             .append(true)
             .open(console_log)
             .with_context(|| format!("{}: cannot open", console_log.display()))?;
-        writeln!(log, "===== imrs-build lab: {boot} =====")
+        writeln!(log, "{}", console_header(boot))
             .with_context(|| format!("{}: cannot write", console_log.display()))?;
         let started = Instant::now();
         let mut child = cmd
