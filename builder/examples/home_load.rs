@@ -101,6 +101,11 @@ fn sample(i: usize) -> report::Report {
             daemon: Some("nsd".into()),
             detail: None,
         },
+        slot: Some(report::SlotReport {
+            running: Some("a".into()),
+            boot_entry: "systemd-boot started imrs-a.conf: slot a (blessed)".into(),
+            fallback: None,
+        }),
     }
 }
 

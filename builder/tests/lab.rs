@@ -260,6 +260,50 @@ fn an_update_into_slot_b_serves_and_is_blessed() {
     );
 }
 
+/// Slot B holds an image that cannot become healthy (its pipeline ends before BGP): systemd-boot
+/// tries it once, the init gives the boot up without blessing it, the box comes back on slot A,
+/// serves, and a `slot-changed` report says B fell back and why.
+#[test]
+fn a_slot_that_never_becomes_healthy_falls_back_to_a() {
+    let Some(v) = lab_with("rollback", RouterKind::Frr, "disk") else {
+        return;
+    };
+    assert_passed("rollback", &v);
+    assert_eq!(
+        v["boots"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        pretty(&v)
+    );
+    let changed = v["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == "slot-changed")
+        .unwrap_or_else(|| panic!("no slot-changed report: {}", pretty(&v)));
+    let why = changed["fallback"].as_str().unwrap();
+    assert!(
+        why.contains("slot b") && why.contains("without reaching bgp"),
+        "{why}"
+    );
+}
+
+/// An update into slot B loses power half-way while the box runs from A: B gets no entry, and
+/// the next boot is slot A again, serving.
+#[test]
+fn a_power_cut_during_an_update_leaves_slot_a_booting() {
+    let Some(v) = lab_with("power-cut-update", RouterKind::Frr, "disk") else {
+        return;
+    };
+    assert_passed("power-cut-update", &v);
+    assert_eq!(
+        v["boots"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        pretty(&v)
+    );
+}
+
 /// The normal pass against a second, independent BGP implementation: GoBGP learns the five
 /// prefixes from AS 20144 over both sessions.
 #[test]

@@ -21,10 +21,16 @@ use crate::image::canonical_json;
 use crate::keys;
 pub use crate::stage::{Stage, Status};
 
-/// The report schema version this build writes and understands.
+/// The report schema version this build writes.
 /// Version 2: stages and statuses are the shared vocabulary ([`crate::stage`]): `done-earlier`
 /// and `not-reached` (was `skipped`), no `not-built-yet`.
-pub const REPORT_VERSION: u32 = 2;
+/// Version 3: every report names the disk slot it runs from ([`Report::slot`]); the
+/// `slot-changed` event.
+pub const REPORT_VERSION: u32 = 3;
+
+/// The oldest report version this build still accepts (reports queued in an outbox by the
+/// previous image are delivered after an update).
+pub const OLDEST_REPORT_VERSION: u32 = 2;
 
 /// Bytes of randomness in a report id (shown as twice as many hex digits).
 pub const REPORT_ID_BYTES: usize = 16;
@@ -151,6 +157,15 @@ pub enum Event {
     },
     /// A later boot (the installation passed earlier).
     Boot {},
+    /// A later boot became healthy on another slot or image than the box last ran healthy,
+    /// or back on its slot after a slot on trial failed ([`SlotReport::fallback`] says why).
+    SlotChanged {
+        /// The slot the box ran before (`a`, `b`; absent when it booted without slots).
+        #[serde(default)]
+        previous_slot: Option<String>,
+        /// The manifest sha256 of the image it ran there (empty when unknown).
+        previous_manifest_sha256: String,
+    },
 }
 
 impl Event {
@@ -160,6 +175,7 @@ impl Event {
             Event::InstallPassed {} => "install-passed",
             Event::InstallFailed { .. } => "install-failed",
             Event::Boot {} => "boot",
+            Event::SlotChanged { .. } => "slot-changed",
         }
     }
 }
@@ -274,6 +290,22 @@ pub struct DnsReport {
     pub detail: Option<String>,
 }
 
+/// The disk slot a report comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotReport {
+    /// The slot the box runs (`a`, `b`); absent when its kernel was booted directly.
+    #[serde(default)]
+    pub running: Option<String>,
+    /// What systemd-boot said about this boot (entry started, on trial or blessed), or why that
+    /// is unknown.
+    pub boot_entry: String,
+    /// Why the box runs this slot and not the one it was trying: the slot on trial, its image
+    /// and how it failed. Absent when there was no fallback.
+    #[serde(default)]
+    pub fallback: Option<String>,
+}
+
 /// A phone-home report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -309,6 +341,9 @@ pub struct Report {
     pub zone: Option<ZoneReport>,
     /// DNS readiness.
     pub dns: DnsReport,
+    /// The disk slot (version 3 on; absent in version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<SlotReport>,
 }
 
 /// A report as sent: the canonical report bytes, their signature, and the signer's public key.
@@ -387,6 +422,14 @@ pub fn verify(signed: &SignedReport) -> Result<Report, ReportError> {
 /// Longest free-text field accepted (reasons, names).
 const MAX_TEXT: usize = 4096;
 
+/// A sha256 as 64 lowercase hex digits, or empty (unknown).
+fn digest_or_empty(m: &str) -> bool {
+    m.is_empty()
+        || (m.len() == 64
+            && m.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
 /// Checks the rules serde cannot express.
 pub fn validate(r: &Report) -> Result<(), ReportError> {
     let bad = |field: &str, value: &dyn std::fmt::Display, rule: &str| ReportError::Invalid {
@@ -395,12 +438,63 @@ pub fn validate(r: &Report) -> Result<(), ReportError> {
         value: value.to_string(),
         rule: rule.to_string(),
     };
-    if r.version != REPORT_VERSION {
+    if !(OLDEST_REPORT_VERSION..=REPORT_VERSION).contains(&r.version) {
         return Err(bad(
             "version",
             &r.version,
-            &format!("this build understands report version {REPORT_VERSION}"),
+            &format!(
+                "this build understands report versions {OLDEST_REPORT_VERSION} to \
+                 {REPORT_VERSION}"
+            ),
         ));
+    }
+    if r.version >= 3 && r.slot.is_none() {
+        return Err(bad("slot", &"absent", "required from report version 3"));
+    }
+    if r.version < 3 && (r.slot.is_some() || matches!(r.event, Event::SlotChanged { .. })) {
+        return Err(bad(
+            "version",
+            &r.version,
+            "slot and slot-changed need report version 3",
+        ));
+    }
+    let slot_letter = |v: &Option<String>| v.as_deref().is_none_or(|l| l == "a" || l == "b");
+    if let Some(slot) = &r.slot {
+        if !slot_letter(&slot.running) {
+            return Err(bad(
+                "slot.running",
+                &slot.running.as_deref().unwrap_or_default(),
+                "a or b",
+            ));
+        }
+        for (field, v) in [
+            ("slot.boot_entry", Some(&slot.boot_entry)),
+            ("slot.fallback", slot.fallback.as_ref()),
+        ] {
+            if v.is_some_and(|t| t.len() > MAX_TEXT) {
+                return Err(bad(field, &v.map_or(0, String::len), "at most 4096 bytes"));
+            }
+        }
+    }
+    if let Event::SlotChanged {
+        previous_slot,
+        previous_manifest_sha256,
+    } = &r.event
+    {
+        if !slot_letter(previous_slot) {
+            return Err(bad(
+                "event.previous_slot",
+                &previous_slot.as_deref().unwrap_or_default(),
+                "a or b",
+            ));
+        }
+        if !digest_or_empty(previous_manifest_sha256) {
+            return Err(bad(
+                "event.previous_manifest_sha256",
+                previous_manifest_sha256,
+                "64 lowercase hex digits (or empty when unknown)",
+            ));
+        }
     }
     let texts = [
         ("device.serial", r.device.serial.as_str(), false),
@@ -420,12 +514,7 @@ pub fn validate(r: &Report) -> Result<(), ReportError> {
         return Err(bad("event.reason", &reason.len(), "at most 4096 bytes"));
     }
     let m = &r.image.manifest_sha256;
-    let lower_hex = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let digest_ok = m.is_empty() || (m.len() == 64 && lower_hex(m));
-    if !digest_ok {
+    if !digest_or_empty(m) {
         return Err(bad(
             "image.manifest_sha256",
             m,
@@ -500,6 +589,11 @@ mod tests {
                 daemon: Some("nsd".into()),
                 detail: None,
             },
+            slot: Some(SlotReport {
+                running: Some("a".into()),
+                boot_entry: "systemd-boot started imrs-a.conf: slot a (blessed)".into(),
+                fallback: None,
+            }),
         }
     }
 
@@ -535,6 +629,26 @@ mod tests {
         };
         assert_eq!(verify(&sign(&f, &key)).unwrap(), f);
         assert!(signed.report.contains("\"kind\": \"install-passed\""));
+        // A slot change after a fallback.
+        let mut c = sample();
+        c.event = Event::SlotChanged {
+            previous_slot: Some("b".into()),
+            previous_manifest_sha256: "cd".repeat(32),
+        };
+        c.slot = Some(SlotReport {
+            running: Some("a".into()),
+            boot_entry: "systemd-boot started imrs-a.conf: slot a (blessed)".into(),
+            fallback: Some("slot b on trial stopped at stage dns".into()),
+        });
+        assert_eq!(verify(&sign(&c, &key)).unwrap(), c);
+        assert_eq!(c.event.name(), "slot-changed");
+        // A version 2 report (queued by the previous image) is still accepted as it was.
+        let mut old = sample();
+        old.version = 2;
+        old.slot = None;
+        let signed_old = sign(&old, &key);
+        assert!(!signed_old.report.contains("\"slot\""));
+        assert_eq!(verify(&signed_old).unwrap(), old);
     }
 
     #[test]
@@ -605,6 +719,28 @@ mod tests {
             (
                 "digest",
                 Box::new(|v| v["image"]["manifest_sha256"] = "zz".into()),
+            ),
+            (
+                "v3 without slot",
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("slot");
+                }),
+            ),
+            ("v2 with slot", Box::new(|v| v["version"] = 2.into())),
+            ("slot c", Box::new(|v| v["slot"]["running"] = "c".into())),
+            (
+                "slot-changed from slot c",
+                Box::new(|v| {
+                    v["event"] = serde_json::json!({"kind": "slot-changed",
+                        "previous_slot": "c", "previous_manifest_sha256": ""})
+                }),
+            ),
+            (
+                "slot-changed with a bad digest",
+                Box::new(|v| {
+                    v["event"] = serde_json::json!({"kind": "slot-changed",
+                        "previous_slot": "a", "previous_manifest_sha256": "AB"})
+                }),
             ),
         ];
         for (name, edit) in cases {

@@ -72,6 +72,9 @@ pub struct Site {
     /// DNS service options (default: none set).
     #[serde(default)]
     pub dns: DnsOptions,
+    /// A/B slots: how long an updated slot has to become healthy.
+    #[serde(default)]
+    pub slots: Slots,
 }
 
 /// Addresses the DNS service answers on.
@@ -197,6 +200,34 @@ pub struct DnsOptions {
     /// Response rate limiting; absent (the default): off.
     #[serde(default)]
     pub rrl: Option<Rrl>,
+}
+
+/// The disk slots' trial rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slots {
+    /// Seconds a slot on trial (an update being tried with a boot counter) has from boot to
+    /// healthy (zone verified, DNS answering, BGP established and announcing) before the box
+    /// reboots and systemd-boot tries it again or goes back to the other slot (60 to 86400;
+    /// default 900).
+    #[serde(default = "default_health_deadline")]
+    pub health_deadline_s: u64,
+}
+
+impl Default for Slots {
+    fn default() -> Slots {
+        Slots {
+            health_deadline_s: default_health_deadline(),
+        }
+    }
+}
+
+/// The default [`Slots::health_deadline_s`]: 15 minutes, several zone transfers' worth of
+/// retries on a slow link.
+pub const DEFAULT_HEALTH_DEADLINE_S: u64 = 900;
+
+fn default_health_deadline() -> u64 {
+    DEFAULT_HEALTH_DEADLINE_S
 }
 
 /// Response rate limiting (RRL): how many responses per second one client netblock gets.

@@ -39,6 +39,74 @@ impl<D: Device + ?Sized> Device for &mut D {
     }
 }
 
+/// A device whose writes fail once `writes` of them have gone through: what a power cut
+/// leaves behind is what was written before it (the slot writer syncs between its steps, so
+/// nothing written later can land earlier). The slot writer's tests cut it at every write; the
+/// lab's `power-cut-update` scenario cuts an update of the appliance disk with it.
+#[derive(Debug)]
+pub struct CutAfter<D> {
+    /// The device.
+    pub inner: D,
+    /// Writes still allowed.
+    pub writes: usize,
+    /// Writes refused so far.
+    pub refused: usize,
+}
+
+impl<D> CutAfter<D> {
+    /// `inner`, allowing `writes` writes.
+    pub fn new(inner: D, writes: usize) -> CutAfter<D> {
+        CutAfter {
+            inner,
+            writes,
+            refused: 0,
+        }
+    }
+}
+
+impl CutAfter<Cursor<Vec<u8>>> {
+    /// An in-memory disk of `bytes` that allows `writes` writes.
+    pub fn in_memory(bytes: Vec<u8>, writes: usize) -> Self {
+        CutAfter::new(Cursor::new(bytes), writes)
+    }
+}
+
+impl<D: Read> Read for CutAfter<D> {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(b)
+    }
+}
+
+impl<D: Seek> Seek for CutAfter<D> {
+    fn seek(&mut self, p: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(p)
+    }
+}
+
+impl<D: Write> Write for CutAfter<D> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        if self.writes == 0 {
+            self.refused += 1;
+            return Err(io::Error::other("power cut"));
+        }
+        self.writes -= 1;
+        self.inner.write(b)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<D: Device> Device for CutAfter<D> {
+    fn sync(&mut self) -> io::Result<()> {
+        if self.writes == 0 {
+            return Err(io::Error::other("power cut"));
+        }
+        self.inner.sync()
+    }
+}
+
 /// A window over `len` bytes of a device starting at `start`: position 0 of the window is byte
 /// `start` of the device; reads stop at the window's end and writes past it fail. Every access
 /// seeks the device first, so several windows (or the GPT code) may share one device in turn.

@@ -587,8 +587,8 @@ mod tests {
         }
         let mut v = found.expect("some padding puts the LFN run across a sector boundary");
         // Interrupt after the first sector write.
-        use crate::testutil::CutAfter;
-        let mut cut = CutAfter::new(v.get_ref().clone(), 1);
+        use crate::device::CutAfter;
+        let mut cut = CutAfter::in_memory(v.get_ref().clone(), 1);
         assert!(rename(&mut cut, "T", "d", "imrs-b+2-1.conf", "imrs-b.conf").is_err());
         let mut after = cut.inner;
         let raw = list(&mut after, "T", "d").unwrap();

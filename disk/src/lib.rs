@@ -48,10 +48,8 @@ pub mod guid;
 pub mod image;
 pub mod layout;
 pub mod payload;
-#[cfg(test)]
-mod testutil;
 
-pub use device::{Device, Window};
+pub use device::{CutAfter, Device, Window};
 pub use entry::{EntryName, LoaderEntry, Slot};
 pub use error::DiskError;
 pub use esp::{Blessed, Esp, SlotStatus, next_boot, update_target};

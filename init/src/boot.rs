@@ -26,6 +26,7 @@ use crate::log::{Admit, RateLimit};
 use crate::pid1::{Halt, Role};
 use crate::reaper::Reaper;
 use crate::signals::{Request, Signals};
+use crate::slot_history::{History, SlotRun};
 use crate::supervisor::{Spec, Supervisor};
 use crate::{
     clock, cmdline, control, log, pid1, pipeline, shutdown, signals, stages, state, summary,
@@ -241,6 +242,8 @@ async fn event_loop(
         phone: None,
         manifest_sha256: settings.manifest.clone(),
         boot_entry: crate::slots::BootEntry::Unknown("not read yet".into()),
+        slot: settings.slot,
+        slot_fallback: None,
     };
     // Disk and filesystem drivers first: the state may live on the data partition.
     stages::platform::load_modules(&mut ctx).await;
@@ -274,6 +277,11 @@ async fn event_loop(
         log::error(log::chain(&e));
     }
     ctx.state_dir = store.dir.clone();
+    let this_run = SlotRun::of(settings.slot, settings.manifest.as_deref());
+    ctx.slot_fallback = History::load(&store, &mut |w| log::warn(w)).pending_fallback(&this_run);
+    if let Some(f) = &ctx.slot_fallback {
+        log::warn(format!("fallback: {f}"));
+    }
     for (i, program) in settings.supervise.iter().enumerate() {
         let name = program
             .file_name()
@@ -298,52 +306,70 @@ async fn event_loop(
             .await;
             summary::print(&results, start.elapsed());
             // Healthy: the bgp stage passed (zone verified, DNS answering, announcing).
-            results.iter().any(|r| {
+            let healthy = results.iter().any(|r| {
                 r.stage == imrs_config::stage::Stage::Bgp
                     && r.outcome == Some(crate::outcome::Outcome::Passed)
-            })
+            });
+            (healthy, crate::slot_history::unhealthy_reason(&results))
         };
         let mut pipeline = std::pin::pin!(pipeline);
         let mut pipeline_done = false;
         let mut tick = tokio::time::interval(REAP_INTERVAL);
-        let deadline = tokio::time::sleep(crate::slots::TRIAL_DEADLINE);
-        let mut deadline = std::pin::pin!(deadline);
-        let mut healthy = false;
+        // The trial deadline can change once the site config is read: checked every second.
+        let mut trial_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                h = &mut pipeline, if !pipeline_done => {
+                (healthy, why) = &mut pipeline, if !pipeline_done => {
                     pipeline_done = true;
-                    healthy = h;
                     if settings.poweroff_after_boot {
                         log::info("imrs.poweroff_after_boot=1: powering off");
-                        break Halt::Poweroff;
+                        break (Halt::Poweroff, None);
                     }
                     if let (Some(entry), false) = (&trial, healthy) {
-                        log::error(crate::slots::giving_up(entry, "the boot pipeline stopped"));
-                        break Halt::Reboot;
+                        log::error(crate::slots::giving_up(
+                            entry,
+                            &format!("the boot pipeline stopped: {why}"),
+                        ));
+                        break (Halt::Reboot, Some(why));
                     }
                 }
-                _ = &mut deadline, if trial.is_some() && !healthy && !pipeline_done
+                _ = trial_tick.tick(), if trial.is_some() && !pipeline_done
                     && !crate::slots::was_healthy() => {
-                    if let Some(entry) = &trial {
-                        log::error(crate::slots::giving_up(entry, &format!(
-                            "not healthy after {} s",
-                            crate::slots::TRIAL_DEADLINE.as_secs()
-                        )));
+                    let deadline = crate::slots::deadline();
+                    if let Some(entry) = &trial
+                        && start.elapsed() >= deadline
+                    {
+                        let why = format!(
+                            "not healthy {} s after boot (slots.health_deadline_s)",
+                            deadline.as_secs()
+                        );
+                        log::error(crate::slots::giving_up(entry, &why));
+                        break (Halt::Reboot, Some(why));
                     }
-                    break Halt::Reboot;
                 }
                 sig = next_signal(&mut signals) => match signals::meaning(sig) {
                     Request::Reap => reap(&reaper, &mut orphan_log),
                     Request::Shutdown(how) => {
                         log::info(format!("{} received", sig.as_str()));
-                        break how;
+                        break (how, None);
                     }
                     Request::Ignore => {}
                 },
                 _ = tick.tick() => reap(&reaper, &mut orphan_log),
             }
         }
+    };
+    let how = match (how, &trial) {
+        ((how, Some(why)), Some(entry)) => {
+            // Kept for the report of the boot that comes next (this slot again, or the other).
+            let mut history = History::load(&store, &mut |w| log::warn(w));
+            history.trial_failed(this_run, entry, &why, st.boots);
+            if let Err(e) = history.save(&store) {
+                log::error(log::chain(&e));
+            }
+            how
+        }
+        ((how, _), _) => how,
     };
     // Shutdown runs once: later requests are only logged.
     if let Some(mut s) = signals.take() {

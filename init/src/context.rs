@@ -58,6 +58,10 @@ pub struct Context {
     pub manifest_sha256: Option<String>,
     /// The boot loader entry this boot was started from ([`crate::slots`]).
     pub boot_entry: crate::slots::BootEntry,
+    /// The disk slot on the command line (`imrs.slot=`), absent when booted directly.
+    pub slot: Option<imrs_disk::Slot>,
+    /// Why this boot runs instead of a slot that failed its trial ([`crate::slot_history`]).
+    pub slot_fallback: Option<String>,
 }
 
 /// What the serving stages built, for the later stages and the phone-home report.

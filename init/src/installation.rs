@@ -10,8 +10,8 @@
 //! with a network.
 
 use imrs_config::report::{
-    BgpReport, DnsReport, Event, ImageRef, REPORT_VERSION, Report, ReportId, SiteRef, StageOutcome,
-    ZoneReport,
+    BgpReport, DnsReport, Event, ImageRef, REPORT_VERSION, Report, ReportId, SiteRef, SlotReport,
+    StageOutcome, ZoneReport,
 };
 use imrs_config::stage::Stage;
 
@@ -157,10 +157,16 @@ pub fn build(
         bgp,
         zone,
         dns,
+        slot: Some(SlotReport {
+            running: ctx.slot.map(|s| s.letter().to_string()),
+            boot_entry: truncate(&ctx.boot_entry.to_string()),
+            fallback: ctx.slot_fallback.as_deref().map(truncate),
+        }),
     })
 }
 
-/// Builds, signs and queues a report; `Ok` with the report id.
+/// Builds, signs and queues a report (any event: the installation's, `slot-changed`); `Ok`
+/// with the report id.
 pub fn queue(
     ctx: &mut Context,
     event: Event,

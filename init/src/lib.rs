@@ -13,7 +13,9 @@
 //!   (how a stage ended, with its reason) and `context` (what the boot knows, shared by the
 //!   stages); `state` (saved outcomes).
 //! - **Stage bodies**, one module per stage under `stages`, and `installation` (the
-//!   installation report both the phone-home stage and a failed first boot queue).
+//!   installation report both the phone-home stage and a failed first boot queue); `slots`
+//!   (the boot entry, blessing a healthy slot) and `slot_history` (`slots.json`: the last
+//!   healthy slot, failed trials, `slot-changed` reports).
 //! - **The pipeline** (`pipeline`: the state machine over the stages) and [`boot`] (start-up
 //!   order, event loop, shutdown).
 //!
@@ -49,6 +51,7 @@ mod rootzone;
 mod shutdown;
 mod signals;
 mod site;
+mod slot_history;
 mod slots;
 mod stages;
 mod state;

@@ -84,6 +84,14 @@ async fn report_failure(ctx: &mut Context, stage: Stage, why: &str, results: &[S
     if ctx.site.is_none() {
         return;
     }
+    network_for_report(ctx, stage).await;
+    let bgp = stages::bgp::report(ctx);
+    installation::report_failure(ctx, stage, why, results, bgp);
+}
+
+/// Brings the management network up for a report when the pipeline stopped before the network
+/// stage.
+async fn network_for_report(ctx: &mut Context, stage: Stage) {
     if stage < Stage::Network {
         let net = stages::network::run(ctx).await;
         ctx.notes.clear();
@@ -93,8 +101,6 @@ async fn report_failure(ctx: &mut Context, stage: Stage, why: &str, results: &[S
             ));
         }
     }
-    let bgp = stages::bgp::report(ctx);
-    installation::report_failure(ctx, stage, why, results, bgp);
 }
 
 /// Runs the pipeline as far as it goes, recording every outcome in `st` and saving it after
@@ -129,7 +135,7 @@ pub async fn run(
                 st.record(stage, &outcome, seconds, note);
                 if stage == Stage::Bgp && outcome == Outcome::Passed {
                     // Healthy: zone verified, DNS answering, BGP established and announcing.
-                    crate::slots::on_healthy(&ctx.root, &ctx.boot_entry);
+                    crate::slots::on_healthy(&ctx.root, &ctx.boot_entry, ctx.slot);
                 }
                 if stage == Stage::PhoneHome && outcome == Outcome::Passed {
                     // The first boot passed: this marker is written only after success.
@@ -150,8 +156,20 @@ pub async fn run(
                     outcome: Some(outcome.clone()),
                     seconds,
                 });
-                if let (Outcome::Failed(why), false) = (&outcome, st.first_boot_passed) {
-                    report_failure(ctx, stage, why, &results).await;
+                if stage == Stage::Bgp && outcome == Outcome::Passed {
+                    crate::slot_history::after_healthy(ctx, store, st.first_boot_passed, &results);
+                }
+                if let Outcome::Failed(why) = &outcome {
+                    if !st.first_boot_passed {
+                        report_failure(ctx, stage, why, &results).await;
+                    } else if ctx.boot_entry.on_trial().is_none()
+                        && ctx.slot_fallback.is_some()
+                        && ctx.site.is_some()
+                    {
+                        // The other slot failed its trial and this one fails too.
+                        network_for_report(ctx, stage).await;
+                        crate::slot_history::both_bad(ctx, store, stage, why, &results);
+                    }
                 }
                 if stop_after == Some(stage) && phase == Phase::Run(stage.next().unwrap_or(stage)) {
                     log::info(format!(

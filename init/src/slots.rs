@@ -14,9 +14,22 @@ use std::path::{Path, PathBuf};
 
 use imrs_disk::{Blessed, EntryName, Esp, Window, efivar};
 
-/// How long a slot on trial has to become healthy before the init reboots (systemd-boot then
-/// tries it again or, its tries spent, boots the other slot).
-pub const TRIAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// How long a slot on trial has from boot to healthy before the init reboots (systemd-boot then
+/// tries it again or, its tries spent, boots the other slot), in seconds: the site config's
+/// `slots.health_deadline_s` once the site stage admitted it ([`set_deadline`]), the default
+/// before.
+static DEADLINE_S: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(imrs_config::site::DEFAULT_HEALTH_DEADLINE_S);
+
+/// Sets the trial deadline (the site stage, from the admitted site config).
+pub fn set_deadline(seconds: u64) {
+    DEADLINE_S.store(seconds, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The trial deadline now in force.
+pub fn deadline() -> std::time::Duration {
+    std::time::Duration::from_secs(DEADLINE_S.load(std::sync::atomic::Ordering::SeqCst))
+}
 
 /// The console line when a slot on trial is given up for this boot.
 pub fn giving_up(entry: &EntryName, why: &str) -> String {
@@ -205,7 +218,10 @@ pub fn was_healthy() -> bool {
 }
 
 /// Called once the node is healthy: blesses the entry on trial, or says why nothing is done.
-pub fn on_healthy(root: &Path, boot: &BootEntry) {
+/// `slot` is the command line's (`imrs.slot=`): started from a disk slot without readable
+/// loader variables, the init cannot know whether the slot is on trial and says it cannot bless
+/// rather than pretend.
+pub fn on_healthy(root: &Path, boot: &BootEntry, slot: Option<imrs_disk::Slot>) {
     HEALTHY.store(true, std::sync::atomic::Ordering::SeqCst);
     match boot {
         BootEntry::Started {
@@ -234,7 +250,14 @@ pub fn on_healthy(root: &Path, boot: &BootEntry) {
                     s.slot
                 ))
         )),
-        BootEntry::Unknown(why) => crate::log::info(format!("healthy; no slot to bless: {why}")),
+        BootEntry::Unknown(why) => match slot {
+            Some(s) => crate::log::error(format!(
+                "healthy, but slot {s} cannot be blessed: {why}; if it is on trial, \
+                 systemd-boot will fall back to slot {} once its tries are spent",
+                s.other()
+            )),
+            None => crate::log::info(format!("healthy; no slot to bless: {why}")),
+        },
     }
 }
 

@@ -23,6 +23,10 @@
 //! - `tampered_zone_is_refused_and_reported`: the transfer server serves the real zone with
 //!   one glue address changed: the zone stage fails naming ZONEMD, BIRD never starts, and an
 //!   `install-failed` report naming the zone stage arrives.
+//! - `both_slots_bad_stay_off_the_air_and_report_both`: an installed box back on slot A after
+//!   slot B failed its trial (`slots.json`), and slot A now fails too (the tampered zone): the
+//!   console says both slots are bad, nothing is announced, and a `slot-changed` report names
+//!   slot B as before and both failures.
 //!
 //! Needs root, unshare, ip, FRR, NSD, Knot, BIRD, dig and the shared root zone; skips without them (fails
 //! under `CI=true`).
@@ -521,6 +525,72 @@ fn tampered_zone_is_refused_and_reported() {
             .unwrap_or("")
             .contains("ZONEMD"),
         "{dev:?}"
+    );
+    assert!(
+        learned(&h.router).is_empty(),
+        "announced: {:?}",
+        learned(&h.router)
+    );
+    init.signal(libc::SIGTERM);
+    init.wait(Duration::from_secs(30));
+    h.xfr.kill();
+    h.receiver.stop();
+}
+
+#[test]
+fn both_slots_bad_stay_off_the_air_and_report_both() {
+    if !prerequisites("init_serving") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let tampered = with_forged_glue(&std::fs::read_to_string(zone_file()).unwrap());
+    let zone = d.path().join("tampered.zone");
+    std::fs::write(&zone, tampered).unwrap();
+    let (d2, root, state, pki) = setup("ibb", &zone);
+    let mut h = host("ibb", d2.path(), &zone, &pki);
+    // An installed box (its first boot passed) that went back to slot A after slot B's image
+    // gave up its trial.
+    let state_json = serde_json::json!({
+        "version": 1,
+        "boots": 4,
+        "first_boot_passed": true,
+        "stages": {
+            "hardware": {"status": "passed", "seconds": 0.1, "boot": 1},
+            "phone-home": {"status": "passed", "seconds": 0.1, "boot": 1}
+        }
+    });
+    std::fs::write(state.join("state.json"), state_json.to_string()).unwrap();
+    let (a, b) = ("a".repeat(64), "b".repeat(64));
+    let slots = serde_json::json!({
+        "version": 1,
+        "last_healthy": {"slot": "a", "manifest_sha256": a},
+        "failed_trial": {
+            "run": {"slot": "b", "manifest_sha256": b},
+            "entry": "imrs-b+0-1.conf",
+            "why": "stage dns failed: nsd exited",
+            "tries_failed": 1,
+            "boot": 4
+        }
+    });
+    std::fs::write(state.join("slots.json"), slots.to_string()).unwrap();
+    let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2 imrs.slot=a imrs.manifest={a}");
+    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    init.wait_for("boot summary", Duration::from_secs(240));
+    assert_eq!(init.count("stage zone: FAILED"), 1, "{:#?}", init.console());
+    assert_eq!(init.count("BOTH SLOTS ARE BAD"), 1, "{:#?}", init.console());
+    let report = wait_for(Duration::from_secs(60), POLL, || {
+        store::reports(&h.db)
+            .ok()?
+            .into_iter()
+            .find(|r| r.event == "slot-changed")
+    })
+    .expect("no slot-changed report at the receiver");
+    assert_eq!(report.slot.as_deref(), Some("a"));
+    assert_eq!(report.previous_slot.as_deref(), Some("b"));
+    let why = report.fallback.unwrap_or_default();
+    assert!(
+        why.contains("slot b") && why.contains("nsd exited") && why.contains("stage zone failed"),
+        "{why}"
     );
     assert!(
         learned(&h.router).is_empty(),

@@ -147,6 +147,11 @@ fn sample(serial: &str, event: Event) -> Report {
             daemon: Some("nsd".into()),
             detail: None,
         },
+        slot: Some(report::SlotReport {
+            running: Some("a".into()),
+            boot_entry: "systemd-boot started imrs-a.conf: slot a (blessed)".into(),
+            fallback: None,
+        }),
     }
 }
 

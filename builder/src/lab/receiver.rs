@@ -132,7 +132,9 @@ mod tests {
             created_unix: 1,
             received_unix: 2,
             peer: "192.0.2.10:5000".into(),
-            report: "{}".into(),
+            report: r#"{"event": {"kind": "slot-changed", "previous_slot": "b"},
+                "slot": {"running": "a", "fallback": "slot b on trial gave up"}}"#
+                .into(),
             signature: "x".into(),
             digest: "d".into(),
             enrolled: false,
@@ -156,5 +158,9 @@ mod tests {
         assert!(r[0].is_install());
         assert_eq!(r[0].failed_stage.as_deref(), Some("zone"));
         assert_eq!(r[0].device, "k1");
+        // Slot fields come from the stored report text.
+        assert_eq!(r[0].slot.as_deref(), Some("a"));
+        assert_eq!(r[0].previous_slot.as_deref(), Some("b"));
+        assert_eq!(r[0].fallback.as_deref(), Some("slot b on trial gave up"));
     }
 }

@@ -8,6 +8,9 @@
 //! | `receiver-down` | receiver started ~30 s after the box reaches phone-home | passes; the report arrives after the receiver starts |
 //! | `power-cut` | QEMU killed when the zone stage starts, then booted again on the same disk | resumes (hardware done earlier), passes, exactly one install report |
 //! | `second-boot` | a normal pass, QEMU stopped, booted again on the same disk | serving again, no new install report |
+//! | `update` (`--boot disk`) | a normal pass from slot A, the image written into slot B with a boot counter, booted again | B is tried, serves, is blessed; a `slot-changed` report names A as before |
+//! | `rollback` (`--boot disk`) | a normal pass from slot A, slot B written with one try and an image that cannot become healthy (`imrs.stop_after=zone` on its entry: it never brings BGP up), booted until it is back on A | B is tried once, gives up, is not blessed; the box boots A again, serves, and a `slot-changed` report names B and why it fell back |
+//! | `power-cut-update` (`--boot disk`) | a normal pass from slot A; while it still runs an update into slot B loses power half-way (its writes stop) and QEMU is killed; booted again | the box boots A, serves, B has no entry, no new report |
 //!
 //! "Serving" means: the router holds the specific prefixes (199.7.83.0/24, 2001:500:9f::/48)
 //! from AS 20144 and the appliance answers `. SOA` on its IPv4 service address.
@@ -55,11 +58,17 @@ pub enum Scenario {
     Update,
     /// A normal pass, then a second boot on the same disk.
     SecondBoot,
+    /// A normal pass, then slot B written with an image that cannot become healthy: tried,
+    /// not blessed, the box goes back to A (`--boot disk` only).
+    Rollback,
+    /// A normal pass, then an update into slot B cut by a power cut half-way (`--boot disk`
+    /// only).
+    PowerCutUpdate,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Normal,
         Scenario::TamperedZone,
         Scenario::XfrDown,
@@ -67,7 +76,17 @@ impl Scenario {
         Scenario::PowerCut,
         Scenario::SecondBoot,
         Scenario::Update,
+        Scenario::Rollback,
+        Scenario::PowerCutUpdate,
     ];
+
+    /// Whether it needs the appliance disk's slots (`--boot disk`).
+    pub fn needs_disk(self) -> bool {
+        matches!(
+            self,
+            Scenario::Update | Scenario::Rollback | Scenario::PowerCutUpdate
+        )
+    }
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
@@ -79,6 +98,8 @@ impl Scenario {
             Scenario::PowerCut => "power-cut",
             Scenario::SecondBoot => "second-boot",
             Scenario::Update => "update",
+            Scenario::Rollback => "rollback",
+            Scenario::PowerCutUpdate => "power-cut-update",
         }
     }
 
@@ -104,7 +125,13 @@ impl Scenario {
                 "after a normal pass, a second boot on the same disk serves again without a new install report"
             }
             Scenario::Update => {
-                "after a normal pass from slot A, the image written into slot B with a boot counter is tried, serves, and is blessed by the init"
+                "after a normal pass from slot A, the image written into slot B with a boot counter is tried, serves, is blessed by the init, and a slot-changed report names slot A as before"
+            }
+            Scenario::Rollback => {
+                "slot B, written with an image that cannot become healthy, is tried, gives up and is not blessed; the box comes back on slot A, serves, and a slot-changed report says B fell back and why"
+            }
+            Scenario::PowerCutUpdate => {
+                "an update into slot B cut by a power cut half-way leaves B without an entry: the box boots slot A again and serves"
             }
         }
     }
@@ -150,6 +177,16 @@ impl Lab {
         self.workdir.join("console.log")
     }
 
+    /// The console of one boot (the part after its header in the console log).
+    fn console_of(&self, label: &str) -> String {
+        let console = std::fs::read_to_string(self.console_log()).unwrap_or_default();
+        console
+            .rsplit(&super::vm::console_header(label))
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
     fn db(&self) -> PathBuf {
         self.workdir.join("receiver/reports.sqlite")
     }
@@ -177,6 +214,10 @@ enum Goal {
     FailureReport,
     /// A later boot: serving, then a while to see whether a report comes.
     Serving,
+    /// A later boot: serving and a new report at the receiver.
+    ServingReport,
+    /// The box gives the boot up and reboots by itself (QEMU ends: `-no-reboot`).
+    Reboots,
     /// Pull the plug when this stage starts.
     KillAt(&'static str),
 }
@@ -184,6 +225,9 @@ enum Goal {
 struct BootPlan {
     label: String,
     goal: Goal,
+    /// Just before QEMU is killed at the end of this boot: an update into slot B whose
+    /// writes stop after this fraction (per mille) of them, a power cut while it writes.
+    cut_update_at: Option<u32>,
     /// Start the transfer server this long after QEMU start.
     xfr_at: Option<f64>,
     /// Start the receiver this long after the box reaches phone-home.
@@ -196,6 +240,7 @@ impl BootPlan {
         BootPlan {
             label: label.into(),
             goal,
+            cut_update_at: None,
             xfr_at: None,
             receiver_after_phone_home: None,
         }
@@ -244,19 +289,65 @@ impl Lab {
         }
     }
 
-    /// Writes the lab's image into slot B of the appliance disk with 3 tries, as
-    /// `imrs-build update` does; returns what was written.
-    fn update_slot_b(&self) -> Result<String> {
-        let payload = imrs_disk::SlotPayload::from_folder(&self.image)?;
-        let file = std::fs::OpenOptions::new()
+    fn open_disk(&self) -> Result<std::fs::File> {
+        std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&self.disk)
-            .with_context(|| format!("{}: cannot open", self.disk.display()))?;
-        let mut esp = imrs_disk::Esp::open(file)?;
+            .with_context(|| format!("{}: cannot open", self.disk.display()))
+    }
+
+    /// Writes the lab's image into slot B of the appliance disk with `tries`, as
+    /// `imrs-build update` does, its entry's options followed by `extra`; returns what was
+    /// written.
+    fn update_slot_b(&self, tries: u32, extra: &[String]) -> Result<String> {
+        let payload = imrs_disk::SlotPayload::from_folder(&self.image)?;
+        let mut esp = imrs_disk::Esp::open(self.open_disk()?)?;
         let slot = imrs_disk::update_target(&esp.slots()?, None);
-        let entry = esp.write_slot(slot, &payload, Some(3), &[])?;
-        Ok(format!("slot {slot} written, entry {entry}"))
+        let entry = esp.write_slot(slot, &payload, Some(tries), extra)?;
+        Ok(format!(
+            "slot {slot} written, entry {entry}{}",
+            if extra.is_empty() {
+                String::new()
+            } else {
+                format!(" with {}", extra.join(" "))
+            }
+        ))
+    }
+
+    /// The update of [`Lab::update_slot_b`] cut by a power cut after `per_mille` of its
+    /// writes: the writes it takes are counted on an in-memory copy of the ESP first, then the
+    /// disk's own update stops there ([`imrs_disk::CutAfter`]). Returns what happened.
+    fn cut_update_slot_b(&self, per_mille: u32) -> Result<String> {
+        let payload = imrs_disk::SlotPayload::from_folder(&self.image)?;
+        let mut file = self.open_disk()?;
+        let extent = imrs_disk::layout::find(&mut file, imrs_disk::layout::ESP_PARTNAME)?;
+        let mut copy = vec![0u8; usize::try_from(extent.len)?];
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(extent.offset))?;
+        std::io::Read::read_exact(&mut file, &mut copy)?;
+        let len = extent.len;
+        let mut counter = imrs_disk::CutAfter::in_memory(copy, usize::MAX);
+        {
+            let mut esp = imrs_disk::Esp::from_window(imrs_disk::Window::new(&mut counter, 0, len));
+            let slot = imrs_disk::update_target(&esp.slots()?, None);
+            esp.write_slot(slot, &payload, Some(3), &[])?;
+        }
+        let total = usize::MAX - counter.writes;
+        let cut = total * per_mille as usize / 1000;
+        let mut dev = imrs_disk::CutAfter::new(file, cut);
+        let r = imrs_disk::Esp::open(&mut dev).and_then(|mut esp| {
+            let slot = imrs_disk::update_target(&esp.slots()?, None);
+            esp.write_slot(slot, &payload, Some(3), &[])
+        });
+        match r {
+            Ok(e) => anyhow::bail!(
+                "the update was meant to be cut after {cut} of {total} writes but completed \
+                 ({e})"
+            ),
+            Err(e) => Ok(format!(
+                "update into slot B cut after {cut} of its {total} writes ({e})"
+            )),
+        }
     }
 
     /// The boot entry files on the appliance disk's ESP.
@@ -502,6 +593,7 @@ impl Lab {
                         }
                     }
                     Goal::FailureReport if new_install => Some(now + 5.0),
+                    Goal::ServingReport if out.serving_s.is_some() && new_any => Some(now + 2.0),
                     Goal::Serving if out.serving_s.is_some() => {
                         let since = out.serving_s.unwrap_or(now);
                         if phone_home_ended(&tracker) || now >= since + 20.0 {
@@ -511,7 +603,12 @@ impl Lab {
                         }
                     }
                     _ => match stop {
-                        Some(_) if new_any && plan.goal != Goal::Serving => Some(now + 2.0),
+                        Some(_)
+                            if new_any
+                                && !matches!(plan.goal, Goal::Serving | Goal::ServingReport) =>
+                        {
+                            Some(now + 2.0)
+                        }
                         Some(at) if now >= at + grace => Some(now),
                         _ => None,
                     },
@@ -546,6 +643,16 @@ impl Lab {
                 .ns
                 .run_inside(move || probe::soa_all(&servers, Duration::from_secs(2)))?;
         }
+        if let Some(per_mille) = plan.cut_update_at {
+            // The power goes while the update writes slot B: its writes stop, then QEMU dies.
+            let what = self.cut_update_slot_b(per_mille)?;
+            let t = vm.elapsed();
+            self.progress(format!(
+                "[{t:7.1} s] {label}: {what}; power cut (QEMU killed)"
+            ));
+            out.actions
+                .push(format!("{t:.1} s: {what}; power cut (QEMU killed)"));
+        }
         vm.kill();
         // A last look at the receiver (a report may have landed meanwhile).
         if let Ok((r, rej)) = receiver::reports(&self.db()) {
@@ -558,6 +665,67 @@ impl Lab {
         out.stages = tracker.report();
         Ok((out, tracker, fin))
     }
+}
+
+/// The console line that says which boot entry started, for a check's detail.
+fn boot_entry_line(console: &str) -> String {
+    console
+        .lines()
+        .find(|l| l.contains("systemd-boot started") || l.contains("boot entry"))
+        .unwrap_or("no boot entry line")
+        .trim()
+        .to_string()
+}
+
+/// A verified `slot-changed` report arrived in this boot: running `slots.0`, previously
+/// `slots.1`, with a fallback reason exactly when `fallback`.
+fn slot_changed_check(
+    checks: &mut Vec<Check>,
+    label: &str,
+    fin: &Final,
+    baseline: usize,
+    slots: (&str, &str),
+    fallback: bool,
+) {
+    let new = fin.reports.get(baseline..).unwrap_or_default();
+    let hit = new.iter().find(|r| r.event == "slot-changed");
+    check(
+        checks,
+        &format!(
+            "{label}: a verified slot-changed report: slot {} now, {} before{}",
+            slots.0,
+            slots.1,
+            if fallback {
+                ", with the fallback's reason"
+            } else {
+                ""
+            }
+        ),
+        hit.is_some_and(|r| {
+            r.slot.as_deref() == Some(slots.0)
+                && r.previous_slot.as_deref() == Some(slots.1)
+                && r.fallback.is_some() == fallback
+        }),
+        hit.map_or_else(
+            || {
+                format!(
+                    "new report(s): [{}]",
+                    new.iter()
+                        .map(|r| r.event.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            |r| {
+                format!(
+                    "slot {} previous {} fallback {}",
+                    r.slot.as_deref().unwrap_or("-"),
+                    r.previous_slot.as_deref().unwrap_or("-"),
+                    r.fallback.as_deref().unwrap_or("-")
+                )
+            },
+        ),
+    );
 }
 
 fn check(checks: &mut Vec<Check>, what: &str, ok: bool, detail: impl Into<String>) {
@@ -686,6 +854,12 @@ fn serving_checks(checks: &mut Vec<Check>, b: &BootOutcome, fin: &Final, serial:
 
 /// Runs `scenario` in a fresh namespace and returns its summary.
 pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
+    if scenario.needs_disk() && lab.boot != super::LabBoot::Disk {
+        anyhow::bail!(
+            "scenario {} needs --boot disk (slots live on the appliance disk)",
+            scenario.name()
+        );
+    }
     let ns = NetNs::create("lab")?;
     ns.add_tap(TAP, &lab.plan.tap_addresses())?;
     for (dest, via) in lab.plan.service_routes() {
@@ -745,6 +919,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
     let one = |goal| BootPlan {
         label: "boot 1".into(),
         goal,
+        cut_update_at: None,
         xfr_at: (scenario == Scenario::XfrDown).then_some(late),
         receiver_after_phone_home: (scenario == Scenario::ReceiverDown).then_some(late),
     };
@@ -872,37 +1047,23 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             }
         }
         Scenario::Update => {
-            if lab.boot != super::LabBoot::Disk {
-                anyhow::bail!(
-                    "scenario update needs --boot disk (slots live on the appliance disk)"
-                );
-            }
             let (b1, t1, fin1) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
             install_checks(&mut checks, &b1, &t1, &fin1, 0, lab.zone.serial);
             let first_ok = checks.iter().all(|c| c.ok);
             let base = fin1.reports.len();
             boots.push(b1);
             if first_ok {
-                let written = lab.update_slot_b()?;
+                let written = lab.update_slot_b(3, &[])?;
                 lab.progress(format!("lab: {written}"));
-                let two = BootPlan::later("boot 2", Goal::Serving);
+                let two = BootPlan::later("boot 2", Goal::ServingReport);
                 let (b2, _t2, fin2) = lab.boot(&mut svc, &two, base)?;
                 serving_checks(&mut checks, &b2, &fin2, lab.zone.serial);
-                let console =
-                    std::fs::read_to_string(lab.workdir.join("console.log")).unwrap_or_default();
-                let boot2 = console
-                    .rsplit(&super::vm::console_header("boot 2"))
-                    .next()
-                    .unwrap_or("");
+                let boot2 = lab.console_of("boot 2");
                 check(
                     &mut checks,
                     "boot 2: started from slot B on trial",
                     boot2.contains("started from disk slot b") && boot2.contains("slot b on trial"),
-                    boot2
-                        .lines()
-                        .find(|l| l.contains("systemd-boot started") || l.contains("boot entry"))
-                        .unwrap_or("no boot entry line")
-                        .trim(),
+                    boot_entry_line(&boot2),
                 );
                 let entries = lab.slot_entries()?;
                 check(
@@ -910,6 +1071,126 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                     "boot 2: healthy, slot B blessed on the disk",
                     boot2.contains("slot b blessed") && entries.iter().any(|e| e == "imrs-b.conf"),
                     format!("entries now: {}", entries.join(" ")),
+                );
+                slot_changed_check(&mut checks, "boot 2", &fin2, base, ("b", "a"), false);
+                second_serving = b2.serving_s;
+                boots.push(b2);
+                (0, fin1_with(fin1, &fin2))
+            } else {
+                (0, fin1)
+            }
+        }
+        Scenario::Rollback => {
+            let (b1, t1, fin1) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
+            install_checks(&mut checks, &b1, &t1, &fin1, 0, lab.zone.serial);
+            let first_ok = checks.iter().all(|c| c.ok);
+            let base = fin1.reports.len();
+            boots.push(b1);
+            if first_ok {
+                // An image that cannot become healthy: its pipeline ends before DNS and BGP.
+                let written = lab.update_slot_b(1, &["imrs.stop_after=zone".to_string()])?;
+                lab.progress(format!("lab: {written}"));
+                let two = BootPlan::later("boot 2", Goal::Reboots);
+                let (b2, _t2, fin2) = lab.boot(&mut svc, &two, base)?;
+                let boot2 = lab.console_of("boot 2");
+                check(
+                    &mut checks,
+                    "boot 2: slot B on trial gives up and reboots by itself",
+                    boot2.contains("slot b on trial")
+                        && boot2.contains("did not become healthy")
+                        && b2.exited.is_some(),
+                    boot2
+                        .lines()
+                        .find(|l| l.contains("did not become healthy"))
+                        .map(str::trim)
+                        .map_or_else(
+                            || format!("no give-up line; {}", boot_entry_line(&boot2)),
+                            str::to_string,
+                        ),
+                );
+                check(
+                    &mut checks,
+                    "boot 2: the specific prefixes are never announced from slot B",
+                    !b2.specifics_seen,
+                    if b2.specifics_seen {
+                        "the router saw a specific prefix".to_string()
+                    } else {
+                        "none seen".to_string()
+                    },
+                );
+                let after_b = lab.slot_entries()?;
+                check(
+                    &mut checks,
+                    "boot 2: slot B not blessed, its tries spent",
+                    !after_b.iter().any(|e| e == "imrs-b.conf")
+                        && after_b.iter().any(|e| e.starts_with("imrs-b+0-")),
+                    format!("entries now: {}", after_b.join(" ")),
+                );
+                let base2 = fin2.reports.len();
+                boots.push(b2);
+                let three = BootPlan::later("boot 3", Goal::ServingReport);
+                let (b3, _t3, fin3) = lab.boot(&mut svc, &three, base2)?;
+                serving_checks(&mut checks, &b3, &fin3, lab.zone.serial);
+                let boot3 = lab.console_of("boot 3");
+                check(
+                    &mut checks,
+                    "boot 3: back on slot A (blessed)",
+                    boot3.contains("started from disk slot a") && boot3.contains("(blessed)"),
+                    boot_entry_line(&boot3),
+                );
+                slot_changed_check(&mut checks, "boot 3", &fin3, base2, ("a", "b"), true);
+                second_serving = b3.serving_s;
+                boots.push(b3);
+                (0, fin1_with(fin1, &fin3))
+            } else {
+                (0, fin1)
+            }
+        }
+        Scenario::PowerCutUpdate => {
+            let mut plan = one(Goal::Install);
+            plan.cut_update_at = Some(500);
+            let (b1, t1, fin1) = lab.boot(&mut svc, &plan, 0)?;
+            install_checks(&mut checks, &b1, &t1, &fin1, 0, lab.zone.serial);
+            let cut = b1
+                .actions
+                .iter()
+                .any(|a| a.contains("update into slot B cut"));
+            check(
+                &mut checks,
+                "boot 1: an update into slot B loses power half-way",
+                cut,
+                b1.actions.last().cloned().unwrap_or_default(),
+            );
+            let entries = lab.slot_entries()?;
+            check(
+                &mut checks,
+                "after the cut: slot B has no entry, slot A's is untouched",
+                entries == ["imrs-a.conf"],
+                format!("entries: {}", entries.join(" ")),
+            );
+            let first_ok = checks.iter().all(|c| c.ok);
+            let base = fin1.reports.len();
+            boots.push(b1);
+            if first_ok {
+                let two = BootPlan::later("boot 2", Goal::Serving);
+                let (b2, _t2, fin2) = lab.boot(&mut svc, &two, base)?;
+                serving_checks(&mut checks, &b2, &fin2, lab.zone.serial);
+                let boot2 = lab.console_of("boot 2");
+                check(
+                    &mut checks,
+                    "boot 2: slot A boots again (blessed)",
+                    boot2.contains("started from disk slot a") && boot2.contains("(blessed)"),
+                    boot_entry_line(&boot2),
+                );
+                let new: Vec<&str> = fin2.reports[base..]
+                    .iter()
+                    .map(|r| r.event.as_str())
+                    .collect();
+                check(
+                    &mut checks,
+                    "boot 2: no new report (nothing changed on the running slot)",
+                    new.is_empty(),
+                    format!("new report(s): [{}]", new.join(", ")),
                 );
                 second_serving = b2.serving_s;
                 boots.push(b2);

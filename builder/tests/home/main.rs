@@ -136,6 +136,11 @@ fn sample(serial: &str) -> Report {
             verification: "zonemd ok".into(),
         }),
         dns: report::DnsReport::default(),
+        slot: Some(report::SlotReport {
+            running: Some("a".into()),
+            boot_entry: "systemd-boot started imrs-a.conf: slot a (blessed)".into(),
+            fallback: None,
+        }),
     }
 }
 

@@ -479,6 +479,17 @@ fn refused_cases() -> Vec<(&'static str, String, String)> {
             rrl("responses_per_second = 200\nwindow = 15"),
             s("unknown field `window`"),
         ),
+        // Slots.
+        (
+            "health deadline 30 s",
+            format!("{}\n[slots]\nhealth_deadline_s = 30\n", lab_text()),
+            s("slots.health_deadline_s = 30: 60 to 86400 seconds"),
+        ),
+        (
+            "health deadline over a day",
+            format!("{}\n[slots]\nhealth_deadline_s = 86401\n", lab_text()),
+            s("slots.health_deadline_s = 86401: 60 to 86400 seconds"),
+        ),
     ]
 }
 

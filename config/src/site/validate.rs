@@ -105,7 +105,14 @@ pub fn validate(path: &Path, s: &Site) -> Result<(), ConfigError> {
     bgp(&c, s, &own)?;
     time_and_zone(&c, s, &own)?;
     phone_home(&c, s)?;
-    dns(&c, s)
+    dns(&c, s)?;
+    c.ensure(
+        (60..=86_400).contains(&s.slots.health_deadline_s),
+        "slots.health_deadline_s",
+        s.slots.health_deadline_s,
+        "60 to 86400 seconds (a slot on trial needs time to transfer and verify the zone and \
+         bring BGP up; a day is the most a box may stay on an unproven image)",
+    )
 }
 
 /// The refusal of a config written for another schema version.

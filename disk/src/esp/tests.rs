@@ -4,10 +4,10 @@
 use std::io::Cursor;
 
 use super::*;
+use crate::device::CutAfter;
 use crate::layout::{Kind, Layout, MIB};
 use crate::payload::tests::payload;
 use crate::payload::{INITRAMFS, KERNEL, SIGNATURE};
-use crate::testutil::CutAfter;
 
 const EFI: &[u8] = b"MZ fake systemd-boot";
 
@@ -223,7 +223,7 @@ fn a_slot_write_cut_at_every_write_never_breaks_a_slot() {
         let b = payload(&format!("b{round}"), 7000 + round * 3000);
         let mut cut_at = 0;
         let final_bytes = loop {
-            let mut dev = CutAfter::new(start.clone(), cut_at);
+            let mut dev = CutAfter::in_memory(start.clone(), cut_at);
             let r =
                 Esp::open(&mut dev).and_then(|mut esp| esp.write_slot(Slot::B, &b, Some(3), &[]));
             let after = dev.inner.into_inner();

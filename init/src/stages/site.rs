@@ -44,6 +44,7 @@ pub async fn run(ctx: &mut Context) -> Outcome {
                 if s.lab { ", LAB SITE" } else { "" }
             ));
             ctx.notes.push(format!("from {from}"));
+            crate::slots::set_deadline(s.slots.health_deadline_s);
             ctx.site = Some(s);
             Outcome::Passed
         }

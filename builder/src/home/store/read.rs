@@ -106,7 +106,7 @@ pub struct Fleet {
 pub struct ReportRow {
     /// Report id.
     pub id: String,
-    /// `install-passed`, `install-failed`, `boot`.
+    /// `install-passed`, `install-failed`, `boot`, `slot-changed`.
     pub event: String,
     /// Failed stage of an `install-failed`.
     pub failed_stage: Option<String>,
@@ -118,6 +118,12 @@ pub struct ReportRow {
     pub received_unix: i64,
     /// Device key id.
     pub device: String,
+    /// The slot the report came from (`a`, `b`; report version 3 on).
+    pub slot: Option<String>,
+    /// Why the box fell back from a slot on trial, when it did.
+    pub fallback: Option<String>,
+    /// The slot a `slot-changed` report says the box ran before.
+    pub previous_slot: Option<String>,
 }
 
 impl ReportRow {
@@ -276,7 +282,9 @@ fn counts(conn: &Connection) -> rusqlite::Result<RejectedCounts> {
 pub fn reports(path: &Path) -> Result<Vec<ReportRow>, StoreError> {
     let conn = open_existing(path)?;
     conn.prepare(
-        "SELECT id, event, failed_stage, failed_reason, zone_serial, received_unix, key_id
+        "SELECT id, event, failed_stage, failed_reason, zone_serial, received_unix, key_id,
+                json_extract(report, '$.slot.running'), json_extract(report, '$.slot.fallback'),
+                json_extract(report, '$.event.previous_slot')
          FROM reports ORDER BY received_unix, rowid",
     )
     .and_then(|mut stmt| {
@@ -289,6 +297,9 @@ pub fn reports(path: &Path) -> Result<Vec<ReportRow>, StoreError> {
                 zone_serial: r.get(4)?,
                 received_unix: r.get(5)?,
                 device: r.get(6)?,
+                slot: r.get(7)?,
+                fallback: r.get(8)?,
+                previous_slot: r.get(9)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()
