@@ -27,6 +27,10 @@
 //!   slot B failed its trial (`slots.json`), and slot A now fails too (the tampered zone): the
 //!   console says both slots are bad, nothing is announced, and a `slot-changed` report names
 //!   slot B as before and both failures.
+//! - `a_slot_on_trial_that_misses_its_deadline_gives_up`: slot B on trial (the loader's
+//!   variables as systemd-boot leaves them), the transfer server down, a site deadline of 60 s:
+//!   the init gives the boot up at the deadline, records the failed trial in `slots.json`, and
+//!   nothing was announced.
 //!
 //! Needs root, unshare, ip, FRR, NSD, Knot, BIRD, dig and the shared root zone; skips without them (fails
 //! under `CI=true`).
@@ -600,6 +604,81 @@ fn both_slots_bad_stay_off_the_air_and_report_both() {
     init.signal(libc::SIGTERM);
     init.wait(Duration::from_secs(30));
     h.xfr.kill();
+    h.receiver.stop();
+}
+
+/// An EFI variable file as efivarfs shows it: 4 attribute bytes, then UTF-16LE with a NUL.
+fn efivar(text: &str) -> Vec<u8> {
+    let mut b = vec![7, 0, 0, 0];
+    for u in text.encode_utf16().chain([0]) {
+        b.extend(u.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn a_slot_on_trial_that_misses_its_deadline_gives_up() {
+    if !prerequisites("init_serving") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pki = make_tls(d.path(), "192.0.2.80".parse().unwrap()).unwrap();
+    let (root, state) = (d.path().join("root"), d.path().join("state"));
+    let mut site = site_text(&pki.ca_pem);
+    site.extend_from_slice(b"\n[slots]\nhealth_deadline_s = 60\n");
+    fixture_with_site(&root, &site);
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // systemd-boot started slot B's counted entry.
+    let vars = root.join("sys/firmware/efi/efivars");
+    std::fs::create_dir_all(&vars).unwrap();
+    const LOADER: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+    std::fs::write(
+        vars.join(format!("LoaderEntrySelected-{LOADER}")),
+        efivar("imrs-b+2-1.conf"),
+    )
+    .unwrap();
+    std::fs::write(
+        vars.join(format!("LoaderBootCountPath-{LOADER}")),
+        efivar("\\loader\\entries\\imrs-b+2-1.conf"),
+    )
+    .unwrap();
+    let mut h = host("idl", d.path(), &zone_file(), &pki);
+    h.xfr.kill();
+    let b = "b".repeat(64);
+    let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2 imrs.slot=b imrs.manifest={b}");
+    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    init.wait_for("slot b on trial", Duration::from_secs(30));
+    init.wait_for("did not become healthy", Duration::from_secs(150));
+    assert_eq!(
+        init.count("not healthy 60 s after boot (slots.health_deadline_s)"),
+        1,
+        "{:#?}",
+        init.console()
+    );
+    assert_eq!(
+        init.count("systemd-boot tries it again (2 tries left)"),
+        1,
+        "{:#?}",
+        init.console()
+    );
+    init.wait(Duration::from_secs(30));
+    let history: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("slots.json")).unwrap()).unwrap();
+    let failed = &history["failed_trial"];
+    assert_eq!(failed["run"]["slot"], "b", "{history}");
+    assert_eq!(failed["entry"], "imrs-b+2-1.conf", "{history}");
+    assert!(
+        failed["why"].as_str().unwrap().contains("60 s after boot"),
+        "{history}"
+    );
+    assert!(
+        learned(&h.router).is_empty(),
+        "announced: {:?}",
+        learned(&h.router)
+    );
     h.receiver.stop();
 }
 
