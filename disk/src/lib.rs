@@ -15,6 +15,7 @@
 //! - [`payload`]: [`SlotPayload`], an image's files checked against its manifest.
 //! - [`fat`]: FAT through `fatfs` with fixed identifiers and a fixed UTC clock; [`fatdir`]:
 //!   the atomic in-place rename `fatfs` lacks.
+//! - [`grow`]: `IMRS-DATA` grown to the end of a bigger device, the backup GPT moved there.
 //! - [`image`]: a whole disk image file from an image (builder side; the data partition's ext4
 //!   comes from the host's `mke2fs`, [`ext4`]); [`bmap`]: the bmap file bmaptool reads.
 //!
@@ -44,6 +45,7 @@ pub mod esp;
 pub mod ext4;
 pub mod fat;
 pub mod fatdir;
+pub mod grow;
 pub mod guid;
 pub mod image;
 pub mod layout;

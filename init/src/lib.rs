@@ -7,7 +7,7 @@
 //!   the IMRS-only export filter, its control socket), [`health`] (what is announced and served,
 //!   and the loop that decides it), [`phonehome`] (device key, outbox, delivery); and the PID 1
 //!   core: `log`, `reaper` (the only `waitpid`), `command` (helper programs), `supervisor`,
-//!   `signals`, `pid1`, `shutdown`, `cmdline`, `clock`, `modules`, `site`, `hardware`,
+//!   `signals`, `pid1`, `shutdown`, `cmdline`, `clock`, `modules`, `site`, `data_grow`, `hardware`,
 //!   `rootzone`, `control`.
 //! - **The boot's vocabulary**: stages and statuses come from [`imrs_config::stage`]; `outcome`
 //!   (how a stage ended, with its reason) and `context` (what the boot knows, shared by the
@@ -32,6 +32,7 @@ mod cmdline;
 mod command;
 mod context;
 mod control;
+mod data_grow;
 pub mod dns;
 mod entropy;
 #[cfg(test)]

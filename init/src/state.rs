@@ -198,6 +198,10 @@ pub fn open(
                 dev.display()
             ));
         } else {
+            // A disk bigger than the image: IMRS-DATA grows to its end first.
+            if let Some(line) = crate::data_grow::grow_table(root, &dev) {
+                crate::log::info(line);
+            }
             let _ = std::fs::create_dir_all(DATA_MOUNT);
             match mount(
                 Some(dev.as_path()),
@@ -207,6 +211,9 @@ pub fn open(
                 None::<&str>,
             ) {
                 Ok(()) => {
+                    if let Some(line) = crate::data_grow::grow_fs(&dev, Path::new(DATA_MOUNT)) {
+                        crate::log::info(line);
+                    }
                     return Store {
                         dir: PathBuf::from(DATA_MOUNT),
                         persistent: true,

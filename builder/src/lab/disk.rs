@@ -43,8 +43,13 @@ pub fn build(out: &Path, site: &Path, site_sig: &Path) -> Result<PathBuf> {
     Ok(out.to_path_buf())
 }
 
+/// How much bigger than the disk image the lab's appliance disk is: the first boot grows
+/// `IMRS-DATA` into it, as on an appliance whose disk is bigger than the image.
+pub const LAB_DISK_SPARE: u64 = 128 << 20;
+
 /// Builds the appliance disk `out` from the image folder `image` (already verified by the
-/// lab), with the signed site config on `IMRS-CONFIG`: what `imrs-build disk --site` makes.
+/// lab), with the signed site config on `IMRS-CONFIG`: what `imrs-build disk --site` makes,
+/// on a disk [`LAB_DISK_SPARE`] bigger than the image.
 pub fn appliance(out: &Path, image: &Path, site: &Path, site_sig: &Path) -> Result<PathBuf> {
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()));
     let (text, sig) = (read(site)?, read(site_sig)?);
@@ -64,6 +69,13 @@ pub fn appliance(out: &Path, image: &Path, site: &Path, site_sig: &Path) -> Resu
         },
     )
     .with_context(|| format!("{}: writing the appliance disk", out.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(out)
+        .with_context(|| format!("{}: cannot open", out.display()))?;
+    let len = f.metadata()?.len();
+    f.set_len(len + LAB_DISK_SPARE)
+        .with_context(|| format!("{}: cannot extend", out.display()))?;
     Ok(out.to_path_buf())
 }
 

@@ -1247,6 +1247,25 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         }
     };
     drop(svc);
+    if lab.boot == super::LabBoot::Disk {
+        let boot1 = lab.console_of("boot 1");
+        let grown: Vec<&str> = boot1
+            .lines()
+            .filter(|l| l.contains("IMRS-DATA") && l.contains("grown"))
+            .map(str::trim)
+            .collect();
+        check(
+            &mut checks,
+            "boot 1: IMRS-DATA grown to the disk's end (table and file system)",
+            grown.iter().any(|l| l.contains("grown to the end"))
+                && grown.iter().any(|l| l.contains("file system grown online")),
+            if grown.is_empty() {
+                "no growth line on the console".to_string()
+            } else {
+                grown.join(" | ")
+            },
+        );
+    }
     let ib = &boots[install_boot];
     let install_report = fin.reports.iter().find(|r| r.is_install());
     let good: Vec<u32> = fin
