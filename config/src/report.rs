@@ -166,6 +166,32 @@ pub enum Event {
         /// The manifest sha256 of the image it ran there (empty when unknown).
         previous_manifest_sha256: String,
     },
+    /// The box serves and says how it is, every `phone_home.heartbeat_s` (report version 3).
+    Heartbeat {
+        /// Seconds since the init started.
+        uptime_s: u64,
+        /// The serial of the zone being served, as the zone refresh loop keeps it.
+        #[serde(default)]
+        zone_serial: Option<u32>,
+        /// Seconds since the zone was last confirmed current with a transfer server.
+        #[serde(default)]
+        zone_checked_s_ago: Option<u64>,
+        /// Seconds until the served zone expires (negative: expired).
+        #[serde(default)]
+        zone_expires_in_s: Option<i64>,
+        /// The operator's drain switch is on.
+        drained: bool,
+        /// Why the DNS service's last health probe failed (absent: it answered).
+        #[serde(default)]
+        dns_probe_error: Option<String>,
+        /// The last error the init logged, if any.
+        #[serde(default)]
+        last_error: Option<String>,
+        /// Heartbeats this boot dropped from the outbox, oldest first, because too many were
+        /// waiting for the receiver.
+        #[serde(default)]
+        heartbeats_dropped: u64,
+    },
 }
 
 impl Event {
@@ -176,6 +202,7 @@ impl Event {
             Event::InstallFailed { .. } => "install-failed",
             Event::Boot {} => "boot",
             Event::SlotChanged { .. } => "slot-changed",
+            Event::Heartbeat { .. } => "heartbeat",
         }
     }
 }
@@ -451,12 +478,34 @@ pub fn validate(r: &Report) -> Result<(), ReportError> {
     if r.version >= 3 && r.slot.is_none() {
         return Err(bad("slot", &"absent", "required from report version 3"));
     }
-    if r.version < 3 && (r.slot.is_some() || matches!(r.event, Event::SlotChanged { .. })) {
+    if r.version < 3
+        && (r.slot.is_some()
+            || matches!(r.event, Event::SlotChanged { .. } | Event::Heartbeat { .. }))
+    {
         return Err(bad(
             "version",
             &r.version,
-            "slot and slot-changed need report version 3",
+            "slot, slot-changed and heartbeat need report version 3",
         ));
+    }
+    if let Event::Heartbeat {
+        dns_probe_error,
+        last_error,
+        ..
+    } = &r.event
+    {
+        for (field, v) in [
+            ("event.dns_probe_error", dns_probe_error),
+            ("event.last_error", last_error),
+        ] {
+            if v.as_ref().is_some_and(|t| t.len() > MAX_TEXT) {
+                return Err(bad(
+                    field,
+                    &v.as_ref().map_or(0, String::len),
+                    "at most 4096 bytes",
+                ));
+            }
+        }
     }
     let slot_letter = |v: &Option<String>| v.as_deref().is_none_or(|l| l == "a" || l == "b");
     if let Some(slot) = &r.slot {
@@ -642,6 +691,20 @@ mod tests {
         });
         assert_eq!(verify(&sign(&c, &key)).unwrap(), c);
         assert_eq!(c.event.name(), "slot-changed");
+        // A heartbeat.
+        let mut h = sample();
+        h.event = Event::Heartbeat {
+            uptime_s: 3600,
+            zone_serial: Some(2026010100),
+            zone_checked_s_ago: Some(120),
+            zone_expires_in_s: Some(-5),
+            drained: true,
+            dns_probe_error: None,
+            last_error: Some("zone refresh: no transfer server answered".into()),
+            heartbeats_dropped: 3,
+        };
+        assert_eq!(verify(&sign(&h, &key)).unwrap(), h);
+        assert_eq!(h.event.name(), "heartbeat");
         // A version 2 report (queued by the previous image) is still accepted as it was.
         let mut old = sample();
         old.version = 2;
@@ -727,6 +790,13 @@ mod tests {
                 }),
             ),
             ("v2 with slot", Box::new(|v| v["version"] = 2.into())),
+            (
+                "heartbeat with a huge error",
+                Box::new(|v| {
+                    v["event"] = serde_json::json!({"kind": "heartbeat", "uptime_s": 1,
+                        "drained": false, "last_error": "x".repeat(5000)})
+                }),
+            ),
             ("slot c", Box::new(|v| v["slot"]["running"] = "c".into())),
             (
                 "slot-changed from slot c",

@@ -182,6 +182,17 @@ pub struct PhoneHome {
     pub url: String,
     /// PEM CA certificate(s) the receiver's certificate must chain to (no system trust store).
     pub ca_pem: String,
+    /// Seconds between heartbeats once the box serves (10 to 86400; default 300, jittered by up
+    /// to a tenth either way).
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_s: u64,
+}
+
+/// The default [`PhoneHome::heartbeat_s`]: 5 minutes.
+pub const DEFAULT_HEARTBEAT_S: u64 = 300;
+
+fn default_heartbeat() -> u64 {
+    DEFAULT_HEARTBEAT_S
 }
 
 /// Root zone transfer sources.

@@ -295,6 +295,9 @@ async fn event_loop(
     // which tries it again while it has tries and then boots the other slot.
     let trial = ctx.boot_entry.on_trial();
     let how = {
+        // The pipeline says how it ended on `ended`, then (healthy) goes on with heartbeats.
+        let (ended_tx, mut ended) = tokio::sync::oneshot::channel::<(bool, String)>();
+        let poweroff_after_boot = settings.poweroff_after_boot;
         let pipeline = async {
             let results = pipeline::run(
                 &mut ctx,
@@ -310,7 +313,11 @@ async fn event_loop(
                 r.stage == imrs_config::stage::Stage::Bgp
                     && r.outcome == Some(crate::outcome::Outcome::Passed)
             });
-            (healthy, crate::slot_history::unhealthy_reason(&results))
+            let _ = ended_tx.send((healthy, crate::slot_history::unhealthy_reason(&results)));
+            if healthy && !poweroff_after_boot {
+                crate::heartbeat::run(&mut ctx, &results, start).await;
+            }
+            std::future::pending::<()>().await
         };
         let mut pipeline = std::pin::pin!(pipeline);
         let mut pipeline_done = false;
@@ -319,8 +326,11 @@ async fn event_loop(
         let mut trial_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                (healthy, why) = &mut pipeline, if !pipeline_done => {
+                () = &mut pipeline => {}
+                r = &mut ended, if !pipeline_done => {
                     pipeline_done = true;
+                    let (healthy, why) =
+                        r.unwrap_or((false, "the boot pipeline ended without a word".into()));
                     if settings.poweroff_after_boot {
                         log::info("imrs.poweroff_after_boot=1: powering off");
                         break (Halt::Poweroff, None);

@@ -15,7 +15,8 @@
 //! - **Stage bodies**, one module per stage under `stages`, and `installation` (the
 //!   installation report both the phone-home stage and a failed first boot queue); `slots`
 //!   (the boot entry, blessing a healthy slot) and `slot_history` (`slots.json`: the last
-//!   healthy slot, failed trials, `slot-changed` reports).
+//!   healthy slot, failed trials, `slot-changed` reports); `heartbeat` (the signed heartbeat
+//!   every `phone_home.heartbeat_s` once healthy).
 //! - **The pipeline** (`pipeline`: the state machine over the stages) and [`boot`] (start-up
 //!   order, event loop, shutdown).
 //!
@@ -39,6 +40,7 @@ mod entropy;
 mod fuzzing;
 mod hardware;
 pub mod health;
+mod heartbeat;
 mod installation;
 mod log;
 mod modules;

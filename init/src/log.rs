@@ -148,7 +148,18 @@ pub fn warn(msg: impl AsRef<str>) {
 
 /// `error` record.
 pub fn error(msg: impl AsRef<str>) {
+    if let Ok(mut g) = LAST_ERROR.lock() {
+        *g = Some(msg.as_ref().to_string());
+    }
     log(Level::Error, msg.as_ref());
+}
+
+/// The last `error` record (heartbeats carry it).
+static LAST_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// The last `error` record, if there was one.
+pub fn last_error() -> Option<String> {
+    LAST_ERROR.lock().ok().and_then(|g| g.clone())
 }
 
 /// An error and its whole `source()` chain on one line.

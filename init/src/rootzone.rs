@@ -341,7 +341,13 @@ pub async fn refresh_loop(
         let current = record.clone();
         let outcome = tokio::task::spawn_blocking(move || poll_and_fetch(&s, &current)).await;
         match outcome {
-            Ok(Ok(Refreshed::Current)) => state.last_success = Some(crate::clock::timestamp_now()),
+            Ok(Ok(Refreshed::Current)) => {
+                state.last_success = Some(crate::clock::timestamp_now());
+                inputs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .zone_checked = Some(crate::clock::wall_now());
+            }
             Ok(Ok(Refreshed::Stored(new))) => {
                 log::info(format!(
                     "zone serial {} verified and stored (was {}) from {}",
@@ -416,4 +422,9 @@ fn set_inputs(setup: &ZoneSetup, inputs: &SharedInputs, record: &AcceptedRecord)
     let mut g = inputs.lock().unwrap_or_else(|p| p.into_inner());
     g.serial = Some(record.serial);
     g.zone_expires = setup.expires_at(record);
+    g.zone_checked = record
+        .refreshed_at
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(SystemTime::from);
 }

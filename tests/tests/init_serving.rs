@@ -11,7 +11,7 @@
 //! - `first_boot_passes_serves_announces_and_reports`: every stage passes; FRR learns exactly
 //!   the five IMRS prefixes from AS 20144 over both sessions; the appliance answers `. SOA`
 //!   with AA, the verified serial and NSID over UDP and TCP, IPv4 and IPv6; the receiver holds
-//!   one verified `install-passed` report from the device; drain/undrain on the control socket
+//!   one verified `install-passed` report from the device, then heartbeats; drain/undrain on the control socket
 //!   withdraws and restores the specifics; NSD crashing (killed whenever it comes up, 8 s):
 //!   specifics withdrawn at the peer (covering kept), NSD restarted by the supervisor,
 //!   specifics back; BIRD killed: restarted, sessions
@@ -278,15 +278,33 @@ fn first_boot_passes_serves_announces_and_reports() {
     }
 
     // One verified install-passed report from this device.
-    let dev = wait_for(Duration::from_secs(60), POLL, || {
-        let f = store::fleet(&h.db, 10).ok()?;
-        f.devices
+    let install = wait_for(Duration::from_secs(60), POLL, || {
+        store::reports(&h.db)
+            .ok()?
             .into_iter()
-            .find(|d| d.last_event == "install-passed")
+            .find(|r| r.event == "install-passed")
     })
     .expect("no install-passed report at the receiver");
+    assert_eq!(install.zone_serial, Some(SERIAL));
+    let dev = store::fleet(&h.db, 10)
+        .unwrap()
+        .devices
+        .into_iter()
+        .find(|d| d.device == install.device)
+        .unwrap();
     assert_eq!(dev.site_id, "lab-01");
-    assert_eq!(dev.zone_serial, Some(SERIAL));
+    // Then heartbeats (the lab site asks for one every 10 s): the zone's serial, the slot
+    // (none: no disk slot here).
+    let beat = wait_for(Duration::from_secs(40), POLL, || {
+        store::reports(&h.db)
+            .ok()?
+            .into_iter()
+            .find(|r| r.event == "heartbeat")
+    })
+    .expect("no heartbeat at the receiver");
+    assert_eq!(beat.device, install.device);
+    assert_eq!(beat.zone_serial, Some(SERIAL));
+    assert_eq!(init.count("first heartbeat queued"), 1);
     assert_eq!(
         init.count(&format!("device key {}", dev.device)),
         1,

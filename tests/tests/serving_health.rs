@@ -132,6 +132,7 @@ fn dns_failure_and_drain_gate_the_specifics_at_the_peer(kind: RouterKind) {
         zone_expires: Some(SystemTime::now() + Duration::from_secs(604_800)),
         drained: false,
         transfer_failure: None,
+        ..Inputs::default()
     }));
     let records = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -31,11 +31,14 @@ fn names<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> String {
     out.join(", ")
 }
 
-fn device_cells(d: &DeviceRow) -> [String; 8] {
-    let event = match (&d.failed_stage, &d.failed_reason) {
+fn device_cells(d: &DeviceRow) -> [String; 10] {
+    let mut event = match (&d.failed_stage, &d.failed_reason) {
         (Some(s), Some(r)) => format!("{} ({s}: {r})", d.last_event),
         _ => d.last_event.clone(),
     };
+    if d.quiet {
+        event.insert_str(0, "[QUIET] ");
+    }
     let mut device = d.device.clone();
     if !d.enrolled {
         device.push_str(" [unenrolled]");
@@ -61,8 +64,12 @@ fn device_cells(d: &DeviceRow) -> [String; 8] {
         site,
         escape(&d.instance).into_owned(),
         escape(&event).into_owned(),
+        escape(d.slot.as_deref().unwrap_or("-")).into_owned(),
         d.zone_serial
             .map(|z| z.to_string())
+            .unwrap_or_else(|| "-".into()),
+        d.serial_lag
+            .map(|l| l.to_string())
             .unwrap_or_else(|| "-".into()),
         when(d.received_unix),
         d.reports.to_string(),
@@ -94,11 +101,13 @@ pub fn render(f: &Fleet) -> String {
         "SITE",
         "INSTANCE",
         "LAST EVENT",
+        "SLOT",
         "ZONE",
-        "RECEIVED",
+        "LAG",
+        "LAST SEEN",
         "REPORTS",
     ];
-    let rows: Vec<[String; 8]> = f.devices.iter().map(device_cells).collect();
+    let rows: Vec<[String; 10]> = f.devices.iter().map(device_cells).collect();
     let mut width = head.map(str::len);
     for r in &rows {
         for (w, c) in width.iter_mut().zip(r) {
@@ -179,6 +188,10 @@ mod tests {
             enrolled: false,
             serial_held_by: Some("k0\x07".into()),
             serial_claimed_by: (0..12).map(|i| format!("c{i}")).collect(),
+            slot: Some("b\x1b".into()),
+            last_heartbeat_unix: None,
+            serial_lag: Some(2),
+            quiet: true,
         }
     }
 
@@ -226,6 +239,8 @@ mod tests {
             "site s\\t",
             "5 rejected submission(s): 1 kept, 4 dropped",
             "dropped per source: weird\\u{1b} 4",
+            "[QUIET] install-failed",
+            "b\\u{1b}",
         ] {
             assert!(text.contains(want), "{want:?} in {text}");
         }

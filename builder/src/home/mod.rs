@@ -102,6 +102,10 @@ pub enum HomeCommand {
         /// How many rejected submissions to show (newest first).
         #[arg(long, default_value_t = 20)]
         rejected: usize,
+        /// Flag devices nothing arrived from for more than SECS (a heartbeat period or two:
+        /// 600 at the default 300 s); they are listed first, and the exit code is 3 when any is.
+        #[arg(long, value_name = "SECS")]
+        stale: Option<u64>,
     },
 }
 
@@ -155,14 +159,26 @@ pub fn run(cmd: HomeCommand, json: bool) -> Result<u8> {
             };
             serve(&cfg, json)
         }
-        HomeCommand::List { db, rejected } => {
-            let fleet = store::fleet(&db, rejected)?;
+        HomeCommand::List {
+            db,
+            rejected,
+            stale,
+        } => {
+            let mut fleet = store::fleet(&db, rejected)?;
+            if let Some(secs) = stale {
+                store::mark_quiet(&mut fleet, jiff::Timestamp::now().as_second(), secs);
+                fleet.devices.sort_by_key(|d| !d.quiet);
+            }
             if json {
                 crate::ui::print_ok(&fleet)?;
             } else {
                 print!("{}", render(&fleet));
             }
-            Ok(0)
+            Ok(if fleet.devices.iter().any(|d| d.quiet) {
+                3
+            } else {
+                0
+            })
         }
     }
 }

@@ -175,7 +175,11 @@ impl Receiver {
             event: parsed.event.name().to_string(),
             failed_stage,
             failed_reason,
-            zone_serial: parsed.zone.as_ref().map(|z| z.serial),
+            zone_serial: match &parsed.event {
+                // The refresh loop's serial, newer than the one verified at boot.
+                Event::Heartbeat { zone_serial, .. } => *zone_serial,
+                _ => parsed.zone.as_ref().map(|z| z.serial),
+            },
             image: format!("{} {}", parsed.image.name, parsed.image.version),
             lab: parsed.lab,
             created_unix: parsed.created_unix,

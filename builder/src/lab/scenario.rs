@@ -7,7 +7,7 @@
 //! | `xfr-down` | transfer server started ~30 s after QEMU | passes once the server is there |
 //! | `receiver-down` | receiver started ~30 s after the box reaches phone-home | passes; the report arrives after the receiver starts |
 //! | `power-cut` | QEMU killed when the zone stage starts, then booted again on the same disk | resumes (hardware done earlier), passes, exactly one install report |
-//! | `second-boot` | a normal pass, QEMU stopped, booted again on the same disk | serving again, no new install report |
+//! | `second-boot` | a normal pass, QEMU stopped, booted again on the same disk | serving again, no new install report, a heartbeat with the zone's serial |
 //! | `update` (`--boot disk`) | a normal pass from slot A, the image written into slot B with a boot counter, booted again | B is tried, serves, is blessed; a `slot-changed` report names A as before |
 //! | `rollback` (`--boot disk`) | a normal pass from slot A, slot B written with one try and an image that cannot become healthy (`imrs.stop_after=zone` on its entry: it never brings BGP up), booted until it is back on A | B is tried once, gives up, is not blessed; the box boots A again, serves, and a `slot-changed` report names B and why it fell back |
 //! | `power-cut-update` (`--boot disk`) | a normal pass from slot A; while it still runs an update into slot B loses power half-way (its writes stop) and QEMU is killed; booted again | the box boots A, serves, B has no entry, no new report |
@@ -122,7 +122,7 @@ impl Scenario {
                 "after a power cut during the zone stage the next boot resumes, passes and serves, with exactly one install report"
             }
             Scenario::SecondBoot => {
-                "after a normal pass, a second boot on the same disk serves again without a new install report"
+                "after a normal pass, a second boot on the same disk serves again without a new install report, and heartbeats arrive"
             }
             Scenario::Update => {
                 "after a normal pass from slot A, the image written into slot B with a boot counter is tried, serves, is blessed by the init, and a slot-changed report names slot A as before"
@@ -214,8 +214,10 @@ enum Goal {
     FailureReport,
     /// A later boot: serving, then a while to see whether a report comes.
     Serving,
-    /// A later boot: serving and a new report at the receiver.
+    /// A later boot: serving and a new report (not a heartbeat) at the receiver.
     ServingReport,
+    /// A later boot: serving and a heartbeat at the receiver.
+    ServingHeartbeat,
     /// The box gives the boot up and reboots by itself (QEMU ends: `-no-reboot`).
     Reboots,
     /// Pull the plug when this stage starts.
@@ -579,6 +581,14 @@ impl Lab {
             }
             let new_install = reports.iter().skip(baseline).any(StoredReport::is_install);
             let new_any = reports.len() > baseline;
+            let new_event = reports
+                .iter()
+                .skip(baseline)
+                .any(|r| r.event != "heartbeat");
+            let new_heartbeat = reports
+                .iter()
+                .skip(baseline)
+                .any(|r| r.event == "heartbeat");
             if settle_until.is_none() {
                 let stop = tracker.stopped_at().map(|s| s.ended_at_s.unwrap_or(now));
                 let networked = tracker.status("network") == Some(Status::Passed);
@@ -593,7 +603,10 @@ impl Lab {
                         }
                     }
                     Goal::FailureReport if new_install => Some(now + 5.0),
-                    Goal::ServingReport if out.serving_s.is_some() && new_any => Some(now + 2.0),
+                    Goal::ServingReport if out.serving_s.is_some() && new_event => Some(now + 2.0),
+                    Goal::ServingHeartbeat if out.serving_s.is_some() && new_heartbeat => {
+                        Some(now + 1.0)
+                    }
                     Goal::Serving if out.serving_s.is_some() => {
                         let since = out.serving_s.unwrap_or(now);
                         if phone_home_ended(&tracker) || now >= since + 20.0 {
@@ -605,7 +618,10 @@ impl Lab {
                     _ => match stop {
                         Some(_)
                             if new_any
-                                && !matches!(plan.goal, Goal::Serving | Goal::ServingReport) =>
+                                && !matches!(
+                                    plan.goal,
+                                    Goal::Serving | Goal::ServingReport | Goal::ServingHeartbeat
+                                ) =>
                         {
                             Some(now + 2.0)
                         }
@@ -1185,10 +1201,11 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                 let new: Vec<&str> = fin2.reports[base..]
                     .iter()
                     .map(|r| r.event.as_str())
+                    .filter(|e| *e != "heartbeat")
                     .collect();
                 check(
                     &mut checks,
-                    "boot 2: no new report (nothing changed on the running slot)",
+                    "boot 2: no new report but heartbeats (nothing changed on the running slot)",
                     new.is_empty(),
                     format!("new report(s): [{}]", new.join(", ")),
                 );
@@ -1206,7 +1223,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             let base = fin1.reports.len();
             boots.push(b1);
             if first_ok {
-                let two = BootPlan::later("boot 2", Goal::Serving);
+                let two = BootPlan::later("boot 2", Goal::ServingHeartbeat);
                 let (b2, t2, fin2) = lab.boot(&mut svc, &two, base)?;
                 serving_checks(&mut checks, &b2, &fin2, lab.zone.serial);
                 for s in ["hardware", "phone-home"] {
@@ -1237,6 +1254,22 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
+                );
+                let beat = fin2
+                    .reports
+                    .iter()
+                    .skip(base)
+                    .find(|r| r.event == "heartbeat");
+                check(
+                    &mut checks,
+                    &format!(
+                        "boot 2: a verified heartbeat with zone serial {}",
+                        lab.zone.serial
+                    ),
+                    beat.is_some_and(|r| r.zone_serial == Some(lab.zone.serial)),
+                    beat.map_or("no heartbeat".to_string(), |r| {
+                        format!("heartbeat with zone serial {:?}", r.zone_serial)
+                    }),
                 );
                 second_serving = b2.serving_s;
                 boots.push(b2);

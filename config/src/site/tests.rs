@@ -479,6 +479,11 @@ fn refused_cases() -> Vec<(&'static str, String, String)> {
             rrl("responses_per_second = 200\nwindow = 15"),
             s("unknown field `window`"),
         ),
+        (
+            "heartbeat every 5 s",
+            lab_text().replace("[phone_home]", "[phone_home]\nheartbeat_s = 5"),
+            s("phone_home.heartbeat_s = 5: 10 to 86400 seconds"),
+        ),
         // Slots.
         (
             "health deadline 30 s",

@@ -563,7 +563,12 @@ fn phone_home(c: &Checker<'_>, s: &Site) -> Result<(), ConfigError> {
             format!("a PEM CA certificate: {why}"),
         )?;
     }
-    Ok(())
+    c.ensure(
+        (10..=86_400).contains(&s.phone_home.heartbeat_s),
+        "phone_home.heartbeat_s",
+        s.phone_home.heartbeat_s,
+        "10 to 86400 seconds",
+    )
 }
 
 fn dns(c: &Checker<'_>, s: &Site) -> Result<(), ConfigError> {

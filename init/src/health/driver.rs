@@ -33,6 +33,12 @@ pub struct Inputs {
     pub drained: bool,
     /// The last transfer failure not yet reported (taken by the driver).
     pub transfer_failure: Option<String>,
+    /// When the zone was last confirmed current with a transfer server (set by the refresh
+    /// loop; heartbeats report its age).
+    pub zone_checked: Option<SystemTime>,
+    /// The driver's last DNS probe: `None` before the first, `Some(None)` when it answered,
+    /// `Some(Some(why))` when it did not (heartbeats report it).
+    pub dns_probe: Option<Option<String>>,
 }
 
 /// Shared, updatable inputs.
@@ -223,7 +229,12 @@ impl<P: Prober, A: Announcer> Driver<P, A> {
             },
         );
         if !expired {
-            let ev = match self.prober.probe(inputs.serial) {
+            let probe = self.prober.probe(inputs.serial);
+            self.inputs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .dns_probe = Some(probe.clone().err());
+            let ev = match probe {
                 Ok(()) => Event::ProbeOk,
                 Err(why) => Event::ProbeFailed(why),
             };

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 pub use read::{
-    DeviceRow, Fleet, RejectedRow, ReportRow, SourceDrops, count_reports, fleet, rejected_counts,
-    reports, signed_report,
+    DeviceRow, Fleet, RejectedRow, ReportRow, SourceDrops, count_reports, fleet, mark_quiet,
+    rejected_counts, reports, signed_report,
 };
 pub use rejected::{RejectedCaps, RejectedCounts, Rejection};
 pub use schema::SCHEMA_VERSION;

@@ -47,6 +47,15 @@ pub struct DeviceRow {
     pub serial_held_by: Option<String>,
     /// Other keys that later claimed this device's serial (open enrolment), first claim first.
     pub serial_claimed_by: Vec<String>,
+    /// The slot the latest report came from (`a`, `b`).
+    pub slot: Option<String>,
+    /// When the latest heartbeat arrived.
+    pub last_heartbeat_unix: Option<i64>,
+    /// Serials this device's zone is behind the newest any device reports (RFC 1982
+    /// arithmetic; `None` without a serial).
+    pub serial_lag: Option<u32>,
+    /// Nothing arrived from it for longer than `home list --stale` asked.
+    pub quiet: bool,
 }
 
 /// One kept refused submission.
@@ -149,6 +158,7 @@ pub fn fleet(path: &Path, rejected_limit: usize) -> Result<Fleet, StoreError> {
     let conn = open_existing(path)?;
     let err = read_err(path);
     let mut devices = devices(&conn).map_err(&err)?;
+    set_serial_lag(&mut devices);
     let claims = later_claims(&conn).map_err(&err)?;
     for d in &mut devices {
         if let Some(keys) = claims.get(&(d.device.clone(), d.serial.clone())) {
@@ -207,12 +217,42 @@ pub fn fleet(path: &Path, rejected_limit: usize) -> Result<Fleet, StoreError> {
 }
 
 /// Each device key's latest report, by site, instance and key.
+/// The newest serial any device reports, in RFC 1982 serial arithmetic.
+fn newest_serial(serials: impl Iterator<Item = u32>) -> Option<u32> {
+    serials.reduce(|a, b| {
+        if b != a && b.wrapping_sub(a) < 1 << 31 {
+            b
+        } else {
+            a
+        }
+    })
+}
+
+fn set_serial_lag(devices: &mut [DeviceRow]) {
+    let Some(newest) = newest_serial(devices.iter().filter_map(|d| d.zone_serial)) else {
+        return;
+    };
+    for d in devices {
+        d.serial_lag = d.zone_serial.map(|s| newest.wrapping_sub(s));
+    }
+}
+
+/// Marks the devices nothing arrived from for more than `secs` before `now_unix`.
+pub fn mark_quiet(fleet: &mut Fleet, now_unix: i64, secs: u64) {
+    let limit = i64::try_from(secs).unwrap_or(i64::MAX);
+    for d in &mut fleet.devices {
+        d.quiet = now_unix.saturating_sub(d.received_unix) > limit;
+    }
+}
+
 fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceRow>> {
     let mut stmt = conn.prepare(
         "SELECT key_id, serial, site_id, instance, event, failed_stage, failed_reason,
                 zone_serial, image, lab, created_unix, received_unix, n, enrolled,
-                serial_conflict
+                serial_conflict, json_extract(report, '$.slot.running'), hb_last
          FROM (SELECT *, COUNT(*) OVER (PARTITION BY key_id) AS n,
+                      MAX(CASE WHEN event = 'heartbeat' THEN received_unix END)
+                          OVER (PARTITION BY key_id) AS hb_last,
                       ROW_NUMBER() OVER (PARTITION BY key_id
                                          ORDER BY received_unix DESC, rowid DESC) AS k
                FROM reports)
@@ -237,6 +277,10 @@ fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceRow>> {
             enrolled: row.get(13)?,
             serial_held_by: row.get(14)?,
             serial_claimed_by: Vec::new(),
+            slot: row.get(15)?,
+            last_heartbeat_unix: row.get(16)?,
+            serial_lag: None,
+            quiet: false,
         })
     })?
     .collect()

@@ -302,6 +302,10 @@ fn source_of_peer(peer: &str) -> String {
         .unwrap_or_else(|_| peer.to_string())
 }
 
+/// Heartbeats kept per device, newest first (a day at the default period of 5 minutes); every
+/// other report is kept.
+pub const MAX_HEARTBEATS_PER_DEVICE: i64 = 288;
+
 fn store_one(tx: &rusqlite::Transaction<'_>, r: &NewReport) -> Result<Stored, rusqlite::Error> {
     let existing: Option<(String, String)> = tx
         .query_row(
@@ -360,6 +364,15 @@ fn store_one(tx: &rusqlite::Transaction<'_>, r: &NewReport) -> Result<Stored, ru
             held_by
         ],
     )?;
+    if r.event == "heartbeat" {
+        // A bounded history per device: the newest heartbeats only.
+        tx.execute(
+            "DELETE FROM reports WHERE key_id = ?1 AND event = 'heartbeat' AND rowid NOT IN
+               (SELECT rowid FROM reports WHERE key_id = ?1 AND event = 'heartbeat'
+                ORDER BY received_unix DESC, rowid DESC LIMIT ?2)",
+            params![r.key_id, MAX_HEARTBEATS_PER_DEVICE],
+        )?;
+    }
     Ok(match held_by {
         Some(serial_held_by) => Stored::Flagged { serial_held_by },
         None => Stored::New,
@@ -440,6 +453,51 @@ mod tests {
             .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
         assert!(matches!(open(&db), Err(StoreError::Schema { .. })));
+    }
+
+    #[test]
+    fn heartbeats_keep_a_bounded_history_and_the_fleet_shows_lag_and_quiet_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.sqlite");
+        let store = Store::start(&db, RejectedCaps::default()).unwrap();
+        let beat = |i: i64, key: &str, serial: u32| NewReport {
+            event: "heartbeat".into(),
+            zone_serial: Some(serial),
+            report: r#"{"slot": {"running": "b"}}"#.into(),
+            ..row(&format!("h{key}{i}"), key, &format!("d{key}{i}"), 1000 + i)
+        };
+        let n = MAX_HEARTBEATS_PER_DEVICE + 12;
+        let mut rxs = vec![store.submit(row("install", "k1", "di", 1)).unwrap()];
+        for i in 0..n {
+            rxs.push(store.submit(beat(i, "k1", 2026010102)).unwrap());
+        }
+        rxs.push(store.submit(beat(0, "k2", 2026010100)).unwrap());
+        for rx in rxs {
+            assert_eq!(rx.blocking_recv().unwrap().unwrap(), Stored::New);
+        }
+        drop(store);
+        // The install report and the newest heartbeats of k1, plus k2's one.
+        assert_eq!(
+            count_reports(&db).unwrap(),
+            1 + MAX_HEARTBEATS_PER_DEVICE as u64 + 1
+        );
+        let mut f = fleet(&db, 0).unwrap();
+        let k1 = f.devices.iter().find(|d| d.device == "k1").unwrap();
+        assert_eq!(k1.last_heartbeat_unix, Some(1000 + n - 1));
+        assert_eq!(k1.slot.as_deref(), Some("b"));
+        assert_eq!(k1.serial_lag, Some(0));
+        let k2 = f.devices.iter().find(|d| d.device == "k2").unwrap();
+        assert_eq!(k2.serial_lag, Some(2), "two serials behind k1");
+        super::super::mark_quiet(&mut f, 1000 + n + 100, 150);
+        let quiet: Vec<(&str, bool)> = f
+            .devices
+            .iter()
+            .map(|d| (d.device.as_str(), d.quiet))
+            .collect();
+        assert!(
+            quiet.contains(&("k1", false)) && quiet.contains(&("k2", true)),
+            "{quiet:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,188 @@
+//! Heartbeats: once the node is healthy, a signed `heartbeat` report every
+//! `phone_home.heartbeat_s` (jittered by up to a tenth either way, so a fleet rebooted together
+//! does not heartbeat together) on the same outbox as every report: running slot and image,
+//! the zone's serial, when it was last confirmed current and when it expires, the DNS probe, each
+//! BGP session and what is announced, the drain switch, uptime and the last error.
+//!
+//! While the receiver cannot be reached heartbeats wait in the outbox; at most
+//! [`MAX_WAITING`] of this boot's do (a day at the default period): the oldest is dropped first
+//! and the next heartbeat says how many were ([`Event::Heartbeat`]'s `heartbeats_dropped`).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use imrs_config::report::{DnsReport, Event};
+
+use crate::context::Context;
+use crate::health::driver::Inputs;
+use crate::outcome::StageResult;
+use crate::{installation, log};
+
+/// Heartbeats of this boot that may wait in the outbox at once.
+pub const MAX_WAITING: usize = 288;
+
+/// `period` moved by up to a tenth either way, from `random` (uniform in 0..=u32::MAX).
+pub fn jittered(period: Duration, random: u32) -> Duration {
+    let tenth = period.as_secs_f64() / 10.0;
+    let offset = (f64::from(random) / f64::from(u32::MAX) * 2.0 - 1.0) * tenth;
+    Duration::from_secs_f64((period.as_secs_f64() + offset).max(1.0))
+}
+
+/// The heartbeat event from the health inputs at `now`.
+pub fn event(inputs: &Inputs, now: SystemTime, uptime: Duration, dropped: u64) -> Event {
+    let secs_between = |a: SystemTime, b: SystemTime| match a.duration_since(b) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    Event::Heartbeat {
+        uptime_s: uptime.as_secs(),
+        zone_serial: inputs.serial,
+        zone_checked_s_ago: inputs
+            .zone_checked
+            .map(|t| u64::try_from(secs_between(now, t).max(0)).unwrap_or(0)),
+        zone_expires_in_s: inputs.zone_expires.map(|t| secs_between(t, now)),
+        drained: inputs.drained,
+        dns_probe_error: inputs.dns_probe.clone().flatten(),
+        last_error: log::last_error(),
+        heartbeats_dropped: dropped,
+    }
+}
+
+/// Sends heartbeats until the runtime stops (never returns while the site asks for them).
+pub async fn run(ctx: &mut Context, results: &[StageResult], start: Instant) {
+    let Some(period) = ctx
+        .site
+        .as_ref()
+        .map(|s| Duration::from_secs(s.phone_home.heartbeat_s))
+    else {
+        return;
+    };
+    log::info(format!(
+        "heartbeats every {} s (jittered) to the receiver",
+        period.as_secs()
+    ));
+    let mut waiting: VecDeque<PathBuf> = VecDeque::new();
+    let mut dropped = 0u64;
+    let mut first = true;
+    loop {
+        let mut r = [0u8; 4];
+        let random = getrandom::fill(&mut r).map_or(u32::MAX / 2, |()| u32::from_le_bytes(r));
+        tokio::time::sleep(jittered(period, random)).await;
+        // Heartbeats the receiver has taken are gone from the outbox.
+        waiting.retain(|p| p.exists());
+        while waiting.len() >= MAX_WAITING {
+            if let Some(old) = waiting.pop_front()
+                && std::fs::remove_file(&old).is_ok()
+            {
+                dropped += 1;
+            }
+        }
+        let inputs = ctx
+            .serving
+            .inputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let event = event(&inputs, crate::clock::wall_now(), start.elapsed(), dropped);
+        let bgp = crate::stages::bgp::report(ctx);
+        let report = installation::start(ctx).and_then(|()| {
+            let mut rep = installation::build(ctx, event, results, bgp)?;
+            let expired = inputs
+                .zone_expires
+                .is_some_and(|t| crate::clock::wall_now() >= t);
+            rep.dns = DnsReport {
+                ready: !expired && matches!(inputs.dns_probe, Some(None)),
+                daemon: rep.dns.daemon,
+                detail: match (&inputs.dns_probe, expired) {
+                    (_, true) => Some("the zone has expired: not served".into()),
+                    (Some(Some(why)), _) => Some(why.clone()),
+                    (None, _) => Some("not probed yet".into()),
+                    (Some(None), false) => None,
+                },
+            };
+            Ok(rep)
+        });
+        let queued = report.and_then(|rep| {
+            ctx.phone
+                .as_ref()
+                .map(|p| p.report(&rep))
+                .transpose()
+                .map_err(installation::InstallReportError::PhoneHome)
+        });
+        match queued {
+            Ok(Some(path)) => {
+                waiting.push_back(path);
+                if first {
+                    log::info("first heartbeat queued");
+                    first = false;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::warn(format!("heartbeat not queued: {}", log::chain(&e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_tenth() {
+        let p = Duration::from_secs(300);
+        assert_eq!(jittered(p, 0), Duration::from_secs(270));
+        assert_eq!(jittered(p, u32::MAX), Duration::from_secs(330));
+        let mid = jittered(p, u32::MAX / 2).as_secs_f64();
+        assert!((mid - 300.0).abs() < 0.01, "{mid}");
+        assert_eq!(
+            jittered(Duration::from_millis(100), 0),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn the_event_says_how_the_zone_and_service_are() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let inputs = Inputs {
+            serial: Some(2026073102),
+            zone_expires: Some(now - Duration::from_secs(5)),
+            drained: true,
+            transfer_failure: None,
+            zone_checked: Some(now - Duration::from_secs(120)),
+            dns_probe: Some(Some("no answer".into())),
+        };
+        let Event::Heartbeat {
+            uptime_s,
+            zone_serial,
+            zone_checked_s_ago,
+            zone_expires_in_s,
+            drained,
+            dns_probe_error,
+            heartbeats_dropped,
+            ..
+        } = event(&inputs, now, Duration::from_secs(42), 2)
+        else {
+            panic!("not a heartbeat")
+        };
+        assert_eq!(uptime_s, 42);
+        assert_eq!(zone_serial, Some(2026073102));
+        assert_eq!(zone_checked_s_ago, Some(120));
+        assert_eq!(zone_expires_in_s, Some(-5));
+        assert!(drained);
+        assert_eq!(dns_probe_error.as_deref(), Some("no answer"));
+        assert_eq!(heartbeats_dropped, 2);
+        // Nothing known yet.
+        let Event::Heartbeat {
+            zone_checked_s_ago,
+            zone_expires_in_s,
+            dns_probe_error,
+            ..
+        } = event(&Inputs::default(), now, Duration::ZERO, 0)
+        else {
+            panic!()
+        };
+        assert_eq!((zone_checked_s_ago, zone_expires_in_s), (None, None));
+        assert_eq!(dns_probe_error, None);
+    }
+}
