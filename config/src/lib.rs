@@ -5,11 +5,14 @@
 //!   keys and naming file, key, value and rule on error ([`ConfigError`]).
 //! - [`image`]: what a built image says about itself (manifest, image info), canonical JSON.
 //! - [`keys`]: Ed25519 keys and detached signatures.
+//! - [`report`]: phone-home reports; [`command`]: signed fleet commands and the appliance's
+//!   decision to run one.
 //! - [`signed`]: signed site configs as the init receives them.
 //! - [`stage`]: the boot pipeline's stages and statuses, shared by the init, reports and the lab.
 //! - [`layout`]: the paths every image owns (recipes may not place files over them).
 //! - [`fsutil`]: atomic, durable file writes and size-bounded reads shared by every program.
 
+pub mod command;
 mod error;
 pub mod fsutil;
 pub mod image;

@@ -75,6 +75,30 @@ pub struct Site {
     /// A/B slots: how long an updated slot has to become healthy.
     #[serde(default)]
     pub slots: Slots,
+    /// Remote management: who may send this box commands.
+    #[serde(default)]
+    pub fleet: Fleet,
+}
+
+/// Remote management.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// The operations public keys (Ed25519, SPKI PEM) whose signed commands the box runs
+    /// ([`crate::command::admit`]); none (the default): the box runs no command. At most 4
+    /// (a key being rolled over beside its successor, and spares).
+    #[serde(default)]
+    pub ops_public_keys: Vec<String>,
+}
+
+impl Fleet {
+    /// The operations keys, parsed (the site was validated: every one parses).
+    pub fn ops_keys(&self) -> Vec<ed25519_dalek::VerifyingKey> {
+        self.ops_public_keys
+            .iter()
+            .filter_map(|k| crate::keys::parse_public(k, Path::new("site")).ok())
+            .collect()
+    }
 }
 
 /// Addresses the DNS service answers on.

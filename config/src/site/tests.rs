@@ -481,8 +481,16 @@ fn refused_cases() -> Vec<(&'static str, String, String)> {
         ),
         (
             "heartbeat every 5 s",
-            lab_text().replace("[phone_home]", "[phone_home]\nheartbeat_s = 5"),
+            lab_text().replace("heartbeat_s = 10", "heartbeat_s = 5"),
             s("phone_home.heartbeat_s = 5: 10 to 86400 seconds"),
+        ),
+        (
+            "an ops key that is not a key",
+            format!(
+                "{}\n[fleet]\nops_public_keys = [\"-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\"]\n",
+                lab_text()
+            ),
+            s("fleet.ops_public_keys[0]"),
         ),
         // Slots.
         (

@@ -106,6 +106,7 @@ pub fn validate(path: &Path, s: &Site) -> Result<(), ConfigError> {
     time_and_zone(&c, s, &own)?;
     phone_home(&c, s)?;
     dns(&c, s)?;
+    fleet(&c, s)?;
     c.ensure(
         (60..=86_400).contains(&s.slots.health_deadline_s),
         "slots.health_deadline_s",
@@ -569,6 +570,28 @@ fn phone_home(c: &Checker<'_>, s: &Site) -> Result<(), ConfigError> {
         s.phone_home.heartbeat_s,
         "10 to 86400 seconds",
     )
+}
+
+fn fleet(c: &Checker<'_>, s: &Site) -> Result<(), ConfigError> {
+    let keys = &s.fleet.ops_public_keys;
+    c.ensure(
+        keys.len() <= 4,
+        "fleet.ops_public_keys",
+        keys.len(),
+        "at most 4 operations keys",
+    )?;
+    for (i, k) in keys.iter().enumerate() {
+        if let Err(e) = crate::keys::parse_public(k, c.path) {
+            let first = k.lines().next().unwrap_or("");
+            c.ensure(
+                false,
+                &format!("fleet.ops_public_keys[{i}]"),
+                format!("{first}..."),
+                format!("an Ed25519 public key in PEM: {e}"),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn dns(c: &Checker<'_>, s: &Site) -> Result<(), ConfigError> {
