@@ -585,7 +585,7 @@ fn fleet(c: &Checker<'_>, s: &Site) -> Result<(), ConfigError> {
             let first = k.lines().next().unwrap_or("");
             c.ensure(
                 false,
-                &format!("fleet.ops_public_keys[{i}]"),
+                format!("fleet.ops_public_keys[{i}]"),
                 format!("{first}..."),
                 format!("an Ed25519 public key in PEM: {e}"),
             )?;
