@@ -552,8 +552,13 @@ pub fn run(args: VerifyDeviceArgs, ui: &Ui) -> Result<u8> {
             (
                 CONFIG_PARTNAME,
                 config_by,
-                site.as_ref()
-                    .map(|s| format!("site {} sequence {}", s["site_id"], s["sequence"])),
+                site.as_ref().map(|s| {
+                    format!(
+                        "site {} sequence {}",
+                        s["site_id"].as_str().unwrap_or("?"),
+                        s["sequence"]
+                    )
+                }),
             ),
             (
                 DATA_PARTNAME,
