@@ -128,6 +128,11 @@ pub enum Command {
     /// ranges, read every one back (O_DIRECT), put the site config and a new device key on it,
     /// and print the signed flash record.
     Flash(crate::flash::FlashArgs),
+    /// Check a flashed disk without writing: verify SOURCE as flash does, then read every range
+    /// flash writes back from DEVICE (O_DIRECT) and compare sha256s, naming every wrong range;
+    /// IMRS-CONFIG and IMRS-DATA are compared with the signed flash record (--record), else
+    /// checked by content. `flash --check` is the same check.
+    VerifyDevice(crate::flash::check::VerifyDeviceArgs),
     /// Write a verified image into the inactive slot of an appliance disk (file or block
     /// device), to be tried on the next boot with a boot counter; the running slot stays the
     /// fallback.

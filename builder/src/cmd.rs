@@ -184,6 +184,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Disk(args) => crate::disk::run(args, &ui),
         Command::Update(args) => crate::update::run(args, &ui),
         Command::Flash(args) => crate::flash::run(args, &ui),
+        Command::VerifyDevice(args) => crate::flash::check::run(args, &ui),
         Command::Inspect { dir } => inspect(&dir, &ui),
         Command::Home(h) => crate::home::run(h, cli.json),
         Command::Zone(z) => crate::zone_cli::run(z, cli.json),

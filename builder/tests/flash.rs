@@ -2,7 +2,9 @@
 //! missing prerequisite fails), the record signed and the device enrolled, the flashed disk
 //! booting with the flashed device key; a byte changed on the device behind the writer caught
 //! by the read-back with its range named; refusals (tampered disk, foreign site config, a
-//! mounted device, no confirmation) writing nothing.
+//! mounted device, no confirmation) writing nothing. `verify-device` and `flash --check` on a
+//! flashed file: a match, a changed byte in the ESP or in IMRS-DATA (with the record) and an
+//! interrupted flash named by range, a tampered source refused before the device is read.
 
 mod common;
 
@@ -156,6 +158,15 @@ fn a_loop_device_is_flashed_and_a_byte_changed_behind_the_writer_is_caught() {
     assert_eq!(v["record"]["target"]["kind"], "disk");
     assert_eq!(v["record"]["read_back"], "direct");
     assert_eq!(v["record"]["target"]["size"], 512u64 << 20);
+    // verify-device reads the device back with O_DIRECT and finds it as written.
+    let record = tmp.path().join("record.json");
+    std::fs::write(&record, &o.stdout).unwrap();
+    let o = run(verify_device(&lo.dev, &disk, &key)
+        .arg("--record")
+        .arg(&record));
+    assert!(o.status.success(), "verify-device: {}", text(&o));
+    let ok: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ok["read"], "direct");
 
     // The same write through the library, with a byte changed on the device between the write
     // and the read-back (another writer, the device lying): the range is named.
@@ -186,6 +197,209 @@ fn a_loop_device_is_flashed_and_a_byte_changed_behind_the_writer_is_caught() {
     assert!(
         e.to_string()
             .contains(&format!("blocks {}-{}", r.first, r.last)),
+        "{e}"
+    );
+}
+
+fn verify_device(device: &Path, source: &Path, key: &Path) -> Command {
+    let mut c = bin();
+    c.args(["--json", "verify-device"])
+        .arg(device)
+        .arg("--source")
+        .arg(source)
+        .arg("--pubkey")
+        .arg(key.with_extension("pub"));
+    c
+}
+
+/// Runs a check expected to fail with exit 3; its JSON object.
+fn wrong(cmd: &mut Command) -> serde_json::Value {
+    let o = run(cmd);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    v
+}
+
+/// Flips the byte at `at` of `file`; returns what it was.
+fn flip(file: &Path, at: u64) -> u8 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[!b[0]], at).unwrap();
+    f.sync_all().unwrap();
+    b[0]
+}
+
+#[test]
+fn verify_device_names_every_wrong_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some((disk, _image, key, site)) = bench_disk(tmp.path()) else {
+        return;
+    };
+    let target = tmp.path().join("appliance.img");
+    let o = run(flash(&disk, &target, &key, &site).arg("--yes"));
+    assert!(o.status.success(), "flash: {}", text(&o));
+    let record_path = tmp.path().join("record.json");
+    std::fs::write(&record_path, &o.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["record"]["schema"], 2);
+    let written: Vec<(u64, u64)> = v["record"]["written_ranges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        written.len() as u64,
+        v["record"]["ranges"].as_u64().unwrap()
+    );
+    let parts = imrs_disk::layout::partitions(&mut std::fs::File::open(&target).unwrap()).unwrap();
+    let extent = |name: &str| parts.iter().find(|(n, _)| n == name).unwrap().1;
+    let (esp, data) = (extent("IMRS-ESP"), extent("IMRS-DATA"));
+    let block = imrs_disk::bmap::BLOCK;
+    let first_in = |e: imrs_disk::layout::Extent| {
+        written
+            .iter()
+            .position(|(f, _)| f * block >= e.offset && f * block < e.offset + e.len)
+            .unwrap()
+    };
+
+    // (a) The device matches: without the record (IMRS-CONFIG and IMRS-DATA by content), with
+    // it, and as flash --check with the site config.
+    let o = run(&mut verify_device(&target, &disk, &key));
+    assert!(o.status.success(), "verify-device: {}", text(&o));
+    let ok: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ok["compared"]["IMRS-DATA"], "content");
+    assert_eq!(ok["site"]["site_id"], "lab-01");
+    assert_eq!(ok["device_key_id"], v["record"]["device_key_id"]);
+    assert!(ok["ranges"].as_u64().unwrap() > 0 && ok["bytes"].as_u64().unwrap() > 0);
+    let o = run(verify_device(&target, &disk, &key)
+        .arg("--record")
+        .arg(&record_path));
+    assert!(o.status.success(), "verify-device --record: {}", text(&o));
+    let ok: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ok["ranges"].as_u64().unwrap() as usize, written.len());
+    assert_eq!(ok["compared"]["IMRS-DATA"], "record");
+    let mut check = bin();
+    check
+        .args(["--json", "flash"])
+        .arg(&disk)
+        .arg(&target)
+        .arg("--pubkey")
+        .arg(key.with_extension("pub"))
+        .arg("--site")
+        .arg(&site)
+        .arg("--check");
+    let o = run(&mut check);
+    assert!(o.status.success(), "flash --check: {}", text(&o));
+    let ok: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ok["compared"]["IMRS-CONFIG"], "site");
+    let o = run(bin()
+        .arg("verify-device")
+        .arg(&target)
+        .arg("--source")
+        .arg(&disk)
+        .arg("--pubkey")
+        .arg(key.with_extension("pub")));
+    assert!(
+        text(&o).contains(" ranges, ") && text(&o).contains("bytes compared"),
+        "{}",
+        text(&o)
+    );
+
+    // (b) A byte changed in the ESP (slot A's area): that range, and only it, is named.
+    let i = first_in(esp);
+    let at = (written[i].0 + written[i].1) / 2 * block + 100;
+    flip(&target, at);
+    let e = wrong(&mut verify_device(&target, &disk, &key));
+    let w = e["wrong"].as_array().unwrap();
+    assert_eq!(w.len(), 1, "{e}");
+    assert_eq!(w[0]["offset"], written[i].0 * block, "{e}");
+    assert_eq!(w[0]["partition"], "IMRS-ESP");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("1 of {} ranges wrong", e["ranges"])),
+        "{e}"
+    );
+    let o = run(&mut check);
+    assert_eq!(o.status.code(), Some(3), "flash --check: {}", text(&o));
+    flip(&target, at);
+
+    // (e) With the record, a byte changed in IMRS-DATA is named too.
+    let i = first_in(data);
+    let at = written[i].0 * block + 7;
+    flip(&target, at);
+    let e = wrong(
+        verify_device(&target, &disk, &key)
+            .arg("--record")
+            .arg(&record_path),
+    );
+    let w = e["wrong"].as_array().unwrap();
+    assert_eq!(w.len(), 1, "{e}");
+    assert_eq!(w[0]["index"], i, "{e}");
+    assert_eq!(w[0]["partition"], "IMRS-DATA");
+    flip(&target, at);
+    let o = run(verify_device(&target, &disk, &key)
+        .arg("--record")
+        .arg(&record_path));
+    assert!(o.status.success(), "restored: {}", text(&o));
+
+    // (d) A tampered source is refused before the device is read (it does not even exist).
+    let tampered = tmp.path().join("tampered.img");
+    std::fs::copy(&disk, &tampered).unwrap();
+    let k = imrs_disk::Esp::open(std::fs::File::open(&tampered).unwrap())
+        .unwrap()
+        .read_file("imrs/a/vmlinuz", 1 << 30)
+        .unwrap()
+        .unwrap();
+    let mut all = std::fs::read(&tampered).unwrap();
+    let at = all.windows(64).position(|w| w == &k[4096..4160]).unwrap();
+    all[at] ^= 1;
+    std::fs::write(&tampered, all).unwrap();
+    let e = wrong(&mut verify_device(
+        &tmp.path().join("no-such-device"),
+        &tampered,
+        &key,
+    ));
+    assert!(e["error"].as_str().unwrap().contains("vmlinuz"), "{e}");
+
+    // (c) An interrupted flash: the device ends half-way through the written ranges (a file
+    // flashed until then). The first range not written is named first.
+    let k = written.len() / 2;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .unwrap();
+    f.set_len(written[k].0 * block).unwrap();
+    drop(f);
+    let e = wrong(
+        verify_device(&target, &disk, &key)
+            .arg("--record")
+            .arg(&record_path),
+    );
+    let w = e["wrong"].as_array().unwrap();
+    assert_eq!(w[0]["index"], k, "{e}");
+    assert_eq!(w[0]["device_ends_at"], written[k].0 * block, "{e}");
+    assert_eq!(w.len(), written.len() - k);
+    assert!(
+        e["error"].as_str().unwrap().contains(&format!(
+            "the first is range {k} at byte {}",
+            written[k].0 * block
+        )),
+        "{e}"
+    );
+    // Without the record too: the first range past the end is named.
+    let e = wrong(&mut verify_device(&target, &disk, &key));
+    assert!(
+        e["wrong"][0]["offset"].as_u64().unwrap() >= written[k].0 * block,
         "{e}"
     );
 }

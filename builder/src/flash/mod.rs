@@ -13,8 +13,14 @@
 //!    and compared by sha256 ([`write`]);
 //! 6. the flash record (device identity, key, site, image, read-back digest, time), signed with
 //!    `--key`, is printed; with `--enrol DIR` the device's public key is dropped into the
-//!    receiver's enrolment folder and the record appended to `DIR/inventory.jsonl`.
+//!    receiver's enrolment folder and the record appended to `DIR/inventory.jsonl`. The record
+//!    (schema 2) lists every written range with its sha256 (`written_ranges`: `[first block,
+//!    last block, sha256]`), ranges cut at partition boundaries, so that [`check`] can compare
+//!    the personalised partitions later.
+//!
+//! `flash --check` writes nothing: it is `verify-device` ([`check`]) with flash's arguments.
 
+pub mod check;
 pub mod target;
 pub mod write;
 
@@ -43,8 +49,8 @@ use crate::verify::{self, VerifyError};
 /// The device key's file name on `IMRS-DATA` (the init's state folder).
 pub const DEVICE_KEY_FILE: &str = imrs_init::phonehome::identity::DEVICE_KEY_FILE;
 
-/// Record schema version.
-pub const RECORD_SCHEMA: u32 = 1;
+/// Record schema version (2: `written_ranges`, per-range digests).
+pub const RECORD_SCHEMA: u32 = 2;
 
 /// `flash` arguments.
 #[derive(Debug, Args)]
@@ -58,14 +64,14 @@ pub struct FlashArgs {
     pub pubkey: PathBuf,
     /// This appliance's signed site config (FILE and FILE.sig); it must verify with the image's
     /// site-signing key.
-    #[arg(long)]
-    pub site: PathBuf,
+    #[arg(long, required_unless_present = "check")]
+    pub site: Option<PathBuf>,
     /// Secret key that signs the flash record.
-    #[arg(long)]
-    pub key: PathBuf,
+    #[arg(long, required_unless_present = "check")]
+    pub key: Option<PathBuf>,
     /// The receiver's enrolment folder (`home serve --enrolled DIR`): the device's public key
     /// goes there as KEY-ID.pub and the record is appended to DIR/inventory.jsonl.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     pub enrol: Option<PathBuf>,
     /// Disk size when SOURCE is an image folder (as `disk --size`).
     #[arg(long, value_parser = parse_size)]
@@ -76,14 +82,43 @@ pub struct FlashArgs {
     /// Accept a partition instead of a whole disk.
     #[arg(long)]
     pub allow_partition: bool,
+    /// Write nothing: check DEVICE against SOURCE as `verify-device` does (with --site, the
+    /// config partition is compared too) and name every range that is wrong.
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: the flash record this device's flash printed, to compare the personalised
+    /// partitions with (as `verify-device --record`).
+    #[arg(long, requires = "check")]
+    pub record: Option<PathBuf>,
 }
 
 /// A verified source: the disk image to start from (a scratch file) and what it holds.
-struct Source {
-    manifest: Manifest,
-    manifest_sha256: String,
-    site_key: VerifyingKey,
-    disk: tempfile::NamedTempFile,
+pub(crate) struct Source {
+    pub manifest: Manifest,
+    pub manifest_sha256: String,
+    pub site_key: VerifyingKey,
+    pub disk: tempfile::NamedTempFile,
+}
+
+/// Verifies SOURCE (an image folder, made into a disk of `size` bytes, or a disk image) and
+/// composes its disk in a scratch file; nothing else is read or written before it verifies.
+pub(crate) fn load_source(source: &Path, key: &VerifyingKey, size: Option<u64>) -> Result<Source> {
+    if source.is_dir() {
+        from_folder(source, key, size)
+    } else {
+        if size.is_some() {
+            bail!("--size applies to an image folder; a disk image keeps its own size");
+        }
+        from_disk(source, key)
+    }
+}
+
+/// The map `flash` writes: the mapped ranges of the composed disk, cut at its partitions'
+/// boundaries (no range spans two partitions), without digests (the writer computes them).
+pub(crate) fn disk_map(disk: &Path) -> Result<Bmap> {
+    let map = Bmap::ranges_of_file(disk)?;
+    let mut f = File::open(disk).with_context(|| format!("{}: cannot open", disk.display()))?;
+    Ok(write::split_ranges(&map, &write::partition_cuts(&mut f)?))
 }
 
 fn scratch() -> Result<tempfile::NamedTempFile> {
@@ -262,25 +297,35 @@ fn enrol(dir: &Path, device: &VerifyingKey, signed_record: &Value) -> Result<Pat
 
 /// `flash`.
 pub fn run(args: FlashArgs, ui: &Ui) -> Result<u8> {
+    if args.check {
+        return check::run(
+            check::VerifyDeviceArgs {
+                device: args.device,
+                source: args.source,
+                pubkey: args.pubkey,
+                record: args.record,
+                record_pubkey: None,
+                site: args.site,
+                size: args.size,
+            },
+            ui,
+        );
+    }
+    let (Some(key_path), Some(site_path)) = (&args.key, &args.site) else {
+        bail!("--key and --site are needed to flash (only --check goes without them)");
+    };
     let t0 = Instant::now();
     // Keys and inputs first: nothing is written until all of them check out.
     let image_key = keys::read_public(&args.pubkey)?;
-    let record_key = keys::read_secret(&args.key)?;
+    let record_key = keys::read_secret(key_path)?;
     let sp = ui.spinner("verifying the image");
-    let src = if args.source.is_dir() {
-        from_folder(&args.source, &image_key, args.size)?
-    } else {
-        if args.size.is_some() {
-            bail!("--size applies to an image folder; a disk image keeps its own size");
-        }
-        from_disk(&args.source, &image_key)?
-    };
+    let src = load_source(&args.source, &image_key, args.size)?;
     sp.finish_and_clear();
     let SiteFiles {
         text: site_text,
         sig: site_sig,
         site,
-    } = read_site(&args.site, &src.site_key)?;
+    } = read_site(site_path, &src.site_key)?;
     let size = src
         .disk
         .as_file()
@@ -316,7 +361,7 @@ pub fn run(args: FlashArgs, ui: &Ui) -> Result<u8> {
         device_pub.as_bytes(),
         src.manifest.source_date_epoch,
     )?;
-    let map = Bmap::ranges_of_file(src.disk.path())?;
+    let map = disk_map(src.disk.path())?;
     let out = open_target(&tgt, size)?;
     let total = map.mapped_blocks() * imrs_disk::bmap::BLOCK;
     let pb = ui.bytes(total, "writing");
@@ -346,6 +391,8 @@ pub fn run(args: FlashArgs, ui: &Ui) -> Result<u8> {
         "ranges": map.ranges.len(),
         "read_back": how,
         "read_back_sha256": readback,
+        "written_ranges": map.ranges.iter().map(|r| json!([r.first, r.last, r.sha256]))
+            .collect::<Vec<_>>(),
         "signer_key_id": keys::key_id(&record_key.verifying_key()),
     });
     let signature = keys::sign_hex(&record_key, &canonical_json(&record))

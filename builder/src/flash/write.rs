@@ -153,20 +153,15 @@ pub enum ReadBack {
     CacheDropped,
 }
 
-/// Reads every mapped range of `target` back, bypassing the page cache, and compares its
-/// sha256 with the map's. Returns how the cache was bypassed and the sha256 over all ranges'
-/// digests in order (the read-back digest of the flash record).
-pub fn read_back(
-    target: &Path,
-    map: &Bmap,
-    progress: &mut dyn FnMut(u64),
-) -> Result<(ReadBack, String), FlashError> {
+/// Opens `target` to read it back bypassing the page cache: `O_DIRECT`, or, where the file
+/// system refuses it (tmpfs), a plain read after its cached pages are dropped.
+pub fn open_uncached(target: &Path) -> Result<(File, ReadBack), FlashError> {
     let direct = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(target);
-    let (file, how) = match direct {
-        Ok(f) => (f, ReadBack::Direct),
+    match direct {
+        Ok(f) => Ok((f, ReadBack::Direct)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             let f = File::open(target).map_err(io_err(format!(
                 "{}: opening to read back",
@@ -187,22 +182,41 @@ pub fn read_back(
                     source: io::Error::from_raw_os_error(rc),
                 });
             }
-            (f, ReadBack::CacheDropped)
+            Ok((f, ReadBack::CacheDropped))
         }
-        Err(e) => {
-            return Err(io_err(format!(
-                "{}: opening to read back (O_DIRECT)",
-                target.display()
-            ))(e));
-        }
-    };
+        Err(e) => Err(io_err(format!(
+            "{}: opening to read back (O_DIRECT)",
+            target.display()
+        ))(e)),
+    }
+}
+
+/// What reading one range found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// The range's bytes, with this sha256.
+    Sha256(String),
+    /// The target ends at this byte, inside the range.
+    EndsAt(u64),
+}
+
+/// Reads every range of `map` from `file` (opened by [`open_uncached`] or plainly; `what`
+/// names it in errors) and hands each range's index and what was found to `each`, which stops
+/// the reading by returning an error. `progress` gets the bytes read so far.
+pub fn read_ranges(
+    file: &File,
+    what: &Path,
+    map: &Bmap,
+    progress: &mut dyn FnMut(u64),
+    each: &mut dyn FnMut(usize, &Range, Found) -> Result<(), FlashError>,
+) -> Result<(), FlashError> {
     let mut buf = Aligned::new(CHUNK);
-    let mut all = Sha256::new();
     let mut done = 0u64;
-    for r in &map.ranges {
+    for (i, r) in map.ranges.iter().enumerate() {
         let (start, end) = span(r, map.image_size);
         let mut h = Sha256::new();
         let mut off = start;
+        let mut short = None;
         while off < end {
             let n = (end - off).min(CHUNK as u64) as usize;
             // O_DIRECT reads whole blocks: ranges start and end on 4096-byte blocks except at
@@ -215,7 +229,7 @@ pub fn read_back(
                     .read_at(&mut b[got..], off + got as u64)
                     .map_err(io_err(format!(
                         "{}: reading back at byte {}",
-                        target.display(),
+                        what.display(),
                         off + got as u64
                     )))?;
                 if k == 0 {
@@ -224,27 +238,97 @@ pub fn read_back(
                 got += k;
             }
             if got < n {
-                return Err(FlashError::Io {
-                    what: format!(
-                        "{}: the target ends at byte {} inside a written range",
-                        target.display(),
-                        off + got as u64
-                    ),
-                    source: io::ErrorKind::UnexpectedEof.into(),
-                });
+                short = Some(off + got as u64);
+                break;
             }
             h.update(&b[..n]);
             off += n as u64;
             done += n as u64;
             progress(done);
         }
-        let actual = hex::encode(h.finalize());
-        if actual != r.sha256 {
-            return Err(mismatch(r, map.image_size, actual));
-        }
-        all.update(actual.as_bytes());
+        let found = match short {
+            Some(at) => Found::EndsAt(at),
+            None => Found::Sha256(hex::encode(h.finalize())),
+        };
+        each(i, r, found)?;
     }
+    Ok(())
+}
+
+/// Reads every mapped range of `target` back, bypassing the page cache, and compares its
+/// sha256 with the map's. Returns how the cache was bypassed and the sha256 over all ranges'
+/// digests in order (the read-back digest of the flash record).
+pub fn read_back(
+    target: &Path,
+    map: &Bmap,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(ReadBack, String), FlashError> {
+    let (file, how) = open_uncached(target)?;
+    let mut all = Sha256::new();
+    read_ranges(
+        &file,
+        target,
+        map,
+        progress,
+        &mut |_, r, found| match found {
+            Found::Sha256(actual) if actual == r.sha256 => {
+                all.update(actual.as_bytes());
+                Ok(())
+            }
+            Found::Sha256(actual) => Err(mismatch(r, map.image_size, actual)),
+            Found::EndsAt(at) => Err(FlashError::Io {
+                what: format!(
+                    "{}: the target ends at byte {at} inside a written range",
+                    target.display()
+                ),
+                source: io::ErrorKind::UnexpectedEof.into(),
+            }),
+        },
+    )?;
     Ok((how, hex::encode(all.finalize())))
+}
+
+/// `map` with every range cut where a block of `cuts` starts (partition boundaries, in
+/// blocks), so that no range spans two partitions; digests of cut ranges are cleared (the
+/// writer computes them).
+pub fn split_ranges(map: &Bmap, cuts: &[u64]) -> Bmap {
+    let mut cuts = cuts.to_vec();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut ranges = Vec::with_capacity(map.ranges.len());
+    for r in &map.ranges {
+        let mut first = r.first;
+        for &c in cuts.iter().filter(|&&c| c > r.first && c <= r.last) {
+            ranges.push(Range {
+                first,
+                last: c - 1,
+                sha256: String::new(),
+            });
+            first = c;
+        }
+        ranges.push(Range {
+            first,
+            last: r.last,
+            sha256: if first == r.first {
+                r.sha256.clone()
+            } else {
+                String::new()
+            },
+        });
+    }
+    Bmap {
+        image_size: map.image_size,
+        ranges,
+    }
+}
+
+/// The blocks where the partitions of the disk image `file` start and end (for
+/// [`split_ranges`]).
+pub fn partition_cuts(file: &mut File) -> Result<Vec<u64>, imrs_disk::DiskError> {
+    Ok(imrs_disk::layout::partitions(file)?
+        .into_iter()
+        .flat_map(|(_, e)| [e.offset / BLOCK, (e.offset + e.len) / BLOCK])
+        .collect())
 }
 
 #[cfg(test)]
@@ -305,5 +389,41 @@ mod tests {
             e.to_string().starts_with("read-back mismatch in blocks"),
             "{e}"
         );
+
+        // A target cut short is named where it ends.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dst_path)
+            .unwrap();
+        f.set_len(10 << 20).unwrap();
+        let e = read_back(&dst_path, &map, &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("ends at byte 10485760"), "{e}");
+    }
+
+    #[test]
+    fn ranges_are_cut_at_partition_boundaries() {
+        let r = |first, last, sha: &str| Range {
+            first,
+            last,
+            sha256: sha.into(),
+        };
+        let map = Bmap {
+            image_size: 100 * BLOCK,
+            ranges: vec![r(0, 4, "a"), r(8, 30, "b"), r(40, 41, "c")],
+        };
+        let cut = split_ranges(&map, &[41, 10, 8, 20, 20, 99]);
+        assert_eq!(
+            cut.ranges,
+            vec![
+                r(0, 4, "a"),
+                r(8, 9, ""),
+                r(10, 19, ""),
+                r(20, 30, ""),
+                r(40, 40, ""),
+                r(41, 41, ""),
+            ]
+        );
+        assert_eq!(cut.mapped_blocks(), map.mapped_blocks());
+        assert_eq!(split_ranges(&map, &[]), map);
     }
 }
