@@ -58,14 +58,7 @@ pub fn start(ctx: &mut Context) -> Result<(), InstallReportError> {
 }
 
 fn truncate(s: &str) -> String {
-    if s.len() <= MAX_REASON {
-        return s.to_string();
-    }
-    let end = (0..=MAX_REASON - 3)
-        .rev()
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(0);
-    format!("{}...", s.get(..end).unwrap_or_default())
+    log::cut(s, MAX_REASON)
 }
 
 fn stage_outcomes(results: &[StageResult]) -> Vec<StageOutcome> {

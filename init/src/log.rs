@@ -162,6 +162,18 @@ pub fn last_error() -> Option<String> {
     LAST_ERROR.lock().ok().and_then(|g| g.clone())
 }
 
+/// `s` cut to at most `max` bytes on a character boundary, `...` marking a cut.
+pub fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let end = (0..=max.saturating_sub(3))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}...", s.get(..end).unwrap_or_default())
+}
+
 /// An error and its whole `source()` chain on one line.
 pub use imrs_config::error_chain as chain;
 

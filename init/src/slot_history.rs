@@ -335,14 +335,7 @@ pub fn unhealthy_reason(results: &[StageResult]) -> String {
 }
 
 fn cut(s: &str) -> String {
-    if s.len() <= MAX_WHY {
-        return s.to_string();
-    }
-    let end = (0..=MAX_WHY - 3)
-        .rev()
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(0);
-    format!("{}...", s.get(..end).unwrap_or_default())
+    log::cut(s, MAX_WHY)
 }
 
 #[cfg(test)]

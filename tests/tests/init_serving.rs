@@ -218,15 +218,23 @@ fn imrs_prefixes() -> Vec<String> {
 }
 
 fn setup(tag: &str, zone: &Path) -> (tempfile::TempDir, PathBuf, PathBuf, Tls) {
+    let _ = (tag, zone);
+    setup_with_site("")
+}
+
+/// A folder with the test CA, the fixture root with the lab site plus `extra` (TOML appended)
+/// signed, and an empty state folder: (folder, root, state, TLS).
+fn setup_with_site(extra: &str) -> (tempfile::TempDir, PathBuf, PathBuf, Tls) {
     let d = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let pki = make_tls(d.path(), "192.0.2.80".parse().unwrap()).unwrap();
     let (root, state) = (d.path().join("root"), d.path().join("state"));
-    fixture_with_site(&root, &site_text(&pki.ca_pem));
+    let mut site = site_text(&pki.ca_pem);
+    site.extend_from_slice(extra.as_bytes());
+    fixture_with_site(&root, &site);
     std::fs::create_dir_all(&state).unwrap();
     std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let _ = (tag, zone);
     (d, root, state, pki)
 }
 
@@ -515,18 +523,23 @@ fn forged_stored_zone_is_refused_and_transferred_anew() {
     h.receiver.stop();
 }
 
+/// A fixture and host whose transfer server serves the real zone with one glue address changed:
+/// signatures still verify (glue is unsigned), ZONEMD does not. (folder, root, state, host)
+fn tampered_zone_host(tag: &str) -> (tempfile::TempDir, PathBuf, PathBuf, Host) {
+    let (d, root, state, pki) = setup(tag, &zone_file());
+    let tampered = with_forged_glue(&std::fs::read_to_string(zone_file()).unwrap());
+    let zone = d.path().join("tampered.zone");
+    std::fs::write(&zone, tampered).unwrap();
+    let h = host(tag, d.path(), &zone, &pki);
+    (d, root, state, h)
+}
+
 #[test]
 fn tampered_zone_is_refused_and_reported() {
     if !prerequisites("init_serving") {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    // One glue address changed: signatures still verify (glue is unsigned), ZONEMD does not.
-    let tampered = with_forged_glue(&std::fs::read_to_string(zone_file()).unwrap());
-    let zone = d.path().join("tampered.zone");
-    std::fs::write(&zone, tampered).unwrap();
-    let (d2, root, state, pki) = setup("itz", &zone);
-    let mut h = host("itz", d2.path(), &zone, &pki);
+    let (_d, root, state, mut h) = tampered_zone_host("itz");
     let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
     let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
     init.wait_for("boot summary", Duration::from_secs(240));
@@ -564,12 +577,7 @@ fn both_slots_bad_stay_off_the_air_and_report_both() {
     if !prerequisites("init_serving") {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let tampered = with_forged_glue(&std::fs::read_to_string(zone_file()).unwrap());
-    let zone = d.path().join("tampered.zone");
-    std::fs::write(&zone, tampered).unwrap();
-    let (d2, root, state, pki) = setup("ibb", &zone);
-    let mut h = host("ibb", d2.path(), &zone, &pki);
+    let (_d, root, state, mut h) = tampered_zone_host("ibb");
     // An installed box (its first boot passed) that went back to slot A after slot B's image
     // gave up its trial.
     let state_json = serde_json::json!({
@@ -639,16 +647,7 @@ fn a_slot_on_trial_that_misses_its_deadline_gives_up() {
     if !prerequisites("init_serving") {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let pki = make_tls(d.path(), "192.0.2.80".parse().unwrap()).unwrap();
-    let (root, state) = (d.path().join("root"), d.path().join("state"));
-    let mut site = site_text(&pki.ca_pem);
-    site.extend_from_slice(b"\n[slots]\nhealth_deadline_s = 60\n");
-    fixture_with_site(&root, &site);
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (d, root, state, pki) = setup_with_site("\n[slots]\nhealth_deadline_s = 60\n");
     // systemd-boot started slot B's counted entry.
     let vars = root.join("sys/firmware/efi/efivars");
     std::fs::create_dir_all(&vars).unwrap();

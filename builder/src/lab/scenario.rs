@@ -389,6 +389,21 @@ impl Lab {
         Ok(())
     }
 
+    /// The first boot of a scenario with later boots: boots, checks the full pass, keeps the
+    /// outcome; returns what it measured and whether every check so far passed.
+    fn install_boot(
+        &mut self,
+        svc: &mut Services,
+        plan: &BootPlan,
+        checks: &mut Vec<Check>,
+        boots: &mut Vec<BootOutcome>,
+    ) -> Result<(Final, bool)> {
+        let (b, t, fin) = self.boot(svc, plan, 0)?;
+        install_checks(checks, &b, &t, &fin, 0, self.zone.serial);
+        boots.push(b);
+        Ok((fin, checks.iter().all(|c| c.ok)))
+    }
+
     /// Boots once and watches until the plan's goal is met, the VM ends or the time is up.
     fn boot(
         &mut self,
@@ -1063,11 +1078,9 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             }
         }
         Scenario::Update => {
-            let (b1, t1, fin1) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
-            install_checks(&mut checks, &b1, &t1, &fin1, 0, lab.zone.serial);
-            let first_ok = checks.iter().all(|c| c.ok);
+            let (fin1, first_ok) =
+                lab.install_boot(&mut svc, &one(Goal::Install), &mut checks, &mut boots)?;
             let base = fin1.reports.len();
-            boots.push(b1);
             if first_ok {
                 let written = lab.update_slot_b(3, &[])?;
                 lab.progress(format!("lab: {written}"));
@@ -1097,11 +1110,9 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             }
         }
         Scenario::Rollback => {
-            let (b1, t1, fin1) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
-            install_checks(&mut checks, &b1, &t1, &fin1, 0, lab.zone.serial);
-            let first_ok = checks.iter().all(|c| c.ok);
+            let (fin1, first_ok) =
+                lab.install_boot(&mut svc, &one(Goal::Install), &mut checks, &mut boots)?;
             let base = fin1.reports.len();
-            boots.push(b1);
             if first_ok {
                 // An image that cannot become healthy: its pipeline ends before DNS and BGP.
                 let written = lab.update_slot_b(1, &["imrs.stop_after=zone".to_string()])?;
@@ -1217,11 +1228,9 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             }
         }
         Scenario::SecondBoot => {
-            let (b1, t1, fin1) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
-            install_checks(&mut checks, &b1, &t1, &fin1, 0, lab.zone.serial);
-            let first_ok = checks.iter().all(|c| c.ok);
+            let (fin1, first_ok) =
+                lab.install_boot(&mut svc, &one(Goal::Install), &mut checks, &mut boots)?;
             let base = fin1.reports.len();
-            boots.push(b1);
             if first_ok {
                 let two = BootPlan::later("boot 2", Goal::ServingHeartbeat);
                 let (b2, t2, fin2) = lab.boot(&mut svc, &two, base)?;
