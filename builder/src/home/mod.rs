@@ -103,7 +103,8 @@ pub enum HomeCommand {
         #[arg(long, default_value_t = 20)]
         rejected: usize,
         /// Flag devices nothing arrived from for more than SECS (a heartbeat period or two:
-        /// 600 at the default 300 s); they are listed first, and the exit code is 3 when any is.
+        /// 600 at the default 300 s): they are listed first, and the command fails (exit 3,
+        /// the fleet in the failure's details with --json) when any is.
         #[arg(long, value_name = "SECS")]
         stale: Option<u64>,
     },
@@ -169,16 +170,40 @@ pub fn run(cmd: HomeCommand, json: bool) -> Result<u8> {
                 store::mark_quiet(&mut fleet, jiff::Timestamp::now().as_second(), secs);
                 fleet.devices.sort_by_key(|d| !d.quiet);
             }
+            let quiet: Vec<&str> = fleet
+                .devices
+                .iter()
+                .filter(|d| d.quiet)
+                .map(|d| d.device.as_str())
+                .collect();
+            if !quiet.is_empty() {
+                // The fleet still goes out: in the failure's details with --json, as the
+                // table otherwise.
+                if !json {
+                    print!("{}", render(&fleet));
+                }
+                let message = format!(
+                    "{} device(s) heard from more than {} s ago: {}{}",
+                    quiet.len(),
+                    stale.unwrap_or(0),
+                    quiet
+                        .iter()
+                        .take(10)
+                        .map(|k| imrs_config::escape(k))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if quiet.len() > 10 { ", ..." } else { "" }
+                );
+                return Err(crate::ui::Failure::new(crate::EXIT_VERIFY, message)
+                    .with_details(serde_json::to_value(&fleet)?)
+                    .into());
+            }
             if json {
                 crate::ui::print_ok(&fleet)?;
             } else {
                 print!("{}", render(&fleet));
             }
-            Ok(if fleet.devices.iter().any(|d| d.quiet) {
-                3
-            } else {
-                0
-            })
+            Ok(0)
         }
     }
 }

@@ -622,6 +622,32 @@ fn home_list_escapes_reporter_text_and_json_stays_exact() {
             .contains("\x1b[31mred\u{9b}0m")),
         "{json}"
     );
+    // --stale: heard from within the hour is fine; after 0 s it is quiet (exit 3, named,
+    // the fleet still printed; with --json in the failure's details).
+    let bin = env!("CARGO_BIN_EXE_imrs-build");
+    let db_s = db.to_string_lossy().into_owned();
+    let ok = Command::new(bin)
+        .args(["home", "list", "--db", &db_s, "--stale", "3600"])
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    std::thread::sleep(Duration::from_millis(1100));
+    let quiet = Command::new(bin)
+        .args(["home", "list", "--db", &db_s, "--stale", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(quiet.status.code(), Some(3));
+    let out = String::from_utf8_lossy(&quiet.stdout);
+    let err = String::from_utf8_lossy(&quiet.stderr);
+    assert!(out.contains("[QUIET]"), "{out}");
+    assert!(err.contains("1 device(s) heard from more than 0 s ago"), "{err}");
+    let quiet_json = Command::new(bin)
+        .args(["--json", "home", "list", "--db", &db_s, "--stale", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(quiet_json.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&quiet_json.stdout).unwrap();
+    assert_eq!(v["devices"][0]["quiet"], true, "{v}");
     // The receiver's own log escapes them too.
     let log = serve.wait_stderr("FORGED-DEVICE");
     assert!(

@@ -247,17 +247,20 @@ pub fn mark_quiet(fleet: &mut Fleet, now_unix: i64, secs: u64) {
 
 fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceRow>> {
     let mut stmt = conn.prepare(
-        "SELECT key_id, serial, site_id, instance, event, failed_stage, failed_reason,
-                zone_serial, image, lab, created_unix, received_unix, n, enrolled,
-                serial_conflict, json_extract(report, '$.slot.running'), hb_last
-         FROM (SELECT *, COUNT(*) OVER (PARTITION BY key_id) AS n,
-                      MAX(CASE WHEN event = 'heartbeat' THEN received_unix END)
-                          OVER (PARTITION BY key_id) AS hb_last,
-                      ROW_NUMBER() OVER (PARTITION BY key_id
-                                         ORDER BY received_unix DESC, rowid DESC) AS k
-               FROM reports)
-         WHERE k = 1
-         ORDER BY site_id, instance, key_id",
+        // One index lookup per device (reports_by_key), not a pass over every report: with
+        // a day of heartbeats from 1,000 devices (289,000 rows) this takes ~65 ms where a
+        // window over all rows took ~2 s (bench/fleet-list.sh).
+        "WITH k AS (SELECT DISTINCT key_id FROM reports)
+         SELECT r.key_id, r.serial, r.site_id, r.instance, r.event, r.failed_stage,
+                r.failed_reason, r.zone_serial, r.image, r.lab, r.created_unix, r.received_unix,
+                (SELECT COUNT(*) FROM reports c WHERE c.key_id = k.key_id),
+                r.enrolled, r.serial_conflict, json_extract(r.report, '$.slot.running'),
+                (SELECT MAX(received_unix) FROM reports h
+                 WHERE h.key_id = k.key_id AND h.event = 'heartbeat')
+         FROM k JOIN reports r ON r.rowid =
+             (SELECT rowid FROM reports x WHERE x.key_id = k.key_id
+              ORDER BY received_unix DESC, rowid DESC LIMIT 1)
+         ORDER BY r.site_id, r.instance, r.key_id",
     )?;
     stmt.query_map([], |row| {
         Ok(DeviceRow {
