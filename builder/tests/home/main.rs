@@ -640,7 +640,10 @@ fn home_list_escapes_reporter_text_and_json_stays_exact() {
     let out = String::from_utf8_lossy(&quiet.stdout);
     let err = String::from_utf8_lossy(&quiet.stderr);
     assert!(out.contains("[QUIET]"), "{out}");
-    assert!(err.contains("1 device(s) heard from more than 0 s ago"), "{err}");
+    assert!(
+        err.contains("1 device(s) heard from more than 0 s ago"),
+        "{err}"
+    );
     let quiet_json = Command::new(bin)
         .args(["--json", "home", "list", "--db", &db_s, "--stale", "0"])
         .output()
