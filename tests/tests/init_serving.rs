@@ -534,14 +534,28 @@ fn tampered_zone_host(tag: &str) -> (tempfile::TempDir, PathBuf, PathBuf, Host) 
     (d, root, state, h)
 }
 
+/// The end of a boot that must stay off the air: nothing was announced; the init, the transfer
+/// server and the receiver are stopped.
+fn stop_off_the_air(mut init: Init, mut h: Host) {
+    assert!(
+        learned(&h.router).is_empty(),
+        "announced: {:?}",
+        learned(&h.router)
+    );
+    init.signal(libc::SIGTERM);
+    init.wait(Duration::from_secs(30));
+    h.xfr.kill();
+    h.receiver.stop();
+}
+
 #[test]
 fn tampered_zone_is_refused_and_reported() {
     if !prerequisites("init_serving") {
         return;
     }
-    let (_d, root, state, mut h) = tampered_zone_host("itz");
+    let (_d, root, state, h) = tampered_zone_host("itz");
     let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
-    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    let init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
     init.wait_for("boot summary", Duration::from_secs(240));
     assert_eq!(init.count("stage zone: FAILED"), 1, "{:#?}", init.console());
     assert!(init.count("ZONEMD") >= 1, "{:#?}", init.console());
@@ -561,15 +575,7 @@ fn tampered_zone_is_refused_and_reported() {
             .contains("ZONEMD"),
         "{dev:?}"
     );
-    assert!(
-        learned(&h.router).is_empty(),
-        "announced: {:?}",
-        learned(&h.router)
-    );
-    init.signal(libc::SIGTERM);
-    init.wait(Duration::from_secs(30));
-    h.xfr.kill();
-    h.receiver.stop();
+    stop_off_the_air(init, h);
 }
 
 #[test]
@@ -577,7 +583,7 @@ fn both_slots_bad_stay_off_the_air_and_report_both() {
     if !prerequisites("init_serving") {
         return;
     }
-    let (_d, root, state, mut h) = tampered_zone_host("ibb");
+    let (_d, root, state, h) = tampered_zone_host("ibb");
     // An installed box (its first boot passed) that went back to slot A after slot B's image
     // gave up its trial.
     let state_json = serde_json::json!({
@@ -604,7 +610,7 @@ fn both_slots_bad_stay_off_the_air_and_report_both() {
     });
     std::fs::write(state.join("slots.json"), slots.to_string()).unwrap();
     let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2 imrs.slot=a imrs.manifest={a}");
-    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    let init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
     init.wait_for("boot summary", Duration::from_secs(240));
     assert_eq!(init.count("stage zone: FAILED"), 1, "{:#?}", init.console());
     assert_eq!(init.count("BOTH SLOTS ARE BAD"), 1, "{:#?}", init.console());
@@ -622,15 +628,7 @@ fn both_slots_bad_stay_off_the_air_and_report_both() {
         why.contains("slot b") && why.contains("nsd exited") && why.contains("stage zone failed"),
         "{why}"
     );
-    assert!(
-        learned(&h.router).is_empty(),
-        "announced: {:?}",
-        learned(&h.router)
-    );
-    init.signal(libc::SIGTERM);
-    init.wait(Duration::from_secs(30));
-    h.xfr.kill();
-    h.receiver.stop();
+    stop_off_the_air(init, h);
 }
 
 /// An EFI variable file as efivarfs shows it: 4 attribute bytes, then UTF-16LE with a NUL.
