@@ -80,6 +80,19 @@ pub struct FailedTrial {
     pub boot: u64,
 }
 
+impl FailedTrial {
+    /// `slot b (image ...) on trial (entry ...) gave up N boot(s)`: the start of every
+    /// sentence about this trial.
+    fn gave_up(&self) -> String {
+        format!(
+            "{} on trial (entry {}) gave up {} boot(s)",
+            self.run.describe(),
+            self.entry,
+            self.tries_failed
+        )
+    }
+}
+
 /// The history file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,11 +197,8 @@ impl History {
         match failed {
             Some(f) if f.run != now => Some(Change {
                 fallback: Some(format!(
-                    "{} on trial (entry {}) gave up {} boot(s) without becoming healthy, last: \
-                     {}; systemd-boot went back to {}",
-                    f.run.describe(),
-                    f.entry,
-                    f.tries_failed,
+                    "{} without becoming healthy, last: {}; systemd-boot went back to {}",
+                    f.gave_up(),
                     f.why,
                     now.describe()
                 )),
@@ -212,15 +222,8 @@ impl History {
     /// The fallback reason a report of this boot carries: a failed trial of another slot or
     /// image than `now`, before the boot is healthy.
     pub fn pending_fallback(&self, now: &SlotRun) -> Option<String> {
-        self.failed_other(now).map(|f| {
-            format!(
-                "{} on trial (entry {}) gave up {} boot(s), last: {}",
-                f.run.describe(),
-                f.entry,
-                f.tries_failed,
-                f.why
-            )
-        })
+        self.failed_other(now)
+            .map(|f| format!("{}, last: {}", f.gave_up(), f.why))
     }
 }
 
@@ -288,12 +291,9 @@ pub fn both_bad(
         return;
     };
     let text = format!(
-        "BOTH SLOTS ARE BAD: {} on trial (entry {}) gave up {} boot(s), last: {}; {} is not \
-         healthy either: stage {stage} failed: {why}; the box stays off the air (no DNS \
-         service, no BGP) until an operator acts",
-        failed.run.describe(),
-        failed.entry,
-        failed.tries_failed,
+        "BOTH SLOTS ARE BAD: {}, last: {}; {} is not healthy either: stage {stage} failed: \
+         {why}; the box stays off the air (no DNS service, no BGP) until an operator acts",
+        failed.gave_up(),
         failed.why,
         now.describe()
     );
