@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Flashing benchmark: `imrs-build flash` (verify, per-appliance disk, mapped ranges written, every
 # range read back with O_DIRECT) side by side with `dd bs=4M conv=fsync` (whole image, no
-# verification) and `bmaptool copy` (mapped ranges, checked while reading the source, no
-# read-back), onto a loop device and onto a file, for the sparse appliance disk and the same disk
+# verification), `dd` then a second `dd iflag=direct` reading the target back ("dd+read": the
+# I/O flash does, without any checking) and `bmaptool copy` (mapped ranges, checked while
+# reading the source, no read-back), onto a loop device and onto a file, for the sparse appliance disk and the same disk
 # with every block allocated ("full"). Prints a table for BENCHMARKS.md.
 # Usage: bench/flash.sh IMAGE-DIR PUBKEY SITE KEY [RUNS]   (root: loop devices; bmap-tools)
 set -euo pipefail
@@ -34,12 +35,13 @@ for kind in sparse full; do
     hyperfine --runs "$RUNS" --style basic --export-json "$W/$kind-$dst.json" --prepare "$prep" \
       -n flash "$B --quiet flash $W/$kind.img $T --pubkey $PUB --site $SITE --key $KEY --yes" \
       -n dd "dd if=$W/$kind.img of=$T bs=4M conv=fsync,notrunc status=none" \
+      -n dd+read "sh -c 'dd if=$W/$kind.img of=$T bs=4M conv=fsync,notrunc status=none && dd if=$T of=/dev/null bs=4M iflag=direct status=none'" \
       -n bmaptool "bmaptool -q copy --bmap $W/$kind.img.bmap $W/$kind.img $T" >/dev/null
     python3 - "$W/$kind-$dst.json" "$kind" "$dst" <<'PY'
 import json,sys
 r={x["command"]:x for x in json.load(open(sys.argv[1]))["results"]}
 dd=r["dd"]["median"]
-for n in ["flash","dd","bmaptool"]:
+for n in ["flash","dd","dd+read","bmaptool"]:
     m=r[n]["median"]
     print(f"{sys.argv[2]:6} -> {sys.argv[3]:4}  {n:9} median {m:6.2f} s  (n={len(r[n]['times'])})  dd/this = {dd/m:4.2f}x")
 PY

@@ -8,7 +8,7 @@
 //! header fields in upper-case hex as the kernel's `gen_init_cpio` writes them. Also owns the zstd
 //! compression of the archive (the Debian 6.1 kernel has `CONFIG_RD_ZSTD=y`).
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use crate::tree::{Node, NodeKind, Tree, TreeError};
 
@@ -175,51 +175,108 @@ impl<W: Write> Writer<W> {
     }
 }
 
+/// A header's fields that [`read`] and [`find`] use.
+struct Header {
+    ino: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    mtime: u32,
+    size: u32,
+    rdev: (u32, u32),
+    name_len: u32,
+}
+
+/// Parses the header at byte `pos` of an archive.
+fn header(h: &[u8], pos: usize) -> Result<Header, CpioError> {
+    let bad = |reason| CpioError::Malformed {
+        offset: pos,
+        reason,
+    };
+    if &h[..6] != MAGIC {
+        return Err(bad("not a newc header"));
+    }
+    let mut fields = [0u32; 13];
+    for (i, field) in fields.iter_mut().enumerate() {
+        let hex = &h[6 + 8 * i..14 + 8 * i];
+        let text = std::str::from_utf8(hex).map_err(|_| bad("non-hex field"))?;
+        *field = u32::from_str_radix(text, 16).map_err(|_| bad("non-hex field"))?;
+    }
+    let [
+        ino,
+        mode,
+        uid,
+        gid,
+        nlink,
+        mtime,
+        size,
+        _,
+        _,
+        rmajor,
+        rminor,
+        name_len,
+        _,
+    ] = fields;
+    Ok(Header {
+        ino,
+        mode,
+        uid,
+        gid,
+        nlink,
+        mtime,
+        size,
+        rdev: (rmajor, rminor),
+        name_len,
+    })
+}
+
+/// A name field (NUL-terminated UTF-8) at byte `pos`.
+fn name_of(raw: &[u8], pos: usize) -> Result<String, CpioError> {
+    let bad = |reason| CpioError::Malformed {
+        offset: pos,
+        reason,
+    };
+    let name = raw
+        .strip_suffix(&[0])
+        .ok_or(bad("name not NUL-terminated"))?;
+    String::from_utf8(name.to_vec()).map_err(|_| bad("name not UTF-8"))
+}
+
+impl Header {
+    fn entry(self, name: String, data: Vec<u8>) -> Entry {
+        Entry {
+            name,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            nlink: self.nlink,
+            mtime: self.mtime,
+            ino: self.ino,
+            rdev: self.rdev,
+            data,
+        }
+    }
+}
+
 /// Parses a newc archive up to its trailer. Only zero padding may follow the trailer.
 pub fn read(archive: &[u8]) -> Result<Vec<Entry>, CpioError> {
     let mut entries = Vec::new();
     let mut pos = 0;
     loop {
         let bad = |offset, reason| CpioError::Malformed { offset, reason };
-        let header = archive
+        let h = archive
             .get(pos..pos + HEADER_LEN)
             .ok_or(bad(pos, "truncated header"))?;
-        if &header[..6] != MAGIC {
-            return Err(bad(pos, "not a newc header"));
-        }
-        let mut fields = [0u32; 13];
-        for (i, field) in fields.iter_mut().enumerate() {
-            let hex = &header[6 + 8 * i..14 + 8 * i];
-            let text = std::str::from_utf8(hex).map_err(|_| bad(pos, "non-hex field"))?;
-            *field = u32::from_str_radix(text, 16).map_err(|_| bad(pos, "non-hex field"))?;
-        }
-        let [
-            ino,
-            mode,
-            uid,
-            gid,
-            nlink,
-            mtime,
-            size,
-            _,
-            _,
-            rmajor,
-            rminor,
-            name_len,
-            _,
-        ] = fields;
+        let h = header(h, pos)?;
         let name_start = pos + HEADER_LEN;
-        let name_end = name_start + name_len as usize;
+        let name_end = name_start + h.name_len as usize;
         let name = archive
             .get(name_start..name_end)
             .ok_or(bad(name_start, "truncated name"))?;
-        let name = name
-            .strip_suffix(&[0])
-            .ok_or(bad(name_start, "name not NUL-terminated"))?;
-        let name =
-            String::from_utf8(name.to_vec()).map_err(|_| bad(name_start, "name not UTF-8"))?;
+        let name = name_of(name, name_start)?;
         let data_start = name_end.next_multiple_of(4);
-        let data_end = data_start + size as usize;
+        let data_end = data_start + h.size as usize;
         let data = archive
             .get(data_start..data_end)
             .ok_or(bad(data_start, "truncated data"))?;
@@ -233,18 +290,52 @@ pub fn read(archive: &[u8]) -> Result<Vec<Entry>, CpioError> {
             }
             return Ok(entries);
         }
-        let data = data.to_vec();
-        entries.push(Entry {
-            name,
-            mode,
-            uid,
-            gid,
-            nlink,
-            mtime,
-            ino,
-            rdev: (rmajor, rminor),
-            data,
-        });
+        entries.push(h.entry(name, data.to_vec()));
+    }
+}
+
+/// Reads a newc archive from `r` only as far as the entry named `want` (as stored: no leading
+/// `/`) and returns it, or `None` when the trailer comes first; what follows is not read (a
+/// lookup in a compressed initramfs stops decompressing there). An entry bigger than
+/// `max_data` bytes is an error.
+pub fn find<R: Read>(mut r: R, want: &str, max_data: u32) -> Result<Option<Entry>, CpioError> {
+    let mut pos = 0usize;
+    let bad = |offset, reason| CpioError::Malformed { offset, reason };
+    let mut skip = vec![0u8; 64 << 10];
+    loop {
+        let mut h = [0u8; HEADER_LEN];
+        r.read_exact(&mut h)
+            .map_err(|_| bad(pos, "truncated header"))?;
+        let h = header(&h, pos)?;
+        let name_start = pos + HEADER_LEN;
+        let name_end = name_start + h.name_len as usize;
+        // The name and its padding to 4 bytes.
+        let mut name = vec![0u8; name_end.next_multiple_of(4) - name_start];
+        r.read_exact(&mut name)
+            .map_err(|_| bad(name_start, "truncated name"))?;
+        let name = name_of(&name[..h.name_len as usize], name_start)?;
+        let data_start = name_end.next_multiple_of(4);
+        let padded = (data_start + h.size as usize).next_multiple_of(4) - data_start;
+        if name == TRAILER {
+            return Ok(None);
+        }
+        if name == want {
+            if h.size > max_data {
+                return Err(bad(data_start, "entry bigger than expected"));
+            }
+            let mut data = vec![0u8; h.size as usize];
+            r.read_exact(&mut data)
+                .map_err(|_| bad(data_start, "truncated data"))?;
+            return Ok(Some(h.entry(name, data)));
+        }
+        let mut left = padded;
+        while left > 0 {
+            let n = left.min(skip.len());
+            r.read_exact(&mut skip[..n])
+                .map_err(|_| bad(data_start, "truncated data"))?;
+            left -= n;
+        }
+        pos = data_start + padded;
     }
 }
 
@@ -362,6 +453,46 @@ mod tests {
         let mut padded = archive.clone();
         padded.extend_from_slice(&[0; 512]);
         assert_eq!(read(&padded).unwrap().len(), sample().len() + 1);
+    }
+
+    #[test]
+    fn find_reads_only_as_far_as_the_entry() {
+        let archive = write(&sample(), EPOCH, Vec::new()).unwrap();
+        let all = read(&archive).unwrap();
+        for e in &all {
+            let got = find(&archive[..], &e.name, 1 << 20).unwrap();
+            assert_eq!(got.as_ref(), Some(e), "{}", e.name);
+        }
+        assert_eq!(
+            find(&archive[..], "usr/bin/missing", 1 << 20).unwrap(),
+            None
+        );
+        // It stops at the entry: the archive may be cut right after it.
+        let lib = all
+            .iter()
+            .position(|e| e.name == "usr/lib/libx.so.1.0")
+            .unwrap();
+        let cut = archive
+            .windows(19)
+            .position(|w| w == b"usr/lib/libx.so.1.0")
+            .unwrap()
+            + 19
+            + 4100;
+        assert_eq!(
+            find(&archive[..cut], "usr/lib/libx.so.1.0", 1 << 20).unwrap(),
+            Some(all[lib].clone())
+        );
+        // A name not in the cut archive runs into the cut: an error, not "absent".
+        assert!(find(&archive[..cut], "zzz", 1 << 20).is_err());
+        // Bounded: an entry bigger than allowed is refused, not read.
+        assert!(find(&archive[..], "usr/lib/libx.so.1.0", 4096).is_err());
+        // Through a zstd stream, as an initramfs is read.
+        let z = compress_zstd(&archive, 3).unwrap();
+        let d = zstd::stream::read::Decoder::new(&z[..]).unwrap();
+        assert_eq!(
+            find(d, "etc/empty", 16).unwrap().map(|e| e.mode),
+            Some(S_IFREG | 0o600)
+        );
     }
 
     /// GNU cpio, if installed, must list exactly our entries and extract the same contents.

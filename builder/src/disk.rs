@@ -86,9 +86,25 @@ pub(crate) fn image_site_key(
     what: &Path,
 ) -> Result<ed25519_dalek::VerifyingKey> {
     let want = SITE_PUBKEY_PATH.trim_start_matches('/');
-    let e = entries
-        .iter()
-        .find(|e| e.name == want)
+    site_key_of(entries.iter().find(|e| e.name == want), what)
+}
+
+/// The image's site-signing public key from its compressed (verified) initramfs `data`, read
+/// from `what`: decompressed only as far as the key (the initramfs holds it early).
+pub(crate) fn site_key_in(data: &[u8], what: &Path) -> Result<ed25519_dalek::VerifyingKey> {
+    let want = SITE_PUBKEY_PATH.trim_start_matches('/');
+    let z = zstd::stream::read::Decoder::with_buffer(data)
+        .with_context(|| format!("{}: not zstd", what.display()))?;
+    let entry = crate::cpio::find(z, want, limits::KEY as u32)
+        .with_context(|| format!("{}: reading the archive", what.display()))?;
+    site_key_of(entry.as_ref(), what)
+}
+
+fn site_key_of(
+    entry: Option<&crate::cpio::Entry>,
+    what: &Path,
+) -> Result<ed25519_dalek::VerifyingKey> {
+    let e = entry
         .with_context(|| format!("{}: the image has no {SITE_PUBKEY_PATH}", what.display()))?;
     let pem = std::str::from_utf8(&e.data)
         .with_context(|| format!("{}: {SITE_PUBKEY_PATH} is not text", what.display()))?;

@@ -2,6 +2,11 @@
 //! partition's offset (builder side only: the init never formats). Reproducible: the UUID and
 //! the directory hash seed are given, the clock is fixed with `E2FSPROGS_FAKE_TIME`, nothing is
 //! discarded, and only metadata is written (the rest of the partition stays a hole).
+//!
+//! What mke2fs zeroes (the journal) is written as zeros (`UNIX_IO_NOZEROOUT`): on a file it
+//! would otherwise punch a hole there, a hole is not a mapped range, and flashing would leave
+//! the target's old bytes in the new journal, where an old journal's blocks could be replayed
+//! after a power cut.
 
 use std::path::Path;
 use std::process::Command;
@@ -43,6 +48,7 @@ pub fn make(
         .arg(image)
         .arg(blocks.to_string())
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+        .env("UNIX_IO_NOZEROOUT", "1")
         .env("LC_ALL", "C")
         .output()
         .map_err(|e| DiskError::Tool {

@@ -36,12 +36,12 @@ use imrs_config::fsutil::read_bounded;
 use imrs_config::image::canonical_json;
 use imrs_config::keys;
 use imrs_disk::bmap::{BLOCK, Bmap, Range};
-use imrs_disk::image::personalise;
+
 use imrs_disk::layout::{CONFIG_PARTNAME, DATA_PARTNAME, Extent};
 use serde_json::{Value, json};
 
 use super::write::{self, Found};
-use super::{DEVICE_KEY_FILE, load_source};
+use super::{Appliance, DEVICE_KEY_FILE, inside, load_source};
 use crate::EXIT_VERIFY;
 use crate::disk::{parse_size, read_site};
 use crate::ui::{Failure, Ui};
@@ -179,12 +179,6 @@ pub struct Expected {
     pub range: Range,
     /// Where that sha256 comes from.
     pub basis: Basis,
-}
-
-/// Whether the range lies in `e`.
-fn inside(r: &Range, e: &Extent) -> bool {
-    let start = r.first * BLOCK;
-    start >= e.offset && start < e.offset + e.len
 }
 
 /// The ranges to compare, in disk order: `source`'s (cut at partition boundaries, hashed)
@@ -353,7 +347,7 @@ pub fn run(args: VerifyDeviceArgs, ui: &Ui) -> Result<u8> {
     let sp = ui.spinner("verifying the source");
     let src = load_source(&args.source, &image_key, size)?;
     sp.finish_and_clear();
-    let disk_size = src.disk.as_file().metadata()?.len();
+    let disk_size = src.size;
     if let Some(r) = &record
         && (r.manifest_sha256 != src.manifest_sha256 || r.disk_size != disk_size)
     {
@@ -375,19 +369,33 @@ pub fn run(args: VerifyDeviceArgs, ui: &Ui) -> Result<u8> {
         )
         .into());
     }
-    // With the site config, IMRS-CONFIG is the one flash made from it.
-    if let Some(p) = &args.site {
-        let f = read_site(p, &src.site_key)?;
-        personalise(
-            src.disk.path(),
-            &[("site.toml", &f.text), ("site.toml.sig", f.sig.as_bytes())],
-            &[(DEVICE_KEY_FILE, b"placeholder", 0o600)],
-            b"verify-device",
-            src.manifest.source_date_epoch,
-        )?;
-    }
-    let mut scratch = File::open(src.disk.path()).context("the scratch disk")?;
-    let parts = imrs_disk::layout::partitions(&mut scratch)?;
+    // With the site config, IMRS-CONFIG is the one flash made from it (composed as flash
+    // does); without, IMRS-CONFIG and IMRS-DATA are personal and only SOURCE's ranges count.
+    let composed = match &args.site {
+        Some(p) => {
+            let f = read_site(p, &src.site_key)?;
+            Some(Appliance::compose(
+                &src,
+                &[
+                    ("site.toml", &f.text[..]),
+                    ("site.toml.sig", f.sig.as_bytes()),
+                ],
+                &[(DEVICE_KEY_FILE, b"placeholder", 0o600)],
+                b"verify-device",
+            )?)
+        }
+        None => None,
+    };
+    let (parts, plan, files) = match &composed {
+        Some(a) => (a.parts.clone(), a.plan(&src)?, Vec::from(a.files(&src)?)),
+        None => {
+            let mut f = File::open(src.path())
+                .with_context(|| format!("{}: cannot open", src.path().display()))?;
+            let parts = imrs_disk::layout::partitions(&mut f)?;
+            let plan = write::Plan::single(super::disk_map(src.path())?);
+            (parts, plan, vec![(f, src.path().to_path_buf())])
+        }
+    };
     let find = |name: &str| {
         parts
             .iter()
@@ -401,24 +409,8 @@ pub fn run(args: VerifyDeviceArgs, ui: &Ui) -> Result<u8> {
         personal.push(config);
     }
     // SOURCE's ranges, as flash cuts them, hashed.
-    let mut map = super::disk_map(src.disk.path())?;
-    let mut digests = Vec::with_capacity(map.ranges.len());
-    write::read_ranges(
-        &scratch,
-        src.disk.path(),
-        &map,
-        &mut |_| {},
-        &mut |_, _, f| {
-            digests.push(f);
-            Ok(())
-        },
-    )?;
-    for (r, f) in map.ranges.iter_mut().zip(digests) {
-        match f {
-            Found::Sha256(s) => r.sha256 = s,
-            Found::EndsAt(at) => bail!("the scratch disk ends at byte {at}"),
-        }
-    }
+    let named: Vec<(&File, &Path)> = files.iter().map(|(f, p)| (f, p.as_path())).collect();
+    let map = write::hash_plan(&named, &plan)?;
     let plan = expected(
         &map,
         &personal,

@@ -6,11 +6,13 @@
 //! 2. the site config must verify with the image's own site-signing key;
 //! 3. the target is checked ([`target`]: whole disk, idle, not the system disk, big enough) and
 //!    the engineer confirms (or `--yes`);
-//! 4. the appliance's disk is composed in a scratch file: the image's disk, this appliance's
-//!    site config on `IMRS-CONFIG`, a new device key (Ed25519) on `IMRS-DATA` that the init uses
-//!    instead of making one;
-//! 5. only the mapped ranges are written, then every one is read back bypassing the page cache
-//!    and compared by sha256 ([`write`]);
+//! 4. this appliance's own partitions are composed in a sparse scratch disk ([`Appliance`]):
+//!    its site config on `IMRS-CONFIG`, a new device key (Ed25519) on `IMRS-DATA` that the init
+//!    uses instead of making one; everything else is written straight from the source's disk,
+//!    which is never copied (a disk image given as SOURCE is read in place; an image folder is
+//!    made into a disk first);
+//! 5. only the mapped ranges are written, and every one is read back bypassing the page cache
+//!    right behind the writer, on a second thread, and compared by sha256 ([`write::flash`]);
 //! 6. the flash record (device identity, key, site, image, read-back digest, time), signed with
 //!    `--key`, is printed; with `--enrol DIR` the device's public key is dropped into the
 //!    receiver's enrolment folder and the record appended to `DIR/inventory.jsonl`. The record
@@ -92,16 +94,126 @@ pub struct FlashArgs {
     pub record: Option<PathBuf>,
 }
 
-/// A verified source: the disk image to start from (a scratch file) and what it holds.
+/// A verified source: its disk and what it holds.
 pub(crate) struct Source {
     pub manifest: Manifest,
     pub manifest_sha256: String,
     pub site_key: VerifyingKey,
-    pub disk: tempfile::NamedTempFile,
+    disk: SourceDisk,
+    /// The disk's size in bytes.
+    pub size: u64,
 }
 
-/// Verifies SOURCE (an image folder, made into a disk of `size` bytes, or a disk image) and
-/// composes its disk in a scratch file; nothing else is read or written before it verifies.
+/// The disk a flash starts from.
+enum SourceDisk {
+    /// The disk image given as SOURCE, read in place.
+    Given(PathBuf),
+    /// Made from an image folder, in a scratch file.
+    Made(tempfile::NamedTempFile),
+}
+
+impl Source {
+    /// The disk's path.
+    pub fn path(&self) -> &Path {
+        match &self.disk {
+            SourceDisk::Given(p) => p,
+            SourceDisk::Made(t) => t.path(),
+        }
+    }
+}
+
+/// This appliance's disk as flash writes it: the source's ranges, except inside `IMRS-CONFIG`
+/// and `IMRS-DATA`, whose ranges come from `own`, a sparse scratch disk of the same size into
+/// which the source's GPT and `IMRS-CONFIG` were copied and then personalised (files written
+/// into the config FAT, a new ext4 made on the data partition). Only these two small
+/// partitions are composed; the rest of the source is never copied.
+pub(crate) struct Appliance {
+    own: tempfile::NamedTempFile,
+    /// The disk's partitions.
+    pub parts: Vec<(String, imrs_disk::layout::Extent)>,
+    /// `IMRS-CONFIG`.
+    pub config: imrs_disk::layout::Extent,
+    /// `IMRS-DATA`.
+    pub data: imrs_disk::layout::Extent,
+}
+
+/// Whether block range `r` starts inside `e`.
+pub(crate) fn inside(r: &imrs_disk::bmap::Range, e: &imrs_disk::layout::Extent) -> bool {
+    let start = r.first * imrs_disk::bmap::BLOCK;
+    start >= e.offset && start < e.offset + e.len
+}
+
+impl Appliance {
+    /// Composes the personal partitions of `src`'s disk: `config_files` into `IMRS-CONFIG`,
+    /// `data_files` (name, bytes, mode) onto a new ext4 on `IMRS-DATA` whose identifiers derive
+    /// from `seed`.
+    pub fn compose(
+        src: &Source,
+        config_files: &[(&str, &[u8])],
+        data_files: &[(&str, &[u8], u32)],
+        seed: &[u8],
+    ) -> Result<Appliance> {
+        let mut disk = File::open(src.path())
+            .with_context(|| format!("{}: cannot open", src.path().display()))?;
+        let parts = imrs_disk::layout::partitions(&mut disk)?;
+        let find = |name: &str| {
+            parts
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, e)| *e)
+                .with_context(|| format!("{}: the disk has no {name}", src.path().display()))
+        };
+        let (esp, config, data) = (
+            find(imrs_disk::layout::ESP_PARTNAME)?,
+            find(imrs_disk::layout::CONFIG_PARTNAME)?,
+            find(imrs_disk::layout::DATA_PARTNAME)?,
+        );
+        let own = scratch()?;
+        own.as_file()
+            .set_len(src.size)
+            .context("sizing the scratch disk")?;
+        let mut map = disk_map(src.path())?;
+        map.ranges.retain(|r| !inside(r, &esp) && !inside(r, &data));
+        // A scratch file: read back through the page cache, never synced.
+        write::copy_ranges(&disk, own.as_file(), &map)?;
+        personalise(
+            own.path(),
+            config_files,
+            data_files,
+            seed,
+            src.manifest.source_date_epoch,
+        )?;
+        Ok(Appliance {
+            own,
+            parts,
+            config,
+            data,
+        })
+    }
+
+    /// What to write: file 0 is the source's disk, file 1 the composed partitions.
+    pub fn plan(&self, src: &Source) -> Result<write::Plan> {
+        let mine = |r: &imrs_disk::bmap::Range| inside(r, &self.config) || inside(r, &self.data);
+        let mut theirs = disk_map(src.path())?.ranges;
+        theirs.retain(|r| !mine(r));
+        let mut ours = disk_map(self.own.path())?.ranges;
+        ours.retain(mine);
+        Ok(write::Plan::merge(src.size, vec![(0, theirs), (1, ours)]))
+    }
+
+    /// The files the plan reads, opened, with their names: the source's disk, then ours.
+    pub fn files(&self, src: &Source) -> Result<[(File, PathBuf); 2]> {
+        let open = |p: &Path| {
+            File::open(p)
+                .with_context(|| format!("{}: cannot open", p.display()))
+                .map(|f| (f, p.to_path_buf()))
+        };
+        Ok([open(src.path())?, open(self.own.path())?])
+    }
+}
+
+/// Verifies SOURCE (an image folder, made into a disk of `size` bytes, or a disk image);
+/// nothing else is read or written before it verifies.
 pub(crate) fn load_source(source: &Path, key: &VerifyingKey, size: Option<u64>) -> Result<Source> {
     if source.is_dir() {
         from_folder(source, key, size)
@@ -135,7 +247,7 @@ fn from_folder(dir: &Path, key: &VerifyingKey, size: Option<u64>) -> Result<Sour
     let loader = crate::disk::boot_loader(&v, dir)?;
     let payload = crate::disk::slot_payload(&v, dir)?;
     let disk = scratch()?;
-    write_appliance(
+    let layout = write_appliance(
         disk.path(),
         &ApplianceSpec {
             size,
@@ -149,12 +261,12 @@ fn from_folder(dir: &Path, key: &VerifyingKey, size: Option<u64>) -> Result<Sour
         site_key: image_site_key(&v.initramfs, dir)?,
         manifest_sha256: payload.manifest_sha256(),
         manifest: v.manifest,
-        disk,
+        disk: SourceDisk::Made(disk),
+        size: layout.size,
     })
 }
 
-/// A disk image: slot A's image verified (signature, then every file against the manifest),
-/// then its data copied into a scratch file.
+/// A disk image: slot A's image verified (signature, then every file against the manifest).
 fn from_disk(path: &Path, key: &VerifyingKey) -> Result<Source> {
     let bad = |detail: String| VerifyError::Manifest {
         path: path.join(format!("(slot a)/{MANIFEST}")),
@@ -204,21 +316,17 @@ fn from_disk(path: &Path, key: &VerifyingKey) -> Result<Source> {
         ))
         .into());
     }
-    let entries = verify::unpack_initramfs(&path.join("(slot a)/initramfs.cpio.zst"), &initramfs)?;
-    let site_key = image_site_key(&entries, path)?;
-    // Copy the disk's data (its mapped ranges) into the scratch file.
-    let disk = scratch()?;
-    let map = Bmap::ranges_of_file(path)?;
-    disk.as_file()
-        .set_len(map.image_size)
-        .context("sizing the scratch disk")?;
-    let src = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    write::write_ranges(&src, disk.as_file(), &map, &mut |_| {})?;
+    // The site-signing key, from the (verified) initramfs: decompressed only as far as it.
+    let site_key = crate::disk::site_key_in(&initramfs, &path.join("(slot a)/initramfs.cpio.zst"))?;
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read its size", path.display()))?
+        .len();
     Ok(Source {
         manifest_sha256: payload.manifest_sha256(),
         manifest: payload.manifest().clone(),
         site_key,
-        disk,
+        disk: SourceDisk::Given(path.to_path_buf()),
+        size,
     })
 }
 
@@ -326,12 +434,7 @@ pub fn run(args: FlashArgs, ui: &Ui) -> Result<u8> {
         sig: site_sig,
         site,
     } = read_site(site_path, &src.site_key)?;
-    let size = src
-        .disk
-        .as_file()
-        .metadata()
-        .context("the scratch disk")?
-        .len();
+    let size = src.size;
     let tgt = target::inspect(
         &args.device,
         size,
@@ -351,28 +454,35 @@ pub fn run(args: FlashArgs, ui: &Ui) -> Result<u8> {
 
     // This appliance's disk.
     let (device_pem, device_pub) = device_key()?;
-    personalise(
-        src.disk.path(),
+    let appliance = Appliance::compose(
+        &src,
         &[
             ("site.toml", &site_text),
             ("site.toml.sig", site_sig.as_bytes()),
         ],
         &[(DEVICE_KEY_FILE, &device_pem, 0o600)],
         device_pub.as_bytes(),
-        src.manifest.source_date_epoch,
     )?;
-    let map = disk_map(src.disk.path())?;
+    let plan = appliance.plan(&src)?;
+    let [(from_src, _), (from_own, _)] = appliance.files(&src)?;
     let out = open_target(&tgt, size)?;
-    let total = map.mapped_blocks() * imrs_disk::bmap::BLOCK;
-    let pb = ui.bytes(total, "writing");
-    let (written, map) =
-        write::write_ranges(src.disk.as_file(), &out, &map, &mut |b| pb.set_position(b))?;
+    let total = plan.map.mapped_blocks() * imrs_disk::bmap::BLOCK;
+    let pb = ui.bytes(total, "writing and reading back");
+    let pbc = pb.clone();
+    let write::Flashed {
+        bytes: written,
+        map,
+        how,
+        digest: readback,
+    } = write::flash(
+        &[&from_src, &from_own],
+        &plan,
+        &out,
+        &tgt.path,
+        &mut move |b| pbc.set_position(b),
+    )?;
     pb.finish_and_clear();
     drop(out);
-    let t_write = t0.elapsed();
-    let pb = ui.bytes(total, "reading back");
-    let (how, readback) = write::read_back(&tgt.path, &map, &mut |b| pb.set_position(b))?;
-    pb.finish_and_clear();
 
     let record = json!({
         "schema": RECORD_SCHEMA,
@@ -408,7 +518,6 @@ pub fn run(args: FlashArgs, ui: &Ui) -> Result<u8> {
         crate::ui::print_ok(json!({
             "record": signed_record["record"], "signature": signature,
             "enrolled": enrolled, "seconds": secs,
-            "seconds_write": t_write.as_secs_f64(),
         }))?;
     } else {
         ui.info(format!(
