@@ -34,6 +34,7 @@ fn row(key: usize, i: usize, event: &str, t: i64) -> NewReport {
         signature: "00".into(),
         digest: format!("d{key}-{i}"),
         enrolled: true,
+        resolution: None,
     }
 }
 

@@ -145,6 +145,9 @@ pub enum Command {
     /// Phone-home receiver: serve reports over HTTPS, list the fleet.
     #[command(subcommand)]
     Home(crate::home::HomeCommand),
+    /// Run installed appliances: queue signed commands, see their state.
+    #[command(subcommand)]
+    Fleet(crate::fleet::FleetCommand),
     /// Root zone: verify a zone file, or transfer, verify and write one.
     #[command(subcommand)]
     Zone(crate::zone_cli::ZoneCommand),

@@ -187,6 +187,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::VerifyDevice(args) => crate::flash::check::run(args, &ui),
         Command::Inspect { dir } => inspect(&dir, &ui),
         Command::Home(h) => crate::home::run(h, cli.json),
+        Command::Fleet(f) => crate::fleet::run(f, cli.json),
         Command::Zone(z) => crate::zone_cli::run(z, cli.json),
         Command::Completions { shell } => crate::manual::completions(shell, &ui),
         Command::Manpage { out } => crate::manual::manpages(out.as_deref(), &ui),

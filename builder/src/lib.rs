@@ -20,6 +20,7 @@ pub mod disk;
 pub mod download;
 pub mod elf;
 pub mod flash;
+pub mod fleet;
 pub mod home;
 pub mod host;
 pub mod image_dir;

@@ -27,8 +27,9 @@ pub const MAX_CLOCK_SKEW_S: i64 = 300;
 /// The longest a command may live (`expires_unix - issued_unix`).
 pub const MAX_LIFETIME_S: i64 = 7 * 86_400;
 
-/// Most console lines `collect-logs` may ask for.
-pub const MAX_LOG_LINES: u32 = 10_000;
+/// Most console lines `collect-logs` may ask for: what one `command-result` report carries
+/// (500 lines of at most 1 KiB fit the receiver's 1 MiB body limit).
+pub const MAX_LOG_LINES: u32 = 500;
 
 /// What the box is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +186,7 @@ fn malformed(detail: impl Into<String>) -> Refusal {
 }
 
 /// Checks the rules serde cannot express.
-fn check_fields(c: &Command) -> Result<(), Refusal> {
+pub fn check_fields(c: &Command) -> Result<(), Refusal> {
     if c.version != COMMAND_VERSION {
         return Err(malformed(format!(
             "version {} (this build understands {COMMAND_VERSION})",

@@ -192,7 +192,48 @@ pub enum Event {
         #[serde(default)]
         heartbeats_dropped: u64,
     },
+    /// What became of a signed command from the operations team (report version 3).
+    CommandResult {
+        /// The command's sequence number (0 when the command was too malformed to say).
+        sequence: u64,
+        /// The command's action (`drain`, `reboot`, ...; `unknown` when it could not be read).
+        action: String,
+        /// How it ended.
+        outcome: CommandOutcome,
+        /// Why it failed or was refused.
+        #[serde(default)]
+        reason: Option<String>,
+        /// `collect-logs`: the last console lines, oldest first.
+        #[serde(default)]
+        logs: Vec<String>,
+    },
 }
+
+/// How a command ended on the box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandOutcome {
+    /// Executed.
+    Done,
+    /// Admitted, but executing it failed.
+    Failed,
+    /// Not admitted (signer, device, expiry, sequence): nothing was done.
+    Refused,
+}
+
+impl CommandOutcome {
+    /// The outcome as written.
+    pub fn name(self) -> &'static str {
+        match self {
+            CommandOutcome::Done => "done",
+            CommandOutcome::Failed => "failed",
+            CommandOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// Most console lines a `command-result` carries (what `collect-logs` may ask for).
+pub const MAX_LOG_LINES: usize = crate::command::MAX_LOG_LINES as usize;
 
 impl Event {
     /// The event's name as written (`install-passed`, `install-failed`, `boot`).
@@ -203,6 +244,7 @@ impl Event {
             Event::Boot {} => "boot",
             Event::SlotChanged { .. } => "slot-changed",
             Event::Heartbeat { .. } => "heartbeat",
+            Event::CommandResult { .. } => "command-result",
         }
     }
 }
@@ -480,13 +522,51 @@ pub fn validate(r: &Report) -> Result<(), ReportError> {
     }
     if r.version < 3
         && (r.slot.is_some()
-            || matches!(r.event, Event::SlotChanged { .. } | Event::Heartbeat { .. }))
+            || matches!(
+                r.event,
+                Event::SlotChanged { .. } | Event::Heartbeat { .. } | Event::CommandResult { .. }
+            ))
     {
         return Err(bad(
             "version",
             &r.version,
-            "slot, slot-changed and heartbeat need report version 3",
+            "slot, slot-changed, heartbeat and command-result need report version 3",
         ));
+    }
+    if let Event::CommandResult {
+        action,
+        reason,
+        logs,
+        ..
+    } = &r.event
+    {
+        if action.is_empty()
+            || action.len() > 32
+            || !action.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        {
+            return Err(bad(
+                "event.action",
+                &crate::escape(action),
+                "a command action name (a-z and -, at most 32)",
+            ));
+        }
+        if reason.as_ref().is_some_and(|t| t.len() > MAX_TEXT) {
+            return Err(bad(
+                "event.reason",
+                &reason.as_ref().map_or(0, String::len),
+                "at most 4096 bytes",
+            ));
+        }
+        if logs.len() > MAX_LOG_LINES {
+            return Err(bad(
+                "event.logs",
+                &logs.len(),
+                &format!("at most {MAX_LOG_LINES} lines"),
+            ));
+        }
+        if let Some(l) = logs.iter().find(|l| l.len() > 1024) {
+            return Err(bad("event.logs", &l.len(), "lines of at most 1024 bytes"));
+        }
     }
     if let Event::Heartbeat {
         dns_probe_error,
@@ -705,6 +785,43 @@ mod tests {
         };
         assert_eq!(verify(&sign(&h, &key)).unwrap(), h);
         assert_eq!(h.event.name(), "heartbeat");
+        // A command's result, and results that say too much or name no action.
+        let mut c = sample();
+        c.event = Event::CommandResult {
+            sequence: 7,
+            action: "collect-logs".into(),
+            outcome: CommandOutcome::Done,
+            reason: None,
+            logs: vec!["imrs-init: serving".into()],
+        };
+        assert_eq!(verify(&sign(&c, &key)).unwrap(), c);
+        assert_eq!(c.event.name(), "command-result");
+        let result = |action: &str, logs: Vec<String>| {
+            let mut r = sample();
+            r.event = Event::CommandResult {
+                sequence: 7,
+                action: action.into(),
+                outcome: CommandOutcome::Refused,
+                reason: Some("replayed".into()),
+                logs,
+            };
+            verify(&sign(&r, &key))
+        };
+        for (action, logs, field) in [
+            ("", vec![], "event.action"),
+            ("Drain\n", vec![], "event.action"),
+            (
+                "collect-logs",
+                vec![String::new(); MAX_LOG_LINES + 1],
+                "event.logs",
+            ),
+            ("collect-logs", vec!["x".repeat(1025)], "event.logs"),
+        ] {
+            match result(action, logs) {
+                Err(ReportError::Invalid { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{action}: {other:?}"),
+            }
+        }
         // A version 2 report (queued by the previous image) is still accepted as it was.
         let mut old = sample();
         old.version = 2;

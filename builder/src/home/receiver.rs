@@ -11,6 +11,11 @@
 //!   [`super::store::rejected`]); the device keeps its copy.
 //! - `503` when the database cannot store (not recorded; the device retries).
 //!
+//! A `201` or `409` answer also carries `commands`: the device key's unresolved signed commands
+//! (queued by `imrs-build fleet command`), oldest first, as the signed texts; the device decides
+//! on each itself (`imrs_config::command::admit`). A `command-result` report resolves the
+//! command it names, in the same transaction that stores it.
+//!
 //! Under open enrolment a report whose serial another key claimed first is still stored (`201`,
 //! with a `warning`), and flagged: `home list` shows which key holds the serial. Refusing it
 //! instead would let whoever reports first lock the real device out.
@@ -29,8 +34,9 @@ use sha2::Digest;
 use super::enrol::{Enrolment, EnrolmentMode};
 use super::server::{ServeConfig, ServeError};
 use super::source::Source;
+use super::store::commands::Resolution;
 use super::store::rejected::bounded;
-use super::store::{NewReport, Rejection, Store, StoreError, Stored};
+use super::store::{NewReport, Outcome, Rejection, Store, StoreError, Stored};
 use imrs_config::escape_all as escape;
 
 /// The receiver's shared state: the store, the enrolment and the body limit.
@@ -189,6 +195,21 @@ impl Receiver {
             report: signed.report,
             signature: signed.signature,
             enrolled: self.enrolled.is_some(),
+            resolution: match &parsed.event {
+                Event::CommandResult {
+                    sequence,
+                    outcome,
+                    reason,
+                    logs,
+                    ..
+                } => Some(Resolution {
+                    sequence: *sequence,
+                    outcome: outcome.name().to_string(),
+                    reason: reason.clone(),
+                    logs: logs.clone(),
+                }),
+                _ => None,
+            },
         };
         let outcome = match self.store.submit(row) {
             Ok(rx) => match rx.await {
@@ -209,26 +230,55 @@ impl Receiver {
                 );
             }
         };
-        match outcome {
-            Ok(Stored::New) => {
-                stored("");
-                (StatusCode::CREATED, json!({"id": id, "status": "stored"}))
+        // The device's waiting commands ride on the answer (as the signed texts).
+        let with_commands = |mut answer: serde_json::Value, commands: Vec<String>| {
+            if !commands.is_empty() {
+                let list: Vec<serde_json::Value> = commands
+                    .iter()
+                    .filter_map(|c| serde_json::from_str(c).ok())
+                    .collect();
+                answer["commands"] = list.into();
             }
-            Ok(Stored::Flagged { serial_held_by }) => {
+            answer
+        };
+        match outcome {
+            Ok(Outcome {
+                stored: Stored::New,
+                commands,
+            }) => {
+                stored("");
+                (
+                    StatusCode::CREATED,
+                    with_commands(json!({"id": id, "status": "stored"}), commands),
+                )
+            }
+            Ok(Outcome {
+                stored: Stored::Flagged { serial_held_by },
+                commands,
+            }) => {
                 stored(&format!(
                     "; FLAGGED: device key {serial_held_by} claimed this serial first"
                 ));
                 (
                     StatusCode::CREATED,
-                    json!({"id": id, "status": "stored",
-                           "warning": format!("serial claimed first by device key {serial_held_by}; stored and flagged")}),
+                    with_commands(
+                        json!({"id": id, "status": "stored",
+                               "warning": format!("serial claimed first by device key {serial_held_by}; stored and flagged")}),
+                        commands,
+                    ),
                 )
             }
-            Ok(Stored::Duplicate) => (
+            Ok(Outcome {
+                stored: Stored::Duplicate,
+                commands,
+            }) => (
                 StatusCode::CONFLICT,
-                json!({"id": id, "status": "duplicate"}),
+                with_commands(json!({"id": id, "status": "duplicate"}), commands),
             ),
-            Ok(Stored::IdConflict) => {
+            Ok(Outcome {
+                stored: Stored::IdConflict,
+                ..
+            }) => {
                 // Recorded as rejected by the writer in the same transaction.
                 (
                     StatusCode::UNPROCESSABLE_ENTITY,

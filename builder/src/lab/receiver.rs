@@ -138,6 +138,7 @@ mod tests {
             signature: "x".into(),
             digest: "d".into(),
             enrolled: false,
+            resolution: None,
         };
         store.submit(r).unwrap().blocking_recv().unwrap().unwrap();
         store.reject(Rejection {

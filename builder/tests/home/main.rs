@@ -786,3 +786,265 @@ fn a_request_flood_gets_429_and_others_still_get_through() {
     );
     assert!(serve.stop().success());
 }
+
+/// `fleet ...` with `args`; (exit code, stdout, stderr).
+fn fleet(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_imrs-build"))
+        .arg("fleet")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn fleet_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let o = Command::new(env!("CARGO_BIN_EXE_imrs-build"))
+        .args(&all[..1])
+        .arg("fleet")
+        .args(&all[1..])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "fleet {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn commands_ride_on_the_answers_and_the_devices_results_close_them() {
+    use imrs_config::command::{self, Action, SignedCommand};
+    use imrs_config::report::CommandOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki(dir.path());
+    let db = dir.path().join("home.sqlite");
+    let ops_path = dir.path().join("ops");
+    let ops = keys::generate().unwrap();
+    keys::write_keypair(&ops, &ops_path).unwrap();
+    let ops_arg = ops_path.to_str().unwrap();
+    let dbs = db.to_str().unwrap();
+    let serve = Serve::start(dir.path(), &db, OPEN);
+    let agent = agent(&ca);
+    let device = keys::generate().unwrap();
+    let device_id = keys::key_id(&device.verifying_key());
+    let send = |event: Event| {
+        let mut r = sample("SN-K");
+        r.event = event;
+        post(&agent, &serve.url, &report::sign(&r, &device).to_json())
+    };
+    let (s, a) = send(Event::InstallPassed {});
+    assert_eq!(s, 201, "{a}");
+    assert!(a.get("commands").is_none(), "nothing queued yet: {a}");
+
+    // Bad inputs: a device nobody heard of, a lifetime out of bounds, a missing key.
+    let (code, _, err) = fleet(&[
+        "command",
+        "SN-NOPE",
+        "drain",
+        "--ops-key",
+        ops_arg,
+        "--db",
+        dbs,
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no device with key id or serial SN-NOPE"),
+        "{err}"
+    );
+    let (code, _, err) = fleet(&[
+        "command",
+        "SN-K",
+        "drain",
+        "--ops-key",
+        ops_arg,
+        "--db",
+        dbs,
+        "--expires-in",
+        "10",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--expires-in 10"), "{err}");
+    let (code, _, err) = fleet(&[
+        "command",
+        "SN-K",
+        "drain",
+        "--ops-key",
+        "/nonexistent/ops",
+        "--db",
+        dbs,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/ops"), "{err}");
+    let (code, _, err) = fleet(&[
+        "command",
+        "SN-K",
+        "collect-logs",
+        "--lines",
+        "501",
+        "--ops-key",
+        ops_arg,
+        "--db",
+        dbs,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("collect-logs: 501 lines"), "{err}");
+
+    // Two commands, by serial and by key id: sequences 1 and 2.
+    let q1 = fleet_json(&[
+        "command",
+        "SN-K",
+        "drain",
+        "--ops-key",
+        ops_arg,
+        "--db",
+        dbs,
+    ]);
+    assert_eq!(
+        (q1["sequence"].as_u64(), q1["device"].as_str()),
+        (Some(1), Some(device_id.as_str()))
+    );
+    let q2 = fleet_json(&[
+        "command",
+        &device_id,
+        "collect-logs",
+        "--lines",
+        "5",
+        "--ops-key",
+        ops_arg,
+        "--db",
+        dbs,
+    ]);
+    assert_eq!(q2["sequence"], 2);
+    let st = fleet_json(&["status", "--db", dbs]);
+    let states: Vec<&str> = st["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["queued", "queued"]);
+
+    // The next report's answer carries both, oldest first; the box admits them in order.
+    let (s, a) = send(Event::Boot {});
+    assert_eq!(s, 201, "{a}");
+    let cmds: Vec<SignedCommand> = serde_json::from_value(a["commands"].clone()).unwrap();
+    assert_eq!(cmds.len(), 2, "{a}");
+    let opk = [ops.verifying_key()];
+    let c1 = command::admit(
+        &cmds[0],
+        &opk,
+        &device_id,
+        0,
+        jiff::Timestamp::now().as_second(),
+    )
+    .unwrap();
+    assert_eq!((c1.sequence, c1.action), (1, Action::Drain {}));
+    let c2 = command::admit(
+        &cmds[1],
+        &opk,
+        &device_id,
+        1,
+        jiff::Timestamp::now().as_second(),
+    )
+    .unwrap();
+    assert_eq!(c2.action, Action::CollectLogs { lines: 5 });
+    // Replayed to the box, command 1 is refused by it.
+    assert!(matches!(
+        command::admit(
+            &cmds[0],
+            &opk,
+            &device_id,
+            2,
+            jiff::Timestamp::now().as_second()
+        ),
+        Err(command::Refusal::Replayed { .. })
+    ));
+    let st = fleet_json(&["status", "SN-K", "--db", dbs]);
+    assert_eq!(st["commands"][0]["state"], "delivered");
+    assert_eq!(st["commands"][0]["deliveries"], 1);
+
+    // Results: 1 done, 2 done with logs; a result naming a command never queued changes nothing.
+    let result = |sequence, action: &str, outcome, reason: Option<&str>, logs: Vec<String>| {
+        send(Event::CommandResult {
+            sequence,
+            action: action.into(),
+            outcome,
+            reason: reason.map(Into::into),
+            logs,
+        })
+    };
+    let (s, a) = result(1, "drain", CommandOutcome::Done, None, vec![]);
+    assert_eq!(s, 201);
+    assert_eq!(
+        a["commands"].as_array().map(Vec::len),
+        Some(1),
+        "command 2 still open: {a}"
+    );
+    let (s, a) = result(
+        2,
+        "collect-logs",
+        CommandOutcome::Done,
+        None,
+        vec!["line one\u{1b}[2J".into()],
+    );
+    assert_eq!(s, 201);
+    assert!(a.get("commands").is_none(), "all resolved: {a}");
+    let (s, _) = result(
+        9,
+        "reboot",
+        CommandOutcome::Refused,
+        Some("command 9 out of order"),
+        vec![],
+    );
+    assert_eq!(s, 201);
+    let st = fleet_json(&["status", "--db", dbs]);
+    let c = st["commands"].as_array().unwrap();
+    assert_eq!(c.len(), 2);
+    assert_eq!(
+        (c[0]["state"].as_str(), c[1]["state"].as_str()),
+        (Some("done"), Some("done"))
+    );
+    assert_eq!(c[1]["logs"][0], "line one\u{1b}[2J");
+    assert_eq!(st["devices"][0]["device"], device_id.as_str());
+
+    // A third command, refused by the box: the reason is shown, escaped.
+    fleet_json(&[
+        "command",
+        "SN-K",
+        "reboot",
+        "--ops-key",
+        ops_arg,
+        "--db",
+        dbs,
+    ]);
+    let (_, a) = send(Event::Boot {});
+    assert_eq!(a["commands"].as_array().map(Vec::len), Some(1));
+    result(
+        3,
+        "reboot",
+        CommandOutcome::Refused,
+        Some("command 3 expired at 1 (now 2)\u{7}"),
+        vec![],
+    );
+    let (code, text, _) = fleet(&["status", "--db", dbs]);
+    assert_eq!(code, 0);
+    assert!(text.contains(&device_id) && text.contains("SN-K"), "{text}");
+    assert!(text.contains("#1    drain         done"), "{text}");
+    assert!(
+        text.contains("#3    reboot        refused") && text.contains("expired at 1 (now 2)\\u{7}"),
+        "{text}"
+    );
+    assert!(text.contains("1 log lines"), "{text}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text}"
+    );
+    assert!(serve.stop().success());
+}

@@ -8,7 +8,10 @@
 //! - [`rejected`]: refused submissions, kept bounded (values cut, caps per source and in all,
 //!   oldest dropped first and counted).
 //! - [`read`]: the fleet view, the reports, the counts.
+//! - [`commands`]: signed commands queued for devices, delivered in the answers to their
+//!   reports, resolved by their results.
 
+pub mod commands;
 pub mod read;
 pub mod rejected;
 pub mod schema;
@@ -24,7 +27,7 @@ pub use read::{
 };
 pub use rejected::{RejectedCaps, RejectedCounts, Rejection};
 pub use schema::SCHEMA_VERSION;
-pub use writer::{NewReport, Store, Stored};
+pub use writer::{NewReport, Outcome, Store, Stored};
 
 /// The database could not be opened, written or read.
 #[derive(Debug, thiserror::Error)]

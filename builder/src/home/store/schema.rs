@@ -1,6 +1,6 @@
 //! The tables of the receiver's database, and the upgrade of an older one in place.
 //!
-//! Version 2 (this build):
+//! Version 3 (this build):
 //! - `reports`: one verified report per id; `enrolled` says whether its key was enrolled when
 //!   it arrived (0 under open enrolment), `serial_conflict` names the device key that held the
 //!   report's serial first when an unenrolled key claims it.
@@ -8,7 +8,10 @@
 //!   (`truncated` set), `source` the client as the limits count it.
 //! - `rejected_sources`, `rejected_totals`: how many refusals are kept and how many were
 //!   dropped, per source and in all (see [`super::rejected`]).
+//! - `commands`: signed commands queued for device keys, their delivery and the devices'
+//!   results (see [`super::commands`]).
 //!
+//! Version 2 had no `commands`; its upgrade creates the table.
 //! Version 1 had neither the two report columns nor the counters, and kept refused values
 //! whole. Its upgrade adds the columns (old reports count as not enrolled: nobody knows), cuts
 //! the stored values, derives each refusal's source from its peer address, counts, and then
@@ -25,7 +28,7 @@ use super::rejected;
 use crate::home::source::Source;
 
 /// Schema version stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const REPORTS: &str = "
 CREATE TABLE IF NOT EXISTS reports (
@@ -84,6 +87,21 @@ CREATE TABLE IF NOT EXISTS rejected_totals (
     sources INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO rejected_totals (one, kept, dropped, sources) VALUES (1, 0, 0, 0);
+CREATE TABLE IF NOT EXISTS commands (
+    key_id         TEXT NOT NULL,
+    sequence       INTEGER NOT NULL,
+    action         TEXT NOT NULL,
+    signed         TEXT NOT NULL,
+    queued_unix    INTEGER NOT NULL,
+    expires_unix   INTEGER NOT NULL,
+    delivered_unix INTEGER,
+    deliveries     INTEGER NOT NULL DEFAULT 0,
+    result_unix    INTEGER,
+    outcome        TEXT,
+    reason         TEXT,
+    logs           TEXT,
+    PRIMARY KEY (key_id, sequence)
+) WITHOUT ROWID;
 ";
 
 const UPGRADE_V1: &str = "
@@ -132,6 +150,10 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
         1 => {
             upgrade_v1(&tx).map_err(upgrade_err)?;
             true
+        }
+        2 => {
+            tx.execute_batch(COMMON).map_err(upgrade_err)?;
+            false
         }
         SCHEMA_VERSION => false,
         _ => {
@@ -224,6 +246,38 @@ mod tests {
         report_id TEXT, serial TEXT, site_id TEXT);
     PRAGMA user_version = 1;
     ";
+
+    #[test]
+    fn upgrades_a_version_2_database_with_a_commands_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("v2.sqlite");
+        {
+            let c = Connection::open(&db).unwrap();
+            c.execute_batch(REPORTS).unwrap();
+            let v2_common = COMMON
+                .split("CREATE TABLE IF NOT EXISTS commands")
+                .next()
+                .unwrap();
+            c.execute_batch(v2_common).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            let tables: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE name = 'commands'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(tables, 0);
+        }
+        let conn = super::super::open(&db).unwrap();
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
+        conn.execute(
+            "INSERT INTO commands (key_id, sequence, action, signed, queued_unix, expires_unix)
+             VALUES ('k', 1, 'drain', '{}', 1, 2)",
+            [],
+        )
+        .unwrap();
+    }
 
     #[test]
     fn upgrades_a_version_1_database_cutting_what_it_kept() {

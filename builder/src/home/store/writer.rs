@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::commands::{self, Resolution};
 use super::rejected::{self, Bounded, RejectedCaps, Rejection};
 use super::{StoreError, open};
 
@@ -68,6 +69,18 @@ pub struct NewReport {
     pub digest: String,
     /// The key is enrolled; `false` under open enrolment.
     pub enrolled: bool,
+    /// A `command-result`: what it says about which command.
+    pub resolution: Option<Resolution>,
+}
+
+/// What the writer did with a report, and the commands waiting for its device (signed JSON
+/// texts, oldest first) that the answer carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// What storing it did.
+    pub stored: Stored,
+    /// The device's unresolved commands (none for an id conflict).
+    pub commands: Vec<String>,
 }
 
 /// What storing a report did.
@@ -88,7 +101,7 @@ pub enum Stored {
 }
 
 enum Job {
-    Report(Box<NewReport>, oneshot::Sender<Result<Stored, StoreError>>),
+    Report(Box<NewReport>, oneshot::Sender<Result<Outcome, StoreError>>),
     Reject(Box<Bounded>),
 }
 
@@ -158,7 +171,7 @@ impl Store {
     pub fn submit(
         &self,
         report: NewReport,
-    ) -> Result<oneshot::Receiver<Result<Stored, StoreError>>, StoreError> {
+    ) -> Result<oneshot::Receiver<Result<Outcome, StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .as_ref()
@@ -253,7 +266,7 @@ impl Writer {
         &mut self,
         group: &[Job],
         overflow: u64,
-    ) -> Result<Vec<Stored>, (String, rusqlite::Error)> {
+    ) -> Result<Vec<Outcome>, (String, rusqlite::Error)> {
         let caps = self.caps;
         let tx = self
             .conn
@@ -279,11 +292,26 @@ impl Writer {
                         });
                         rejected::insert(&tx, &refusal, caps).map_err(|e| (r.id.clone(), e))?;
                     }
-                    out.push(s);
+                    let id_err = |e| (r.id.clone(), e);
+                    if let (Stored::New | Stored::Flagged { .. }, Some(res)) = (&s, &r.resolution) {
+                        commands::resolve(&tx, &r.key_id, res, r.received_unix).map_err(id_err)?;
+                    }
+                    let commands = if s == Stored::IdConflict {
+                        Vec::new()
+                    } else {
+                        commands::deliver(&tx, &r.key_id, r.received_unix).map_err(id_err)?
+                    };
+                    out.push(Outcome {
+                        stored: s,
+                        commands,
+                    });
                 }
                 Job::Reject(r) => {
                     rejected::insert(&tx, r, caps).map_err(|e| ("rejected".to_string(), e))?;
-                    out.push(Stored::New);
+                    out.push(Outcome {
+                        stored: Stored::New,
+                        commands: Vec::new(),
+                    });
                 }
             }
         }
@@ -406,6 +434,7 @@ mod tests {
             signature: "00".into(),
             digest: digest.into(),
             enrolled: true,
+            resolution: None,
         }
     }
 
@@ -428,7 +457,7 @@ mod tests {
         .collect();
         let got: Vec<Stored> = rxs
             .into_iter()
-            .map(|rx| rx.blocking_recv().unwrap().unwrap())
+            .map(|rx| rx.blocking_recv().unwrap().unwrap().stored)
             .collect();
         use Stored::*;
         assert_eq!(got, [New, Duplicate, IdConflict, IdConflict, New, New]);
@@ -473,7 +502,7 @@ mod tests {
         }
         rxs.push(store.submit(beat(0, "k2", 2026010100)).unwrap());
         for rx in rxs {
-            assert_eq!(rx.blocking_recv().unwrap().unwrap(), Stored::New);
+            assert_eq!(rx.blocking_recv().unwrap().unwrap().stored, Stored::New);
         }
         drop(store);
         // The install report and the newest heartbeats of k1, plus k2's one.
@@ -523,7 +552,15 @@ mod tests {
             },
         ]
         .into_iter()
-        .map(|r| store.submit(r).unwrap().blocking_recv().unwrap().unwrap())
+        .map(|r| {
+            store
+                .submit(r)
+                .unwrap()
+                .blocking_recv()
+                .unwrap()
+                .unwrap()
+                .stored
+        })
         .collect();
         let held = |k: &str| Stored::Flagged {
             serial_held_by: k.into(),
