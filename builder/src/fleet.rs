@@ -11,7 +11,9 @@
 //!   command's state (queued, delivered, done, failed or refused with the box's reason,
 //!   expired).
 //!
-//! `update` is not offered yet: the receiver does not serve image payloads so far.
+//! `update` and `rollback` are not offered yet: the receiver does not serve image payloads so
+//! far, and the box reports both as failed ("this image does not run ... from a fleet
+//! command").
 
 use std::path::PathBuf;
 
@@ -61,10 +63,8 @@ pub enum ActionArg {
     Drain,
     /// Announce the specifics again (once healthy).
     Undrain,
-    /// Reboot the box.
+    /// Reboot the box (its result comes from the boot after).
     Reboot,
-    /// Boot the other slot (when it holds a bootable image).
-    Rollback,
     /// Send the last console lines back in the command's result.
     CollectLogs {
         /// How many lines (1 to 500).
@@ -79,7 +79,6 @@ impl ActionArg {
             ActionArg::Drain => Action::Drain {},
             ActionArg::Undrain => Action::Undrain {},
             ActionArg::Reboot => Action::Reboot {},
-            ActionArg::Rollback => Action::Rollback {},
             ActionArg::CollectLogs { lines } => Action::CollectLogs { lines: *lines },
         }
     }

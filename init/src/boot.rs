@@ -297,6 +297,8 @@ async fn event_loop(
     let how = {
         // The pipeline says how it ended on `ended`, then (healthy) goes on with heartbeats.
         let (ended_tx, mut ended) = tokio::sync::oneshot::channel::<(bool, String)>();
+        // A fleet command asks for a reboot on `halt`.
+        let (halt_tx, mut halt) = tokio::sync::mpsc::channel::<String>(1);
         let poweroff_after_boot = settings.poweroff_after_boot;
         let pipeline = async {
             let results = pipeline::run(
@@ -315,7 +317,7 @@ async fn event_loop(
             });
             let _ = ended_tx.send((healthy, crate::slot_history::unhealthy_reason(&results)));
             if healthy && !poweroff_after_boot {
-                crate::heartbeat::run(&mut ctx, &results, start).await;
+                crate::heartbeat::run(&mut ctx, &store, &results, start, halt_tx).await;
             }
             std::future::pending::<()>().await
         };
@@ -356,6 +358,10 @@ async fn event_loop(
                         log::error(crate::slots::giving_up(entry, &why));
                         break (Halt::Reboot, Some(why));
                     }
+                }
+                Some(why) = halt.recv() => {
+                    log::info(format!("{why}: rebooting"));
+                    break (Halt::Reboot, None);
                 }
                 sig = next_signal(&mut signals) => match signals::meaning(sig) {
                     Request::Reap => reap(&reaper, &mut orphan_log),

@@ -17,6 +17,7 @@ use imrs_config::report::{DnsReport, Event};
 use crate::context::Context;
 use crate::health::driver::Inputs;
 use crate::outcome::StageResult;
+use crate::state::Store;
 use crate::{installation, log};
 
 /// Heartbeats of this boot that may wait in the outbox at once.
@@ -49,8 +50,19 @@ pub fn event(inputs: &Inputs, now: SystemTime, uptime: Duration, dropped: u64) -
     }
 }
 
-/// Sends heartbeats until the runtime stops (never returns while the site asks for them).
-pub async fn run(ctx: &mut Context, results: &[StageResult], start: Instant) {
+/// How often the commands the receiver's answers carried are looked at.
+const COMMAND_POLL: Duration = Duration::from_secs(1);
+
+/// Sends heartbeats until the runtime stops (never returns while the site asks for them), and
+/// acts on the fleet commands their answers carry ([`crate::fleet`]) within a second; a
+/// `reboot` is passed to the main loop on `halt`.
+pub async fn run(
+    ctx: &mut Context,
+    store: &Store,
+    results: &[StageResult],
+    start: Instant,
+    halt: tokio::sync::mpsc::Sender<String>,
+) {
     let Some(period) = ctx
         .site
         .as_ref()
@@ -62,13 +74,26 @@ pub async fn run(ctx: &mut Context, results: &[StageResult], start: Instant) {
         "heartbeats every {} s (jittered) to the receiver",
         period.as_secs()
     ));
+    let mut commands = crate::fleet::Commands::open(store);
+    commands.report_interrupted(ctx, results);
     let mut waiting: VecDeque<PathBuf> = VecDeque::new();
     let mut dropped = 0u64;
     let mut first = true;
     loop {
         let mut r = [0u8; 4];
         let random = getrandom::fill(&mut r).map_or(u32::MAX / 2, |()| u32::from_le_bytes(r));
-        tokio::time::sleep(jittered(period, random)).await;
+        let due = Instant::now() + jittered(period, random);
+        loop {
+            let left = due.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            tokio::time::sleep(left.min(COMMAND_POLL)).await;
+            if let Some(why) = commands.poll(ctx, results) {
+                let _ = halt.send(why).await;
+                return std::future::pending().await;
+            }
+        }
         // Heartbeats the receiver has taken are gone from the outbox.
         waiting.retain(|p| p.exists());
         while waiting.len() >= MAX_WAITING {

@@ -36,6 +36,7 @@ mod control;
 mod data_grow;
 pub mod dns;
 mod entropy;
+mod fleet;
 #[cfg(test)]
 mod fuzzing;
 mod hardware;

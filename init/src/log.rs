@@ -117,6 +117,7 @@ pub fn enable_kmsg() {
 /// Writes one record: one `write` to the console and one to `/dev/kmsg`.
 pub fn log(level: Level, msg: &str) {
     let line = format!("imrs-init: {}{msg}\n", level.tag());
+    remember(line.trim_end());
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(line.as_bytes());
     let _ = out.flush();
@@ -152,6 +153,30 @@ pub fn error(msg: impl AsRef<str>) {
         *g = Some(msg.as_ref().to_string());
     }
     log(Level::Error, msg.as_ref());
+}
+
+/// Console lines kept for `collect-logs` (what a `command-result` may carry).
+pub const RECENT_LINES: usize = imrs_config::report::MAX_LOG_LINES;
+
+/// The latest records as written to the console, each cut to 1 KiB.
+static RECENT: Mutex<std::collections::VecDeque<String>> =
+    Mutex::new(std::collections::VecDeque::new());
+
+fn remember(line: &str) {
+    if let Ok(mut g) = RECENT.lock() {
+        if g.len() >= RECENT_LINES {
+            g.pop_front();
+        }
+        g.push_back(cut(line, 1024));
+    }
+}
+
+/// The last `n` console records, oldest first.
+pub fn recent(n: usize) -> Vec<String> {
+    RECENT
+        .lock()
+        .map(|g| g.iter().skip(g.len().saturating_sub(n)).cloned().collect())
+        .unwrap_or_default()
 }
 
 /// The last `error` record (heartbeats carry it).

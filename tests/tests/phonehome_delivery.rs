@@ -333,10 +333,36 @@ fn duplicate_delivery_is_stored_once_and_acknowledged() {
     let (pending, _) = outbox.pending().unwrap();
     let agent = phonehome::deliver::agent(&delivery(&url, &pki.ca_pem)).unwrap();
     use phonehome::deliver::{Ack, send};
-    assert_eq!(send(&agent, &url, &pending[0]).unwrap(), Ack::Stored);
+    assert_eq!(
+        send(&agent, &url, &pending[0]).unwrap(),
+        (Ack::Stored, vec![])
+    );
     // The answer was "lost": the device sends it again, and again.
-    assert_eq!(send(&agent, &url, &pending[0]).unwrap(), Ack::Duplicate);
-    assert_eq!(send(&agent, &url, &pending[0]).unwrap(), Ack::Duplicate);
+    assert_eq!(send(&agent, &url, &pending[0]).unwrap().0, Ack::Duplicate);
+    // A command queued meanwhile rides on the answer; the device's own check admits it.
+    use imrs_config::command::{self, Action, COMMAND_VERSION, Command};
+    let ops = imrs_config::keys::generate().unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    store::commands::queue(&db, &id.key_id, now, |sequence| {
+        let c = Command {
+            version: COMMAND_VERSION,
+            device: id.key_id.clone(),
+            sequence,
+            issued_unix: now,
+            expires_unix: now + 600,
+            action: Action::Drain {},
+        };
+        Ok((
+            "drain".into(),
+            serde_json::to_string(&command::sign(&c, &ops))?,
+            now + 600,
+        ))
+    })
+    .unwrap();
+    let (ack, cmds) = send(&agent, &url, &pending[0]).unwrap();
+    assert_eq!((ack, cmds.len()), (Ack::Duplicate, 1));
+    let c = command::admit(&cmds[0], &[ops.verifying_key()], &id.key_id, 0, now).unwrap();
+    assert_eq!((c.sequence, c.action), (1, Action::Drain {}));
     assert_eq!(store::count_reports(&db).unwrap(), 1);
     let fleet = store::fleet(&db, 10).unwrap();
     assert_eq!(fleet.devices[0].reports, 1);

@@ -16,6 +16,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use imrs_config::command::SignedCommand;
 use imrs_config::site::PhoneHome;
 
 use super::outbox::{Outbox, Pending};
@@ -165,8 +166,32 @@ pub fn agent(cfg: &DeliveryConfig) -> Result<ureq::Agent, DeliverError> {
         .into())
 }
 
-/// Sends one report and interprets the answer.
-pub fn send(agent: &ureq::Agent, url: &str, p: &Pending) -> Result<Ack, SendError> {
+/// Most commands taken from one answer, and most waiting for the box to decide on.
+pub const MAX_COMMANDS: usize = 16;
+
+/// The signed commands an acknowledging answer carries (`commands`), at most
+/// [`MAX_COMMANDS`]; entries that are not signed commands are left out (the box decides on
+/// each of the others itself, trusting nothing the answer says).
+pub fn commands_in(answer: &serde_json::Value) -> Vec<SignedCommand> {
+    answer
+        .get("commands")
+        .and_then(|c| c.as_array())
+        .map(|list| {
+            list.iter()
+                .take(MAX_COMMANDS)
+                .filter_map(|c| serde_json::from_value(c.clone()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends one report and interprets the answer: how it was acknowledged, and the signed
+/// commands the answer carries.
+pub fn send(
+    agent: &ureq::Agent,
+    url: &str,
+    p: &Pending,
+) -> Result<(Ack, Vec<SignedCommand>), SendError> {
     let transport = |e: ureq::Error| SendError::Transport {
         url: url.to_string(),
         id: p.id.clone(),
@@ -188,8 +213,8 @@ pub fn send(agent: &ureq::Agent, url: &str, p: &Pending) -> Result<Ack, SendErro
     let echoed = answer.get("id").and_then(|v| v.as_str()) == Some(p.id.as_str());
     let kind = answer.get("status").and_then(|v| v.as_str());
     match (status, echoed, kind) {
-        (200 | 201, true, _) => Ok(Ack::Stored),
-        (409, true, Some("duplicate")) => Ok(Ack::Duplicate),
+        (200 | 201, true, _) => Ok((Ack::Stored, commands_in(&answer))),
+        (409, true, Some("duplicate")) => Ok((Ack::Duplicate, commands_in(&answer))),
         _ => Err(SendError::NotAcknowledged {
             url: url.to_string(),
             id: p.id.clone(),
@@ -223,6 +248,8 @@ struct Ctl {
     wake: bool,
     stop: bool,
     status: Status,
+    /// Commands received and not yet taken, distinct signed texts, oldest first.
+    commands: Vec<SignedCommand>,
 }
 
 #[derive(Debug, Default)]
@@ -266,6 +293,15 @@ impl Deliverer {
             shared,
             thread: Some(thread),
         })
+    }
+
+    /// The signed commands received since the last call, oldest first.
+    pub fn take_commands(&self) -> Vec<SignedCommand> {
+        self.shared
+            .ctl
+            .lock()
+            .map(|mut c| std::mem::take(&mut c.commands))
+            .unwrap_or_default()
     }
 
     /// Asks for a round now (a report was queued, the network came up).
@@ -327,10 +363,15 @@ fn round(
             return Ok(());
         }
         match send(agent, &cfg.url, p) {
-            Ok(ack) => {
+            Ok((ack, commands)) => {
                 outbox.remove(p).map_err(|e| e.to_string())?;
                 if let Ok(mut c) = shared.ctl.lock() {
                     c.status.delivered += 1;
+                    for cmd in commands {
+                        if c.commands.len() < MAX_COMMANDS && !c.commands.contains(&cmd) {
+                            c.commands.push(cmd);
+                        }
+                    }
                 }
                 let how = match ack {
                     Ack::Stored => "stored",

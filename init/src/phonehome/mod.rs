@@ -104,6 +104,16 @@ impl PhoneHome {
         Ok(path)
     }
 
+    /// The signed commands the receiver's answers carried since the last call, oldest first.
+    pub fn take_commands(&self) -> Vec<imrs_config::command::SignedCommand> {
+        self.deliverer.take_commands()
+    }
+
+    /// Whether report `id` still waits in the outbox (not yet acknowledged).
+    pub fn waiting(&self, id: &str) -> bool {
+        self.outbox.contains(id)
+    }
+
     /// Asks for a delivery round now (e.g. the network just came up).
     pub fn wake(&self) {
         self.deliverer.wake();

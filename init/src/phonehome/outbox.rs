@@ -139,6 +139,11 @@ impl Outbox {
         Ok(path)
     }
 
+    /// Whether report `id` is waiting (an unreadable outbox counts as yes: it may be).
+    pub fn contains(&self, id: &str) -> bool {
+        self.find(id).map_or(true, |p| p.is_some())
+    }
+
     fn find(&self, id: &str) -> Result<Option<PathBuf>, OutboxError> {
         Ok(self
             .names()?
