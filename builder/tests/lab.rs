@@ -231,6 +231,27 @@ fn normal_first_boot_serves_and_reports() {
     assert!(v["boot_to_report_s"].as_f64().is_some());
 }
 
+/// Fleet commands end to end: a signed `drain` queued at the receiver reaches the box with the
+/// answer to a heartbeat, the router loses the specifics within 2 s of the pickup while the box
+/// still answers, `undrain` brings them back, and both results come back done.
+#[test]
+fn remote_drain_and_undrain_through_the_receiver() {
+    let Some(v) = lab("remote-drain") else { return };
+    assert_passed("remote-drain", &v);
+    assert_serving(&v);
+    let checks = v["checks"].as_array().expect("checks");
+    for what in [
+        "the router lost the specifics within 2 s of the pickup",
+        "the box reported both commands done",
+    ] {
+        assert!(
+            checks.iter().any(|c| c["what"] == what && c["ok"] == true),
+            "{what}: {}",
+            pretty(&v)
+        );
+    }
+}
+
 /// The normal pass with the appliance disk booted as on Calypso and Pandora: OVMF, systemd-boot,
 /// slot A (blessed on the disk: nothing to bless once healthy).
 #[test]

@@ -51,10 +51,10 @@ pub fn event(inputs: &Inputs, now: SystemTime, uptime: Duration, dropped: u64) -
 }
 
 /// How often the commands the receiver's answers carried are looked at.
-const COMMAND_POLL: Duration = Duration::from_secs(1);
+const COMMAND_POLL: Duration = Duration::from_millis(250);
 
 /// Sends heartbeats until the runtime stops (never returns while the site asks for them), and
-/// acts on the fleet commands their answers carry ([`crate::fleet`]) within a second; a
+/// acts on the fleet commands their answers carry ([`crate::fleet`]) within a quarter second; a
 /// `reboot` is passed to the main loop on `halt`.
 pub async fn run(
     ctx: &mut Context,

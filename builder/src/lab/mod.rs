@@ -348,7 +348,16 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
     ));
     let tls = site::make_tls(work, plan.receiver.ip())?;
     let site_path = work.join("site.toml");
-    site::write_signed_site(&site_src, &site_path, &tls.ca_pem, &key)?;
+    // The operations key of this run: fleet commands to the box (`fleet command --ops-key`).
+    let ops = keys::generate()?;
+    keys::write_keypair(&ops, &work.join("ops-key"))?;
+    site::write_signed_site(
+        &site_src,
+        &site_path,
+        &tls.ca_pem,
+        &ops.verifying_key(),
+        &key,
+    )?;
     ui.info(format!(
         "lab: site {} signed with key {} (phone-home CA of this run)",
         site_path.display(),
@@ -400,6 +409,7 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         zone: served,
         router: args.router,
         boot: args.boot,
+        ops,
     };
     scenario::run(&mut lab, args.scenario)
 }

@@ -11,6 +11,7 @@
 //! | `update` (`--boot disk`) | a normal pass from slot A, the image written into slot B with a boot counter, booted again | B is tried, serves, is blessed; a `slot-changed` report names A as before |
 //! | `rollback` (`--boot disk`) | a normal pass from slot A, slot B written with one try and an image that cannot become healthy (`imrs.stop_after=zone` on its entry: it never brings BGP up), booted until it is back on A | B is tried once, gives up, is not blessed; the box boots A again, serves, and a `slot-changed` report names B and why it fell back |
 //! | `power-cut-update` (`--boot disk`) | a normal pass from slot A; while it still runs an update into slot B loses power half-way (its writes stop) and QEMU is killed; booted again | the box boots A, serves, B has no entry, no new report |
+//! | `remote-drain` | a normal pass; once heartbeats arrive, a signed `drain` command queued at the receiver (`fleet command`), then `undrain` | the box picks each up with the answer to a report; the router loses the specifics within 2 s of the pickup while `. SOA` is still answered, gets them back after `undrain`; both commands done |
 //!
 //! "Serving" means: the router holds the specific prefixes (199.7.83.0/24, 2001:500:9f::/48)
 //! from AS 20144 and the appliance answers `. SOA` on its IPv4 service address.
@@ -64,11 +65,13 @@ pub enum Scenario {
     /// A normal pass, then an update into slot B cut by a power cut half-way (`--boot disk`
     /// only).
     PowerCutUpdate,
+    /// A normal pass, then signed `drain` and `undrain` commands through the receiver.
+    RemoteDrain,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Normal,
         Scenario::TamperedZone,
         Scenario::XfrDown,
@@ -78,6 +81,7 @@ impl Scenario {
         Scenario::Update,
         Scenario::Rollback,
         Scenario::PowerCutUpdate,
+        Scenario::RemoteDrain,
     ];
 
     /// Whether it needs the appliance disk's slots (`--boot disk`).
@@ -100,6 +104,7 @@ impl Scenario {
             Scenario::Update => "update",
             Scenario::Rollback => "rollback",
             Scenario::PowerCutUpdate => "power-cut-update",
+            Scenario::RemoteDrain => "remote-drain",
         }
     }
 
@@ -132,6 +137,9 @@ impl Scenario {
             }
             Scenario::PowerCutUpdate => {
                 "an update into slot B cut by a power cut half-way leaves B without an entry: the box boots slot A again and serves"
+            }
+            Scenario::RemoteDrain => {
+                "a signed drain command queued at the receiver is picked up with the answer to a report and the router loses the specifics within 2 s while . SOA is still answered; undrain brings them back; both results say done"
             }
         }
     }
@@ -170,6 +178,8 @@ pub struct Lab {
     pub router: RouterKind,
     /// How the appliance boots (`--boot`).
     pub boot: super::LabBoot,
+    /// This run's operations key (in the site config; `ops-key` in the work folder).
+    pub ops: ed25519_dalek::SigningKey,
 }
 
 impl Lab {
@@ -222,6 +232,40 @@ enum Goal {
     Reboots,
     /// Pull the plug when this stage starts.
     KillAt(&'static str),
+    /// The full pass, then `drain` and `undrain` through the receiver ([`Remote`]).
+    RemoteDrain,
+}
+
+/// The `remote-drain` steps, with when each was seen (seconds since QEMU start).
+#[derive(Debug, Clone, Default)]
+struct Remote {
+    /// The device key the commands are for.
+    device: String,
+    drain_queued: Option<f64>,
+    drain_picked: Option<f64>,
+    withdrawn: Option<f64>,
+    soa_drained: Option<String>,
+    undrain_queued: Option<f64>,
+    undrain_picked: Option<f64>,
+    returned: Option<f64>,
+    /// (sequence, action, state, reason) at the end.
+    results: Vec<(u64, String, String, Option<String>)>,
+}
+
+impl Remote {
+    /// Waiting for a command to be picked up or to take effect: watch closely.
+    fn busy(&self) -> bool {
+        self.drain_queued.is_some() && !self.done()
+    }
+
+    fn done(&self) -> bool {
+        self.returned.is_some()
+            && self
+                .results
+                .iter()
+                .all(|r| ["done", "failed", "refused"].contains(&r.2.as_str()))
+            && self.results.len() == 2
+    }
 }
 
 struct BootPlan {
@@ -258,6 +302,7 @@ struct Final {
     rejected: u64,
     xfr_started_s: Option<f64>,
     receiver_started_s: Option<f64>,
+    remote: Option<Remote>,
 }
 
 fn specifics() -> Vec<String> {
@@ -289,6 +334,114 @@ impl Lab {
             uefi_vars: (self.boot == super::LabBoot::Disk)
                 .then(|| self.workdir.join("OVMF_VARS_4M.fd")),
         }
+    }
+
+    /// Queues a signed command for `device` at the receiver, as `fleet command` does, issued
+    /// at the guest's time (`vm_s` seconds after QEMU start): the box checks its times against
+    /// its own clock, which the lab pins to the zone's signatures.
+    fn queue_command(
+        &self,
+        device: &str,
+        action: imrs_config::command::Action,
+        vm_s: f64,
+    ) -> Result<u64> {
+        use imrs_config::command::{COMMAND_VERSION, Command};
+        let now = match self.zone.clock {
+            super::zone::GuestClock::Fixed(t) => t.as_second() + vm_s as i64,
+            super::zone::GuestClock::Host => jiff::Timestamp::now().as_second(),
+        };
+        let name = action.name().to_string();
+        crate::home::store::commands::queue(&self.db(), device, now, |sequence| {
+            let cmd = Command {
+                version: COMMAND_VERSION,
+                device: device.to_string(),
+                sequence,
+                issued_unix: now,
+                expires_unix: now + 600,
+                action,
+            };
+            let signed = imrs_config::command::sign(&cmd, &self.ops);
+            Ok((name, serde_json::to_string(&signed)?, now + 600))
+        })
+    }
+
+    /// One look at the `remote-drain` steps: queue `drain` once serving with heartbeats, see
+    /// it picked up and the specifics go, probe `. SOA`, queue `undrain`, see them return.
+    #[allow(clippy::too_many_arguments)]
+    fn remote_step(
+        &self,
+        svc: &Services,
+        rm: &mut Remote,
+        now: f64,
+        serving: bool,
+        held: &[bool],
+        reports: &[StoredReport],
+        label: &str,
+    ) -> Result<()> {
+        use imrs_config::command::Action;
+        let say = |what: String| self.progress(format!("[{now:7.1} s] {label}: {what}"));
+        if rm.drain_queued.is_none() {
+            if !serving {
+                return Ok(());
+            }
+            let Some(device) = reports.iter().rev().map(|r| r.device.clone()).next() else {
+                return Ok(());
+            };
+            rm.device = device;
+            let seq = self.queue_command(&rm.device, Action::Drain {}, now)?;
+            rm.drain_queued = Some(now);
+            say(format!("drain queued at the receiver (command {seq})"));
+            return Ok(());
+        }
+        let rows = crate::home::store::commands::commands(&self.db(), Some(&rm.device))?;
+        let delivered = |seq: u64| {
+            rows.iter()
+                .any(|c| c.sequence == seq && c.delivered_unix.is_some())
+        };
+        let unix = jiff::Timestamp::now().as_second();
+        rm.results = rows
+            .iter()
+            .map(|c| {
+                (
+                    c.sequence,
+                    c.action.clone(),
+                    c.state(unix).to_string(),
+                    c.reason.clone(),
+                )
+            })
+            .collect();
+        if rm.drain_picked.is_none() && delivered(1) {
+            rm.drain_picked = Some(now);
+            say("drain picked up by the box".into());
+        }
+        if rm.drain_picked.is_some() && rm.withdrawn.is_none() && held.iter().all(|h| !h) {
+            rm.withdrawn = Some(now);
+            let service_v4 = std::net::SocketAddr::new(self.plan.service_v4.into(), 53);
+            let a = svc.ns.run_inside(move || {
+                probe::soa(service_v4, Transport::Udp, Duration::from_secs(1))
+            })?;
+            rm.soa_drained = Some(if a.ok() {
+                format!("answered, serial {}", a.serial.unwrap_or(0))
+            } else {
+                format!("NOT answered: {}", a.error.clone().unwrap_or_default())
+            });
+            say(format!(
+                "specifics withdrawn; . SOA on {service_v4}: {}",
+                rm.soa_drained.clone().unwrap_or_default()
+            ));
+            let seq = self.queue_command(&rm.device, Action::Undrain {}, now)?;
+            rm.undrain_queued = Some(now);
+            say(format!("undrain queued (command {seq})"));
+        }
+        if rm.undrain_queued.is_some() && rm.undrain_picked.is_none() && delivered(2) {
+            rm.undrain_picked = Some(now);
+            say("undrain picked up by the box".into());
+        }
+        if rm.undrain_picked.is_some() && rm.returned.is_none() && held.iter().all(|h| *h) {
+            rm.returned = Some(now);
+            say("specifics announced again".into());
+        }
+        Ok(())
     }
 
     fn open_disk(&self) -> Result<std::fs::File> {
@@ -436,6 +589,7 @@ impl Lab {
         let mut receiver_started_s = None;
         let mut reports: Vec<StoredReport> = Vec::new();
         let mut rejected = 0;
+        let mut remote = (plan.goal == Goal::RemoteDrain).then(Remote::default);
         let limit = self.boot_timeout.as_secs_f64();
         loop {
             signal::check()?;
@@ -529,8 +683,13 @@ impl Lab {
                 self.progress(format!("[{t:7.1} s] {label}: receiver started"));
             }
 
-            // Observations, once a second.
-            if now - last_poll >= 1.0 {
+            // Observations, once a second (four times while a command is on its way).
+            let every = if remote.as_ref().is_some_and(Remote::busy) {
+                0.25
+            } else {
+                1.0
+            };
+            if now - last_poll >= every {
                 last_poll = now;
                 // A host-side daemon that died would make the box look guilty: stop instead.
                 svc.router
@@ -566,6 +725,14 @@ impl Lab {
                 let (r, rej) = receiver::reports(&self.db()).unwrap_or_default();
                 reports = r;
                 rejected = rej;
+                if let Some(rm) = remote.as_mut() {
+                    let serving = out.serving_s.is_some()
+                        && reports
+                            .iter()
+                            .skip(baseline)
+                            .any(|r| r.event == "heartbeat");
+                    self.remote_step(svc, rm, now, serving, &held, &reports, &label)?;
+                }
                 if out.report_s.is_none()
                     && let Some(new) = reports.get(baseline)
                 {
@@ -622,6 +789,9 @@ impl Lab {
                     Goal::ServingHeartbeat if out.serving_s.is_some() && new_heartbeat => {
                         Some(now + 1.0)
                     }
+                    Goal::RemoteDrain if remote.as_ref().is_some_and(Remote::done) => {
+                        Some(now + 2.0)
+                    }
                     Goal::Serving if out.serving_s.is_some() => {
                         let since = out.serving_s.unwrap_or(now);
                         if phone_home_ended(&tracker) || now >= since + 20.0 {
@@ -662,6 +832,7 @@ impl Lab {
             rejected,
             xfr_started_s,
             receiver_started_s,
+            remote,
         };
         if out.killed_at.is_none() && vm.exited().is_none() {
             fin.routes = svc.router.routes().unwrap_or_default();
@@ -756,6 +927,80 @@ fn slot_changed_check(
                 )
             },
         ),
+    );
+}
+
+/// The lab site's heartbeat period (`images/sites/lab.toml`): a command waits at most this long
+/// (jittered by a tenth) for the next report's answer.
+const LAB_HEARTBEAT_S: f64 = 10.0;
+
+/// What `remote-drain` must have seen.
+fn remote_checks(checks: &mut Vec<Check>, rm: Option<&Remote>) {
+    let rm = rm.cloned().unwrap_or_default();
+    let gap = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let picked = gap(rm.drain_queued, rm.drain_picked);
+    check(
+        checks,
+        "drain picked up with the answer to a report, within a heartbeat period",
+        picked.is_some_and(|d| d <= LAB_HEARTBEAT_S * 1.1 + 1.0),
+        format!(
+            "queued at {}, picked up at {} (heartbeats every {LAB_HEARTBEAT_S} s)",
+            opt_s(rm.drain_queued),
+            opt_s(rm.drain_picked)
+        ),
+    );
+    let withdrawn = gap(rm.drain_picked, rm.withdrawn);
+    check(
+        checks,
+        "the router lost the specifics within 2 s of the pickup",
+        withdrawn.is_some_and(|d| d <= 2.0),
+        format!(
+            "picked up at {}, specifics gone at {} (watched every 0.25 s)",
+            opt_s(rm.drain_picked),
+            opt_s(rm.withdrawn)
+        ),
+    );
+    check(
+        checks,
+        ". SOA answered while drained",
+        rm.soa_drained
+            .as_deref()
+            .is_some_and(|s| s.starts_with("answered")),
+        rm.soa_drained
+            .clone()
+            .unwrap_or_else(|| "not probed".into()),
+    );
+    check(
+        checks,
+        "undrain brought the specifics back",
+        rm.returned.is_some(),
+        format!(
+            "undrain queued at {}, picked up at {}, specifics back at {}",
+            opt_s(rm.undrain_queued),
+            opt_s(rm.undrain_picked),
+            opt_s(rm.returned)
+        ),
+    );
+    check(
+        checks,
+        "the box reported both commands done",
+        rm.results.len() == 2 && rm.results.iter().all(|r| r.2 == "done"),
+        rm.results
+            .iter()
+            .map(|(seq, action, state, reason)| {
+                format!(
+                    "{seq} {action}: {state}{}",
+                    reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
     );
 }
 
@@ -987,6 +1232,13 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                     ),
                 );
             }
+            boots.push(b);
+            (0, fin)
+        }
+        Scenario::RemoteDrain => {
+            let (b, t, fin) = lab.boot(&mut svc, &one(Goal::RemoteDrain), 0)?;
+            install_checks(&mut checks, &b, &t, &fin, 0, lab.zone.serial);
+            remote_checks(&mut checks, fin.remote.as_ref());
             boots.push(b);
             (0, fin)
         }

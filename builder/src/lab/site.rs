@@ -60,12 +60,14 @@ pub fn make_tls(dir: &Path, ip: IpAddr) -> Result<Tls> {
     Ok(Tls { ca_pem, cert, key })
 }
 
-/// Writes `out` (a copy of the site config `src` with `phone_home.ca_pem` = `ca_pem`), checks it
-/// like `imrs-build site check`, and signs it (`out.sig`) with `key`. Returns the parsed site.
+/// Writes `out` (a copy of the site config `src` with `phone_home.ca_pem` = `ca_pem` and the
+/// lab's operations key `ops` as `fleet.ops_public_keys`), checks it like `imrs-build site
+/// check`, and signs it (`out.sig`) with `key`. Returns the parsed site.
 pub fn write_signed_site(
     src: &Path,
     out: &Path,
     ca_pem: &str,
+    ops: &VerifyingKey,
     key: &SigningKey,
 ) -> Result<site::Site> {
     let text =
@@ -82,8 +84,20 @@ pub fn write_signed_site(
         );
     };
     ph.insert("ca_pem".into(), toml::Value::String(ca_pem.to_string()));
+    let fleet = table
+        .entry("fleet")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let Some(f) = fleet.as_table_mut() {
+        f.insert(
+            "ops_public_keys".into(),
+            toml::Value::Array(vec![toml::Value::String(imrs_config::keys::public_pem(
+                ops,
+            ))]),
+        );
+    }
     let header = format!(
-        "# Written by `imrs-build lab` from {} with this run's phone-home CA; signed ({}).\n",
+        "# Written by `imrs-build lab` from {} with this run's phone-home CA and operations key; \
+         signed ({}).\n",
         src.display(),
         signed::sig_path_for(out).display()
     );
@@ -143,8 +157,10 @@ mod tests {
         let key = keys::generate().unwrap();
         let src = crate::workspace::this_checkout().join("images/sites/lab.toml");
         let out = dir.path().join("site.toml");
-        let s = write_signed_site(&src, &out, &tls.ca_pem, &key).unwrap();
+        let ops = keys::generate().unwrap().verifying_key();
+        let s = write_signed_site(&src, &out, &tls.ca_pem, &ops, &key).unwrap();
         assert_eq!(s.phone_home.ca_pem, tls.ca_pem);
+        assert_eq!(s.fleet.ops_keys(), vec![ops]);
         let verified = signed::load(&out, &key.verifying_key()).unwrap();
         assert_eq!(verified.phone_home.ca_pem, tls.ca_pem);
         assert_eq!(verified.site_id, "lab-01");
@@ -156,7 +172,8 @@ mod tests {
         let key = keys::generate().unwrap();
         let src = crate::workspace::this_checkout().join("images/sites/example.toml");
         let tls = make_tls(dir.path(), "192.0.2.80".parse().unwrap()).unwrap();
-        let e = write_signed_site(&src, &dir.path().join("s.toml"), &tls.ca_pem, &key)
+        let ops = key.verifying_key();
+        let e = write_signed_site(&src, &dir.path().join("s.toml"), &tls.ca_pem, &ops, &key)
             .unwrap_err()
             .to_string();
         assert!(e.contains("lab = false"), "{e}");
