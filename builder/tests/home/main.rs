@@ -402,7 +402,8 @@ fn open_enrolment_is_loud_and_flags_keys_claiming_a_held_serial() {
     let ca = pki(dir.path());
     let db = dir.path().join("home.sqlite");
     let serve = Serve::start(dir.path(), &db, OPEN);
-    let err = serve.wait_stderr("OPEN ENROLMENT");
+    // The warning's last words: stderr may arrive in pieces.
+    let err = serve.wait_stderr("use --enrolled DIR.");
     assert!(
         err.contains("WARNING: OPEN ENROLMENT") && err.contains("--enrolled DIR"),
         "{err}"
