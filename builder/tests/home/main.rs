@@ -780,7 +780,7 @@ fn a_request_flood_gets_429_and_others_still_get_through() {
     // 429s are not stored as refusals.
     let (fleet, _) = list(&db);
     assert_eq!(fleet["rejected_total"], 0, "{fleet}");
-    let log = serve.wait_stderr("127.0.0.3: request refused");
+    let log = serve.wait_stderr("127.0.0.3: request refused: rate limit");
     assert!(
         log.contains("127.0.0.3: request refused: rate limit"),
         "{log}"
