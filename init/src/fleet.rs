@@ -253,7 +253,7 @@ impl Ledger {
 }
 
 /// What a command-result says.
-struct Result_ {
+struct Reply {
     sequence: u64,
     action: String,
     outcome: CommandOutcome,
@@ -261,8 +261,21 @@ struct Result_ {
     logs: Vec<String>,
 }
 
+impl Reply {
+    /// An outcome with a reason and no logs.
+    fn said(sequence: u64, action: String, outcome: CommandOutcome, reason: String) -> Reply {
+        Reply {
+            sequence,
+            action,
+            outcome,
+            reason: Some(reason),
+            logs: Vec::new(),
+        }
+    }
+}
+
 /// Signs and queues a `command-result`; the report's id, or why it could not be queued.
-fn report(ctx: &mut Context, results: &[StageResult], r: Result_) -> Result<String, String> {
+fn report(ctx: &mut Context, results: &[StageResult], r: Reply) -> Result<String, String> {
     let event = Event::CommandResult {
         sequence: r.sequence,
         action: r.action,
@@ -329,7 +342,7 @@ impl Commands {
         match report(
             ctx,
             results,
-            Result_ {
+            Reply {
                 sequence,
                 action,
                 outcome,
@@ -390,17 +403,8 @@ impl Commands {
             Err(why) => {
                 let (sequence, action) = claimed(signed);
                 let why = why.clone();
-                self.result(
-                    ctx,
-                    results,
-                    signed,
-                    sequence,
-                    action,
-                    CommandOutcome::Refused,
-                    Some(why),
-                    Vec::new(),
-                    false,
-                );
+                let r = Reply::said(sequence, action, CommandOutcome::Refused, why);
+                self.result(ctx, results, signed, r, false);
                 return None;
             }
         };
@@ -417,17 +421,13 @@ impl Commands {
                 if consume {
                     ledger.begin(signed, sequence, None);
                 }
-                self.result(
-                    ctx,
-                    results,
-                    signed,
+                let r = Reply::said(
                     sequence,
                     action,
                     CommandOutcome::Refused,
-                    Some(refusal.to_string()),
-                    Vec::new(),
-                    consume,
+                    refusal.to_string(),
                 );
+                self.result(ctx, results, signed, r, consume);
                 None
             }
             Decision::Execute(cmd) => {
@@ -437,17 +437,13 @@ impl Commands {
                     let why = format!("cannot record it before running it: {}", log::chain(&e));
                     log::error(format!("fleet command {}: {why}", cmd.sequence));
                     ledger.running = None;
-                    self.result(
-                        ctx,
-                        results,
-                        signed,
+                    let r = Reply::said(
                         cmd.sequence,
                         cmd.action.name().into(),
                         CommandOutcome::Failed,
-                        Some(why),
-                        Vec::new(),
-                        true,
+                        why,
                     );
+                    self.result(ctx, results, signed, r, true);
                     return None;
                 }
                 log::info(format!(
@@ -487,17 +483,14 @@ impl Commands {
                         Vec::new(),
                     ),
                 };
-                self.result(
-                    ctx,
-                    results,
-                    signed,
-                    cmd.sequence,
-                    cmd.action.name().into(),
+                let r = Reply {
+                    sequence: cmd.sequence,
+                    action: cmd.action.name().into(),
                     outcome,
                     reason,
                     logs,
-                    true,
-                );
+                };
+                self.result(ctx, results, signed, r, true);
                 None
             }
         }
@@ -505,30 +498,16 @@ impl Commands {
 
     /// Queues the result and notes it in the ledger (`processed`: the command's sequence was
     /// recorded by [`Ledger::begin`]).
-    #[allow(clippy::too_many_arguments)]
     fn result(
         &mut self,
         ctx: &mut Context,
         results: &[StageResult],
         signed: &SignedCommand,
-        sequence: u64,
-        action: String,
-        outcome: CommandOutcome,
-        reason: Option<String>,
-        logs: Vec<String>,
+        r: Reply,
         processed: bool,
     ) {
-        let id = match report(
-            ctx,
-            results,
-            Result_ {
-                sequence,
-                action,
-                outcome,
-                reason,
-                logs,
-            },
-        ) {
+        let sequence = r.sequence;
+        let id = match report(ctx, results, r) {
             Ok(id) => id,
             Err(e) => {
                 log::warn(format!("command {sequence}: result not queued: {e}"));
