@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use imrs_config::image::{
-    ANCHORS_PATH, IMAGE_INFO_PATH, ImageInfo, MANIFEST_SCHEMA, Manifest, ManifestPackage,
-    SITE_PUBKEY_PATH, Toolchain, canonical_json,
+    ANCHORS_PATH, IMAGE_INFO_PATH, IMAGE_PUBKEY_PATH, ImageInfo, MANIFEST_SCHEMA, Manifest,
+    ManifestPackage, SITE_PUBKEY_PATH, Toolchain, canonical_json,
 };
 use imrs_config::keys;
 use imrs_config::lock::{Lock, LockedPackage, Role};
@@ -253,6 +253,10 @@ pub fn build_image(
     img.insert(
         SITE_PUBKEY_PATH,
         Node::file(keys::public_pem(inp.site_pubkey).into_bytes(), 0o644),
+    )?;
+    img.insert(
+        IMAGE_PUBKEY_PATH,
+        Node::file(keys::public_pem(&key.verifying_key()).into_bytes(), 0o644),
     )?;
     if let Some((text, sig)) = inp.site {
         img.insert("etc/imrs/site.toml", Node::file(text.to_vec(), 0o644))?;

@@ -11,9 +11,13 @@
 //!   command's state (queued, delivered, done, failed or refused with the box's reason,
 //!   expired).
 //!
-//! `update` and `rollback` are not offered yet: the receiver does not serve image payloads so
-//! far, and the box reports both as failed ("this image does not run ... from a fleet
-//! command").
+//! - `fleet command DEVICE update IMAGE-DIR`: publishes the image's slot files beside the
+//!   database ([`crate::home::images`], served by the receiver on its TLS port) and queues an
+//!   `update` naming its manifest's sha256. The box downloads it, checks it against that sha256
+//!   and its own image key, writes its other slot, reboots into it and reports the result from
+//!   there once healthy (or from the old slot, when the new one never became healthy).
+//! - `fleet command DEVICE rollback`: the box boots its other slot again (re-verified, tried
+//!   with a boot counter, blessed once healthy).
 
 use std::path::PathBuf;
 
@@ -22,6 +26,7 @@ use imrs_config::command::{self, Action, COMMAND_VERSION, Command, MAX_LIFETIME_
 use imrs_config::{escape, keys};
 use serde_json::json;
 
+use crate::home::images;
 use crate::home::store::{self, commands};
 
 /// `imrs-build fleet ...`
@@ -71,16 +76,43 @@ pub enum ActionArg {
         #[arg(long, default_value_t = 200)]
         lines: u32,
     },
+    /// Install an image: the box downloads it from the receiver, verifies it with its image
+    /// key, writes its other slot and boots it; the result comes once the new slot is healthy
+    /// (or from the old one when it never was).
+    Update {
+        /// The image folder (from `imrs-build build`).
+        image: PathBuf,
+        /// Check the image's signature with this public key (PEM) before queueing it (the box
+        /// checks it with its own image key either way).
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+    /// Boot the other slot again (the image the box ran before its last update), tried with a
+    /// boot counter and kept once healthy.
+    Rollback,
 }
 
 impl ActionArg {
-    fn action(&self) -> Action {
-        match self {
+    /// The action to sign; an `update` publishes its image beside the database `db` first.
+    fn action(&self, db: &std::path::Path) -> Result<Action> {
+        Ok(match self {
             ActionArg::Drain => Action::Drain {},
             ActionArg::Undrain => Action::Undrain {},
             ActionArg::Reboot => Action::Reboot {},
             ActionArg::CollectLogs { lines } => Action::CollectLogs { lines: *lines },
-        }
+            ActionArg::Rollback => Action::Rollback {},
+            ActionArg::Update { image, pubkey } => {
+                if let Some(p) = pubkey {
+                    crate::verify::verify_loaded(image, &keys::read_public(p)?)?;
+                }
+                let (payload, _) = crate::home::images::publish(&images::dir_for(db), image)?;
+                let sha = payload.manifest_sha256();
+                Action::Update {
+                    path: images::url_path(&sha),
+                    manifest_sha256: sha,
+                }
+            }
+        })
     }
 }
 
@@ -123,7 +155,7 @@ pub fn run(cmd: FleetCommand, json: bool) -> Result<u8> {
             }
             let ops = keys::read_secret(&ops_key)?;
             let key_id = resolve_device(&db, &device)?;
-            let action = action.action();
+            let action = action.action(&db)?;
             let now = jiff::Timestamp::now().as_second();
             let expires_unix = now + lifetime;
             let mut signed_text = String::new();

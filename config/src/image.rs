@@ -24,6 +24,9 @@ pub const IMAGE_INFO_PATH: &str = "/etc/imrs/image.json";
 pub const ANCHORS_PATH: &str = "/etc/imrs/root-anchors.xml";
 /// Path of the public key that site configs must be signed with, inside the image.
 pub const SITE_PUBKEY_PATH: &str = "/etc/imrs/site-signing.pub";
+/// Path of the public half of the key the image's manifest is signed with, inside the image: the
+/// key a remote update's image must verify with.
+pub const IMAGE_PUBKEY_PATH: &str = "/etc/imrs/image-signing.pub";
 
 /// Facts about the image that the init needs at boot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@
 //! The one path under `/etc/imrs` a recipe supplies is the trust anchor file
 //! ([`crate::image::ANCHORS_PATH`]).
 
-use crate::image::{ANCHORS_PATH, IMAGE_INFO_PATH, SITE_PUBKEY_PATH};
+use crate::image::{ANCHORS_PATH, IMAGE_INFO_PATH, IMAGE_PUBKEY_PATH, SITE_PUBKEY_PATH};
 
 /// The merged-usr links at the root of every image and where they point.
 pub const MERGED_USR: [(&str, &str); 4] = [
@@ -76,6 +76,10 @@ pub const OWNED: &[Owned] = &[
     exact("/usr/sbin/halt", "a link to the init"),
     exact(IMAGE_INFO_PATH, "the image's description of itself"),
     exact(SITE_PUBKEY_PATH, "the site-signing public key"),
+    exact(
+        IMAGE_PUBKEY_PATH,
+        "the image-signing public key (remote updates verify with it)",
+    ),
     tree(
         "/etc/imrs",
         "the init's configuration (image info, keys, site config)",

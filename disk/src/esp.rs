@@ -36,6 +36,8 @@ const ENTRY_LIMIT: u64 = 64 << 10;
 const MANIFEST_LIMIT: u64 = imrs_config::fsutil::limits::MANIFEST;
 /// Free space kept beyond the payload's bytes (cluster rounding, directory growth).
 const SLACK: u64 = 1 << 20;
+/// Largest manifest signature file read back.
+const SIGNATURE_LIMIT: u64 = 4 << 10;
 
 /// A slot's boot loader entry as found in `loader/entries`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +207,47 @@ impl<D: Device> Esp<D> {
         let r = fat::read_file(&fs, ESP_PARTNAME, path, limit);
         drop(fs);
         r
+    }
+
+    /// The payload a slot holds, read back from the ESP and checked against its manifest
+    /// (sizes and sha256; the manifest's signature is the caller's to check); `None` when the
+    /// slot has no manifest.
+    pub fn read_slot(&mut self, slot: Slot) -> Result<Option<SlotPayload>, DiskError> {
+        use crate::payload::{INITRAMFS, KERNEL, SIGNATURE};
+        let dir = slot.dir();
+        let fs = self.fs(0)?;
+        let Some(manifest) = fat::read_file(
+            &fs,
+            ESP_PARTNAME,
+            &format!("{dir}/{MANIFEST}"),
+            MANIFEST_LIMIT,
+        )?
+        else {
+            return Ok(None);
+        };
+        let parsed: imrs_config::image::Manifest =
+            serde_json::from_slice(&manifest).map_err(|e| DiskError::Payload {
+                detail: format!("{dir}/{MANIFEST}: not an image manifest: {e}"),
+            })?;
+        // Each artifact is read up to the size its manifest gives (a longer file fails here,
+        // a shorter one in `SlotPayload::new`).
+        let read = |name: &str| {
+            let limit = parsed
+                .artifacts
+                .iter()
+                .find(|a| a.name == name)
+                .map_or(SIGNATURE_LIMIT, |a| a.size);
+            fat::read_file(&fs, ESP_PARTNAME, &format!("{dir}/{name}"), limit)?.ok_or_else(|| {
+                DiskError::Payload {
+                    detail: format!("{dir}/{name} is missing"),
+                }
+            })
+        };
+        let signature = read(SIGNATURE)?;
+        let kernel = read(KERNEL)?;
+        let initramfs = read(INITRAMFS)?;
+        drop(fs);
+        SlotPayload::new(manifest, signature, kernel, initramfs).map(Some)
     }
 
     /// The file names in `loader/entries`.

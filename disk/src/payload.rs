@@ -96,6 +96,16 @@ impl SlotPayload {
         &self.manifest
     }
 
+    /// The manifest's bytes (what its signature covers).
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+
+    /// The manifest's signature file.
+    pub fn signature(&self) -> &[u8] {
+        &self.signature
+    }
+
     /// sha256 of the manifest bytes (what `imrs.manifest=` carries).
     pub fn manifest_sha256(&self) -> String {
         sha256_hex(&self.manifest_bytes)

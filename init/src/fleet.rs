@@ -9,6 +9,10 @@
 //! - admitted (the next sequence, unexpired, for this key): recorded in the ledger as processed
 //!   **before** it runs, so a reboot in the middle cannot run it twice; the boot after such a
 //!   reboot reports it (done for `reboot`, failed "interrupted" otherwise);
+//! - `update` and `rollback` write the other slot ([`crate::slot_update`], off the event loop)
+//!   and, once it is written and the ledger says so, reboot into it; the first healthy boot
+//!   after reports the result: done when it runs the slot and image written (blessed by then),
+//!   failed when the new slot never became healthy and systemd-boot went back to the old one;
 //! - expired or badly timed but otherwise genuine (signed, for this key, the next sequence):
 //!   refused and its sequence consumed, so the commands queued after it can run;
 //! - anything else (unknown signer, bad signature, malformed, another device, a gap, a replay):
@@ -32,7 +36,7 @@ use crate::context::Context;
 use crate::health::driver;
 use crate::outcome::StageResult;
 use crate::state::{StateError, Store};
-use crate::{installation, log};
+use crate::{installation, log, slot_update};
 use imrs_config::report::Event;
 
 /// The ledger's file in the state folder.
@@ -75,6 +79,23 @@ pub struct Running {
     pub sequence: u64,
     /// Its action's name.
     pub action: String,
+    /// For `update` and `rollback`: the slot written, once it was (the box then reboots into
+    /// it; the boot that reaches health reports how it went).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<WrittenSlot>,
+}
+
+/// The slot an `update` or `rollback` wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenSlot {
+    /// `a` or `b`.
+    pub slot: String,
+    /// sha256 of the manifest written there.
+    pub manifest_sha256: String,
+    /// "image NAME VERSION".
+    pub image: String,
+    /// The slot the box ran from when it wrote it.
+    pub from: String,
 }
 
 /// The decision on one signed command.
@@ -209,6 +230,7 @@ impl Ledger {
         self.running = action.map(|a| Running {
             sequence,
             action: a.name().to_string(),
+            written: None,
         });
     }
 
@@ -234,21 +256,46 @@ impl Ledger {
         }
     }
 
-    /// After a boot: the command that was running when the box went down, with how it ended
-    /// (a `reboot` ended as asked; anything else was interrupted).
-    pub fn interrupted(&self) -> Option<(u64, String, CommandOutcome, Option<String>)> {
-        self.running.as_ref().map(|r| {
-            if r.action == "reboot" {
-                (r.sequence, r.action.clone(), CommandOutcome::Done, None)
-            } else {
-                (
-                    r.sequence,
-                    r.action.clone(),
-                    CommandOutcome::Failed,
-                    Some("interrupted: the box restarted while it ran".into()),
-                )
+    /// After a boot: the command that was running when the box went down, with how it ended,
+    /// this boot running from `slot` with manifest `manifest` (a `reboot` ended as asked; an
+    /// `update` or `rollback` that wrote its slot ended well when this healthy boot runs what
+    /// it wrote, and failed when the box is back on the slot it came from; anything else was
+    /// interrupted).
+    pub fn interrupted(
+        &self,
+        slot: Option<imrs_disk::Slot>,
+        manifest: Option<&str>,
+    ) -> Option<(u64, String, CommandOutcome, Option<String>)> {
+        let r = self.running.as_ref()?;
+        let (outcome, reason) = match (&r.written, r.action.as_str()) {
+            (None, "reboot") => (CommandOutcome::Done, None),
+            (None, _) => (
+                CommandOutcome::Failed,
+                Some("interrupted: the box restarted while it ran".to_string()),
+            ),
+            (Some(w), _) => {
+                let now = slot.map_or_else(|| "no disk slot".to_string(), |s| s.to_string());
+                if now == w.slot && manifest == Some(w.manifest_sha256.as_str()) {
+                    (
+                        CommandOutcome::Done,
+                        Some(format!(
+                            "running {} from slot {}, healthy (the slot is blessed)",
+                            w.image, w.slot
+                        )),
+                    )
+                } else {
+                    (
+                        CommandOutcome::Failed,
+                        Some(format!(
+                            "{} was written into slot {} but did not become healthy there; \
+                             the box runs from {now} again",
+                            w.image, w.slot
+                        )),
+                    )
+                }
             }
-        })
+        };
+        Some((r.sequence, r.action.clone(), outcome, reason))
     }
 }
 
@@ -293,6 +340,45 @@ fn report(ctx: &mut Context, results: &[StageResult], r: Reply) -> Result<String
     }
 }
 
+/// Runs an `update` or `rollback` off the event loop ([`crate::slot_update`]): the slot written.
+async fn write_other_slot(ctx: &Context, action: &Action) -> Result<WrittenSlot, String> {
+    let job = match action {
+        Action::Update {
+            path,
+            manifest_sha256,
+        } => {
+            let site = ctx
+                .site
+                .as_ref()
+                .ok_or("no site config: no receiver to download from")?;
+            slot_update::Job::Update {
+                receiver: site.phone_home.url.clone(),
+                ca_pem: site.phone_home.ca_pem.clone(),
+                path: path.clone(),
+                manifest_sha256: manifest_sha256.clone(),
+            }
+        }
+        _ => slot_update::Job::Rollback,
+    };
+    let target = slot_update::Target {
+        root: ctx.root.clone(),
+        running: ctx.slot,
+        profile: ctx.image.as_ref().ok().map(|i| i.profile.name.clone()),
+    };
+    let from = ctx
+        .slot
+        .map_or_else(|| "none".to_string(), |s| s.to_string());
+    let w = tokio::task::spawn_blocking(move || slot_update::run(&job, &target))
+        .await
+        .map_err(|e| format!("the slot writer stopped: {e}"))??;
+    Ok(WrittenSlot {
+        slot: w.slot.to_string(),
+        manifest_sha256: w.manifest_sha256,
+        image: w.image,
+        from,
+    })
+}
+
 /// The device side of fleet commands for one boot: the ledger (or why there is none) and the
 /// state folder it lives in.
 pub struct Commands {
@@ -323,21 +409,28 @@ impl Commands {
     }
 
     /// Reports the command the box was running when it went down (a `reboot` it was asked
-    /// for, or one a power cut interrupted).
+    /// for, an `update` or `rollback` that rebooted into the slot it wrote, or one a power cut
+    /// interrupted).
     pub fn report_interrupted(&mut self, ctx: &mut Context, results: &[StageResult]) {
         let Ok(ledger) = &mut self.ledger else {
             return;
         };
-        let Some((sequence, action, outcome, reason)) = ledger.interrupted() else {
+        let Some((sequence, action, outcome, reason)) =
+            ledger.interrupted(ctx.slot, ctx.manifest_sha256.as_deref())
+        else {
             return;
         };
+        let how = if outcome == CommandOutcome::Done {
+            "ended as asked"
+        } else {
+            "failed"
+        };
         log::info(format!(
-            "fleet command {sequence} ({action}) {} before this boot",
-            if outcome == CommandOutcome::Done {
-                "ended as asked"
-            } else {
-                "was interrupted"
-            }
+            "fleet command {sequence} ({action}) {how}{}",
+            reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
         ));
         match report(
             ctx,
@@ -371,21 +464,21 @@ impl Commands {
     /// Decides on and runs the commands the receiver's answers carried since the last call.
     /// Returns why the box must reboot now, when a `reboot` was admitted (its result goes out
     /// from the next boot).
-    pub fn poll(&mut self, ctx: &mut Context, results: &[StageResult]) -> Option<String> {
+    pub async fn poll(&mut self, ctx: &mut Context, results: &[StageResult]) -> Option<String> {
         let signed = ctx
             .phone
             .as_ref()
             .map(|p| p.take_commands())
             .unwrap_or_default();
         for s in signed {
-            if let Some(why) = self.one(ctx, results, &s) {
+            if let Some(why) = self.one(ctx, results, &s).await {
                 return Some(why);
             }
         }
         None
     }
 
-    fn one(
+    async fn one(
         &mut self,
         ctx: &mut Context,
         results: &[StageResult],
@@ -474,14 +567,52 @@ impl Commands {
                         // The result goes out from the next boot (the ledger says it ran).
                         return Some(format!("fleet command {}: reboot", cmd.sequence));
                     }
-                    Action::Rollback {} | Action::Update { .. } => (
-                        CommandOutcome::Failed,
+                    Action::Update {
+                        manifest_sha256, ..
+                    } if ctx.manifest_sha256.as_deref() == Some(manifest_sha256) => (
+                        CommandOutcome::Done,
                         Some(format!(
-                            "this image does not run {} from a fleet command",
-                            cmd.action.name()
+                            "already running this image (slot {}); nothing written",
+                            ctx.slot
+                                .map_or_else(|| "none".to_string(), |s| s.to_string())
                         )),
                         Vec::new(),
                     ),
+                    Action::Rollback {} | Action::Update { .. } => {
+                        match write_other_slot(ctx, &cmd.action).await {
+                            Ok(w) => {
+                                let why = format!(
+                                    "fleet command {}: {} written into slot {}; rebooting into it",
+                                    cmd.sequence, w.image, w.slot
+                                );
+                                log::info(&why);
+                                if let Some(r) = &mut ledger.running {
+                                    r.written = Some(w);
+                                }
+                                // Its result comes from the boot that reaches health.
+                                match ledger.save(&self.store) {
+                                    Ok(()) => return Some(why),
+                                    Err(e) => (
+                                        CommandOutcome::Failed,
+                                        Some(format!(
+                                            "the slot was written, but the ledger cannot \
+                                             record it: {}; not rebooting into it",
+                                            log::chain(&e)
+                                        )),
+                                        Vec::new(),
+                                    ),
+                                }
+                            }
+                            Err(why) => {
+                                log::error(format!(
+                                    "fleet command {} ({}): {why}",
+                                    cmd.sequence,
+                                    cmd.action.name()
+                                ));
+                                (CommandOutcome::Failed, Some(why), Vec::new())
+                            }
+                        }
+                    }
                 };
                 let r = Reply {
                     sequence: cmd.sequence,
@@ -677,16 +808,47 @@ mod tests {
         let back = Ledger::load(&store).unwrap();
         assert_eq!(back, l);
         assert_eq!(
-            back.interrupted(),
+            back.interrupted(None, None),
             Some((1, "reboot".into(), CommandOutcome::Done, None))
         );
         let c2 = command::sign(&cmd("dev1", 2, NOW + 60, Action::Drain {}), &ops);
         let mut l2 = back.clone();
         l2.begin(&c2, 2, Some(&Action::Drain {}));
         assert!(matches!(
-            l2.interrupted(),
+            l2.interrupted(None, None),
             Some((2, _, CommandOutcome::Failed, Some(_)))
         ));
+        // An update: cut before its slot was written, it was interrupted; written, it ended
+        // well only when the healthy boot runs the slot and manifest it wrote.
+        let update = Action::Update {
+            path: format!("/v1/images/{}", "ab".repeat(32)),
+            manifest_sha256: "ab".repeat(32),
+        };
+        let c3 = command::sign(&cmd("dev1", 3, NOW + 60, update.clone()), &ops);
+        let mut l3 = l2.clone();
+        l3.begin(&c3, 3, Some(&update));
+        let (_, _, o, why) = l3.interrupted(Some(imrs_disk::Slot::A), None).unwrap();
+        assert_eq!(o, CommandOutcome::Failed);
+        assert!(why.unwrap().starts_with("interrupted"));
+        l3.running.as_mut().unwrap().written = Some(WrittenSlot {
+            slot: "b".into(),
+            manifest_sha256: "ab".repeat(32),
+            image: "image imrs 2".into(),
+            from: "a".into(),
+        });
+        l3.save(&store).unwrap();
+        let l3 = Ledger::load(&store).unwrap();
+        let b = imrs_disk::Slot::B;
+        let (_, a, o, why) = l3.interrupted(Some(b), Some(&"ab".repeat(32))).unwrap();
+        assert_eq!((a.as_str(), o), ("update", CommandOutcome::Done));
+        assert_eq!(
+            why.unwrap(),
+            "running image imrs 2 from slot b, healthy (the slot is blessed)"
+        );
+        let back_on_a = l3.interrupted(Some(imrs_disk::Slot::A), Some(&"cd".repeat(32)));
+        let (_, _, o, why) = back_on_a.unwrap();
+        assert_eq!(o, CommandOutcome::Failed);
+        assert!(why.unwrap().ends_with("the box runs from a again"));
         std::fs::write(d.path().join(LEDGER_FILE), b"{ torn").unwrap();
         let e = Ledger::load(&store).unwrap_err();
         assert!(e.contains(LEDGER_FILE), "{e}");

@@ -89,7 +89,7 @@ pub async fn run(
                 break;
             }
             tokio::time::sleep(left.min(COMMAND_POLL)).await;
-            if let Some(why) = commands.poll(ctx, results) {
+            if let Some(why) = commands.poll(ctx, results).await {
                 let _ = halt.send(why).await;
                 return std::future::pending().await;
             }

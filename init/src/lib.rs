@@ -15,7 +15,8 @@
 //! - **Stage bodies**, one module per stage under `stages`, and `installation` (the
 //!   installation report both the phone-home stage and a failed first boot queue); `slots`
 //!   (the boot entry, blessing a healthy slot) and `slot_history` (`slots.json`: the last
-//!   healthy slot, failed trials, `slot-changed` reports); `heartbeat` (the signed heartbeat
+//!   healthy slot, failed trials, `slot-changed` reports); `slot_update` (remote updates and
+//!   rollbacks into the other slot); `heartbeat` (the signed heartbeat
 //!   every `phone_home.heartbeat_s` once healthy).
 //! - **The pipeline** (`pipeline`: the state machine over the stages) and [`boot`] (start-up
 //!   order, event loop, shutdown).
@@ -56,6 +57,7 @@ mod shutdown;
 mod signals;
 mod site;
 mod slot_history;
+mod slot_update;
 mod slots;
 mod stages;
 mod state;

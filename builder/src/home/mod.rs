@@ -9,10 +9,13 @@
 //!   relies on.
 //! - [`store`]: the SQLite database, the only code with SQL: writer, bounded refusals, reads.
 //! - [`enrol`]: the folder of enrolled device keys, or open enrolment.
+//! - [`images`]: image payloads published for remote updates, served as
+//!   `GET /v1/images/<manifest-sha256>/<file>`.
 //! - [`list`]: the fleet as text for people, every reporter-controlled value escaped
 //!   ([`imrs_config::escape_all`]).
 
 pub mod enrol;
+pub mod images;
 pub mod limits;
 pub mod list;
 pub mod receiver;

@@ -47,6 +47,8 @@ pub struct Receiver {
     enrolled: Option<Enrolment>,
     pub(super) max_body: usize,
     pub(super) log: bool,
+    /// Where published image payloads are ([`super::images`]).
+    pub(super) images: std::path::PathBuf,
 }
 
 /// Text from a submission as it may go to a log line: cut to size, controls escaped.
@@ -67,6 +69,7 @@ impl Receiver {
             enrolled,
             max_body: cfg.limits.max_body,
             log: cfg.log,
+            images: super::images::dir_for(&cfg.db),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The HTTPS side of the receiver: TLS, HTTP/1.1, body limits, and the serving loop. Each
-//! `POST`ed body goes to [`Receiver::submit`] (verification, storage, the answer); anything but
-//! `POST` gets `405`.
+//! `POST`ed body goes to [`Receiver::submit`] (verification, storage, the answer); a `GET` of
+//! `/v1/images/<sha256>/<file>` gets a published image file ([`super::images`]) or `404`;
+//! anything else gets `405`.
 //!
 //! Every connection is TLS (rustls, ring); handshakes, headers and bodies have time limits, an
 //! idle keep-alive connection is closed after [`Limits::idle_timeout`], the number of open
@@ -240,6 +241,9 @@ async fn handle(
         }
         return r;
     }
+    if req.method() == Method::GET && req.uri().path().starts_with(super::images::URL_PREFIX) {
+        return image_file(rx, req.uri().path()).await;
+    }
     if req.method() != Method::POST {
         let mut r = answer(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -304,6 +308,43 @@ async fn handle(
     };
     let (status, body) = rx.submit(&bytes, peer).await;
     answer(status, &body)
+}
+
+/// One file of a published image (`GET /v1/images/<sha256>/<file>`), or 404.
+async fn image_file(rx: &Receiver, path: &str) -> Response<Full<Bytes>> {
+    let not_found = || {
+        answer(
+            StatusCode::NOT_FOUND,
+            &json!({"status": "not-found", "error": "no such image file on this receiver"}),
+        )
+    };
+    let Some(file) = super::images::resolve(&rx.images, path) else {
+        return not_found();
+    };
+    let read = {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || std::fs::read(file)).await
+    };
+    match read.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+        Ok(data) => {
+            let mut r = Response::new(Full::new(Bytes::from(data)));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => not_found(),
+        Err(e) => {
+            if rx.log {
+                eprintln!("home: {}: cannot read: {e}", file.display());
+            }
+            answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"status": "error", "error": "the image file cannot be read"}),
+            )
+        }
+    }
 }
 
 /// A body over the limit is still read and thrown away up to this many times the limit, so an

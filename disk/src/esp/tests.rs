@@ -266,3 +266,42 @@ fn a_slot_write_cut_at_every_write_never_breaks_a_slot() {
         start = final_bytes;
     }
 }
+
+#[test]
+fn a_slot_reads_back_and_can_be_written_again_to_roll_back() {
+    let (bytes, a) = fresh();
+    let mut esp = Esp::open(Cursor::new(bytes)).unwrap();
+    assert!(esp.read_slot(Slot::B).unwrap().is_none(), "slot B is empty");
+    let back = esp
+        .read_slot(Slot::A)
+        .unwrap()
+        .expect("slot A holds a payload");
+    assert_eq!(back.manifest_sha256(), a.manifest_sha256());
+    assert_eq!(back.files(), a.files());
+    // An update into B, then a rollback: A's own payload, read back, written again as the
+    // newest (counted) entry, so that systemd-boot tries A next.
+    esp.write_slot(Slot::B, &payload("2", 5000), Some(3), &[])
+        .unwrap();
+    let again = esp.write_slot(Slot::A, &back, Some(3), &[]).unwrap();
+    assert_eq!(again.file_name(), "imrs-a+3.conf");
+    assert_eq!(next_boot(&esp.slots().unwrap()), Some(Slot::A));
+    check_entries_boot_complete_payloads(&esp.into_inner().into_inner());
+
+    // A kernel cut short on the ESP is named, not read as a payload.
+    let (bytes, _) = fresh();
+    let mut esp = Esp::open(Cursor::new(bytes)).unwrap();
+    {
+        let fs = esp.fs(0).unwrap();
+        fat::remove(&fs, ESP_PARTNAME, &format!("{}/{KERNEL}", Slot::A.dir())).unwrap();
+        fat::write_file(
+            &fs,
+            ESP_PARTNAME,
+            &format!("{}/{KERNEL}", Slot::A.dir()),
+            b"short",
+        )
+        .unwrap();
+        fat::close(fs, ESP_PARTNAME).unwrap();
+    }
+    let e = esp.read_slot(Slot::A).unwrap_err().to_string();
+    assert!(e.contains("vmlinuz is 5 bytes"), "{e}");
+}
