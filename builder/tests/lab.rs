@@ -243,6 +243,8 @@ fn remote_drain_and_undrain_through_the_receiver() {
     for what in [
         "the router lost the specifics within 2 s of the pickup",
         "the box reported both commands done",
+        "an expired command is refused, saying it expired",
+        "drain's signed text handed out again is refused as a replay, once",
     ] {
         assert!(
             checks.iter().any(|c| c["what"] == what && c["ok"] == true),
@@ -279,6 +281,36 @@ fn an_update_into_slot_b_serves_and_is_blessed() {
         "{}",
         pretty(&v)
     );
+}
+
+/// A signed `update` through the receiver (must-show of the fleet issue): once heartbeats
+/// arrive a second image is published and the command queued; the box picks it up within a
+/// heartbeat, downloads and verifies it, writes slot B, reboots into it, serves, blesses it,
+/// reports the command done, and its heartbeats name slot B and the new manifest.
+#[test]
+fn remote_update_through_the_receiver() {
+    let Some(v) = lab_with("remote-update", RouterKind::Frr, "disk") else {
+        return;
+    };
+    assert_passed("remote-update", &v);
+    assert_eq!(
+        v["boots"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        pretty(&v)
+    );
+    let checks = v["checks"].as_array().expect("checks");
+    for what in [
+        "update picked up with the answer to a report, within a heartbeat period",
+        "the update's result: done, running the new image from slot B",
+        "heartbeats after the update name slot B and the new image's manifest",
+    ] {
+        assert!(
+            checks.iter().any(|c| c["what"] == what && c["ok"] == true),
+            "{what}: {}",
+            pretty(&v)
+        );
+    }
 }
 
 /// Slot B holds an image that cannot become healthy (its pipeline ends before BGP): systemd-boot

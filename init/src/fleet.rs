@@ -20,7 +20,8 @@
 //! - the same signed text again while the result of its first processing is still in the
 //!   outbox: skipped silently (the receiver hands every unresolved command out with every
 //!   answer until the result arrives). Once the result was delivered, the same text again is a
-//!   replay and refused as one.
+//!   replay and refused as one, once: every distinct signed text gets at most one refusal
+//!   report, so a receiver that keeps handing one out cannot make the box report per answer.
 //!
 //! Every refusal and every execution comes back as a signed `command-result` report.
 
@@ -57,6 +58,12 @@ pub struct Processed {
     pub digest: String,
     /// The id of the `command-result` report queued for it (empty while it runs).
     pub result_report: String,
+    /// A refusal was reported for this text (at its first delivery, or when it came back
+    /// after its result had been delivered: a replay). Once is enough: the same text again is
+    /// skipped silently, so a receiver that keeps handing it out cannot make the box send a
+    /// report per answer.
+    #[serde(default)]
+    pub refusal_reported: bool,
 }
 
 /// What the box has done with commands, in the state folder.
@@ -194,7 +201,9 @@ impl Ledger {
     ) -> Decision {
         let d = digest(signed);
         if let Some(p) = self.recent.iter().find(|p| p.digest == d)
-            && (p.result_report.is_empty() || result_pending(&p.result_report))
+            && (p.result_report.is_empty()
+                || p.refusal_reported
+                || result_pending(&p.result_report))
         {
             return Decision::Skip;
         }
@@ -223,6 +232,7 @@ impl Ledger {
             sequence,
             digest: digest(signed),
             result_report: String::new(),
+            refusal_reported: false,
         });
         while self.recent.len() > REMEMBERED {
             self.recent.pop_front();
@@ -246,10 +256,17 @@ impl Ledger {
     /// Remembers a refusal's result report too, so the same text delivered again while it is
     /// on its way is not refused (and reported) once per answer.
     pub fn refused(&mut self, signed: &SignedCommand, sequence: u64, report_id: &str) {
+        let d = digest(signed);
+        if let Some(p) = self.recent.iter_mut().find(|p| p.digest == d) {
+            // A replay of a command processed before: its own result stays on record.
+            p.refusal_reported = true;
+            return;
+        }
         self.recent.push_back(Processed {
             sequence,
-            digest: digest(signed),
+            digest: d,
             result_report: report_id.to_string(),
+            refusal_reported: true,
         });
         while self.recent.len() > REMEMBERED {
             self.recent.pop_front();
@@ -638,6 +655,7 @@ impl Commands {
         processed: bool,
     ) {
         let sequence = r.sequence;
+        let refusal = r.outcome == CommandOutcome::Refused;
         let id = match report(ctx, results, r) {
             Ok(id) => id,
             Err(e) => {
@@ -650,6 +668,10 @@ impl Commands {
         };
         if processed {
             ledger.finish(signed, &id);
+            if refusal && !id.is_empty() {
+                // Expired: refused and consumed; the same text again is not reported again.
+                ledger.refused(signed, sequence, &id);
+            }
         } else if !id.is_empty() {
             ledger.refused(signed, sequence, &id);
         }
@@ -714,6 +736,26 @@ mod tests {
             } => assert_eq!(action, "drain"),
             other => panic!("{other:?}"),
         }
+        // The replay's refusal is reported once; the same text after that is skipped (a
+        // receiver handing it out with every answer cannot make a report per answer), and
+        // the command's own result stays on record.
+        l.refused(&c1, 1, "report-1-replay");
+        assert_eq!(l.decide(&c1, &opk, dev, NOW, &none_pending), Decision::Skip);
+        assert_eq!(l.recent.back().unwrap().result_report, "report-1");
+        let junk_once = SignedCommand {
+            command: "{}".into(),
+            signature: "00".into(),
+            signer: "nobody".into(),
+        };
+        assert!(matches!(
+            l.decide(&junk_once, &opk, dev, NOW, &none_pending),
+            Decision::Refuse { .. }
+        ));
+        l.refused(&junk_once, 0, "report-junk");
+        assert_eq!(
+            l.decide(&junk_once, &opk, dev, NOW, &none_pending),
+            Decision::Skip
+        );
 
         // Expired, the next sequence: refused, its sequence used up.
         let c2 = sign(&cmd(dev, 2, NOW - 1, Action::Reboot {}));

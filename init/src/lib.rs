@@ -57,7 +57,7 @@ mod shutdown;
 mod signals;
 mod site;
 mod slot_history;
-mod slot_update;
+pub mod slot_update;
 mod slots;
 mod stages;
 mod state;

@@ -193,8 +193,10 @@ pub fn origin(url: &str) -> Option<&str> {
     url.get(..end).filter(|o| o.len() > rest_at)
 }
 
-/// Downloads an image's files and checks them against the manifest sha256 and the manifest.
-fn download(
+/// Downloads an image's files from the origin of `receiver` (trusting only `ca_pem`) and
+/// checks them against the manifest sha256 and the manifest (the signature is
+/// [`run`]'s to check).
+pub fn download(
     receiver: &str,
     ca_pem: &str,
     path: &str,

@@ -453,3 +453,102 @@ fn unknown_device_is_rejected_under_enrolment_until_enrolled() {
     dev_b.stop();
     rx.stop();
 }
+
+/// An image published for `fleet command update` is served on the receiver's TLS port, and the
+/// box's downloader takes exactly the image the signed command names: a manifest with another
+/// sha256, a payload cut short or grown, a missing image and paths outside the image folder
+/// are refused with a reason.
+#[test]
+fn published_images_are_served_and_checked_by_the_downloader() {
+    use imrs_build::home::images;
+    use imrs_config::image::{Artifact, MANIFEST_SCHEMA, Manifest, Toolchain};
+    use imrs_init::slot_update::download;
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let site = pki(dir.path(), "site");
+    let db = dir.path().join("home.sqlite");
+    let rx = receiver(&site, &db, "127.0.0.1:0", None);
+    let url = format!("https://127.0.0.1:{}/v1/reports", rx.addr.port());
+
+    // An image folder: kernel and initramfs, its manifest signed with an image key.
+    let kernel: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let initramfs = vec![7u8; 123_457];
+    let art = |name: &str, d: &[u8]| Artifact {
+        name: name.into(),
+        size: d.len() as u64,
+        sha256: hex::encode(sha2::Sha256::digest(d)),
+    };
+    let manifest = Manifest {
+        schema: MANIFEST_SCHEMA,
+        name: "imrs-test".into(),
+        version: "2".into(),
+        profile: "qemu".into(),
+        dns: imrs_config::recipe::DnsImpl::Nsd,
+        builder: "test".into(),
+        init_toolchain: Toolchain {
+            release: "1".into(),
+            commit_hash: "0".into(),
+        },
+        source_date_epoch: 1_785_456_000,
+        recipe_sha256: "0".repeat(64),
+        lock_sha256: "0".repeat(64),
+        kernel_release: "6.1".into(),
+        cmdline: "console=ttyS0".into(),
+        artifacts: vec![
+            art("initramfs.cpio.zst", &initramfs),
+            art("vmlinuz", &kernel),
+        ],
+        files_count: 0,
+        files_sha256: "0".repeat(64),
+        packages: vec![],
+    };
+    let key = keys::generate().unwrap();
+    let folder = dir.path().join("image");
+    imrs_build::image_dir::write(
+        &folder,
+        &[("vmlinuz", &kernel), ("initramfs.cpio.zst", &initramfs)],
+        &manifest,
+        &key,
+    )
+    .unwrap();
+    let (payload, again) = images::publish(&images::dir_for(&db), &folder).unwrap();
+    assert!(!again);
+    assert!(
+        images::publish(&images::dir_for(&db), &folder).unwrap().1,
+        "reused"
+    );
+    let sha = payload.manifest_sha256();
+    let path = images::url_path(&sha);
+
+    let got = download(&url, &site.ca_pem, &path, &sha).unwrap();
+    assert_eq!(got.files(), payload.files());
+
+    // The command names another manifest: refused before anything else is read.
+    let other = "ab".repeat(32);
+    let e = download(&url, &site.ca_pem, &path, &other).unwrap_err();
+    assert!(e.contains("the signed command names"), "{e}");
+    // Not published: 404.
+    let e = download(&url, &site.ca_pem, &images::url_path(&other), &other).unwrap_err();
+    assert!(e.contains("answered 404"), "{e}");
+    // A path outside the image folder is not served.
+    let e = download(&url, &site.ca_pem, "/v1/images/../home.sqlite", &sha).unwrap_err();
+    assert!(e.contains("answered 404"), "{e}");
+
+    // The receiver serves the initramfs cut short, then grown.
+    let served = images::dir_for(&db).join(&sha).join("initramfs.cpio.zst");
+    std::fs::write(&served, &initramfs[..100_000]).unwrap();
+    let e = download(&url, &site.ca_pem, &path, &sha).unwrap_err();
+    assert!(e.contains("does not match its manifest"), "{e}");
+    let mut longer = initramfs.clone();
+    longer.push(0);
+    std::fs::write(&served, &longer).unwrap();
+    let e = download(&url, &site.ca_pem, &path, &sha).unwrap_err();
+    assert!(e.contains("longer than the 123457 bytes expected"), "{e}");
+
+    // Another CA: nothing is downloaded.
+    std::fs::create_dir(dir.path().join("other")).unwrap();
+    let stranger = pki(&dir.path().join("other"), "other");
+    let e = download(&url, &stranger.ca_pem, &path, &sha).unwrap_err();
+    assert!(e.contains(&url.replace("/v1/reports", "")), "{e}");
+    rx.stop();
+}

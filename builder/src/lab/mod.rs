@@ -410,6 +410,7 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         router: args.router,
         boot: args.boot,
         ops,
+        image_key: key,
     };
     scenario::run(&mut lab, args.scenario)
 }

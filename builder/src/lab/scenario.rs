@@ -11,7 +11,8 @@
 //! | `update` (`--boot disk`) | a normal pass from slot A, the image written into slot B with a boot counter, booted again | B is tried, serves, is blessed; a `slot-changed` report names A as before |
 //! | `rollback` (`--boot disk`) | a normal pass from slot A, slot B written with one try and an image that cannot become healthy (`imrs.stop_after=zone` on its entry: it never brings BGP up), booted until it is back on A | B is tried once, gives up, is not blessed; the box boots A again, serves, and a `slot-changed` report names B and why it fell back |
 //! | `power-cut-update` (`--boot disk`) | a normal pass from slot A; while it still runs an update into slot B loses power half-way (its writes stop) and QEMU is killed; booted again | the box boots A, serves, B has no entry, no new report |
-//! | `remote-drain` | a normal pass; once heartbeats arrive, a signed `drain` command queued at the receiver (`fleet command`), then `undrain` | the box picks each up with the answer to a report; the router loses the specifics within 2 s of the pickup while `. SOA` is still answered, gets them back after `undrain`; both commands done |
+//! | `remote-update` (`--boot disk`) | a normal pass from slot A; once heartbeats arrive, a second image (the first one's kernel and initramfs under a manifest with another version, signed with the image key) published at the receiver and a signed `update` queued (`fleet command DEVICE update`) | the box picks it up within a heartbeat, downloads and verifies it, writes slot B and reboots; B is tried, serves, is blessed; the command's result says done and the heartbeats after it name slot B and the new manifest |
+//! | `remote-drain` | a normal pass; once heartbeats arrive, a signed `drain` command queued at the receiver (`fleet command`), then `undrain` | the box picks each up with the answer to a report; the router loses the specifics within 2 s of the pickup while `. SOA` is still answered, gets them back after `undrain`; both commands done; then a genuine command past its expiry and drain's signed text handed out again are both refused (the expired one resolved as refused with the reason, the replay reported refused once) |
 //!
 //! "Serving" means: the router holds the specific prefixes (199.7.83.0/24, 2001:500:9f::/48)
 //! from AS 20144 and the appliance answers `. SOA` on its IPv4 service address.
@@ -57,6 +58,8 @@ pub enum Scenario {
     PowerCut,
     /// A normal pass, then an update into slot B and a boot from it (`--boot disk` only).
     Update,
+    /// A normal pass, then a signed `update` through the receiver (`--boot disk` only).
+    RemoteUpdate,
     /// A normal pass, then a second boot on the same disk.
     SecondBoot,
     /// A normal pass, then slot B written with an image that cannot become healthy: tried,
@@ -71,7 +74,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Normal,
         Scenario::TamperedZone,
         Scenario::XfrDown,
@@ -82,13 +85,17 @@ impl Scenario {
         Scenario::Rollback,
         Scenario::PowerCutUpdate,
         Scenario::RemoteDrain,
+        Scenario::RemoteUpdate,
     ];
 
     /// Whether it needs the appliance disk's slots (`--boot disk`).
     pub fn needs_disk(self) -> bool {
         matches!(
             self,
-            Scenario::Update | Scenario::Rollback | Scenario::PowerCutUpdate
+            Scenario::Update
+                | Scenario::Rollback
+                | Scenario::PowerCutUpdate
+                | Scenario::RemoteUpdate
         )
     }
 
@@ -105,6 +112,7 @@ impl Scenario {
             Scenario::Rollback => "rollback",
             Scenario::PowerCutUpdate => "power-cut-update",
             Scenario::RemoteDrain => "remote-drain",
+            Scenario::RemoteUpdate => "remote-update",
         }
     }
 
@@ -138,8 +146,11 @@ impl Scenario {
             Scenario::PowerCutUpdate => {
                 "an update into slot B cut by a power cut half-way leaves B without an entry: the box boots slot A again and serves"
             }
+            Scenario::RemoteUpdate => {
+                "a signed update command for a second image, queued at the receiver once heartbeats arrive, is picked up within a heartbeat; the box downloads and verifies the image, writes slot B, reboots into it, serves, blesses it, reports the command done, and its heartbeats name slot B and the new image"
+            }
             Scenario::RemoteDrain => {
-                "a signed drain command queued at the receiver is picked up with the answer to a report and the router loses the specifics within 2 s while . SOA is still answered; undrain brings them back; both results say done"
+                "a signed drain command queued at the receiver is picked up with the answer to a report and the router loses the specifics within 2 s while . SOA is still answered; undrain brings them back; both results say done; an expired command and a replay of drain are refused with their reasons"
             }
         }
     }
@@ -180,6 +191,9 @@ pub struct Lab {
     pub boot: super::LabBoot,
     /// This run's operations key (in the site config; `ops-key` in the work folder).
     pub ops: ed25519_dalek::SigningKey,
+    /// The image's site-signing key (`--key`, the lab's own with a recipe); `remote-update`
+    /// signs its second image with it, so it must also be the image's signing key.
+    pub image_key: ed25519_dalek::SigningKey,
 }
 
 impl Lab {
@@ -234,6 +248,11 @@ enum Goal {
     KillAt(&'static str),
     /// The full pass, then `drain` and `undrain` through the receiver ([`Remote`]).
     RemoteDrain,
+    /// The full pass, then an `update` through the receiver; ends when the box reboots into
+    /// the slot it wrote (QEMU ends: `-no-reboot`).
+    RemoteUpdate,
+    /// A later boot: serving, every command resolved, and a heartbeat.
+    CommandsResolved,
 }
 
 /// The `remote-drain` steps, with when each was seen (seconds since QEMU start).
@@ -250,21 +269,59 @@ struct Remote {
     returned: Option<f64>,
     /// (sequence, action, state, reason) at the end.
     results: Vec<(u64, String, String, Option<String>)>,
+    /// The signed text of `drain` (command 1), replayed later.
+    drain_signed: String,
+    /// An expired command and a replay of `drain`, queued once the specifics are back.
+    bad_queued: Option<f64>,
+    /// Refusals the box reported: (sequence, action, reason) from its `command-result`
+    /// reports.
+    refusals: Vec<(u64, String, String)>,
+    /// A heartbeat arrived after the last `command-result` (so its answer, which hands the
+    /// replay out again, has been seen by the box).
+    heartbeat_after_results: bool,
+    /// `remote-update`: sha256 of the second image's manifest, once published.
+    update_manifest: Option<String>,
+    update_queued: Option<f64>,
+    update_picked: Option<f64>,
+    /// What the box served just before the update was queued (it reboots before the end).
+    before_update: Option<Measured>,
+}
+
+/// The router's paths and sessions and the `. SOA` answers at one moment.
+#[derive(Debug, Clone, Default)]
+struct Measured {
+    routes: Vec<Route>,
+    sessions: Vec<Neighbor>,
+    soa: Vec<SoaAnswer>,
 }
 
 impl Remote {
     /// Waiting for a command to be picked up or to take effect: watch closely.
     fn busy(&self) -> bool {
-        self.drain_queued.is_some() && !self.done()
+        (self.drain_queued.is_some() && !self.done())
+            || (self.update_queued.is_some() && self.update_picked.is_none())
+    }
+
+    /// Every command queued has its result.
+    fn resolved(&self) -> bool {
+        !self.results.is_empty()
+            && self
+                .results
+                .iter()
+                .all(|r| ["done", "failed", "refused", "expired"].contains(&r.2.as_str()))
     }
 
     fn done(&self) -> bool {
         self.returned.is_some()
+            && self.bad_queued.is_some()
             && self
                 .results
                 .iter()
-                .all(|r| ["done", "failed", "refused"].contains(&r.2.as_str()))
-            && self.results.len() == 2
+                .take(3)
+                .all(|r| ["done", "failed", "refused", "expired"].contains(&r.2.as_str()))
+            && self.results.len() == 4
+            && self.refusals.len() >= 2
+            && self.heartbeat_after_results
     }
 }
 
@@ -345,24 +402,66 @@ impl Lab {
         action: imrs_config::command::Action,
         vm_s: f64,
     ) -> Result<u64> {
+        self.queue_command_valid(device, action, vm_s, (0, 600))
+            .map(|(seq, _)| seq)
+    }
+
+    /// [`Lab::queue_command`] valid from `valid.0` to `valid.1` seconds after the guest's
+    /// time; also returns the signed text.
+    fn queue_command_valid(
+        &self,
+        device: &str,
+        action: imrs_config::command::Action,
+        vm_s: f64,
+        valid: (i64, i64),
+    ) -> Result<(u64, String)> {
         use imrs_config::command::{COMMAND_VERSION, Command};
-        let now = match self.zone.clock {
-            super::zone::GuestClock::Fixed(t) => t.as_second() + vm_s as i64,
-            super::zone::GuestClock::Host => jiff::Timestamp::now().as_second(),
-        };
+        let now = self.guest_now(vm_s);
         let name = action.name().to_string();
-        crate::home::store::commands::queue(&self.db(), device, now, |sequence| {
+        let mut text = String::new();
+        let seq = crate::home::store::commands::queue(&self.db(), device, now, |sequence| {
             let cmd = Command {
                 version: COMMAND_VERSION,
                 device: device.to_string(),
                 sequence,
-                issued_unix: now,
-                expires_unix: now + 600,
+                issued_unix: now + valid.0,
+                expires_unix: now + valid.1,
                 action,
             };
             let signed = imrs_config::command::sign(&cmd, &self.ops);
-            Ok((name, serde_json::to_string(&signed)?, now + 600))
-        })
+            text = serde_json::to_string(&signed)?;
+            Ok((name, text.clone(), now + valid.1))
+        })?;
+        Ok((seq, text))
+    }
+
+    /// The guest's time `vm_s` seconds after QEMU start, Unix seconds.
+    fn guest_now(&self, vm_s: f64) -> i64 {
+        match self.zone.clock {
+            super::zone::GuestClock::Fixed(t) => t.as_second() + vm_s as i64,
+            super::zone::GuestClock::Host => jiff::Timestamp::now().as_second(),
+        }
+    }
+
+    /// The refusals the box reported: `(sequence, action, reason)` of each `command-result`
+    /// report whose outcome is `refused`.
+    fn refusals_reported(&self, reports: &[StoredReport]) -> Result<Vec<(u64, String, String)>> {
+        let mut out = Vec::new();
+        for r in reports.iter().filter(|r| r.event == "command-result") {
+            let Some(s) = crate::home::store::signed_report(&self.db(), &r.id)? else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&s.report)?;
+            let e = &v["event"];
+            if e["outcome"] == "refused" {
+                out.push((
+                    e["sequence"].as_u64().unwrap_or(0),
+                    e["action"].as_str().unwrap_or("").to_string(),
+                    e["reason"].as_str().unwrap_or("").to_string(),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// One look at the `remote-drain` steps: queue `drain` once serving with heartbeats, see
@@ -388,28 +487,15 @@ impl Lab {
                 return Ok(());
             };
             rm.device = device;
-            let seq = self.queue_command(&rm.device, Action::Drain {}, now)?;
+            let (seq, text) =
+                self.queue_command_valid(&rm.device, Action::Drain {}, now, (0, 600))?;
+            rm.drain_signed = text;
             rm.drain_queued = Some(now);
             say(format!("drain queued at the receiver (command {seq})"));
             return Ok(());
         }
-        let rows = crate::home::store::commands::commands(&self.db(), Some(&rm.device))?;
-        let delivered = |seq: u64| {
-            rows.iter()
-                .any(|c| c.sequence == seq && c.delivered_unix.is_some())
-        };
-        let unix = jiff::Timestamp::now().as_second();
-        rm.results = rows
-            .iter()
-            .map(|c| {
-                (
-                    c.sequence,
-                    c.action.clone(),
-                    c.state(unix).to_string(),
-                    c.reason.clone(),
-                )
-            })
-            .collect();
+        let delivered = self.refresh_results(rm)?;
+        let delivered = |seq: u64| delivered.contains(&seq);
         if rm.drain_picked.is_none() && delivered(1) {
             rm.drain_picked = Some(now);
             say("drain picked up by the box".into());
@@ -440,6 +526,153 @@ impl Lab {
         if rm.undrain_picked.is_some() && rm.returned.is_none() && held.iter().all(|h| *h) {
             rm.returned = Some(now);
             say("specifics announced again".into());
+        }
+        if rm.returned.is_some() && rm.bad_queued.is_none() {
+            // What a box must refuse: a genuine command past its expiry, and the signed text
+            // of `drain` handed out again (as a receiver that replays would).
+            let (seq, _) =
+                self.queue_command_valid(&rm.device, Action::Drain {}, now, (-700, -100))?;
+            let text = rm.drain_signed.clone();
+            let at = self.guest_now(now);
+            let replay = crate::home::store::commands::queue(&self.db(), &rm.device, at, |_| {
+                Ok(("drain".into(), text, at + 600))
+            })?;
+            rm.bad_queued = Some(now);
+            say(format!(
+                "an expired drain queued (command {seq}) and drain's signed text again (as \
+                 command {replay})"
+            ));
+        }
+        if rm.bad_queued.is_some() {
+            rm.refusals = self.refusals_reported(reports)?;
+            let last = |event: &str| reports.iter().rposition(|r| r.event == event);
+            rm.heartbeat_after_results = rm.refusals.len() >= 2
+                && matches!(
+                    (last("command-result"), last("heartbeat")),
+                    (Some(r), Some(h)) if h > r
+                );
+        }
+        Ok(())
+    }
+
+    /// Reads the device's commands at the receiver into `rm.results`; returns the sequences
+    /// delivered so far.
+    fn refresh_results(&self, rm: &mut Remote) -> Result<Vec<u64>> {
+        if rm.device.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = crate::home::store::commands::commands(&self.db(), Some(&rm.device))?;
+        let unix = jiff::Timestamp::now().as_second();
+        rm.results = rows
+            .iter()
+            .map(|c| {
+                (
+                    c.sequence,
+                    c.action.clone(),
+                    c.state(unix).to_string(),
+                    c.reason.clone(),
+                )
+            })
+            .collect();
+        Ok(rows
+            .iter()
+            .filter(|c| c.delivered_unix.is_some())
+            .map(|c| c.sequence)
+            .collect())
+    }
+
+    /// The router's paths and sessions and `. SOA` over UDP and TCP on both service
+    /// addresses, now.
+    fn measure(&self, svc: &Services) -> Result<Measured> {
+        let servers = [
+            std::net::SocketAddr::new(self.plan.service_v4.into(), 53),
+            std::net::SocketAddr::new(self.plan.service_v6.into(), 53),
+        ];
+        Ok(Measured {
+            routes: svc.router.routes().unwrap_or_default(),
+            sessions: svc.router.neighbor_states().unwrap_or_default(),
+            soa: svc
+                .ns
+                .run_inside(move || probe::soa_all(&servers, Duration::from_secs(2)))?,
+        })
+    }
+
+    /// The second image of `remote-update`: the lab image's files under a manifest whose
+    /// version says so, signed with the lab's key (which must be the one the image's manifest
+    /// is signed with: the box verifies updates with its image-signing key). A second full
+    /// build would double the lab's build time; what the box does with it (download, verify,
+    /// write, boot, bless) does not depend on what the kernel and initramfs hold.
+    fn second_image(&self) -> Result<PathBuf> {
+        let v = crate::verify::verify_loaded(&self.image, &self.image_key.verifying_key())
+            .context(
+                "remote-update signs a second image with --key, which must be the key the \
+                 image's manifest is signed with",
+            )?;
+        let mut manifest = v.manifest.clone();
+        manifest.version = format!("{}+remote-update", manifest.version);
+        let files = manifest
+            .artifacts
+            .iter()
+            .map(|a| {
+                let p = self.image.join(&a.name);
+                std::fs::read(&p)
+                    .map(|d| (a.name.clone(), d))
+                    .with_context(|| format!("{}: cannot read", p.display()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
+        let out = self.workdir.join("image-2");
+        crate::image_dir::write(&out, &refs, &manifest, &self.image_key)?;
+        Ok(out)
+    }
+
+    /// One look at `remote-update`: once serving with heartbeats, measure, publish the second
+    /// image and queue `update`; then see it picked up.
+    fn update_step(
+        &self,
+        svc: &Services,
+        rm: &mut Remote,
+        now: f64,
+        serving: bool,
+        reports: &[StoredReport],
+        label: &str,
+    ) -> Result<()> {
+        use crate::home::images;
+        let say = |what: String| self.progress(format!("[{now:7.1} s] {label}: {what}"));
+        if rm.update_queued.is_none() {
+            if !serving {
+                return Ok(());
+            }
+            let Some(device) = reports.iter().rev().map(|r| r.device.clone()).next() else {
+                return Ok(());
+            };
+            rm.device = device;
+            rm.before_update = Some(self.measure(svc)?);
+            let second = self.second_image()?;
+            let (payload, _) = images::publish(&images::dir_for(&self.db()), &second)?;
+            let sha = payload.manifest_sha256();
+            let action = imrs_config::command::Action::Update {
+                path: images::url_path(&sha),
+                manifest_sha256: sha.clone(),
+            };
+            let seq = self.queue_command(&rm.device, action, now)?;
+            say(format!(
+                "image {} {} published at the receiver (manifest {sha}); update queued \
+                 (command {seq})",
+                payload.manifest().name,
+                payload.manifest().version
+            ));
+            rm.update_manifest = Some(sha);
+            rm.update_queued = Some(now);
+            return Ok(());
+        }
+        let delivered = self.refresh_results(rm)?;
+        if rm.update_picked.is_none() && !delivered.is_empty() {
+            rm.update_picked = Some(now);
+            say("update picked up by the box".into());
         }
         Ok(())
     }
@@ -589,7 +822,11 @@ impl Lab {
         let mut receiver_started_s = None;
         let mut reports: Vec<StoredReport> = Vec::new();
         let mut rejected = 0;
-        let mut remote = (plan.goal == Goal::RemoteDrain).then(Remote::default);
+        let mut remote = matches!(
+            plan.goal,
+            Goal::RemoteDrain | Goal::RemoteUpdate | Goal::CommandsResolved
+        )
+        .then(Remote::default);
         let limit = self.boot_timeout.as_secs_f64();
         loop {
             signal::check()?;
@@ -731,7 +968,22 @@ impl Lab {
                             .iter()
                             .skip(baseline)
                             .any(|r| r.event == "heartbeat");
-                    self.remote_step(svc, rm, now, serving, &held, &reports, &label)?;
+                    match plan.goal {
+                        Goal::RemoteDrain => {
+                            self.remote_step(svc, rm, now, serving, &held, &reports, &label)?
+                        }
+                        Goal::RemoteUpdate => {
+                            self.update_step(svc, rm, now, serving, &reports, &label)?
+                        }
+                        _ => {
+                            if rm.device.is_empty()
+                                && let Some(r) = reports.last()
+                            {
+                                rm.device = r.device.clone();
+                            }
+                            self.refresh_results(rm)?;
+                        }
+                    }
                 }
                 if out.report_s.is_none()
                     && let Some(new) = reports.get(baseline)
@@ -792,6 +1044,15 @@ impl Lab {
                     Goal::RemoteDrain if remote.as_ref().is_some_and(Remote::done) => {
                         Some(now + 2.0)
                     }
+                    // Ends when the box reboots into the slot it wrote, or at the time limit.
+                    Goal::RemoteUpdate => None,
+                    Goal::CommandsResolved
+                        if out.serving_s.is_some()
+                            && new_heartbeat
+                            && remote.as_ref().is_some_and(Remote::resolved) =>
+                    {
+                        Some(now + 1.0)
+                    }
                     Goal::Serving if out.serving_s.is_some() => {
                         let since = out.serving_s.unwrap_or(now);
                         if phone_home_ended(&tracker) || now >= since + 20.0 {
@@ -834,16 +1095,16 @@ impl Lab {
             receiver_started_s,
             remote,
         };
-        if out.killed_at.is_none() && vm.exited().is_none() {
-            fin.routes = svc.router.routes().unwrap_or_default();
-            fin.sessions = svc.router.neighbor_states().unwrap_or_default();
-            let servers = [
-                std::net::SocketAddr::new(self.plan.service_v4.into(), 53),
-                std::net::SocketAddr::new(self.plan.service_v6.into(), 53),
-            ];
-            fin.soa = svc
-                .ns
-                .run_inside(move || probe::soa_all(&servers, Duration::from_secs(2)))?;
+        let measured = if out.killed_at.is_none() && vm.exited().is_none() {
+            Some(self.measure(svc)?)
+        } else {
+            // The box rebooted into an update: what it served before.
+            fin.remote.as_ref().and_then(|r| r.before_update.clone())
+        };
+        if let Some(m) = measured {
+            fin.routes = m.routes;
+            fin.sessions = m.sessions;
+            fin.soa = m.soa;
         }
         if let Some(per_mille) = plan.cut_update_at {
             // The power goes while the update writes slot B: its writes stop, then QEMU dies.
@@ -984,10 +1245,44 @@ fn remote_checks(checks: &mut Vec<Check>, rm: Option<&Remote>) {
             opt_s(rm.returned)
         ),
     );
+    let expired = rm.results.get(2);
+    check(
+        checks,
+        "an expired command is refused, saying it expired",
+        expired.is_some_and(|r| {
+            r.2 == "refused" && r.3.as_deref().is_some_and(|w| w.contains("expired"))
+        }),
+        expired.map_or_else(
+            || "not queued".to_string(),
+            |(seq, _, state, reason)| {
+                format!(
+                    "command {seq}: {state}: {}",
+                    reason.as_deref().unwrap_or("-")
+                )
+            },
+        ),
+    );
+    let replay = rm
+        .refusals
+        .iter()
+        .find(|r| r.0 == 1 && r.2.contains("replayed"));
+    check(
+        checks,
+        "drain's signed text handed out again is refused as a replay, once",
+        replay.is_some() && rm.refusals.iter().filter(|r| r.0 == 1).count() == 1,
+        format!(
+            "refusals reported: [{}]",
+            rm.refusals
+                .iter()
+                .map(|(seq, action, why)| format!("{seq} {action}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    );
     check(
         checks,
         "the box reported both commands done",
-        rm.results.len() == 2 && rm.results.iter().all(|r| r.2 == "done"),
+        rm.results.len() >= 2 && rm.results.iter().take(2).all(|r| r.2 == "done"),
         rm.results
             .iter()
             .map(|(seq, action, state, reason)| {
@@ -1001,6 +1296,107 @@ fn remote_checks(checks: &mut Vec<Check>, rm: Option<&Remote>) {
             })
             .collect::<Vec<_>>()
             .join("; "),
+    );
+}
+
+/// What `remote-update` must have seen in boot 1: the update picked up within a heartbeat,
+/// the slot written and the box rebooting by itself.
+fn update_pickup_checks(
+    checks: &mut Vec<Check>,
+    rm: &Remote,
+    console: &str,
+    boot: Option<&BootOutcome>,
+) {
+    let picked = match (rm.update_queued, rm.update_picked) {
+        (Some(q), Some(p)) => Some(p - q),
+        _ => None,
+    };
+    check(
+        checks,
+        "update picked up with the answer to a report, within a heartbeat period",
+        picked.is_some_and(|d| d <= LAB_HEARTBEAT_S * 1.1 + 1.0),
+        format!(
+            "queued at {}, picked up at {} (heartbeats every {LAB_HEARTBEAT_S} s)",
+            opt_s(rm.update_queued),
+            opt_s(rm.update_picked)
+        ),
+    );
+    let line = console
+        .lines()
+        .find(|l| l.contains("written into slot") || l.contains("fleet command 1 (update)"))
+        .map_or_else(
+            || "no line about the update".to_string(),
+            |l| l.trim().to_string(),
+        );
+    check(
+        checks,
+        "boot 1: the box verified the image, wrote slot B and rebooted by itself",
+        line.contains("written into slot b; rebooting into it")
+            && boot.is_some_and(|b| b.exited.is_some()),
+        format!(
+            "{line}; QEMU {}",
+            match boot.and_then(|b| b.exited) {
+                Some(c) => format!("exited ({})", c.map_or("signal".into(), |c| c.to_string())),
+                None => "did not exit".into(),
+            }
+        ),
+    );
+}
+
+/// What `remote-update` must have seen from the new slot: the command done, and heartbeats
+/// naming slot B and the new manifest.
+fn update_result_checks(
+    checks: &mut Vec<Check>,
+    before: &Remote,
+    after: Option<&Remote>,
+    fin: &Final,
+    baseline: usize,
+) {
+    let results = after.map(|r| r.results.clone()).unwrap_or_default();
+    let update = results.iter().find(|r| r.1 == "update");
+    check(
+        checks,
+        "the update's result: done, running the new image from slot B",
+        update.is_some_and(|r| {
+            r.2 == "done" && r.3.as_deref().is_some_and(|w| w.contains("from slot b"))
+        }),
+        update.map_or_else(
+            || "no update command at the receiver".to_string(),
+            |(seq, _, state, reason)| {
+                format!(
+                    "command {seq}: {state}: {}",
+                    reason.as_deref().unwrap_or("-")
+                )
+            },
+        ),
+    );
+    let want = before.update_manifest.clone().unwrap_or_default();
+    let beats: Vec<&StoredReport> = fin
+        .reports
+        .iter()
+        .skip(baseline)
+        .filter(|r| r.event == "heartbeat")
+        .collect();
+    check(
+        checks,
+        "heartbeats after the update name slot B and the new image's manifest",
+        !beats.is_empty()
+            && beats.iter().all(|r| {
+                r.slot.as_deref() == Some("b") && r.manifest_sha256.as_deref() == Some(&want)
+            }),
+        format!(
+            "{} heartbeat(s) from boot 2: [{}]; the update's manifest {want}",
+            beats.len(),
+            beats
+                .iter()
+                .map(|r| format!(
+                    "slot {} manifest {}",
+                    r.slot.as_deref().unwrap_or("-"),
+                    r.manifest_sha256.as_deref().unwrap_or("-")
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     );
 }
 
@@ -1241,6 +1637,43 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             remote_checks(&mut checks, fin.remote.as_ref());
             boots.push(b);
             (0, fin)
+        }
+        Scenario::RemoteUpdate => {
+            let (fin1, first_ok) =
+                lab.install_boot(&mut svc, &one(Goal::RemoteUpdate), &mut checks, &mut boots)?;
+            let base = fin1.reports.len();
+            let rm1 = fin1.remote.clone().unwrap_or_default();
+            let boot1 = lab.console_of("boot 1");
+            update_pickup_checks(&mut checks, &rm1, &boot1, boots.last());
+            if first_ok
+                && rm1.update_picked.is_some()
+                && boots.last().is_some_and(|b| b.exited.is_some())
+            {
+                let two = BootPlan::later("boot 2", Goal::CommandsResolved);
+                let (b2, _t2, fin2) = lab.boot(&mut svc, &two, base)?;
+                serving_checks(&mut checks, &b2, &fin2, lab.zone.serial);
+                let boot2 = lab.console_of("boot 2");
+                check(
+                    &mut checks,
+                    "boot 2: started from slot B on trial",
+                    boot2.contains("started from disk slot b") && boot2.contains("slot b on trial"),
+                    boot_entry_line(&boot2),
+                );
+                let entries = lab.slot_entries()?;
+                check(
+                    &mut checks,
+                    "boot 2: healthy, slot B blessed on the disk",
+                    boot2.contains("slot b blessed") && entries.iter().any(|e| e == "imrs-b.conf"),
+                    format!("entries now: {}", entries.join(" ")),
+                );
+                slot_changed_check(&mut checks, "boot 2", &fin2, base, ("b", "a"), false);
+                update_result_checks(&mut checks, &rm1, fin2.remote.as_ref(), &fin2, base);
+                second_serving = b2.serving_s;
+                boots.push(b2);
+                (0, fin1_with(fin1, &fin2))
+            } else {
+                (0, fin1)
+            }
         }
         Scenario::TamperedZone => {
             let (b, t, fin) = lab.boot(&mut svc, &one(Goal::FailureReport), 0)?;

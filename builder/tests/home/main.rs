@@ -1049,3 +1049,141 @@ fn commands_ride_on_the_answers_and_the_devices_results_close_them() {
     );
     assert!(serve.stop().success());
 }
+
+/// `fleet command DEVICE update IMAGE-DIR` publishes the image beside the database and queues
+/// an `update` naming its manifest; the running receiver serves the files; bad image folders
+/// and a key the image was not signed with are refused before anything is queued.
+#[test]
+fn an_update_publishes_its_image_and_the_receiver_serves_it() {
+    use imrs_config::image::{Artifact, MANIFEST_SCHEMA, Manifest, Toolchain};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki(dir.path());
+    let db = dir.path().join("home.sqlite");
+    let ops_path = dir.path().join("ops");
+    keys::write_keypair(&keys::generate().unwrap(), &ops_path).unwrap();
+    let ops_arg = ops_path.to_str().unwrap();
+    let dbs = db.to_str().unwrap();
+    let serve = Serve::start(dir.path(), &db, OPEN);
+    let agent = agent(&ca);
+    let device = keys::generate().unwrap();
+    let (s, _) = post(
+        &agent,
+        &serve.url,
+        &report::sign(&sample("SN-U"), &device).to_json(),
+    );
+    assert_eq!(s, 201);
+
+    // An image folder signed with `image_key`.
+    let image_key = keys::generate().unwrap();
+    let kernel = b"kernel bytes".to_vec();
+    let initramfs = b"initramfs bytes".to_vec();
+    let art = |name: &str, d: &[u8]| Artifact {
+        name: name.into(),
+        size: d.len() as u64,
+        sha256: imrs_build::image_dir::sha256_hex(d),
+    };
+    let manifest = Manifest {
+        schema: MANIFEST_SCHEMA,
+        name: "imrs-test".into(),
+        version: "2".into(),
+        profile: "qemu".into(),
+        dns: imrs_config::recipe::DnsImpl::Nsd,
+        builder: "test".into(),
+        init_toolchain: Toolchain {
+            release: "1".into(),
+            commit_hash: "0".into(),
+        },
+        source_date_epoch: 1_785_456_000,
+        recipe_sha256: "0".repeat(64),
+        lock_sha256: "0".repeat(64),
+        kernel_release: "6.1".into(),
+        cmdline: "console=ttyS0".into(),
+        artifacts: vec![
+            art("initramfs.cpio.zst", &initramfs),
+            art("vmlinuz", &kernel),
+        ],
+        files_count: 0,
+        files_sha256: "0".repeat(64),
+        packages: vec![],
+    };
+    let image = dir.path().join("image");
+    imrs_build::image_dir::write(
+        &image,
+        &[("vmlinuz", &kernel), ("initramfs.cpio.zst", &initramfs)],
+        &manifest,
+        &image_key,
+    )
+    .unwrap();
+    let images = dir.path().join("images");
+    let update = |folder: &str, extra: &[&str]| {
+        let mut args = vec![
+            "command",
+            "SN-U",
+            "update",
+            folder,
+            "--ops-key",
+            ops_arg,
+            "--db",
+            dbs,
+        ];
+        args.extend_from_slice(extra);
+        fleet(&args)
+    };
+
+    // Bad inputs: no such folder, a folder whose kernel is not the manifest's, the wrong key.
+    let (code, _, err) = update("/nonexistent/image", &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/image"), "{err}");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    for f in [
+        "vmlinuz",
+        "initramfs.cpio.zst",
+        "manifest.json",
+        "manifest.sig",
+    ] {
+        std::fs::copy(image.join(f), broken.join(f)).unwrap();
+    }
+    std::fs::write(broken.join("vmlinuz"), b"another kernel").unwrap();
+    let (code, _, err) = update(broken.to_str().unwrap(), &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("vmlinuz is 14 bytes"), "{err}");
+    let ops_pub = keys::pub_path_for(&ops_path);
+    let (code, _, err) = update(
+        image.to_str().unwrap(),
+        &["--pubkey", ops_pub.to_str().unwrap()],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("signature"), "{err}");
+    assert!(!images.exists(), "nothing published by a refused update");
+    let st = fleet_json(&["status", "--db", dbs]);
+    assert_eq!(st["commands"].as_array().map(Vec::len), Some(0), "{st}");
+
+    // The image as built: published, queued, served (`--pubkey` verifies a whole image
+    // folder, initramfs included; this one's files are not a real image's).
+    let (code, out, err) = update(image.to_str().unwrap(), &["--expires-in", "600"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("queued update"), "{out}");
+    let sha =
+        imrs_build::image_dir::sha256_hex(&std::fs::read(image.join("manifest.json")).unwrap());
+    let st = fleet_json(&["status", "SN-U", "--db", dbs]);
+    assert_eq!(st["commands"][0]["action"], "update", "{st}");
+    let base = serve.url.trim_end_matches("/reports");
+    for (name, want) in [("vmlinuz", &kernel), ("initramfs.cpio.zst", &initramfs)] {
+        let mut r = agent
+            .get(&format!("{base}/v1/images/{sha}/{name}"))
+            .call()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{name}");
+        assert_eq!(&r.body_mut().read_to_vec().unwrap(), want, "{name}");
+    }
+    let r = agent
+        .get(&format!("{base}/v1/images/{sha}/home.sqlite"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // Published again (another device, the same image): the copy is reused.
+    let (code, _, err) = update(image.to_str().unwrap(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_dir(&images).unwrap().count(), 1);
+}

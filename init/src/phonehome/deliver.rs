@@ -248,7 +248,11 @@ struct Ctl {
     wake: bool,
     stop: bool,
     status: Status,
-    /// Commands received and not yet taken, distinct signed texts, oldest first.
+    /// The commands of the latest answer, not yet taken: distinct signed texts in the
+    /// receiver's order. Each answer replaces them, because the receiver hands out every
+    /// unresolved command with every answer: a copy from an older answer may be of a command
+    /// whose result has been delivered since, and deciding on it again would refuse it as a
+    /// replay.
     commands: Vec<SignedCommand>,
 }
 
@@ -295,7 +299,7 @@ impl Deliverer {
         })
     }
 
-    /// The signed commands received since the last call, oldest first.
+    /// The signed commands of the latest answer, if not taken yet (see `Ctl::commands`).
     pub fn take_commands(&self) -> Vec<SignedCommand> {
         self.shared
             .ctl
@@ -367,6 +371,7 @@ fn round(
                 outbox.remove(p).map_err(|e| e.to_string())?;
                 if let Ok(mut c) = shared.ctl.lock() {
                     c.status.delivered += 1;
+                    c.commands.clear();
                     for cmd in commands {
                         if c.commands.len() < MAX_COMMANDS && !c.commands.contains(&cmd) {
                             c.commands.push(cmd);

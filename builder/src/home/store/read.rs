@@ -133,6 +133,8 @@ pub struct ReportRow {
     pub fallback: Option<String>,
     /// The slot a `slot-changed` report says the box ran before.
     pub previous_slot: Option<String>,
+    /// sha256 of the manifest of the image the report came from.
+    pub manifest_sha256: Option<String>,
 }
 
 impl ReportRow {
@@ -331,7 +333,8 @@ pub fn reports(path: &Path) -> Result<Vec<ReportRow>, StoreError> {
     conn.prepare(
         "SELECT id, event, failed_stage, failed_reason, zone_serial, received_unix, key_id,
                 json_extract(report, '$.slot.running'), json_extract(report, '$.slot.fallback'),
-                json_extract(report, '$.event.previous_slot')
+                json_extract(report, '$.event.previous_slot'),
+                json_extract(report, '$.image.manifest_sha256')
          FROM reports ORDER BY received_unix, rowid",
     )
     .and_then(|mut stmt| {
@@ -347,6 +350,7 @@ pub fn reports(path: &Path) -> Result<Vec<ReportRow>, StoreError> {
                 slot: r.get(7)?,
                 fallback: r.get(8)?,
                 previous_slot: r.get(9)?,
+                manifest_sha256: r.get(10)?,
             })
         })?
         .collect::<Result<Vec<_>, _>>()
