@@ -286,7 +286,8 @@ fn an_update_into_slot_b_serves_and_is_blessed() {
 /// A signed `update` through the receiver (must-show of the fleet issue): once heartbeats
 /// arrive a second image is published and the command queued; the box picks it up within a
 /// heartbeat, downloads and verifies it, writes slot B, reboots into it, serves, blesses it,
-/// reports the command done, and its heartbeats name slot B and the new manifest.
+/// reports the command done, and its heartbeats name slot B and the new manifest. Then a
+/// signed `rollback`: slot A written again, tried, blessed, done, heartbeats name A.
 #[test]
 fn remote_update_through_the_receiver() {
     let Some(v) = lab_with("remote-update", RouterKind::Frr, "disk") else {
@@ -295,15 +296,18 @@ fn remote_update_through_the_receiver() {
     assert_passed("remote-update", &v);
     assert_eq!(
         v["boots"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "{}",
         pretty(&v)
     );
     let checks = v["checks"].as_array().expect("checks");
     for what in [
-        "update picked up with the answer to a report, within a heartbeat period",
-        "the update's result: done, running the new image from slot B",
-        "heartbeats after the update name slot B and the new image's manifest",
+        "boot 1: update picked up with the answer to a report, within a heartbeat period",
+        "the update's result: done, running from slot B",
+        "heartbeats after the update name slot B and its image's manifest",
+        "boot 2: rollback picked up with the answer to a report, within a heartbeat period",
+        "the rollback's result: done, running from slot A",
+        "heartbeats after the rollback name slot A and its image's manifest",
     ] {
         assert!(
             checks.iter().any(|c| c["what"] == what && c["ok"] == true),

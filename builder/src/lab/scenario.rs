@@ -11,7 +11,7 @@
 //! | `update` (`--boot disk`) | a normal pass from slot A, the image written into slot B with a boot counter, booted again | B is tried, serves, is blessed; a `slot-changed` report names A as before |
 //! | `rollback` (`--boot disk`) | a normal pass from slot A, slot B written with one try and an image that cannot become healthy (`imrs.stop_after=zone` on its entry: it never brings BGP up), booted until it is back on A | B is tried once, gives up, is not blessed; the box boots A again, serves, and a `slot-changed` report names B and why it fell back |
 //! | `power-cut-update` (`--boot disk`) | a normal pass from slot A; while it still runs an update into slot B loses power half-way (its writes stop) and QEMU is killed; booted again | the box boots A, serves, B has no entry, no new report |
-//! | `remote-update` (`--boot disk`) | a normal pass from slot A; once heartbeats arrive, a second image (the first one's kernel and initramfs under a manifest with another version, signed with the image key) published at the receiver and a signed `update` queued (`fleet command DEVICE update`) | the box picks it up within a heartbeat, downloads and verifies it, writes slot B and reboots; B is tried, serves, is blessed; the command's result says done and the heartbeats after it name slot B and the new manifest |
+//! | `remote-update` (`--boot disk`) | a normal pass from slot A; once heartbeats arrive, a second image (the first one's kernel and initramfs under a manifest with another version, signed with the image key) published at the receiver and a signed `update` queued (`fleet command DEVICE update`) | the box picks it up within a heartbeat, downloads and verifies it, writes slot B and reboots; B is tried, serves, is blessed; the command's result says done and the heartbeats after it name slot B and the new manifest; then a signed `rollback`: slot A is written again from its own (re-verified) files, tried, serves, is blessed, the result says done and the heartbeats name A and the first manifest |
 //! | `remote-drain` | a normal pass; once heartbeats arrive, a signed `drain` command queued at the receiver (`fleet command`), then `undrain` | the box picks each up with the answer to a report; the router loses the specifics within 2 s of the pickup while `. SOA` is still answered, gets them back after `undrain`; both commands done; then a genuine command past its expiry and drain's signed text handed out again are both refused (the expired one resolved as refused with the reason, the replay reported refused once) |
 //!
 //! "Serving" means: the router holds the specific prefixes (199.7.83.0/24, 2001:500:9f::/48)
@@ -147,7 +147,7 @@ impl Scenario {
                 "an update into slot B cut by a power cut half-way leaves B without an entry: the box boots slot A again and serves"
             }
             Scenario::RemoteUpdate => {
-                "a signed update command for a second image, queued at the receiver once heartbeats arrive, is picked up within a heartbeat; the box downloads and verifies the image, writes slot B, reboots into it, serves, blesses it, reports the command done, and its heartbeats name slot B and the new image"
+                "a signed update command for a second image, queued at the receiver once heartbeats arrive, is picked up within a heartbeat; the box downloads and verifies the image, writes slot B, reboots into it, serves, blesses it, reports the command done, and its heartbeats name slot B and the new image; a signed rollback then brings it back to slot A the same way"
             }
             Scenario::RemoteDrain => {
                 "a signed drain command queued at the receiver is picked up with the answer to a report and the router loses the specifics within 2 s while . SOA is still answered; undrain brings them back; both results say done; an expired command and a replay of drain are refused with their reasons"
@@ -251,6 +251,9 @@ enum Goal {
     /// The full pass, then an `update` through the receiver; ends when the box reboots into
     /// the slot it wrote (QEMU ends: `-no-reboot`).
     RemoteUpdate,
+    /// A later boot: once the commands are resolved, a `rollback` through the receiver; ends
+    /// when the box reboots into the other slot.
+    RemoteRollback,
     /// A later boot: serving, every command resolved, and a heartbeat.
     CommandsResolved,
 }
@@ -281,6 +284,9 @@ struct Remote {
     heartbeat_after_results: bool,
     /// `remote-update`: sha256 of the second image's manifest, once published.
     update_manifest: Option<String>,
+    /// The `update` (boot 1) or `rollback` (boot 2) command: its sequence, when it was queued
+    /// and picked up.
+    update_seq: u64,
     update_queued: Option<f64>,
     update_picked: Option<f64>,
     /// What the box served just before the update was queued (it reboots before the end).
@@ -629,8 +635,10 @@ impl Lab {
         Ok(out)
     }
 
-    /// One look at `remote-update`: once serving with heartbeats, measure, publish the second
-    /// image and queue `update`; then see it picked up.
+    /// One look at `remote-update`: once serving with heartbeats, measure and queue the
+    /// command (boot 1: publish the second image and queue `update`; boot 2, `rollback`, once
+    /// the update's result is in); then see it picked up.
+    #[allow(clippy::too_many_arguments)]
     fn update_step(
         &self,
         svc: &Services,
@@ -639,8 +647,10 @@ impl Lab {
         serving: bool,
         reports: &[StoredReport],
         label: &str,
+        rollback: bool,
     ) -> Result<()> {
         use crate::home::images;
+        use imrs_config::command::Action;
         let say = |what: String| self.progress(format!("[{now:7.1} s] {label}: {what}"));
         if rm.update_queued.is_none() {
             if !serving {
@@ -650,29 +660,42 @@ impl Lab {
                 return Ok(());
             };
             rm.device = device;
+            if rollback {
+                self.refresh_results(rm)?;
+                if !rm.resolved() {
+                    return Ok(());
+                }
+            }
             rm.before_update = Some(self.measure(svc)?);
-            let second = self.second_image()?;
-            let (payload, _) = images::publish(&images::dir_for(&self.db()), &second)?;
-            let sha = payload.manifest_sha256();
-            let action = imrs_config::command::Action::Update {
-                path: images::url_path(&sha),
-                manifest_sha256: sha.clone(),
+            let (action, what) = if rollback {
+                (Action::Rollback {}, "rollback queued".to_string())
+            } else {
+                let second = self.second_image()?;
+                let (payload, _) = images::publish(&images::dir_for(&self.db()), &second)?;
+                let sha = payload.manifest_sha256();
+                let what = format!(
+                    "image {} {} published at the receiver (manifest {sha}); update queued",
+                    payload.manifest().name,
+                    payload.manifest().version
+                );
+                rm.update_manifest = Some(sha.clone());
+                (
+                    Action::Update {
+                        path: images::url_path(&sha),
+                        manifest_sha256: sha,
+                    },
+                    what,
+                )
             };
-            let seq = self.queue_command(&rm.device, action, now)?;
-            say(format!(
-                "image {} {} published at the receiver (manifest {sha}); update queued \
-                 (command {seq})",
-                payload.manifest().name,
-                payload.manifest().version
-            ));
-            rm.update_manifest = Some(sha);
+            rm.update_seq = self.queue_command(&rm.device, action, now)?;
+            say(format!("{what} (command {})", rm.update_seq));
             rm.update_queued = Some(now);
             return Ok(());
         }
         let delivered = self.refresh_results(rm)?;
-        if rm.update_picked.is_none() && !delivered.is_empty() {
+        if rm.update_picked.is_none() && delivered.contains(&rm.update_seq) {
             rm.update_picked = Some(now);
-            say("update picked up by the box".into());
+            say(format!("command {} picked up by the box", rm.update_seq));
         }
         Ok(())
     }
@@ -824,7 +847,7 @@ impl Lab {
         let mut rejected = 0;
         let mut remote = matches!(
             plan.goal,
-            Goal::RemoteDrain | Goal::RemoteUpdate | Goal::CommandsResolved
+            Goal::RemoteDrain | Goal::RemoteUpdate | Goal::RemoteRollback | Goal::CommandsResolved
         )
         .then(Remote::default);
         let limit = self.boot_timeout.as_secs_f64();
@@ -972,9 +995,15 @@ impl Lab {
                         Goal::RemoteDrain => {
                             self.remote_step(svc, rm, now, serving, &held, &reports, &label)?
                         }
-                        Goal::RemoteUpdate => {
-                            self.update_step(svc, rm, now, serving, &reports, &label)?
-                        }
+                        Goal::RemoteUpdate | Goal::RemoteRollback => self.update_step(
+                            svc,
+                            rm,
+                            now,
+                            serving,
+                            &reports,
+                            &label,
+                            plan.goal == Goal::RemoteRollback,
+                        )?,
                         _ => {
                             if rm.device.is_empty()
                                 && let Some(r) = reports.last()
@@ -1045,7 +1074,7 @@ impl Lab {
                         Some(now + 2.0)
                     }
                     // Ends when the box reboots into the slot it wrote, or at the time limit.
-                    Goal::RemoteUpdate => None,
+                    Goal::RemoteUpdate | Goal::RemoteRollback => None,
                     Goal::CommandsResolved
                         if out.serving_s.is_some()
                             && new_heartbeat
@@ -1299,10 +1328,14 @@ fn remote_checks(checks: &mut Vec<Check>, rm: Option<&Remote>) {
     );
 }
 
-/// What `remote-update` must have seen in boot 1: the update picked up within a heartbeat,
-/// the slot written and the box rebooting by itself.
+/// What `remote-update` must have seen when it queued `action` (`update` in boot 1,
+/// `rollback` in boot 2): picked up within a heartbeat, slot `slot` written and the box
+/// rebooting by itself.
 fn update_pickup_checks(
     checks: &mut Vec<Check>,
+    label: &str,
+    action: &str,
+    slot: char,
     rm: &Remote,
     console: &str,
     boot: Option<&BootOutcome>,
@@ -1313,7 +1346,9 @@ fn update_pickup_checks(
     };
     check(
         checks,
-        "update picked up with the answer to a report, within a heartbeat period",
+        &format!(
+            "{label}: {action} picked up with the answer to a report, within a heartbeat period"
+        ),
         picked.is_some_and(|d| d <= LAB_HEARTBEAT_S * 1.1 + 1.0),
         format!(
             "queued at {}, picked up at {} (heartbeats every {LAB_HEARTBEAT_S} s)",
@@ -1323,15 +1358,18 @@ fn update_pickup_checks(
     );
     let line = console
         .lines()
-        .find(|l| l.contains("written into slot") || l.contains("fleet command 1 (update)"))
+        .find(|l| l.contains("written into slot") || l.contains(&format!("({action}):")))
         .map_or_else(
-            || "no line about the update".to_string(),
+            || format!("no line about the {action}"),
             |l| l.trim().to_string(),
         );
     check(
         checks,
-        "boot 1: the box verified the image, wrote slot B and rebooted by itself",
-        line.contains("written into slot b; rebooting into it")
+        &format!(
+            "{label}: the box verified the image, wrote slot {} and rebooted by itself",
+            slot.to_ascii_uppercase()
+        ),
+        line.contains(&format!("written into slot {slot}; rebooting into it"))
             && boot.is_some_and(|b| b.exited.is_some()),
         format!(
             "{line}; QEMU {}",
@@ -1343,25 +1381,59 @@ fn update_pickup_checks(
     );
 }
 
-/// What `remote-update` must have seen from the new slot: the command done, and heartbeats
-/// naming slot B and the new manifest.
+/// A boot from `slot` after a remote command: started on trial, healthy, blessed on the disk.
+fn slot_trial_checks(
+    checks: &mut Vec<Check>,
+    label: &str,
+    slot: char,
+    console: &str,
+    entries: &[String],
+) {
+    check(
+        checks,
+        &format!(
+            "{label}: started from slot {} on trial",
+            slot.to_ascii_uppercase()
+        ),
+        console.contains(&format!("started from disk slot {slot}"))
+            && console.contains(&format!("slot {slot} on trial")),
+        boot_entry_line(console),
+    );
+    check(
+        checks,
+        &format!(
+            "{label}: healthy, slot {} blessed on the disk",
+            slot.to_ascii_uppercase()
+        ),
+        console.contains(&format!("slot {slot} blessed"))
+            && entries.iter().any(|e| *e == format!("imrs-{slot}.conf")),
+        format!("entries now: {}", entries.join(" ")),
+    );
+}
+
+/// What `remote-update` must have seen from the slot a command booted
+/// (`(action, slot, manifest)`): the command done, and heartbeats naming the slot and the
+/// image's manifest.
 fn update_result_checks(
     checks: &mut Vec<Check>,
-    before: &Remote,
-    after: Option<&Remote>,
+    (action, slot, manifest): (&str, char, &str),
+    rm: &Remote,
     fin: &Final,
     baseline: usize,
 ) {
-    let results = after.map(|r| r.results.clone()).unwrap_or_default();
-    let update = results.iter().find(|r| r.1 == "update");
+    let result = rm.results.iter().find(|r| r.1 == action);
+    let upper = slot.to_ascii_uppercase();
     check(
         checks,
-        "the update's result: done, running the new image from slot B",
-        update.is_some_and(|r| {
-            r.2 == "done" && r.3.as_deref().is_some_and(|w| w.contains("from slot b"))
+        &format!("the {action}'s result: done, running from slot {upper}"),
+        result.is_some_and(|r| {
+            r.2 == "done"
+                && r.3
+                    .as_deref()
+                    .is_some_and(|w| w.contains(&format!("from slot {slot}")))
         }),
-        update.map_or_else(
-            || "no update command at the receiver".to_string(),
+        result.map_or_else(
+            || format!("no {action} command at the receiver"),
             |(seq, _, state, reason)| {
                 format!(
                     "command {seq}: {state}: {}",
@@ -1370,7 +1442,6 @@ fn update_result_checks(
             },
         ),
     );
-    let want = before.update_manifest.clone().unwrap_or_default();
     let beats: Vec<&StoredReport> = fin
         .reports
         .iter()
@@ -1379,13 +1450,14 @@ fn update_result_checks(
         .collect();
     check(
         checks,
-        "heartbeats after the update name slot B and the new image's manifest",
+        &format!("heartbeats after the {action} name slot {upper} and its image's manifest"),
         !beats.is_empty()
             && beats.iter().all(|r| {
-                r.slot.as_deref() == Some("b") && r.manifest_sha256.as_deref() == Some(&want)
+                r.slot.as_deref() == Some(slot.to_string().as_str())
+                    && r.manifest_sha256.as_deref() == Some(manifest)
             }),
         format!(
-            "{} heartbeat(s) from boot 2: [{}]; the update's manifest {want}",
+            "{} heartbeat(s): [{}]; expected manifest {manifest}",
             beats.len(),
             beats
                 .iter()
@@ -1644,35 +1716,72 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             let base = fin1.reports.len();
             let rm1 = fin1.remote.clone().unwrap_or_default();
             let boot1 = lab.console_of("boot 1");
-            update_pickup_checks(&mut checks, &rm1, &boot1, boots.last());
-            if first_ok
-                && rm1.update_picked.is_some()
-                && boots.last().is_some_and(|b| b.exited.is_some())
-            {
-                let two = BootPlan::later("boot 2", Goal::CommandsResolved);
+            update_pickup_checks(
+                &mut checks,
+                "boot 1",
+                "update",
+                'b',
+                &rm1,
+                &boot1,
+                boots.last(),
+            );
+            let rebooted = |b: &[BootOutcome]| b.last().is_some_and(|b| b.exited.is_some());
+            if !(first_ok && rm1.update_picked.is_some() && rebooted(&boots)) {
+                (0, fin1)
+            } else {
+                // Boot 2: slot B; once the update's result is in, `rollback`.
+                let two = BootPlan::later("boot 2", Goal::RemoteRollback);
                 let (b2, _t2, fin2) = lab.boot(&mut svc, &two, base)?;
                 serving_checks(&mut checks, &b2, &fin2, lab.zone.serial);
                 let boot2 = lab.console_of("boot 2");
-                check(
-                    &mut checks,
-                    "boot 2: started from slot B on trial",
-                    boot2.contains("started from disk slot b") && boot2.contains("slot b on trial"),
-                    boot_entry_line(&boot2),
-                );
-                let entries = lab.slot_entries()?;
-                check(
-                    &mut checks,
-                    "boot 2: healthy, slot B blessed on the disk",
-                    boot2.contains("slot b blessed") && entries.iter().any(|e| e == "imrs-b.conf"),
-                    format!("entries now: {}", entries.join(" ")),
-                );
+                slot_trial_checks(&mut checks, "boot 2", 'b', &boot2, &lab.slot_entries()?);
                 slot_changed_check(&mut checks, "boot 2", &fin2, base, ("b", "a"), false);
-                update_result_checks(&mut checks, &rm1, fin2.remote.as_ref(), &fin2, base);
+                let rm2 = fin2.remote.clone().unwrap_or_default();
+                let new_manifest = rm1.update_manifest.clone().unwrap_or_default();
+                update_result_checks(
+                    &mut checks,
+                    ("update", 'b', &new_manifest),
+                    &rm2,
+                    &fin2,
+                    base,
+                );
+                update_pickup_checks(
+                    &mut checks,
+                    "boot 2",
+                    "rollback",
+                    'a',
+                    &rm2,
+                    &boot2,
+                    Some(&b2),
+                );
+                let base2 = fin2.reports.len();
+                let go_on = rm2.update_picked.is_some() && b2.exited.is_some();
                 second_serving = b2.serving_s;
                 boots.push(b2);
-                (0, fin1_with(fin1, &fin2))
-            } else {
-                (0, fin1)
+                if go_on {
+                    // Boot 3: slot A again, tried and blessed; the rollback's result.
+                    let three = BootPlan::later("boot 3", Goal::CommandsResolved);
+                    let (b3, _t3, fin3) = lab.boot(&mut svc, &three, base2)?;
+                    serving_checks(&mut checks, &b3, &fin3, lab.zone.serial);
+                    let boot3 = lab.console_of("boot 3");
+                    slot_trial_checks(&mut checks, "boot 3", 'a', &boot3, &lab.slot_entries()?);
+                    slot_changed_check(&mut checks, "boot 3", &fin3, base2, ("a", "b"), false);
+                    let first_manifest = crate::image_dir::sha256_hex(
+                        &std::fs::read(lab.image.join(crate::image_dir::MANIFEST))
+                            .context("the lab image's manifest")?,
+                    );
+                    update_result_checks(
+                        &mut checks,
+                        ("rollback", 'a', &first_manifest),
+                        fin3.remote.as_ref().unwrap_or(&Remote::default()),
+                        &fin3,
+                        base2,
+                    );
+                    boots.push(b3);
+                    (0, fin1_with(fin1, &fin3))
+                } else {
+                    (0, fin1_with(fin1, &fin2))
+                }
             }
         }
         Scenario::TamperedZone => {
