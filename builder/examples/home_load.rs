@@ -8,7 +8,10 @@
 //! a new client and a new TLS connection with a full handshake (a device reporting for the first
 //! time); with `--reconnect` each client keeps its TLS configuration but opens a new connection
 //! per report, so TLS 1.3 session resumption applies (a device sending its periodic reports);
-//! otherwise clients keep their connection.
+//! otherwise clients keep their connection. With `--heartbeats` the reports are `heartbeat`s
+//! (the receiver keeps a bounded history per device, pruning as it stores); with `--rate R`
+//! they are sent open-loop at R per second in all (report i is due at start + i/R; latency is
+//! measured from when it is sent), as a fleet heartbeating on its period does.
 //! Prints one JSON line. Run through `bench/home-receiver.sh`.
 
 use std::sync::Arc;
@@ -27,6 +30,8 @@ struct Args {
     seconds: u64,
     fresh: bool,
     reconnect: bool,
+    heartbeats: bool,
+    rate: Option<f64>,
 }
 
 fn args() -> Args {
@@ -37,6 +42,8 @@ fn args() -> Args {
         seconds: 120,
         fresh: false,
         reconnect: false,
+        heartbeats: false,
+        rate: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,17 +59,32 @@ fn args() -> Args {
             "--seconds" => a.seconds = num("--seconds") as u64,
             "--fresh" => a.fresh = true,
             "--reconnect" => a.reconnect = true,
+            "--heartbeats" => a.heartbeats = true,
+            "--rate" => a.rate = Some(num("--rate") as f64),
             other => panic!("unknown argument {other}"),
         }
     }
     a
 }
 
-fn sample(i: usize) -> report::Report {
+fn sample(i: usize, heartbeat: bool) -> report::Report {
     report::Report {
         version: report::REPORT_VERSION,
         id: report::ReportId::random().expect("random"),
-        event: report::Event::InstallPassed {},
+        event: if heartbeat {
+            report::Event::Heartbeat {
+                uptime_s: 300 * i as u64,
+                zone_serial: Some(2026010100),
+                zone_checked_s_ago: Some(120),
+                zone_expires_in_s: Some(600_000),
+                drained: false,
+                dns_probe_error: None,
+                last_error: None,
+                heartbeats_dropped: 0,
+            }
+        } else {
+            report::Event::InstallPassed {}
+        },
         created_unix: 1_767_225_600,
         clock_source: "ntp".into(),
         lab: true,
@@ -162,7 +184,7 @@ fn main() {
         .collect();
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..a.reports)
-            .map(|i| report::sign(&sample(i), &keys[i % keys.len()]).to_json())
+            .map(|i| report::sign(&sample(i, a.heartbeats), &keys[i % keys.len()]).to_json())
             .collect(),
     );
     let body_bytes = bodies.first().map(Vec::len).unwrap_or(0);
@@ -180,7 +202,7 @@ fn main() {
         .map(|_| {
             let (bodies, next, url, certs) =
                 (bodies.clone(), next.clone(), url.clone(), certs.clone());
-            let (fresh, pool) = (a.fresh, !a.reconnect);
+            let (fresh, pool, rate) = (a.fresh, !a.reconnect, a.rate);
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
                 let mut ag = agent(&certs, pool);
@@ -191,6 +213,10 @@ fn main() {
                     }
                     if fresh {
                         ag = agent(&certs, pool);
+                    }
+                    if let Some(r) = rate {
+                        let due = start + Duration::from_secs_f64(i as f64 / r);
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
                     }
                     let t = Instant::now();
                     let mut resp = ag
@@ -213,7 +239,18 @@ fn main() {
     let elapsed = start.elapsed();
     let stored = store::count_reports(&db).expect("count");
     running.stop();
-    assert_eq!(stored as usize, lat.len(), "every 201 is a stored report");
+    // Every 201 is a stored report; heartbeats beyond a device's bounded history are pruned.
+    let kept: usize = (0..a.devices)
+        .map(|d| {
+            let sent = (lat.len() + a.devices - 1 - d) / a.devices;
+            if a.heartbeats {
+                sent.min(store::writer::MAX_HEARTBEATS_PER_DEVICE as usize)
+            } else {
+                sent
+            }
+        })
+        .sum();
+    assert_eq!(stored as usize, kept, "every 201 is a stored report");
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -228,6 +265,8 @@ fn main() {
             "devices": a.devices,
             "fresh_connections": a.fresh,
             "reconnect_resumed": a.reconnect,
+            "heartbeats": a.heartbeats,
+            "offered_rate": a.rate,
             "body_bytes": body_bytes,
             "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
             "reports_per_second": (lat.len() as f64 / elapsed.as_secs_f64()).round(),
