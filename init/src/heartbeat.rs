@@ -50,6 +50,35 @@ pub fn event(inputs: &Inputs, now: SystemTime, uptime: Duration, dropped: u64) -
     }
 }
 
+/// This boot's heartbeats waiting in the outbox: at most a bound of them, the oldest dropped
+/// first and counted.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    waiting: VecDeque<PathBuf>,
+    dropped: u64,
+}
+
+impl Backlog {
+    /// Forgets the heartbeats the receiver has taken (gone from the outbox), then drops the
+    /// oldest waiting until one more fits within `max`. Returns how many were dropped so far.
+    pub fn make_room(&mut self, max: usize) -> u64 {
+        self.waiting.retain(|p| p.exists());
+        while self.waiting.len() >= max.max(1) {
+            if let Some(old) = self.waiting.pop_front()
+                && std::fs::remove_file(&old).is_ok()
+            {
+                self.dropped += 1;
+            }
+        }
+        self.dropped
+    }
+
+    /// Notes a heartbeat queued at `path`.
+    pub fn push(&mut self, path: PathBuf) {
+        self.waiting.push_back(path);
+    }
+}
+
 /// How often the commands the receiver's answers carried are looked at.
 const COMMAND_POLL: Duration = Duration::from_millis(250);
 
@@ -76,8 +105,7 @@ pub async fn run(
     ));
     let mut commands = crate::fleet::Commands::open(store);
     commands.report_interrupted(ctx, results);
-    let mut waiting: VecDeque<PathBuf> = VecDeque::new();
-    let mut dropped = 0u64;
+    let mut backlog = Backlog::default();
     let mut first = true;
     loop {
         let mut r = [0u8; 4];
@@ -94,15 +122,7 @@ pub async fn run(
                 return std::future::pending().await;
             }
         }
-        // Heartbeats the receiver has taken are gone from the outbox.
-        waiting.retain(|p| p.exists());
-        while waiting.len() >= MAX_WAITING {
-            if let Some(old) = waiting.pop_front()
-                && std::fs::remove_file(&old).is_ok()
-            {
-                dropped += 1;
-            }
-        }
+        let dropped = backlog.make_room(MAX_WAITING);
         let inputs = ctx
             .serving
             .inputs
@@ -137,7 +157,7 @@ pub async fn run(
         });
         match queued {
             Ok(Some(path)) => {
-                waiting.push_back(path);
+                backlog.push(path);
                 if first {
                     log::info("first heartbeat queued");
                     first = false;
@@ -152,6 +172,45 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The receiver away for longer than the backlog holds (a day and an hour of heartbeats
+    /// at the default period): the newest stay, the oldest go first and are counted; the ones
+    /// the receiver took meanwhile make room without being counted.
+    #[test]
+    fn a_receiver_away_long_drops_the_oldest_heartbeats_and_counts_them() {
+        let d = tempfile::tempdir().unwrap();
+        let mut b = Backlog::default();
+        let period = 300;
+        let away: usize = 25 * 3600 / period;
+        for i in 0..away {
+            assert_eq!(
+                b.make_room(MAX_WAITING),
+                i.saturating_sub(MAX_WAITING - 1) as u64
+            );
+            let p = d.path().join(format!("hb-{i:04}.json"));
+            std::fs::write(&p, b"{}").unwrap();
+            b.push(p);
+        }
+        assert_eq!(b.make_room(MAX_WAITING), (away - MAX_WAITING + 1) as u64);
+        let left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), MAX_WAITING - 1);
+        assert!(
+            !d.path()
+                .join(format!("hb-{:04}.json", away - MAX_WAITING))
+                .exists()
+        );
+        assert!(d.path().join(format!("hb-{:04}.json", away - 1)).exists());
+        // The receiver is back and takes them all: nothing more is dropped.
+        for f in std::fs::read_dir(d.path()).unwrap() {
+            std::fs::remove_file(f.unwrap().path()).unwrap();
+        }
+        let dropped = b.make_room(MAX_WAITING);
+        assert_eq!(dropped, (away - MAX_WAITING + 1) as u64);
+        assert_eq!(b.waiting.len(), 0);
+    }
 
     #[test]
     fn jitter_stays_within_a_tenth() {

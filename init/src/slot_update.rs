@@ -357,6 +357,91 @@ mod tests {
         assert!(check(&forged, &image_key.verifying_key(), None).is_err());
     }
 
+    /// A root with an `IMRS-ESP` partition (a file, found through a sysfs `uevent`) whose
+    /// slot A holds `payload`, and `key` as the image-signing key.
+    fn fake_root(payload: &SlotPayload, key: &ed25519_dalek::VerifyingKey) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("sys/class/block/vda1")).unwrap();
+        std::fs::write(
+            r.join("sys/class/block/vda1/uevent"),
+            "DEVNAME=vda1\nPARTNAME=IMRS-ESP\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(r.join("dev")).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(r.join("dev/vda1"))
+            .unwrap();
+        file.set_len(8 << 20).unwrap();
+        let mut esp = Esp::format(Window::new(file, 0, 8 << 20), b"t", 1, b"MZ").unwrap();
+        esp.write_slot(Slot::A, payload, None, &[]).unwrap();
+        std::fs::create_dir_all(r.join("etc/imrs")).unwrap();
+        std::fs::write(
+            r.join(IMAGE_PUBKEY_PATH.trim_start_matches('/')),
+            keys::public_pem(key),
+        )
+        .unwrap();
+        std::fs::create_dir_all(r.join("proc")).unwrap();
+        std::fs::write(
+            r.join("proc/cmdline"),
+            "console=ttyS0 imrs.manifest=x imrs.slot=b console=ttyS1\n",
+        )
+        .unwrap();
+        t
+    }
+
+    #[test]
+    fn a_rollback_writes_the_other_slot_only_when_it_verifies() {
+        let image_key = keys::generate().unwrap();
+        let payload = signed_payload(&image_key, "qemu");
+        let target = |root: &Path, running, profile: &str| Target {
+            root: root.to_path_buf(),
+            running: Some(running),
+            profile: Some(profile.to_string()),
+        };
+        // Signed with another key, or for another appliance: refused, the ESP untouched.
+        let stranger = keys::generate().unwrap();
+        for (key, profile, why) in [
+            (stranger.verifying_key(), "qemu", "does not verify"),
+            (
+                image_key.verifying_key(),
+                "calypso",
+                "built for the qemu appliance profile",
+            ),
+        ] {
+            let t = fake_root(&payload, &key);
+            let before = std::fs::read(t.path().join("dev/vda1")).unwrap();
+            let e = run(&Job::Rollback, &target(t.path(), Slot::B, profile)).unwrap_err();
+            assert!(e.contains(why) && e.contains("for slot a"), "{e}");
+            assert_eq!(std::fs::read(t.path().join("dev/vda1")).unwrap(), before);
+        }
+        // Nothing in the other slot to go back to.
+        let t = fake_root(&payload, &image_key.verifying_key());
+        let e = run(&Job::Rollback, &target(t.path(), Slot::A, "qemu")).unwrap_err();
+        assert_eq!(e, "slot b holds no image to go back to");
+        // Verified: slot A written again as the newest, counted entry, the running entry's own
+        // words carried over.
+        let w = run(&Job::Rollback, &target(t.path(), Slot::B, "qemu")).unwrap();
+        assert_eq!(w.slot, Slot::A);
+        assert_eq!(w.entry.file_name(), format!("imrs-a+{TRIES}.conf"));
+        assert_eq!(w.manifest_sha256, payload.manifest_sha256());
+        assert_eq!(w.image, "image imrs-test 2");
+        let file = std::fs::File::open(t.path().join("dev/vda1")).unwrap();
+        let mut esp = Esp::from_window(Window::new(file, 0, 8 << 20));
+        let slots = esp.slots().unwrap();
+        assert_eq!(imrs_disk::next_boot(&slots), Some(Slot::A));
+        let entry = slots[0].entry.as_ref().unwrap().entry.as_ref().unwrap();
+        assert!(
+            entry.options.ends_with("imrs.slot=a console=ttyS1"),
+            "{}",
+            entry.options
+        );
+    }
+
     #[test]
     fn nothing_is_written_without_a_slot_or_a_key() {
         let t = tempfile::tempdir().unwrap();
