@@ -129,6 +129,47 @@ pub struct Manifest {
     pub packages: Vec<ManifestPackage>,
 }
 
+impl Artifact {
+    /// The entry for file `name` holding `data`.
+    pub fn of(name: &str, data: &[u8]) -> Artifact {
+        use sha2::Digest;
+        Artifact {
+            name: name.into(),
+            size: data.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(data)),
+        }
+    }
+}
+
+impl Manifest {
+    /// A manifest of image `imrs-test` `version` for `profile` listing only `artifacts`: no
+    /// packages, zero recipe, lock and file-list digests. A fixture for tests of what carries
+    /// manifests (slots, downloads, the receiver's image store); never what a build writes.
+    pub fn fixture(version: &str, profile: &str, artifacts: Vec<Artifact>) -> Manifest {
+        Manifest {
+            schema: MANIFEST_SCHEMA,
+            name: "imrs-test".into(),
+            version: version.into(),
+            profile: profile.into(),
+            dns: DnsImpl::Nsd,
+            builder: "test".into(),
+            init_toolchain: Toolchain {
+                release: "1".into(),
+                commit_hash: "0".into(),
+            },
+            source_date_epoch: 1_785_456_000,
+            recipe_sha256: "0".repeat(64),
+            lock_sha256: "0".repeat(64),
+            kernel_release: "6.1".into(),
+            cmdline: "console=ttyS0".into(),
+            artifacts,
+            files_count: 0,
+            files_sha256: "0".repeat(64),
+            packages: vec![],
+        }
+    }
+}
+
 /// Serialises any value canonically: keys sorted, two-space indentation, trailing newline.
 pub fn canonical_json<T: Serialize>(value: &T) -> Vec<u8> {
     // serde_json's Map is a BTreeMap (no preserve_order feature): converting to a Value sorts keys.

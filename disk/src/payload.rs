@@ -131,39 +131,20 @@ impl SlotPayload {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use imrs_config::image::{Artifact, MANIFEST_SCHEMA, Toolchain, canonical_json};
-    use imrs_config::recipe::DnsImpl;
+    use imrs_config::image::{Artifact, canonical_json};
 
     /// A consistent payload for tests, `tag` making it distinct.
     pub fn payload(tag: &str, kernel_len: usize) -> SlotPayload {
         let kernel: Vec<u8> = (0..kernel_len).map(|i| (i % 251) as u8).collect();
         let initramfs = format!("initramfs {tag}").into_bytes();
-        let art = |name: &str, d: &[u8]| Artifact {
-            name: name.into(),
-            size: d.len() as u64,
-            sha256: sha256_hex(d),
-        };
-        let m = Manifest {
-            schema: MANIFEST_SCHEMA,
-            name: "imrs-test".into(),
-            version: tag.into(),
-            profile: "qemu".into(),
-            dns: DnsImpl::Nsd,
-            builder: "test".into(),
-            init_toolchain: Toolchain {
-                release: "1".into(),
-                commit_hash: "0".into(),
-            },
-            source_date_epoch: 1_785_456_000,
-            recipe_sha256: "0".repeat(64),
-            lock_sha256: "0".repeat(64),
-            kernel_release: "6.1".into(),
-            cmdline: "console=ttyS0".into(),
-            artifacts: vec![art(INITRAMFS, &initramfs), art(KERNEL, &kernel)],
-            files_count: 0,
-            files_sha256: "0".repeat(64),
-            packages: vec![],
-        };
+        let m = Manifest::fixture(
+            tag,
+            "qemu",
+            vec![
+                Artifact::of(INITRAMFS, &initramfs),
+                Artifact::of(KERNEL, &kernel),
+            ],
+        );
         SlotPayload::new(canonical_json(&m), b"sig\n".to_vec(), kernel, initramfs).unwrap()
     }
 

@@ -296,35 +296,17 @@ mod tests {
 
     /// A consistent payload for profile `profile`, its manifest signed with `key`.
     fn signed_payload(key: &ed25519_dalek::SigningKey, profile: &str) -> SlotPayload {
-        use imrs_config::image::{Artifact, MANIFEST_SCHEMA, Manifest, Toolchain};
+        use imrs_config::image::{Artifact, Manifest};
         let kernel = b"kernel".to_vec();
         let initramfs = b"initramfs".to_vec();
-        let art = |name: &str, d: &[u8]| Artifact {
-            name: name.into(),
-            size: d.len() as u64,
-            sha256: hex::encode(Sha256::digest(d)),
-        };
-        let m = Manifest {
-            schema: MANIFEST_SCHEMA,
-            name: "imrs-test".into(),
-            version: "2".into(),
-            profile: profile.into(),
-            dns: imrs_config::recipe::DnsImpl::Nsd,
-            builder: "test".into(),
-            init_toolchain: Toolchain {
-                release: "1".into(),
-                commit_hash: "0".into(),
-            },
-            source_date_epoch: 1_785_456_000,
-            recipe_sha256: "0".repeat(64),
-            lock_sha256: "0".repeat(64),
-            kernel_release: "6.1".into(),
-            cmdline: "console=ttyS0".into(),
-            artifacts: vec![art(INITRAMFS, &initramfs), art(KERNEL, &kernel)],
-            files_count: 0,
-            files_sha256: "0".repeat(64),
-            packages: vec![],
-        };
+        let m = Manifest::fixture(
+            "2",
+            profile,
+            vec![
+                Artifact::of(INITRAMFS, &initramfs),
+                Artifact::of(KERNEL, &kernel),
+            ],
+        );
         let bytes = imrs_config::image::canonical_json(&m);
         let sig = keys::sign_hex(key, &bytes).into_bytes();
         SlotPayload::new(bytes, sig, kernel, initramfs).unwrap()

@@ -461,9 +461,8 @@ fn unknown_device_is_rejected_under_enrolment_until_enrolled() {
 #[test]
 fn published_images_are_served_and_checked_by_the_downloader() {
     use imrs_build::home::images;
-    use imrs_config::image::{Artifact, MANIFEST_SCHEMA, Manifest, Toolchain};
+    use imrs_config::image::{Artifact, Manifest};
     use imrs_init::slot_update::download;
-    use sha2::Digest;
     let dir = tempfile::tempdir().unwrap();
     let site = pki(dir.path(), "site");
     let db = dir.path().join("home.sqlite");
@@ -473,35 +472,14 @@ fn published_images_are_served_and_checked_by_the_downloader() {
     // An image folder: kernel and initramfs, its manifest signed with an image key.
     let kernel: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     let initramfs = vec![7u8; 123_457];
-    let art = |name: &str, d: &[u8]| Artifact {
-        name: name.into(),
-        size: d.len() as u64,
-        sha256: hex::encode(sha2::Sha256::digest(d)),
-    };
-    let manifest = Manifest {
-        schema: MANIFEST_SCHEMA,
-        name: "imrs-test".into(),
-        version: "2".into(),
-        profile: "qemu".into(),
-        dns: imrs_config::recipe::DnsImpl::Nsd,
-        builder: "test".into(),
-        init_toolchain: Toolchain {
-            release: "1".into(),
-            commit_hash: "0".into(),
-        },
-        source_date_epoch: 1_785_456_000,
-        recipe_sha256: "0".repeat(64),
-        lock_sha256: "0".repeat(64),
-        kernel_release: "6.1".into(),
-        cmdline: "console=ttyS0".into(),
-        artifacts: vec![
-            art("initramfs.cpio.zst", &initramfs),
-            art("vmlinuz", &kernel),
+    let manifest = Manifest::fixture(
+        "2",
+        "qemu",
+        vec![
+            Artifact::of("initramfs.cpio.zst", &initramfs),
+            Artifact::of("vmlinuz", &kernel),
         ],
-        files_count: 0,
-        files_sha256: "0".repeat(64),
-        packages: vec![],
-    };
+    );
     let key = keys::generate().unwrap();
     let folder = dir.path().join("image");
     imrs_build::image_dir::write(

@@ -1055,7 +1055,7 @@ fn commands_ride_on_the_answers_and_the_devices_results_close_them() {
 /// and a key the image was not signed with are refused before anything is queued.
 #[test]
 fn an_update_publishes_its_image_and_the_receiver_serves_it() {
-    use imrs_config::image::{Artifact, MANIFEST_SCHEMA, Manifest, Toolchain};
+    use imrs_config::image::{Artifact, Manifest};
     let dir = tempfile::tempdir().unwrap();
     let ca = pki(dir.path());
     let db = dir.path().join("home.sqlite");
@@ -1077,35 +1077,14 @@ fn an_update_publishes_its_image_and_the_receiver_serves_it() {
     let image_key = keys::generate().unwrap();
     let kernel = b"kernel bytes".to_vec();
     let initramfs = b"initramfs bytes".to_vec();
-    let art = |name: &str, d: &[u8]| Artifact {
-        name: name.into(),
-        size: d.len() as u64,
-        sha256: imrs_build::image_dir::sha256_hex(d),
-    };
-    let manifest = Manifest {
-        schema: MANIFEST_SCHEMA,
-        name: "imrs-test".into(),
-        version: "2".into(),
-        profile: "qemu".into(),
-        dns: imrs_config::recipe::DnsImpl::Nsd,
-        builder: "test".into(),
-        init_toolchain: Toolchain {
-            release: "1".into(),
-            commit_hash: "0".into(),
-        },
-        source_date_epoch: 1_785_456_000,
-        recipe_sha256: "0".repeat(64),
-        lock_sha256: "0".repeat(64),
-        kernel_release: "6.1".into(),
-        cmdline: "console=ttyS0".into(),
-        artifacts: vec![
-            art("initramfs.cpio.zst", &initramfs),
-            art("vmlinuz", &kernel),
+    let manifest = Manifest::fixture(
+        "2",
+        "qemu",
+        vec![
+            Artifact::of("initramfs.cpio.zst", &initramfs),
+            Artifact::of("vmlinuz", &kernel),
         ],
-        files_count: 0,
-        files_sha256: "0".repeat(64),
-        packages: vec![],
-    };
+    );
     let image = dir.path().join("image");
     imrs_build::image_dir::write(
         &image,
