@@ -7,6 +7,8 @@
 //! - [`keys`]: Ed25519 keys and detached signatures.
 //! - [`report`]: phone-home reports; [`command`]: signed fleet commands and the appliance's
 //!   decision to run one.
+//! - [`rssac002`]: the daily metrics a root server operator publishes: a day's counters, their
+//!   merge across boxes, and the documents in the published layout.
 //! - [`signed`]: signed site configs as the init receives them.
 //! - [`stage`]: the boot pipeline's stages and statuses, shared by the init, reports and the lab.
 //! - [`layout`]: the paths every image owns (recipes may not place files over them).
@@ -23,6 +25,7 @@ pub mod lock;
 pub mod profile;
 pub mod recipe;
 pub mod report;
+pub mod rssac002;
 pub mod signed;
 pub mod site;
 pub mod stage;
