@@ -18,6 +18,9 @@
 //!   there once healthy (or from the old slot, when the new one never became healthy).
 //! - `fleet command DEVICE rollback`: the box boots its other slot again (re-verified, tried
 //!   with a boot counter, blessed once healthy).
+//! - `fleet rssac002 --db DB --day YYYY-MM-DD --out DIR`: the RSSAC002 documents of a day from
+//!   the devices' `telemetry` reports ([`imrs_config::rssac002`]), the fleet's and each
+//!   device's.
 
 use std::path::PathBuf;
 
@@ -50,6 +53,21 @@ pub enum FleetCommand {
         /// Seconds the command stays valid (at most a week); past it the box refuses it.
         #[arg(long, global = true, default_value_t = 86_400)]
         expires_in: u64,
+    },
+    /// Write the RSSAC002 documents of one UTC day from the devices' telemetry reports: the
+    /// fleet's (merged: counters added, unique sources united, load time the 95th percentile)
+    /// under OUT in the published layout (`YYYY/MM/<metric>/l-root-YYYYMMDD-<metric>.yaml`), and
+    /// each device's under `OUT/devices/<key id>/`.
+    Rssac002 {
+        /// The receiver's database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The UTC day, YYYY-MM-DD.
+        #[arg(long, value_parser = parse_day)]
+        day: jiff::civil::Date,
+        /// Output folder (created if missing; documents already there are replaced).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Devices with their last report and heartbeat, and every command's state.
     Status {
@@ -114,6 +132,76 @@ impl ActionArg {
             }
         })
     }
+}
+
+fn parse_day(text: &str) -> Result<jiff::civil::Date, String> {
+    text.parse::<jiff::civil::Date>()
+        .ok()
+        .filter(|_| text.len() == 10)
+        .ok_or_else(|| format!("{}: a UTC day, YYYY-MM-DD", escape(text)))
+}
+
+/// Writes the documents of every metric for `m` under `dir`; returns how many.
+fn write_documents(
+    dir: &std::path::Path,
+    day: jiff::civil::Date,
+    m: &imrs_config::rssac002::DayMetrics,
+) -> Result<usize> {
+    use imrs_config::rssac002::{Metric, path, render};
+    for metric in Metric::ALL {
+        let file = dir.join(path(day, metric));
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("{}: cannot create", parent.display()))?;
+        }
+        imrs_config::fsutil::write_atomic(&file, render(metric, day, m).as_bytes(), 0o644)
+            .with_context(|| format!("{}: cannot write", file.display()))?;
+    }
+    Ok(Metric::ALL.len())
+}
+
+/// `fleet rssac002`.
+fn rssac002(
+    db: &std::path::Path,
+    day: jiff::civil::Date,
+    out: &std::path::Path,
+    json: bool,
+) -> Result<u8> {
+    let rows = store::telemetry(db, &day.to_string())?;
+    if rows.is_empty() {
+        bail!(
+            "{}: no telemetry report for {day}: nothing to write",
+            db.display()
+        );
+    }
+    let mut fleet = imrs_config::rssac002::DayMetrics::default();
+    let mut files = 0;
+    for r in &rows {
+        fleet.merge(&r.metrics);
+        files += write_documents(&out.join("devices").join(&r.device), day, &r.metrics)?;
+    }
+    files += write_documents(out, day, &fleet)?;
+    let partial = rows.iter().filter(|r| !r.complete).count();
+    if json {
+        crate::ui::print_ok(json!({
+            "day": day.to_string(), "out": out, "files": files,
+            "devices": rows.iter().map(|r| json!({
+                "device": r.device, "serial": r.serial, "complete": r.complete,
+            })).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        println!(
+            "wrote {files} RSSAC002 documents for {day} under {}: the fleet's, and {} device(s)'{}",
+            out.display(),
+            rows.len(),
+            if partial > 0 {
+                format!(" ({partial} of them sent before the day ended: partial)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(0)
 }
 
 /// The one device key `device` (a key id or a serial) names in `db`.
@@ -196,6 +284,7 @@ pub fn run(cmd: FleetCommand, json: bool) -> Result<u8> {
             }
             Ok(0)
         }
+        FleetCommand::Rssac002 { db, day, out } => rssac002(&db, day, &out, json),
         FleetCommand::Status { device, db } => {
             let fleet = store::fleet(&db, 0)?;
             let key = device

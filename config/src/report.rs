@@ -192,6 +192,17 @@ pub enum Event {
         #[serde(default)]
         heartbeats_dropped: u64,
     },
+    /// The RSSAC002 metrics of one UTC day as this box counted them (report version 3): sent
+    /// after the day ends, and on demand for the day so far; a later report for the same day
+    /// supersedes an earlier one (the box counts the whole day).
+    Telemetry {
+        /// The UTC day, `YYYY-MM-DD`.
+        day: String,
+        /// Whether the day had ended when this was sent.
+        complete: bool,
+        /// What was counted.
+        metrics: Box<crate::rssac002::DayMetrics>,
+    },
     /// What became of a signed command from the operations team (report version 3).
     CommandResult {
         /// The command's sequence number (0 when the command was too malformed to say).
@@ -245,6 +256,7 @@ impl Event {
             Event::SlotChanged { .. } => "slot-changed",
             Event::Heartbeat { .. } => "heartbeat",
             Event::CommandResult { .. } => "command-result",
+            Event::Telemetry { .. } => "telemetry",
         }
     }
 }
@@ -524,13 +536,25 @@ pub fn validate(r: &Report) -> Result<(), ReportError> {
         && (r.slot.is_some()
             || matches!(
                 r.event,
-                Event::SlotChanged { .. } | Event::Heartbeat { .. } | Event::CommandResult { .. }
+                Event::SlotChanged { .. }
+                    | Event::Heartbeat { .. }
+                    | Event::CommandResult { .. }
+                    | Event::Telemetry { .. }
             ))
     {
         return Err(bad(
             "version",
             &r.version,
-            "slot, slot-changed, heartbeat and command-result need report version 3",
+            "slot, slot-changed, heartbeat, command-result and telemetry need report version 3",
+        ));
+    }
+    if let Event::Telemetry { day, .. } = &r.event
+        && (day.len() != 10 || day.parse::<jiff::civil::Date>().is_err())
+    {
+        return Err(bad(
+            "event.day",
+            &crate::escape(day),
+            "a UTC day, YYYY-MM-DD",
         ));
     }
     if let Event::CommandResult {

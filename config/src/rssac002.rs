@@ -113,14 +113,19 @@ pub struct DayMetrics {
     /// Responses sent over TCP.
     pub tcp_responses: ByFamily,
     /// Request sizes over UDP.
+    #[serde(with = "pairs")]
     pub udp_request_sizes: Histogram,
     /// Response sizes over UDP.
+    #[serde(with = "pairs")]
     pub udp_response_sizes: Histogram,
     /// Request sizes over TCP.
+    #[serde(with = "pairs")]
     pub tcp_request_sizes: Histogram,
     /// Response sizes over TCP.
+    #[serde(with = "pairs")]
     pub tcp_response_sizes: Histogram,
     /// Responses sent by response code (extended codes included).
+    #[serde(with = "pairs")]
     pub rcodes: BTreeMap<u16, u64>,
     /// Distinct IPv4 sources.
     pub sources_v4: Sources,
@@ -130,6 +135,7 @@ pub struct DayMetrics {
     pub sources_v6_64: Sources,
     /// Seconds to load each serial (for one box; a merge keeps every box's, see
     /// [`load_time_p95`]).
+    #[serde(with = "pairs")]
     pub load_time: BTreeMap<u32, Vec<u64>>,
 }
 
@@ -171,8 +177,8 @@ impl DayMetrics {
         *self.rcodes.entry(rcode).or_default() += 1;
     }
 
-    /// Adds another box's (or day part's) metrics: counters add, sources unite, load times
-    /// are kept side by side.
+    /// Adds another box's (or day part's) metrics: counters add (saturating: a device's claims
+    /// cannot overflow the fleet's sum), sources unite, load times are kept side by side.
     pub fn merge(&mut self, other: &DayMetrics) {
         for (a, b) in [
             (&mut self.udp_queries, &other.udp_queries),
@@ -180,8 +186,8 @@ impl DayMetrics {
             (&mut self.udp_responses, &other.udp_responses),
             (&mut self.tcp_responses, &other.tcp_responses),
         ] {
-            a[0] += b[0];
-            a[1] += b[1];
+            a[0] = a[0].saturating_add(b[0]);
+            a[1] = a[1].saturating_add(b[1]);
         }
         for (a, b) in [
             (&mut self.udp_request_sizes, &other.udp_request_sizes),
@@ -190,11 +196,13 @@ impl DayMetrics {
             (&mut self.tcp_response_sizes, &other.tcp_response_sizes),
         ] {
             for (k, v) in b {
-                *a.entry(*k).or_default() += v;
+                let e = a.entry(*k).or_default();
+                *e = e.saturating_add(*v);
             }
         }
         for (k, v) in &other.rcodes {
-            *self.rcodes.entry(*k).or_default() += v;
+            let e = self.rcodes.entry(*k).or_default();
+            *e = e.saturating_add(*v);
         }
         self.sources_v4.merge(&other.sources_v4);
         self.sources_v6.merge(&other.sources_v6);
@@ -267,6 +275,36 @@ pub enum Sources {
 impl Default for Sources {
     fn default() -> Sources {
         Sources::Exact(BTreeSet::new())
+    }
+}
+
+/// Maps with number keys as `[[key, value], ...]` (JSON object keys are strings, and a report is
+/// read through a JSON value, which does not turn them back into numbers).
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        let list = Vec::<(K, V)>::deserialize(d)?;
+        let n = list.len();
+        let m: BTreeMap<K, V> = list.into_iter().collect();
+        if m.len() != n {
+            return Err(serde::de::Error::custom("a key appears twice"));
+        }
+        Ok(m)
     }
 }
 

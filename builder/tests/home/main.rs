@@ -1166,3 +1166,124 @@ fn an_update_publishes_its_image_and_the_receiver_serves_it() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read_dir(&images).unwrap().count(), 1);
 }
+
+/// Telemetry reports from two devices (one sending a partial day, then the whole day) become
+/// the fleet's RSSAC002 documents and each device's; a bad day or a day nobody reported is
+/// refused, and a report naming no real day never reaches the database.
+#[test]
+fn telemetry_reports_become_rssac002_documents() {
+    use imrs_config::rssac002::{DayMetrics, SourceKey, Transport};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki(dir.path());
+    let db = dir.path().join("home.sqlite");
+    let dbs = db.to_str().unwrap();
+    let serve = Serve::start(dir.path(), &db, OPEN);
+    let agent = agent(&ca);
+    let key = SourceKey::new([9; 32]);
+    let shared: IpAddr = "192.0.2.7".parse().unwrap();
+    let send = |device: &ed25519_dalek::SigningKey,
+                serial: &str,
+                day: &str,
+                complete: bool,
+                created: i64,
+                metrics: DayMetrics| {
+        let mut r = sample(serial);
+        r.created_unix = created;
+        r.event = Event::Telemetry {
+            day: day.into(),
+            complete,
+            metrics: Box::new(metrics),
+        };
+        post(&agent, &serve.url, &report::sign(&r, device).to_json())
+    };
+    let a = keys::generate().unwrap();
+    let b = keys::generate().unwrap();
+    let mut am = DayMetrics::default();
+    am.query(Transport::Udp, shared, 40, &key);
+    am.response(Transport::Udp, shared, 500, 0);
+    // A's partial day, then its whole day (which supersedes it).
+    let (s, answer) = send(&a, "SN-A", "2025-07-01", false, 1_751_350_000, am.clone());
+    assert_eq!(s, 201, "{answer}");
+    am.query(Transport::Tcp, "2001:db8::1".parse().unwrap(), 300, &key);
+    am.response(Transport::Tcp, "2001:db8::1".parse().unwrap(), 5000, 3);
+    assert_eq!(
+        send(&a, "SN-A", "2025-07-01", true, 1_751_414_400, am.clone()).0,
+        201
+    );
+    let mut bm = DayMetrics::default();
+    bm.query(Transport::Udp, shared, 40, &key);
+    bm.query(Transport::Udp, "192.0.2.8".parse().unwrap(), 60, &key);
+    bm.response(Transport::Udp, shared, 500, 0);
+    assert_eq!(
+        send(&b, "SN-B", "2025-07-01", true, 1_751_414_401, bm).0,
+        201
+    );
+    // Not a day: refused before storage.
+    let (s, answer) = send(&b, "SN-B", "2025-13-01", true, 1, DayMetrics::default());
+    assert_eq!(s, 422, "{answer}");
+    assert!(answer.to_string().contains("event.day"), "{answer}");
+
+    let out = dir.path().join("rssac002");
+    let (code, text, err) = fleet(&[
+        "rssac002",
+        "--db",
+        dbs,
+        "--day",
+        "2025-07-01",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        text.contains("wrote 15 RSSAC002 documents") && text.contains("2 device(s)"),
+        "{text}"
+    );
+    let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
+    let vol = read("2025/07/traffic-volume/l-root-20250701-traffic-volume.yaml");
+    assert!(
+        vol.starts_with("---\nversion: rssac002v5\nservice: l.root-servers.net\n"),
+        "{vol}"
+    );
+    assert!(vol.contains("dns-udp-queries-received-ipv4: 3\n"), "{vol}");
+    assert!(vol.contains("dns-tcp-queries-received-ipv6: 1\n"), "{vol}");
+    let src = read("2025/07/unique-sources/l-root-20250701-unique-sources.yaml");
+    assert!(
+        src.contains("num-sources-ipv4: 2\nnum-sources-ipv6: 1\n"),
+        "the source both saw counts once: {src}"
+    );
+    let sizes = read("2025/07/traffic-sizes/l-root-20250701-traffic-sizes.yaml");
+    assert!(
+        sizes.contains("tcp-response-sizes:\n  4096-: 1\n"),
+        "{sizes}"
+    );
+    let rc = read("2025/07/rcode-volume/l-root-20250701-rcode-volume.yaml");
+    assert!(rc.ends_with("metric: rcode-volume\n0: 2\n3: 1\n"), "{rc}");
+    let a_id = keys::key_id(&a.verifying_key());
+    let a_vol = read(&format!(
+        "devices/{a_id}/2025/07/traffic-volume/l-root-20250701-traffic-volume.yaml"
+    ));
+    assert!(
+        a_vol.contains("dns-udp-queries-received-ipv4: 1\n"),
+        "{a_vol}"
+    );
+    assert!(
+        a_vol.contains("dns-tcp-queries-received-ipv6: 1\n"),
+        "A's whole day: {a_vol}"
+    );
+
+    // Bad inputs.
+    let (code, _, err) = fleet(&["rssac002", "--db", dbs, "--day", "2025-7-1", "--out", "x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("2025-7-1: a UTC day, YYYY-MM-DD"), "{err}");
+    let (code, _, err) = fleet(&[
+        "rssac002",
+        "--db",
+        dbs,
+        "--day",
+        "2025-07-02",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no telemetry report for 2025-07-02"), "{err}");
+}

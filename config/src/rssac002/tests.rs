@@ -183,3 +183,37 @@ fn exact_sets_become_a_sketch_past_the_limit_and_keep_counting_closely() {
     let want = 2.0 * SPARSE_MAX as f64;
     assert!((n - want).abs() / want < 0.02, "estimate {n} for {want}");
 }
+
+/// The largest day a box can report fits a report body (the receiver takes 1 MiB): exact sets
+/// at their limit, every size bin, every extended response code.
+#[test]
+fn the_largest_day_fits_a_report() {
+    let mut m = DayMetrics::default();
+    let k = key();
+    for s in [&mut m.sources_v4, &mut m.sources_v6, &mut m.sources_v6_64] {
+        for i in 0..SPARSE_MAX as u32 {
+            s.insert(k.hash(4, &i.to_be_bytes()) | (1 << 63));
+        }
+        assert!(matches!(s, Sources::Exact(_)));
+    }
+    for size in (0..5000).step_by(16) {
+        for h in [
+            &mut m.udp_request_sizes,
+            &mut m.udp_response_sizes,
+            &mut m.tcp_request_sizes,
+            &mut m.tcp_response_sizes,
+        ] {
+            h.insert(bin_of(size, RESPONSE_OPEN), u64::MAX / 2);
+        }
+    }
+    for code in 0..4096u16 {
+        m.rcodes.insert(code, u64::MAX / 2);
+    }
+    let len = serde_json::to_vec(&m).unwrap().len();
+    assert!(len < 512 << 10, "{len} bytes");
+    // Counters a device claims cannot overflow a fleet's sum.
+    let mut fleet = m.clone();
+    fleet.merge(&m);
+    fleet.merge(&m);
+    assert_eq!(fleet.rcodes[&0], u64::MAX);
+}

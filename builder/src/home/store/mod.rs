@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 pub use read::{
-    DeviceRow, Fleet, RejectedRow, ReportRow, SourceDrops, count_reports, fleet, mark_quiet,
-    rejected_counts, reports, signed_report,
+    DeviceRow, Fleet, RejectedRow, ReportRow, SourceDrops, TelemetryRow, count_reports, fleet,
+    mark_quiet, rejected_counts, reports, signed_report, telemetry,
 };
 pub use rejected::{RejectedCaps, RejectedCounts, Rejection};
 pub use schema::SCHEMA_VERSION;
@@ -102,6 +102,14 @@ pub enum StoreError {
     Missing {
         /// The path given.
         path: PathBuf,
+    },
+    /// A stored row does not read back as what was stored.
+    #[error("{path}: damaged: {detail}")]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What does not read back.
+        detail: String,
     },
     /// The writer thread is gone (it failed earlier or the store shut down).
     #[error("{path}: the database writer has stopped")]

@@ -372,6 +372,65 @@ pub fn count_reports(path: &Path) -> Result<u64, StoreError> {
         .map_err(read_err(path))
 }
 
+/// One device's RSSAC002 metrics for a day: its latest `telemetry` report for that day (the
+/// box counts the whole day, so a later report supersedes an earlier, partial one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryRow {
+    /// Device key id.
+    pub device: String,
+    /// Its serial.
+    pub serial: String,
+    /// Whether the day had ended when the box sent it.
+    pub complete: bool,
+    /// What it counted.
+    pub metrics: imrs_config::rssac002::DayMetrics,
+}
+
+/// Every device's latest `telemetry` report for `day` (`YYYY-MM-DD`), by device key id.
+pub fn telemetry(path: &Path, day: &str) -> Result<Vec<TelemetryRow>, StoreError> {
+    let conn = open_existing(path)?;
+    let rows: Vec<(String, String, String)> = conn
+        .prepare(
+            "SELECT key_id, serial, report FROM reports AS r
+             WHERE event = 'telemetry' AND json_extract(report, '$.event.day') = ?1
+               AND created_unix = (SELECT MAX(created_unix) FROM reports
+                   WHERE key_id = r.key_id AND event = 'telemetry'
+                     AND json_extract(report, '$.event.day') = ?1)
+             ORDER BY key_id, received_unix DESC",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![day], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(read_err(path))?;
+    let mut out: Vec<TelemetryRow> = Vec::new();
+    for (device, serial, report) in rows {
+        // Two reports created in the same second: the one received last counts.
+        if out.last().is_some_and(|l| l.device == device) {
+            continue;
+        }
+        // Stored reports were verified on arrival; one that no longer parses is a damaged
+        // database, named as such.
+        let parsed: imrs_config::report::Report =
+            serde_json::from_str(&report).map_err(|e| StoreError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!("telemetry report of {device}: {e}"),
+            })?;
+        if let imrs_config::report::Event::Telemetry {
+            complete, metrics, ..
+        } = parsed.event
+        {
+            out.push(TelemetryRow {
+                device,
+                serial,
+                complete,
+                metrics: *metrics,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// The stored report `id` exactly as the device signed it (report text, signature, key), so
 /// it can be verified again; `None` when no report has this id.
 pub fn signed_report(path: &Path, id: &str) -> Result<Option<SignedReport>, StoreError> {
