@@ -63,3 +63,4 @@ mod stages;
 mod state;
 mod summary;
 mod supervisor;
+pub mod telemetry;

@@ -257,3 +257,158 @@ fn rate_limited_configs_pass_the_daemons_own_checks() {
         assert!(cfg.check().is_err(), "{imp} checker accepts garbage");
     }
 }
+
+/// NSD writes dnstap to the RSSAC002 collector's socket (issue 16): every authoritative query
+/// and response, over UDP and TCP, IPv4 and IPv6, is counted with its size, its response code
+/// and its source, exactly.
+#[test]
+fn nsd_writes_dnstap_that_the_rssac002_collector_counts() {
+    use imrs_config::rssac002::{DayMetrics, SourceKey};
+    use imrs_init::telemetry::{Collector, day_of};
+    let test = "serving_dns_dnstap";
+    let zone_new = testdata("root.zone.2026073102");
+    let zone_s = zone_new.to_string_lossy().into_owned();
+    if !require(test, false, &[NSD, &zone_s]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let zone = dir.path().join("root.zone");
+    replace_atomically(&zone_new, &zone);
+    let sock = dir.path().join("dnstap.sock");
+    let collector = Collector::new(SourceKey::new([5; 32]));
+    {
+        let (c, sock) = (collector.clone(), sock.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = tokio::net::UnixListener::bind(&sock).unwrap();
+                tx.send(()).unwrap();
+                c.serve(l).await
+            });
+        });
+        rx.recv().unwrap();
+    }
+    let site = imrs_config::site::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
+    )
+    .unwrap();
+    let mut cfg = DnsConfig::for_site(
+        DnsImpl::Nsd,
+        &site,
+        &Hardware::detect(Path::new("/proc")),
+        &zone,
+        dir.path().join("run"),
+    );
+    let port = free_port();
+    cfg.listen = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    cfg.port = port;
+    cfg.workers = 2;
+    cfg.dnstap = Some(sock.clone());
+    cfg.write().unwrap();
+    cfg.check().unwrap();
+    let (bin, args) = cfg.command();
+    let mut d = Daemon::spawn(
+        test,
+        std::process::Command::new(&bin).args(&args),
+        &dir.path().join("daemon.log"),
+    )
+    .unwrap();
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    let ready = wait_for(Duration::from_secs(60), POLL, || {
+        Probe::new(v4, Transport::Udp, Some(SERIAL)).run().ok()
+    });
+    if ready.is_none() {
+        d.ensure_running().unwrap();
+        panic!("NSD never became ready:\n{}", d.log());
+    }
+    // The readiness probes' frames settle first; what follows is counted from there.
+    let today = || day_of(jiff::Timestamp::now().as_second());
+    // (NSD's dnstap writer buffers: at least the successful probe's pair arrives, then
+    // nothing for 3 s.)
+    let settled = |c: &Collector| {
+        let t = Instant::now() + Duration::from_secs(30);
+        while c.stats().counted < 2 && Instant::now() < t {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut last = c.stats().counted;
+        loop {
+            std::thread::sleep(Duration::from_secs(3));
+            let now = c.stats().counted;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let base_count = settled(&collector);
+    let base = collector.day(today());
+
+    let soa = |server, transport| {
+        Probe::new(server, transport, Some(SERIAL))
+            .run()
+            .unwrap_or_else(|e| panic!("{server} {transport:?}: {e:?}"));
+    };
+    for _ in 0..5 {
+        soa(v4, Transport::Udp);
+    }
+    for _ in 0..3 {
+        soa(v6, Transport::Udp);
+    }
+    for _ in 0..2 {
+        soa(v4, Transport::Tcp);
+    }
+    soa(v6, Transport::Tcp);
+    let nx: Name<Vec<u8>> = "no-such-tld-imrs-test.".parse().unwrap();
+    let mut nx_sizes = Vec::new();
+    for _ in 0..2 {
+        let r = query(
+            v4,
+            Transport::Udp,
+            Duration::from_secs(2),
+            &nx,
+            Rtype::A,
+            Class::IN,
+        )
+        .unwrap();
+        assert_eq!(r.message.header().rcode(), Rcode::NXDOMAIN);
+        nx_sizes.push(r.message.as_slice().len());
+    }
+    let sent = 13u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while collector.stats().counted < base_count + 2 * sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing more comes.
+    std::thread::sleep(Duration::from_secs(2));
+    let st = collector.stats();
+    assert_eq!(
+        (st.counted - base_count, st.bad_payloads, st.bad_connections),
+        (2 * sent, 0, 0),
+        "{st:?}\n{}",
+        d.log()
+    );
+    let now = collector.day(today());
+    let delta = |a: [u64; 2], b: [u64; 2]| [a[0] - b[0], a[1] - b[1]];
+    assert_eq!(delta(now.udp_queries, base.udp_queries), [7, 3]);
+    assert_eq!(delta(now.tcp_queries, base.tcp_queries), [2, 1]);
+    assert_eq!(delta(now.udp_responses, base.udp_responses), [7, 3]);
+    assert_eq!(delta(now.tcp_responses, base.tcp_responses), [2, 1]);
+    let rc = |m: &DayMetrics, c: u16| m.rcodes.get(&c).copied().unwrap_or(0);
+    assert_eq!(rc(&now, 3) - rc(&base, 3), 2);
+    assert_eq!(rc(&now, 0) - rc(&base, 0), 11);
+    // The NXDOMAIN responses' sizes are in their bin (sizes as sent, without TCP's prefix).
+    let bin = imrs_config::rssac002::bin_of(nx_sizes[0], imrs_config::rssac002::RESPONSE_OPEN);
+    let in_bin = |m: &DayMetrics| m.udp_response_sizes.get(&bin).copied().unwrap_or(0);
+    assert!(in_bin(&now) >= in_bin(&base) + 2, "bin {bin}");
+    assert_eq!(now.sources_v4.count(), 1, "127.0.0.1 only");
+    assert_eq!(now.sources_v6.count(), 1, "::1 only");
+    d.ensure_running().unwrap();
+}

@@ -173,6 +173,9 @@ pub struct DnsConfig {
     /// Serve the zone. `false` renders the config without it: an expired zone is no longer
     /// served (the daemon answers REFUSED for `.`) until a fresh one is verified.
     pub serve_zone: bool,
+    /// Unix socket the daemon writes dnstap to (authoritative queries and responses, for the
+    /// RSSAC002 collector, [`crate::telemetry`]); `None`: no dnstap.
+    pub dnstap: Option<PathBuf>,
 }
 
 impl DnsConfig {
@@ -206,6 +209,7 @@ impl DnsConfig {
             user: None,
             sbin: PathBuf::from("/usr/sbin"),
             serve_zone: true,
+            dnstap: None,
         }
     }
 
@@ -258,7 +262,18 @@ impl DnsConfig {
         if !name_ok {
             return Err(refuse("instance", self.instance.clone(), "a DNS host name"));
         }
-        for (field, p) in [("zone_file", &self.zone_file), ("run_dir", &self.run_dir)] {
+        if self.dnstap.is_some() && self.implementation == DnsImpl::Knot {
+            return Err(refuse(
+                "dnstap",
+                "set".into(),
+                "Knot writes dnstap only with knot-module-dnstap, which the Knot images do not carry yet",
+            ));
+        }
+        let dnstap = self.dnstap.as_ref().map(|p| ("dnstap", p));
+        for (field, p) in [("zone_file", &self.zone_file), ("run_dir", &self.run_dir)]
+            .into_iter()
+            .chain(dnstap)
+        {
             let s = p.to_string_lossy();
             if !p.is_absolute() || s.contains(['"', '\n', '\\', '#']) {
                 return Err(refuse(

@@ -1,5 +1,6 @@
-//! NSD 4 configuration: one `server:` clause, a unix-socket `remote-control:` for
-//! `nsd-control reload`, and the root zone with no `provide-xfr` (AXFR/IXFR refused to everyone).
+//! NSD 4 configuration: one `server:` clause, `dnstap:` to the RSSAC002 collector's socket when
+//! one is set, a unix-socket `remote-control:` for `nsd-control reload`, and the root zone with
+//! no `provide-xfr` (AXFR/IXFR refused to everyone).
 
 use std::fmt::Write as _;
 
@@ -58,6 +59,14 @@ pub fn render(c: &DnsConfig) -> String {
         }
     }
     let _ = writeln!(o, "    verbosity: 1");
+    if let Some(sock) = &c.dnstap {
+        let _ = writeln!(o, "\ndnstap:");
+        let _ = writeln!(o, "    dnstap-enable: yes");
+        let _ = writeln!(o, "    dnstap-socket-path: \"{}\"", sock.display());
+        let _ = writeln!(o, "    dnstap-send-identity: yes");
+        let _ = writeln!(o, "    dnstap-log-auth-query-messages: yes");
+        let _ = writeln!(o, "    dnstap-log-auth-response-messages: yes");
+    }
     let _ = writeln!(o, "\nremote-control:");
     let _ = writeln!(o, "    control-enable: yes");
     let _ = writeln!(o, "    control-interface: \"{run}/nsd.ctl\"");
