@@ -42,6 +42,8 @@ pub struct Stats {
     pub bad_payloads: u64,
     /// Payloads for a day no longer held.
     pub late: u64,
+    /// Days given up unreported to make room for a newer one (a clock step of days).
+    pub dropped_days: u64,
     /// Connections closed for breaking Frame Streams.
     pub bad_connections: u64,
     /// Connections accepted.
@@ -104,6 +106,7 @@ impl Collector {
             st.days.insert(day, DayMetrics::default());
             while st.days.len() > MAX_DAYS {
                 st.days.pop_first();
+                st.stats.dropped_days += 1;
             }
         }
         let State { days, stats } = &mut *st;

@@ -153,7 +153,7 @@ fn only_a_few_days_are_held_and_older_payloads_are_late() {
     // Days 3..5 are held; a payload for day 1 now is late.
     c.payload(&at(base, AUTH_QUERY, v4, &q), 0);
     let st = c.stats();
-    assert_eq!((st.counted, st.late), (5, 1));
+    assert_eq!((st.counted, st.late, st.dropped_days), (5, 1, 2));
     let held = c.take_finished(day_of((base + 10 * day) as i64));
     assert_eq!(held.len(), MAX_DAYS);
     assert_eq!(held[0].0, day_of((base + 2 * day) as i64));
