@@ -116,10 +116,26 @@ pub fn rcode(wire: &[u8]) -> Option<u16> {
     })
 }
 
+/// Decodes one dnstap payload.
+pub fn decode(payload: &[u8]) -> Result<Dnstap, DnstapError> {
+    <Dnstap as prost::Message>::decode(payload).map_err(|e| DnstapError::Decode(e.to_string()))
+}
+
+impl Dnstap {
+    /// When the daemon stamped it (the response's time, else the query's), Unix seconds.
+    pub fn time(&self) -> Option<i64> {
+        let m = self.message.as_ref()?;
+        i64::try_from(m.response_time_sec.or(m.query_time_sec)?).ok()
+    }
+}
+
 /// Decodes one dnstap payload and counts it into `m`, sources hashed with `key`.
 pub fn observe(payload: &[u8], m: &mut DayMetrics, key: &SourceKey) -> Result<Seen, DnstapError> {
-    let d = <Dnstap as prost::Message>::decode(payload)
-        .map_err(|e| DnstapError::Decode(e.to_string()))?;
+    count(decode(payload)?, m, key)
+}
+
+/// Counts a decoded payload into `m`.
+pub fn count(d: Dnstap, m: &mut DayMetrics, key: &SourceKey) -> Result<Seen, DnstapError> {
     if d.kind != MESSAGE {
         return Err(DnstapError::UnknownType(d.kind));
     }

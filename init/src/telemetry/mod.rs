@@ -88,16 +88,18 @@ impl Collector {
 
     /// Counts one dnstap payload at Unix time `now` (used when the daemon stamped no time).
     pub fn payload(&self, payload: &[u8], now: i64) {
-        // Decoded once for its time, then counted into its day.
-        let when = <dnstap::Dnstap as prost::Message>::decode(payload)
-            .ok()
-            .and_then(|d| d.message)
-            .and_then(|m| m.response_time_sec.or(m.query_time_sec))
-            .and_then(|t| i64::try_from(t).ok())
-            .unwrap_or(now);
-        let day = day_of(when);
+        let decoded = dnstap::decode(payload);
         let mut st = self.lock();
         st.stats.frames += 1;
+        let d = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                st.stats.bad_payloads += 1;
+                st.stats.last_error = Some(e.to_string());
+                return;
+            }
+        };
+        let day = day_of(d.time().unwrap_or(now));
         if !st.days.contains_key(&day) {
             if st.days.len() >= MAX_DAYS && st.days.keys().next().is_some_and(|d| *d > day) {
                 st.stats.late += 1;
@@ -111,7 +113,7 @@ impl Collector {
         }
         let State { days, stats } = &mut *st;
         let m = days.entry(day).or_default();
-        match dnstap::observe(payload, m, &self.key) {
+        match dnstap::count(d, m, &self.key) {
             Ok(dnstap::Seen::Ignored) => stats.ignored += 1,
             Ok(_) => stats.counted += 1,
             Err(e) => {
