@@ -101,8 +101,6 @@ pub struct WrittenSlot {
     pub manifest_sha256: String,
     /// "image NAME VERSION".
     pub image: String,
-    /// The slot the box ran from when it wrote it.
-    pub from: String,
 }
 
 /// The decision on one signed command.
@@ -382,9 +380,6 @@ async fn write_other_slot(ctx: &Context, action: &Action) -> Result<WrittenSlot,
         running: ctx.slot,
         profile: ctx.image.as_ref().ok().map(|i| i.profile.name.clone()),
     };
-    let from = ctx
-        .slot
-        .map_or_else(|| "none".to_string(), |s| s.to_string());
     let w = tokio::task::spawn_blocking(move || slot_update::run(&job, &target))
         .await
         .map_err(|e| format!("the slot writer stopped: {e}"))??;
@@ -392,7 +387,6 @@ async fn write_other_slot(ctx: &Context, action: &Action) -> Result<WrittenSlot,
         slot: w.slot.to_string(),
         manifest_sha256: w.manifest_sha256,
         image: w.image,
-        from,
     })
 }
 
@@ -876,7 +870,6 @@ mod tests {
             slot: "b".into(),
             manifest_sha256: "ab".repeat(32),
             image: "image imrs 2".into(),
-            from: "a".into(),
         });
         l3.save(&store).unwrap();
         let l3 = Ledger::load(&store).unwrap();
