@@ -51,6 +51,36 @@ fn replace_atomically(from: &Path, to: &Path) {
     std::fs::rename(&tmp, to).unwrap();
 }
 
+/// The lab site's DNS config for `imp` serving `zone` on 127.0.0.1 and ::1 at a free port,
+/// two workers, its run folder under `dir`, dnstap to `dnstap` when given; written.
+fn loopback_config(
+    imp: DnsImpl,
+    zone: &Path,
+    dir: &Path,
+    dnstap: Option<std::path::PathBuf>,
+) -> DnsConfig {
+    let site = imrs_config::site::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
+    )
+    .unwrap();
+    let mut cfg = DnsConfig::for_site(
+        imp,
+        &site,
+        &Hardware::detect(Path::new("/proc")),
+        zone,
+        dir.join("run"),
+    );
+    cfg.listen = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    cfg.port = free_port();
+    cfg.workers = 2;
+    cfg.dnstap = dnstap;
+    cfg.write().unwrap();
+    cfg
+}
+
 fn serve_and_probe(imp: DnsImpl, daemon_bin: &str) {
     let test = format!("serving_dns_{imp}");
     let zone_new = testdata("root.zone.2026073102");
@@ -63,25 +93,8 @@ fn serve_and_probe(imp: DnsImpl, daemon_bin: &str) {
     let zone = dir.path().join("root.zone");
     replace_atomically(&zone_old, &zone);
 
-    let site = imrs_config::site::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
-    )
-    .unwrap();
-    let mut cfg = DnsConfig::for_site(
-        imp,
-        &site,
-        &Hardware::detect(Path::new("/proc")),
-        &zone,
-        dir.path().join("run"),
-    );
-    let port = free_port();
-    cfg.listen = vec![
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-    ];
-    cfg.port = port;
-    cfg.workers = 2;
-    cfg.write().unwrap();
+    let cfg = loopback_config(imp, &zone, dir.path(), None);
+    let port = cfg.port;
     cfg.check().unwrap();
     let (bin, args) = cfg.command();
     let t0 = Instant::now();
@@ -161,7 +174,7 @@ fn serve_and_probe(imp: DnsImpl, daemon_bin: &str) {
                 .run()
                 .unwrap_or_else(|e| panic!("{imp} {server}/{transport}: {e}"));
             assert_eq!(r.serial, SERIAL);
-            assert_eq!(r.nsid.as_deref(), Some(site.instance.as_str()));
+            assert_eq!(r.nsid.as_deref(), Some(cfg.instance.as_str()));
             eprintln!("{imp}: {server}/{transport} ready in {:?}", r.latency);
             // The probe does fail on a wrong expectation.
             assert!(matches!(
@@ -191,7 +204,7 @@ fn serve_and_probe(imp: DnsImpl, daemon_bin: &str) {
         // Identity.
         for name in ["hostname.bind.", "id.server."] {
             let txt = chaos_txt(server, Transport::Udp, timeout, name).unwrap();
-            assert_eq!(txt, std::slice::from_ref(&site.instance), "{imp} {name}");
+            assert_eq!(txt, std::slice::from_ref(&cfg.instance), "{imp} {name}");
         }
         // Version hidden.
         match chaos_txt(server, Transport::Udp, timeout, "version.bind.") {
@@ -292,26 +305,8 @@ fn nsd_writes_dnstap_that_the_rssac002_collector_counts() {
         });
         rx.recv().unwrap();
     }
-    let site = imrs_config::site::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
-    )
-    .unwrap();
-    let mut cfg = DnsConfig::for_site(
-        DnsImpl::Nsd,
-        &site,
-        &Hardware::detect(Path::new("/proc")),
-        &zone,
-        dir.path().join("run"),
-    );
-    let port = free_port();
-    cfg.listen = vec![
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-    ];
-    cfg.port = port;
-    cfg.workers = 2;
-    cfg.dnstap = Some(sock.clone());
-    cfg.write().unwrap();
+    let cfg = loopback_config(DnsImpl::Nsd, &zone, dir.path(), Some(sock.clone()));
+    let port = cfg.port;
     cfg.check().unwrap();
     let (bin, args) = cfg.command();
     let mut d = Daemon::spawn(
