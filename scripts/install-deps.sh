@@ -8,6 +8,8 @@
 #   bird2 frr gobgpd  BGP: the appliance's daemon and the host router in tests and the lab
 #                     (two independent implementations: FRR and GoBGP)
 #   nsd knot          DNS daemons (transfer servers in tests, reference behaviour)
+#   knot-module-dnstap   Knot's dnstap writer (the RSSAC002 collector's tests)
+#   dnscap dnsperf    the independent RSSAC002 collector (dnscap's rssm plugin) and query load
 #   knot-dnsutils bind9-dnsutils   kdig / dig for queries
 #   ldnsutils bind9-utils knot-dnssecutils   reference zone verifiers (ldns-verify-zone,
 #                     dnssec-verify, kzonecheck)
@@ -22,7 +24,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential pkg-config git curl
       qemu-system-x86 bird2 frr gobgpd nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils knot-dnssecutils
-      iproute2 cpio zstd xz-utils hyperfine time bc ca-certificates
+      knot-module-dnstap dnscap dnsperf iproute2 cpio zstd xz-utils hyperfine time bc ca-certificates
       fdisk dosfstools mtools e2fsprogs ovmf bmap-tools)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -14,6 +14,15 @@ pub use imrs_build::host::xfr::{NSD, Xfr, XfrConfig};
 pub const BIRD: &str = "/usr/sbin/bird";
 /// Knot DNS.
 pub const KNOTD: &str = "/usr/sbin/knotd";
+/// Knot's dnstap module (knot-module-dnstap), which knotd loads from its module folder.
+pub const KNOT_DNSTAP: &str = "/usr/lib/x86_64-linux-gnu/knot/modules-3.2/dnstap.so";
+/// dnscap and its RSSAC002 plugin: the independent collector the RSSAC002 metrics are checked
+/// against.
+pub const DNSCAP: &str = "/usr/bin/dnscap";
+/// dnscap's rssm plugin.
+pub const RSSM: &str = "/usr/lib/x86_64-linux-gnu/dnscap/rssm.so";
+/// dnsperf, query load.
+pub const DNSPERF: &str = "/usr/bin/dnsperf";
 
 /// How often the tests poll.
 pub const POLL: std::time::Duration = std::time::Duration::from_millis(50);

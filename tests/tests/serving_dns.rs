@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use daemons::{Daemon, KNOTD, NSD, POLL, wait_for};
+use daemons::{Daemon, KNOT_DNSTAP, KNOTD, NSD, POLL, wait_for};
 use dns::probe::{Probe, ProbeError, Transport, chaos_txt, query};
 use dns::{DnsConfig, Hardware};
 use domain::base::iana::{Class, Rcode};
@@ -276,12 +276,24 @@ fn rate_limited_configs_pass_the_daemons_own_checks() {
 /// and its source, exactly.
 #[test]
 fn nsd_writes_dnstap_that_the_rssac002_collector_counts() {
+    dnstap_counted(DnsImpl::Nsd, &[NSD]);
+}
+
+/// The same with Knot and its `mod-dnstap` (knot-module-dnstap).
+#[test]
+fn knot_writes_dnstap_that_the_rssac002_collector_counts() {
+    dnstap_counted(DnsImpl::Knot, &[KNOTD, KNOT_DNSTAP]);
+}
+
+fn dnstap_counted(imp: DnsImpl, needs: &[&str]) {
     use imrs_config::rssac002::{DayMetrics, SourceKey};
     use imrs_init::telemetry::{Collector, day_of};
-    let test = "serving_dns_dnstap";
+    let test = format!("serving_dns_dnstap_{imp}");
     let zone_new = testdata("root.zone.2026073102");
     let zone_s = zone_new.to_string_lossy().into_owned();
-    if !require(test, false, &[NSD, &zone_s]) {
+    let mut needs = needs.to_vec();
+    needs.push(&zone_s);
+    if !require(&test, false, &needs) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -305,12 +317,12 @@ fn nsd_writes_dnstap_that_the_rssac002_collector_counts() {
         });
         rx.recv().unwrap();
     }
-    let cfg = loopback_config(DnsImpl::Nsd, &zone, dir.path(), Some(sock.clone()));
+    let cfg = loopback_config(imp, &zone, dir.path(), Some(sock.clone()));
     let port = cfg.port;
     cfg.check().unwrap();
     let (bin, args) = cfg.command();
     let mut d = Daemon::spawn(
-        test,
+        &test,
         std::process::Command::new(&bin).args(&args),
         &dir.path().join("daemon.log"),
     )
@@ -322,11 +334,11 @@ fn nsd_writes_dnstap_that_the_rssac002_collector_counts() {
     });
     if ready.is_none() {
         d.ensure_running().unwrap();
-        panic!("NSD never became ready:\n{}", d.log());
+        panic!("{imp} never became ready:\n{}", d.log());
     }
     // The readiness probes' frames settle first; what follows is counted from there.
     let today = || day_of(jiff::Timestamp::now().as_second());
-    // (NSD's dnstap writer buffers: at least the successful probe's pair arrives, then
+    // (The daemons' dnstap writers buffer: at least the successful probe's pair arrives, then
     // nothing for 3 s.)
     let settled = |c: &Collector| {
         let t = Instant::now() + Duration::from_secs(30);

@@ -1,6 +1,7 @@
 //! Knot DNS 3 configuration: `server:` with identity and NSID, a unix control socket for
 //! `knotc zone-reload`, the database in the run directory, and the root zone with no ACL at all
-//! (so AXFR/IXFR and NOTIFY are refused to everyone) and no zone file write-back or journal.
+//! (so AXFR/IXFR and NOTIFY are refused to everyone) and no zone file write-back or journal;
+//! `mod-dnstap` to the RSSAC002 collector's socket when dnstap is on.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -40,15 +41,29 @@ pub fn render(c: &DnsConfig) -> String {
     let _ = writeln!(o, "\ndatabase:\n    storage: \"{}\"", storage(c).display());
     let _ = writeln!(o, "\ncontrol:\n    listen: \"{run}/knot.sock\"");
     // Knot 3.2's mod-rrl takes no prefix lengths: it groups clients by /24 and /56 itself.
+    let mut modules = Vec::new();
     if let Some(rl) = c.rate_limit {
         let _ = writeln!(
             o,
             "\nmod-rrl:\n  - id: default\n    rate-limit: {}\n    slip: {}",
             rl.responses_per_second, rl.slip
         );
+        modules.push("mod-rrl/default");
+    }
+    // dnstap (knot-module-dnstap) to the RSSAC002 collector's socket, which this side listens
+    // on; after mod-rrl, so a response is logged as rate limiting left it.
+    if let Some(sock) = &c.dnstap {
+        let _ = writeln!(o, "\nmod-dnstap:\n  - id: rssac002");
+        let _ = writeln!(o, "    sink: \"unix:{}\"", sock.display());
+        let _ = writeln!(o, "    identity: \"{}\"", c.instance);
+        let _ = writeln!(o, "    log-queries: on\n    log-responses: on");
+        modules.push("mod-dnstap/rssac002");
+    }
+    if !modules.is_empty() {
         let _ = writeln!(
             o,
-            "\ntemplate:\n  - id: default\n    global-module: mod-rrl/default"
+            "\ntemplate:\n  - id: default\n    global-module: [ {} ]",
+            modules.join(", ")
         );
     }
     if !c.serve_zone {
@@ -99,7 +114,11 @@ mod tests {
         c.user = Some("root:root".into());
         let t = c.render().unwrap();
         assert!(t.contains("rate-limit: 100\n    slip: 1\n"));
-        assert!(t.contains("global-module: mod-rrl/default"));
+        assert!(t.contains("global-module: [ mod-rrl/default ]"));
+        c.dnstap = Some("/run/imrs/telemetry/dnstap.sock".into());
+        let t = c.render().unwrap();
+        assert!(t.contains("    sink: \"unix:/run/imrs/telemetry/dnstap.sock\"\n"));
+        assert!(t.contains("global-module: [ mod-rrl/default, mod-dnstap/rssac002 ]"));
         assert!(t.contains("    user: root:root\n"));
     }
 }

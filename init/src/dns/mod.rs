@@ -262,13 +262,6 @@ impl DnsConfig {
         if !name_ok {
             return Err(refuse("instance", self.instance.clone(), "a DNS host name"));
         }
-        if self.dnstap.is_some() && self.implementation == DnsImpl::Knot {
-            return Err(refuse(
-                "dnstap",
-                "set".into(),
-                "Knot writes dnstap only with knot-module-dnstap, which the Knot images do not carry yet",
-            ));
-        }
         let dnstap = self.dnstap.as_ref().map(|p| ("dnstap", p));
         for (field, p) in [("zone_file", &self.zone_file), ("run_dir", &self.run_dir)]
             .into_iter()
