@@ -78,6 +78,38 @@ pub struct Site {
     /// Remote management: who may send this box commands.
     #[serde(default)]
     pub fleet: Fleet,
+    /// RSSAC002 collection from the DNS daemon's dnstap; absent: the box counts nothing.
+    #[serde(default)]
+    pub telemetry: Option<Telemetry>,
+}
+
+/// RSSAC002 collection ([`crate::rssac002`]).
+///
+/// Client addresses never leave the box: unique sources travel as keyed hashes (and past 4,096
+/// of them, as a HyperLogLog sketch of those hashes). The key is the same on every box of the
+/// fleet, so the receiver can count a source seen by two boxes once; without the key an IPv4
+/// address cannot be recovered from its hash by trying all 2^32.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// The fleet's source-hashing key: 64 hex digits (32 secret bytes).
+    pub source_key: String,
+}
+
+impl Telemetry {
+    /// The source key's 32 bytes (`None` unless 64 hex digits: [`validate`] refuses that).
+    pub fn key_bytes(&self) -> Option<[u8; 32]> {
+        let s = self.source_key.as_bytes();
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in s.chunks(2).enumerate() {
+            let hex = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(hex, 16).ok()?;
+        }
+        Some(out)
+    }
 }
 
 /// Remote management.

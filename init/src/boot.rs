@@ -244,6 +244,7 @@ async fn event_loop(
         boot_entry: crate::slots::BootEntry::Unknown("not read yet".into()),
         slot: settings.slot,
         slot_fallback: None,
+        telemetry: None,
     };
     // Disk and filesystem drivers first: the state may live on the data partition.
     stages::platform::load_modules(&mut ctx).await;

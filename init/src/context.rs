@@ -62,6 +62,8 @@ pub struct Context {
     pub slot: Option<imrs_disk::Slot>,
     /// Why this boot runs instead of a slot that failed its trial ([`crate::slot_history`]).
     pub slot_fallback: Option<String>,
+    /// The RSSAC002 collector, when the site asks for telemetry ([`crate::telemetry`]).
+    pub telemetry: Option<crate::telemetry::keeper::Keeper>,
 }
 
 /// What the serving stages built, for the later stages and the phone-home report.

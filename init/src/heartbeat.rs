@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use imrs_config::report::{DnsReport, Event};
+use imrs_config::report::{DnsReport, Event, Report};
 
 use crate::context::Context;
 use crate::health::driver::Inputs;
@@ -130,15 +130,13 @@ pub async fn run(
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let event = event(&inputs, crate::clock::wall_now(), start.elapsed(), dropped);
-        let bgp = crate::stages::bgp::report(ctx);
-        let report = installation::start(ctx).and_then(|()| {
-            let mut rep = installation::build(ctx, event, results, bgp)?;
+        let queued = queue(ctx, event, results, |rep| {
             let expired = inputs
                 .zone_expires
                 .is_some_and(|t| crate::clock::wall_now() >= t);
             rep.dns = DnsReport {
                 ready: !expired && matches!(inputs.dns_probe, Some(None)),
-                daemon: rep.dns.daemon,
+                daemon: rep.dns.daemon.clone(),
                 detail: match (&inputs.dns_probe, expired) {
                     (_, true) => Some("the zone has expired: not served".into()),
                     (Some(Some(why)), _) => Some(why.clone()),
@@ -146,14 +144,6 @@ pub async fn run(
                     (Some(None), false) => None,
                 },
             };
-            Ok(rep)
-        });
-        let queued = report.and_then(|rep| {
-            ctx.phone
-                .as_ref()
-                .map(|p| p.report(&rep))
-                .transpose()
-                .map_err(installation::InstallReportError::PhoneHome)
         });
         match queued {
             Ok(Some(path)) => {
@@ -166,6 +156,58 @@ pub async fn run(
             Ok(None) => {}
             Err(e) => log::warn(format!("heartbeat not queued: {}", log::chain(&e))),
         }
+        telemetry(ctx, results);
+    }
+}
+
+/// Builds the report of `event` (adjusted by `adjust`), signs it and puts it in the outbox.
+fn queue(
+    ctx: &mut Context,
+    event: Event,
+    results: &[StageResult],
+    adjust: impl FnOnce(&mut Report),
+) -> Result<Option<PathBuf>, installation::InstallReportError> {
+    let bgp = crate::stages::bgp::report(ctx);
+    let report = installation::start(ctx).and_then(|()| {
+        let mut rep = installation::build(ctx, event, results, bgp)?;
+        adjust(&mut rep);
+        Ok(rep)
+    })?;
+    ctx.phone
+        .as_ref()
+        .map(|p| p.report(&report))
+        .transpose()
+        .map_err(installation::InstallReportError::PhoneHome)
+}
+
+/// Queues a `telemetry` report for each UTC day that has ended (once each), then saves the
+/// days still counting ([`crate::telemetry::keeper`]).
+fn telemetry(ctx: &mut Context, results: &[StageResult]) {
+    let Some(keeper) = ctx.telemetry.clone() else {
+        return;
+    };
+    for (day, metrics) in keeper.finished(crate::clock::timestamp_now().as_second()) {
+        let queries: u64 = [metrics.udp_queries, metrics.tcp_queries]
+            .iter()
+            .flatten()
+            .sum();
+        let event = Event::Telemetry {
+            day: day.to_string(),
+            complete: true,
+            metrics: Box::new(metrics),
+        };
+        match queue(ctx, event, results, |_| {}) {
+            Ok(_) => log::info(format!(
+                "telemetry for {day} queued ({queries} queries counted)"
+            )),
+            Err(e) => log::error(format!(
+                "telemetry for {day} not queued, its counts are lost: {}",
+                log::chain(&e)
+            )),
+        }
+    }
+    if let Err(e) = keeper.save() {
+        log::warn(format!("telemetry: saving the day's counts: {e}"));
     }
 }
 

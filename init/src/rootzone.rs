@@ -304,10 +304,13 @@ pub fn poll_serial(server: SocketAddr) -> Result<u32, PollError> {
     }))
 }
 
-/// What the refresh loop does when a newer zone was accepted: load it into the daemon.
+/// What the refresh loop does when a newer zone was accepted: load it into the daemon. The
+/// second argument is when the round that found it began (the serial was first seen at a
+/// transfer server then), for RSSAC002's load time.
 pub type OnNewZone = Box<
     dyn Fn(
             &AcceptedRecord,
+            jiff::Timestamp,
         )
             -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CommandError>> + Send>>
         + Send,
@@ -336,7 +339,8 @@ pub async fn refresh_loop(
             .try_into()
             .unwrap_or(Duration::ZERO);
         tokio::time::sleep(wait).await;
-        state.last_attempt = Some(crate::clock::timestamp_now());
+        let began = crate::clock::timestamp_now();
+        state.last_attempt = Some(began);
         let s = setup.clone();
         let current = record.clone();
         let outcome = tokio::task::spawn_blocking(move || poll_and_fetch(&s, &current)).await;
@@ -353,7 +357,7 @@ pub async fn refresh_loop(
                     "zone serial {} verified and stored (was {}) from {}",
                     new.serial, record.serial, new.source
                 ));
-                if let Err(e) = on_new(&new).await {
+                if let Err(e) = on_new(&new, began).await {
                     log::error(format!("loading zone serial {}: {e}", new.serial));
                 }
                 record = new;

@@ -492,6 +492,31 @@ fn refused_cases() -> Vec<(&'static str, String, String)> {
             ),
             s("fleet.ops_public_keys[0]"),
         ),
+        // Telemetry: the source key is checked, and an error never shows it whole.
+        (
+            "a short source key",
+            lab_text().replace(
+                "source_key = \"61bd89620bbf91d11d2821fa52e4661b1b98fa76b6bcd9e7e9a160e447a73a6c\"",
+                "source_key = \"61bd8962\"",
+            ),
+            s("telemetry.source_key = 61bd... (8 characters): 64 hex digits"),
+        ),
+        (
+            "a source key that is not hex",
+            lab_text().replace(
+                "61bd89620bbf91d11d2821fa52e4661b1b98fa76b6bcd9e7e9a160e447a73a6c",
+                "zzbd89620bbf91d11d2821fa52e4661b1b98fa76b6bcd9e7e9a160e447a7ü3a6",
+            ),
+            s("telemetry.source_key = zzbd... (64 characters)"),
+        ),
+        (
+            "an all-zero source key",
+            lab_text().replace(
+                "61bd89620bbf91d11d2821fa52e4661b1b98fa76b6bcd9e7e9a160e447a73a6c",
+                &"0".repeat(64),
+            ),
+            s("not all zero"),
+        ),
         // Slots.
         (
             "health deadline 30 s",

@@ -107,6 +107,20 @@ pub fn validate(path: &Path, s: &Site) -> Result<(), ConfigError> {
     phone_home(&c, s)?;
     dns(&c, s)?;
     fleet(&c, s)?;
+    if let Some(t) = &s.telemetry {
+        // The key is a secret: an error shows its first characters and its length only.
+        let shown = format!(
+            "{}... ({} characters)",
+            t.source_key.chars().take(4).collect::<String>(),
+            t.source_key.chars().count()
+        );
+        c.ensure(
+            t.key_bytes().is_some_and(|k| k != [0u8; 32]),
+            "telemetry.source_key",
+            shown,
+            "64 hex digits (32 random bytes, the same on every box of the fleet), not all zero",
+        )?;
+    }
     c.ensure(
         (60..=86_400).contains(&s.slots.health_deadline_s),
         "slots.health_deadline_s",

@@ -1,6 +1,8 @@
 //! Stage `dns`: the image's DNS daemon (NSD or Knot) under the supervisor with the generated
 //! config (checked with `nsd-checkconf` / `knotc conf-check` first), ready when it answers
 //! `. SOA` with AA, the verified serial and NSID over UDP and TCP on both service addresses.
+//! When the site asks for telemetry, the RSSAC002 collector is started first and the daemon
+//! writes dnstap to it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use crate::dns::{self, DnsConfig};
 use crate::health::driver::{DnsProber, Prober};
 use crate::outcome::Outcome;
 use crate::supervisor::Spec;
+use crate::telemetry::keeper::Keeper;
 use crate::{command, log};
 
 /// How long the DNS daemon may take to answer the verified serial.
@@ -42,13 +45,37 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         DnsImpl::Nsd => "nsd",
         DnsImpl::Knot => "knot",
     };
-    let cfg = DnsConfig::for_site(
+    let mut cfg = DnsConfig::for_site(
         info.dns,
         site,
         &hw,
         setup.store.zone_path(),
         ctx.run_dir(name),
     );
+    // The RSSAC002 collector listens before the daemon starts, so its first queries count.
+    if let Some(conf) = &site.telemetry
+        && ctx.telemetry.is_none()
+    {
+        let now = crate::clock::timestamp_now().as_second();
+        match Keeper::start(conf, &ctx.run_dir("telemetry"), &ctx.state_dir, now) {
+            Ok((keeper, warning)) => {
+                if let Some(w) = warning {
+                    log::warn(w);
+                }
+                log::info(format!(
+                    "telemetry: RSSAC002 collector listening on {}",
+                    keeper.socket().display()
+                ));
+                ctx.telemetry = Some(keeper);
+            }
+            // Serving matters more than counting: the daemon starts without dnstap.
+            Err(e) => log::error(format!(
+                "telemetry: {}; the DNS service runs uncounted",
+                log::chain(&e)
+            )),
+        }
+    }
+    cfg.dnstap = ctx.telemetry.as_ref().map(|k| k.socket().to_path_buf());
     if let Err(e) = cfg.write() {
         return Outcome::Failed(log::chain(&e));
     }

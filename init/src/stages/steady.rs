@@ -27,17 +27,22 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         return Outcome::Failed("no zone or DNS service to keep".into());
     };
     let reaper = ctx.reaper.clone();
-    let reload: rootzone::OnNewZone = Box::new(move |r: &AcceptedRecord| {
+    let telemetry = ctx.telemetry.clone();
+    let targets = ctx.service_targets(cfg.port);
+    let reload: rootzone::OnNewZone = Box::new(move |r: &AcceptedRecord, seen| {
         let (prog, args) = cfg.reload_command();
         log::info(format!(
             "zone serial {}: reloading the DNS daemon",
             r.serial
         ));
         let reaper = reaper.clone();
+        let (telemetry, targets, serial) = (telemetry.clone(), targets.clone(), r.serial);
         Box::pin(async move {
-            command::run(&reaper, &prog, &args, HELPER_TIMEOUT)
-                .await
-                .map(drop)
+            command::run(&reaper, &prog, &args, HELPER_TIMEOUT).await?;
+            if let Some(k) = telemetry {
+                tokio::spawn(load_time(k, targets, serial, seen));
+            }
+            Ok(())
         })
     });
     if let (Some(desired), Some(cfg)) = (ctx.serving.desired.clone(), ctx.serving.dns.clone()) {
@@ -63,6 +68,45 @@ pub async fn run(ctx: &mut Context) -> Outcome {
     log::info(&msg);
     ctx.notes.push(msg);
     Outcome::Passed
+}
+
+/// How long a reloaded serial is waited for before its load time is given up.
+const LOAD_TIME_LIMIT: Duration = Duration::from_secs(600);
+
+/// RSSAC002 load time: from `seen` (the round that found `serial` at a transfer server began)
+/// to the daemon answering it on every service address over UDP and TCP, in whole seconds,
+/// recorded in the day it was answered.
+async fn load_time(
+    keeper: crate::telemetry::keeper::Keeper,
+    targets: Vec<std::net::SocketAddr>,
+    serial: u32,
+    seen: jiff::Timestamp,
+) {
+    use crate::health::driver::{DnsProber, Prober};
+    let give_up = std::time::Instant::now() + LOAD_TIME_LIMIT;
+    while std::time::Instant::now() < give_up {
+        let t = targets.clone();
+        let answered =
+            tokio::task::spawn_blocking(move || DnsProber::new(&t).probe(Some(serial)).is_ok())
+                .await
+                .unwrap_or(false);
+        if answered {
+            let now = crate::clock::timestamp_now();
+            let secs = u64::try_from(now.as_second() - seen.as_second()).unwrap_or(0);
+            keeper
+                .collector()
+                .load_time(crate::telemetry::day_of(now.as_second()), serial, secs);
+            log::info(format!(
+                "zone serial {serial} answered {secs} s after it was first seen"
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    log::warn(format!(
+        "zone serial {serial} not answered within {} s of its reload: no load time recorded",
+        LOAD_TIME_LIMIT.as_secs()
+    ));
 }
 
 /// Stops serving an expired zone and serves again once a fresh one is verified: the health

@@ -15,6 +15,7 @@
 
 pub mod dnstap;
 pub mod framestream;
+pub mod keeper;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,8 @@ pub struct Stats {
 #[derive(Debug, Default)]
 struct State {
     days: BTreeMap<Date, DayMetrics>,
+    /// Days up to this one were reported: what still arrives for them is late.
+    closed: Option<Date>,
     stats: Stats,
 }
 
@@ -100,6 +103,10 @@ impl Collector {
             }
         };
         let day = day_of(d.time().unwrap_or(now));
+        if st.closed.is_some_and(|c| day <= c) {
+            st.stats.late += 1;
+            return;
+        }
         if !st.days.contains_key(&day) {
             if st.days.len() >= MAX_DAYS && st.days.keys().next().is_some_and(|d| *d > day) {
                 st.stats.late += 1;
@@ -111,7 +118,7 @@ impl Collector {
                 st.stats.dropped_days += 1;
             }
         }
-        let State { days, stats } = &mut *st;
+        let State { days, stats, .. } = &mut *st;
         let m = days.entry(day).or_default();
         match dnstap::count(d, m, &self.key) {
             Ok(dnstap::Seen::Ignored) => stats.ignored += 1,
@@ -129,6 +136,53 @@ impl Collector {
         let keep = st.days.split_off(&today);
         let done = std::mem::replace(&mut st.days, keep);
         done.into_iter().collect()
+    }
+
+    /// Marks the days up to `day` reported: payloads for them are counted late from now on.
+    pub fn close_through(&self, day: Date) {
+        let mut st = self.lock();
+        st.closed = st.closed.max(Some(day));
+        st.days.retain(|d, _| *d > day);
+    }
+
+    /// Adds `days` counted earlier (saved before a restart) to what is held; days already
+    /// reported (up to `closed`) are left out.
+    pub fn restore(&self, days: BTreeMap<Date, DayMetrics>, closed: Option<Date>) {
+        let mut st = self.lock();
+        st.closed = st.closed.max(closed);
+        let closed = st.closed;
+        for (day, m) in days {
+            if closed.is_some_and(|c| day <= c) {
+                continue;
+            }
+            st.days.entry(day).or_default().merge(&m);
+        }
+        while st.days.len() > MAX_DAYS {
+            st.days.pop_first();
+            st.stats.dropped_days += 1;
+        }
+    }
+
+    /// A copy of every day held and the last day reported (to save across a restart).
+    pub fn snapshot(&self) -> (BTreeMap<Date, DayMetrics>, Option<Date>) {
+        let st = self.lock();
+        (st.days.clone(), st.closed)
+    }
+
+    /// Records that serial `serial` took `secs` seconds from first being seen at a transfer
+    /// server to being answered, in the metrics of `day`.
+    pub fn load_time(&self, day: Date, serial: u32, secs: u64) {
+        let mut st = self.lock();
+        if st.closed.is_some_and(|c| day <= c) {
+            return;
+        }
+        st.days
+            .entry(day)
+            .or_default()
+            .load_time
+            .entry(serial)
+            .or_default()
+            .push(secs);
     }
 
     /// A copy of one day's metrics so far (for a report on demand).
