@@ -254,6 +254,28 @@ fn remote_drain_and_undrain_through_the_receiver() {
     }
 }
 
+/// RSSAC002 end to end (issue 16): the guest's clock starts shortly before midnight UTC, the
+/// lab's queries are counted by the box from NSD's dnstap, the day's telemetry report reaches
+/// the receiver after midnight, and `fleet rssac002` writes the documents with exactly that
+/// traffic.
+#[test]
+fn telemetry_report_becomes_rssac002_documents() {
+    let Some(v) = lab("telemetry") else { return };
+    assert_passed("telemetry", &v);
+    let checks = v["checks"].as_array().expect("checks");
+    for what in [
+        "one device's telemetry report for the day that ended arrived, marked complete",
+        "the report counts exactly the lab's TCP, UDP-over-IPv6 and NXDOMAIN traffic",
+        "the RSSAC002 documents (fleet and device) say what the report counted",
+    ] {
+        assert!(
+            checks.iter().any(|c| c["what"] == what && c["ok"] == true),
+            "{what}: {}",
+            pretty(&v)
+        );
+    }
+}
+
 /// The normal pass with the appliance disk booted as on Calypso and Pandora: OVMF, systemd-boot,
 /// slot A (blessed on the disk: nothing to bless once healthy).
 #[test]

@@ -32,6 +32,7 @@ pub mod receiver;
 pub mod scenario;
 pub mod site;
 pub mod summary;
+pub mod telemetry;
 pub mod vm;
 pub mod xfr;
 pub mod zone;

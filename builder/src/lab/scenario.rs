@@ -30,9 +30,10 @@ use super::probe::{self, SoaAnswer, Transport};
 use super::receiver::{self, Receiver, StoredReport};
 use super::site::Tls;
 use super::summary::{BootOutcome, Check, Summary};
+use super::telemetry::{self, Traffic};
 use super::vm::{Vm, VmConfig};
 use super::xfr::XfrServer;
-use super::zone::LabZone;
+use super::zone::{GuestClock, LabZone};
 use crate::host::netns::NetNs;
 use crate::host::router::{self, Neighbor, Route, Router, RouterKind};
 use crate::host::signal;
@@ -70,11 +71,14 @@ pub enum Scenario {
     PowerCutUpdate,
     /// A normal pass, then signed `drain` and `undrain` commands through the receiver.
     RemoteDrain,
+    /// The guest's clock starts shortly before midnight UTC: the day's traffic is reported
+    /// after midnight and turned into RSSAC002 documents at the receiver.
+    Telemetry,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::Normal,
         Scenario::TamperedZone,
         Scenario::XfrDown,
@@ -86,6 +90,7 @@ impl Scenario {
         Scenario::PowerCutUpdate,
         Scenario::RemoteDrain,
         Scenario::RemoteUpdate,
+        Scenario::Telemetry,
     ];
 
     /// Whether it needs the appliance disk's slots (`--boot disk`).
@@ -113,6 +118,7 @@ impl Scenario {
             Scenario::PowerCutUpdate => "power-cut-update",
             Scenario::RemoteDrain => "remote-drain",
             Scenario::RemoteUpdate => "remote-update",
+            Scenario::Telemetry => "telemetry",
         }
     }
 
@@ -148,6 +154,9 @@ impl Scenario {
             }
             Scenario::RemoteUpdate => {
                 "a signed update command for a second image, queued at the receiver once heartbeats arrive, is picked up within a heartbeat; the box downloads and verifies the image, writes slot B, reboots into it, serves, blesses it, reports the command done, and its heartbeats name slot B and the new image; a signed rollback then brings it back to slot A the same way"
+            }
+            Scenario::Telemetry => {
+                "with the guest's clock starting 90 s before midnight UTC, the box serves, the lab's queries are counted, and after midnight a complete telemetry report for the day that ended arrives; fleet rssac002 turns it into the five RSSAC002 documents (fleet and device) with exactly the lab's traffic"
             }
             Scenario::RemoteDrain => {
                 "a signed drain command queued at the receiver is picked up with the answer to a report and the router loses the specifics within 2 s while . SOA is still answered; undrain brings them back; both results say done; an expired command and a replay of drain are refused with their reasons"
@@ -211,6 +220,17 @@ impl Lab {
             .to_string()
     }
 
+    /// The UTC day that ends while the `telemetry` scenario runs (the guest's clock starts
+    /// [`telemetry::BEFORE_MIDNIGHT`] before its end).
+    fn telemetry_day(&self) -> Result<jiff::civil::Date> {
+        match self.zone.clock {
+            GuestClock::Fixed(t) => Ok(t.to_zoned(jiff::tz::TimeZone::UTC).date()),
+            GuestClock::Host => {
+                anyhow::bail!("the telemetry scenario needs a pinned guest clock (not --zone live)")
+            }
+        }
+    }
+
     fn db(&self) -> PathBuf {
         self.workdir.join("receiver/reports.sqlite")
     }
@@ -256,6 +276,8 @@ enum Goal {
     RemoteRollback,
     /// A later boot: serving, every command resolved, and a heartbeat.
     CommandsResolved,
+    /// The full pass, the lab's traffic once serving, then a `telemetry` report.
+    Telemetry,
 }
 
 /// The `remote-drain` steps, with when each was seen (seconds since QEMU start).
@@ -366,6 +388,8 @@ struct Final {
     xfr_started_s: Option<f64>,
     receiver_started_s: Option<f64>,
     remote: Option<Remote>,
+    /// What the lab sent (`telemetry`).
+    traffic: Option<Traffic>,
 }
 
 fn specifics() -> Vec<String> {
@@ -850,6 +874,7 @@ impl Lab {
             Goal::RemoteDrain | Goal::RemoteUpdate | Goal::RemoteRollback | Goal::CommandsResolved
         )
         .then(Remote::default);
+        let mut traffic = (plan.goal == Goal::Telemetry).then(Traffic::default);
         let limit = self.boot_timeout.as_secs_f64();
         loop {
             signal::check()?;
@@ -982,6 +1007,18 @@ impl Lab {
                         ));
                     }
                 }
+                if let Some(tr) = traffic.as_mut()
+                    && out.serving_s.is_some()
+                    && tr.sent_at.is_none()
+                {
+                    let v6 = std::net::SocketAddr::new(self.plan.service_v6.into(), 53);
+                    *tr = svc.ns.run_inside(move || telemetry::send(service_v4, v6))?;
+                    tr.sent_at = Some(now);
+                    self.progress(format!(
+                        "[{now:7.1} s] {label}: lab traffic sent (. SOA answered {:?}, NXDOMAIN {}); waiting for midnight and the telemetry report",
+                        tr.soa, tr.nxdomain
+                    ));
+                }
                 let (r, rej) = receiver::reports(&self.db()).unwrap_or_default();
                 reports = r;
                 rejected = rej;
@@ -1070,6 +1107,14 @@ impl Lab {
                     Goal::ServingHeartbeat if out.serving_s.is_some() && new_heartbeat => {
                         Some(now + 1.0)
                     }
+                    Goal::Telemetry
+                        if reports
+                            .iter()
+                            .skip(baseline)
+                            .any(|r| r.event == "telemetry") =>
+                    {
+                        Some(now + 1.0)
+                    }
                     Goal::RemoteDrain if remote.as_ref().is_some_and(Remote::done) => {
                         Some(now + 2.0)
                     }
@@ -1123,6 +1168,7 @@ impl Lab {
             xfr_started_s,
             receiver_started_s,
             remote,
+            traffic,
         };
         let measured = if out.killed_at.is_none() && vm.exited().is_none() {
             Some(self.measure(svc)?)
@@ -1604,6 +1650,9 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             scenario.name()
         );
     }
+    if scenario == Scenario::Telemetry {
+        lab.zone.clock = telemetry::clock_before_midnight(lab.zone.clock)?;
+    }
     let ns = NetNs::create("lab")?;
     ns.add_tap(TAP, &lab.plan.tap_addresses())?;
     for (dest, via) in lab.plan.service_routes() {
@@ -1700,6 +1749,20 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                     ),
                 );
             }
+            boots.push(b);
+            (0, fin)
+        }
+        Scenario::Telemetry => {
+            let (b, t, fin) = lab.boot(&mut svc, &one(Goal::Telemetry), 0)?;
+            install_checks(&mut checks, &b, &t, &fin, 0, lab.zone.serial);
+            let day = lab.telemetry_day()?;
+            checks.extend(telemetry::checks(
+                &lab.exe,
+                &lab.db(),
+                &lab.workdir.join("rssac002"),
+                day,
+                fin.traffic.as_ref().unwrap_or(&Traffic::default()),
+            ));
             boots.push(b);
             (0, fin)
         }

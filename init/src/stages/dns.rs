@@ -53,11 +53,9 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         ctx.run_dir(name),
     );
     // The RSSAC002 collector listens before the daemon starts, so its first queries count.
-    if let Some(conf) = &site.telemetry
-        && ctx.telemetry.is_none()
-    {
+    if site.telemetry.is_some() && ctx.telemetry.is_none() {
         let now = crate::clock::timestamp_now().as_second();
-        match Keeper::start(conf, &ctx.run_dir("telemetry"), &ctx.state_dir, now) {
+        match Keeper::start(site, &ctx.run_dir("telemetry"), &ctx.state_dir, now) {
             Ok((keeper, warning)) => {
                 if let Some(w) = warning {
                     log::warn(w);

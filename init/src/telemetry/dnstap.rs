@@ -127,6 +127,12 @@ impl Dnstap {
         let m = self.message.as_ref()?;
         i64::try_from(m.response_time_sec.or(m.query_time_sec)?).ok()
     }
+
+    /// The client's address (the query's source), when the message carries one.
+    pub fn client(&self) -> Option<IpAddr> {
+        let m = self.message.as_ref()?;
+        address(m.socket_family, m.query_address.as_deref())
+    }
 }
 
 /// Decodes one dnstap payload and counts it into `m`, sources hashed with `key`.

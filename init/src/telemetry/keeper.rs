@@ -12,6 +12,7 @@
 //!   are counted late. Days before this boot that were never saved are not invented.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,8 +38,9 @@ const MAX_SAVED_BYTES: u64 = 4 << 20;
 /// Why the collector could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum KeeperError {
-    /// The site's key is not 32 bytes of hex (the site validation refuses that first).
-    #[error("telemetry.source_key: not 64 hex digits")]
+    /// No `[telemetry]`, or its key is not 32 bytes of hex (the site validation refuses that
+    /// first).
+    #[error("telemetry.source_key: absent, or not 64 hex digits")]
     Key,
     /// The socket could not be made.
     #[error("dnstap socket {path}: {source}")]
@@ -76,16 +78,33 @@ fn parse_day(s: &str) -> Option<Date> {
 
 impl Keeper {
     /// Restores the saved days, binds the socket in `run_dir` and accepts the daemon's
-    /// connections from now on (needs a tokio runtime). `now`: Unix seconds.
+    /// connections from now on (needs a tokio runtime). `now`: Unix seconds. Queries from the
+    /// box's own addresses (service, interfaces, loopback) are not counted.
     pub fn start(
-        conf: &site::Telemetry,
+        site: &site::Site,
         run_dir: &Path,
         state_dir: &Path,
         now: i64,
     ) -> Result<(Keeper, Option<String>), KeeperError> {
-        let key = conf.key_bytes().ok_or(KeeperError::Key)?;
+        let key = site
+            .telemetry
+            .as_ref()
+            .and_then(site::Telemetry::key_bytes)
+            .ok_or(KeeperError::Key)?;
+        let own = [
+            IpAddr::V4(site.service.ipv4),
+            IpAddr::V6(site.service.ipv6),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ]
+        .into_iter()
+        .chain(
+            site.interfaces
+                .iter()
+                .flat_map(|i| i.addresses.iter().map(|a| a.addr())),
+        );
         let keeper = Keeper {
-            collector: Collector::new(SourceKey::new(key)),
+            collector: Collector::new(SourceKey::new(key)).without_sources(own),
             socket: run_dir.join(SOCKET),
             saved: state_dir.join(SAVED_FILE),
             since: day_of(now),
@@ -209,10 +228,9 @@ impl Keeper {
 mod tests {
     use super::*;
 
-    fn conf() -> site::Telemetry {
-        site::Telemetry {
-            source_key: "61bd89620bbf91d11d2821fa52e4661b1b98fa76b6bcd9e7e9a160e447a73a6c".into(),
-        }
+    fn conf() -> site::Site {
+        let text = include_str!("../../../images/sites/lab.toml");
+        site::parse(Path::new("lab.toml"), text).unwrap()
     }
 
     /// 2026-07-31T12:00:00Z.

@@ -17,7 +17,8 @@ pub mod dnstap;
 pub mod framestream;
 pub mod keeper;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use imrs_config::rssac002::{DayMetrics, SourceKey};
@@ -41,8 +42,10 @@ pub struct Stats {
     pub ignored: u64,
     /// Payloads that were not dnstap or lacked a field.
     pub bad_payloads: u64,
-    /// Payloads for a day no longer held.
+    /// Payloads for a day no longer held, or already reported.
     pub late: u64,
+    /// Payloads of the box's own queries (its health probes), not counted.
+    pub own: u64,
     /// Days given up unreported to make room for a newer one (a clock step of days).
     pub dropped_days: u64,
     /// Connections closed for breaking Frame Streams.
@@ -66,6 +69,7 @@ struct State {
 pub struct Collector {
     state: Arc<Mutex<State>>,
     key: SourceKey,
+    own: Arc<HashSet<IpAddr>>,
 }
 
 /// The UTC day of Unix time `secs`.
@@ -82,7 +86,15 @@ impl Collector {
         Collector {
             state: Arc::new(Mutex::new(State::default())),
             key,
+            own: Arc::default(),
         }
+    }
+
+    /// The same, leaving out queries from `own` addresses (the box's: its health probes ask
+    /// its service addresses every few seconds, and L-root's numbers are about clients).
+    pub fn without_sources(mut self, own: impl IntoIterator<Item = IpAddr>) -> Collector {
+        self.own = Arc::new(own.into_iter().collect());
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -102,6 +114,10 @@ impl Collector {
                 return;
             }
         };
+        if d.client().is_some_and(|c| self.own.contains(&c)) {
+            st.stats.own += 1;
+            return;
+        }
         let day = day_of(d.time().unwrap_or(now));
         if st.closed.is_some_and(|c| day <= c) {
             st.stats.late += 1;

@@ -158,3 +158,30 @@ fn only_a_few_days_are_held_and_older_payloads_are_late() {
     assert_eq!(held.len(), MAX_DAYS);
     assert_eq!(held[0].0, day_of((base + 2 * day) as i64));
 }
+
+/// The box's own queries (its health probes to its service addresses) are left out, and what
+/// arrives for a day already reported is late, not a second count.
+#[test]
+fn own_queries_and_reported_days_are_not_counted() {
+    let own: IpAddr = "198.51.100.42".parse().unwrap();
+    let client: IpAddr = "2001:db8:9::1".parse().unwrap();
+    let c = Collector::new(SourceKey::new([3; 32])).without_sources([own]);
+    let day1 = 1_751_328_000u64; // 2025-07-01T00:00:00Z
+    let q = dns(None, None);
+    c.payload(&at(day1 + 5, AUTH_QUERY, own, &q), 0);
+    c.payload(&at(day1 + 6, AUTH_QUERY, client, &q), 0);
+    let d1 = day_of(day1 as i64);
+    assert_eq!(c.day(d1).udp_queries, [0, 1]);
+    assert_eq!(c.stats().own, 1);
+    c.close_through(d1);
+    c.payload(&at(day1 + 7, AUTH_QUERY, client, &q), 0);
+    assert_eq!(c.day(d1), DayMetrics::default());
+    assert_eq!((c.stats().late, c.stats().counted), (1, 1));
+    // Restoring a saved copy of a reported day does not bring it back.
+    let saved = DayMetrics {
+        udp_queries: [4, 0],
+        ..Default::default()
+    };
+    c.restore(BTreeMap::from([(d1, saved)]), None);
+    assert_eq!(c.day(d1), DayMetrics::default());
+}
