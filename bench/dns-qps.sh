@@ -5,6 +5,11 @@
 # the same run, on loopback. dnsperf shares the machine's cores with the daemon: compare the
 # ratios, not the absolute numbers.
 #
+# With dnstap (issue #16): the imrs configurations again with dnstap on, written to the RSSAC002
+# collector (tests/examples/telemetry_bench.rs) on a Unix socket; the collector reports its CPU
+# per 100,000 queries, and frames the daemon dropped are what it did not count of the queries
+# and responses dnsperf completed (a few readiness probes make it slightly negative).
+#
 # Query mix (from the zone itself): 80% referrals (`<tld>. NS` and `www.<tld>. A` for every
 # delegated TLD), 20% NXDOMAIN (`<random>. A`), all with EDNS (dnsperf's default) and DO.
 # Usage: bench/dns-qps.sh   (env: SECONDS_EACH (default 15), CLIENTS (default 8))
@@ -16,9 +21,10 @@ each="${SECONDS_EACH:-15}"
 clients="${CLIENTS:-8}"
 command -v dnsperf >/dev/null || { echo "dns-qps: dnsperf missing (apt-get install dnsperf)" >&2; exit 1; }
 
-(cd "$here" && cargo build --release --locked -q -p imrs-tests --example dnsconf)
+(cd "$here" && cargo build --release --locked -q -p imrs-tests --example dnsconf --example telemetry_bench)
 target="${CARGO_TARGET_DIR:-$here/target}"
 dnsconf="$target/release/examples/dnsconf"
+collector="$target/release/examples/telemetry_bench"
 
 work="$(mktemp -d)"
 chmod 755 "$work"
@@ -49,8 +55,28 @@ run() { # label port
   out="$(dnsperf -s 127.0.0.1 -p "$2" -d "$work/queries" -l "$each" -c "$clients" -T "$clients" -D -q 500 2>&1)"
   qps="$(echo "$out" | awk '/Queries per second/ { print $4 }')"
   lost="$(echo "$out" | awk '/Queries lost/ { print $3 }')"
+  completed="$(echo "$out" | awk '/Queries completed/ { print $3 }')"
   printf '%-22s %12s qps   lost %s\n' "$1" "$qps" "$lost"
   echo "$qps" > "$work/qps.$1"
+  echo "$completed" > "$work/completed.$1"
+}
+
+# The collector, reading until its standard input (a fifo held open here) closes.
+collector_start() { # label
+  mkfifo "$work/$1.hold"
+  "$collector" collect "$work/$1.sock" < "$work/$1.hold" > "$work/$1.stats" 2>&1 &
+  cpid=$!
+  exec 9> "$work/$1.hold"
+  for _ in $(seq 1 50); do [ -S "$work/$1.sock" ] && return 0; sleep 0.1; done
+  echo "dns-qps: the collector did not start" >&2; return 1
+}
+collector_stop() { # label
+  exec 9>&-
+  wait "$cpid" || true
+  local counted
+  counted="$(awk '{ for (i = 1; i < NF; i++) if ($i == "counted") print $(i + 1) }' "$work/$1.stats")"
+  printf '%-22s collector: %s; frames not counted: %s\n' "$1" "$(cat "$work/$1.stats")" \
+    "$(( 2 * $(cat "$work/completed.$1") - counted ))"
 }
 
 start() { # label program args...
@@ -65,6 +91,13 @@ stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/
 mkdir -p "$work/nsd-imrs"
 cmd="$("$dnsconf" nsd "$zone" "$work/nsd-imrs" 5301)"
 start nsd-imrs $cmd; wait_up 5301; run nsd-imrs 5301; stop_last
+
+# NSD, imrs configuration with dnstap to the collector.
+mkdir -p "$work/nsd-dnstap"
+collector_start nsd-dnstap
+cmd="$("$dnsconf" nsd "$zone" "$work/nsd-dnstap" 5306 "$work/nsd-dnstap.sock")"
+start nsd-dnstap $cmd; wait_up 5306; run nsd-dnstap 5306; sleep 3; stop_last
+collector_stop nsd-dnstap
 
 # NSD, default configuration.
 mkdir -p "$work/nsd-default"
@@ -97,6 +130,13 @@ mkdir -p "$work/knot-imrs"
 cmd="$("$dnsconf" knot "$zone" "$work/knot-imrs" 5303)"
 start knot-imrs $cmd; wait_up 5303; run knot-imrs 5303; stop_last
 
+# Knot, imrs configuration with dnstap to the collector.
+mkdir -p "$work/knot-dnstap"
+collector_start knot-dnstap
+cmd="$("$dnsconf" knot "$zone" "$work/knot-dnstap" 5307 "$work/knot-dnstap.sock")"
+start knot-dnstap $cmd; wait_up 5307; run knot-dnstap 5307; sleep 3; stop_last
+collector_stop knot-dnstap
+
 # Knot, default configuration.
 mkdir -p "$work/knot-default"
 cat > "$work/knot-default/knot.conf" <<CONF
@@ -115,3 +155,4 @@ start knot-default /usr/sbin/knotd -c "$work/knot-default/knot.conf"; wait_up 53
 ratio() { awk -v a="$(cat "$work/qps.$1")" -v b="$(cat "$work/qps.$2")" 'BEGIN { printf "%.2f", a / b }'; }
 echo "NSD  imrs/default: $(ratio nsd-imrs nsd-default)x (RRL on by default); imrs/default-without-RRL: $(ratio nsd-imrs nsd-default-norrl)x"
 echo "Knot imrs/default: $(ratio knot-imrs knot-default)x"
+echo "dnstap on/off (imrs configuration): NSD $(ratio nsd-dnstap nsd-imrs)x, Knot $(ratio knot-dnstap knot-imrs)x"

@@ -108,6 +108,9 @@ pub enum ActionArg {
     /// Boot the other slot again (the image the box ran before its last update), tried with a
     /// boot counter and kept once healthy.
     Rollback,
+    /// Send the RSSAC002 counts of the current UTC day so far (a partial `telemetry` report;
+    /// `fleet rssac002` for today then writes documents from it).
+    Telemetry,
 }
 
 impl ActionArg {
@@ -119,6 +122,7 @@ impl ActionArg {
             ActionArg::Reboot => Action::Reboot {},
             ActionArg::CollectLogs { lines } => Action::CollectLogs { lines: *lines },
             ActionArg::Rollback => Action::Rollback {},
+            ActionArg::Telemetry => Action::Telemetry {},
             ActionArg::Update { image, pubkey } => {
                 if let Some(p) = pubkey {
                     crate::verify::verify_loaded(image, &keys::read_public(p)?)?;

@@ -264,6 +264,7 @@ fn telemetry_report_becomes_rssac002_documents() {
     assert_passed("telemetry", &v);
     let checks = v["checks"].as_array().expect("checks");
     for what in [
+        "the telemetry command sent the day so far: its result is done",
         "one device's telemetry report for the day that ended arrived, marked complete",
         "the report counts exactly the lab's TCP, UDP-over-IPv6 and NXDOMAIN traffic",
         "the RSSAC002 documents (fleet and device) say what the report counted",

@@ -56,6 +56,9 @@ pub enum Action {
         /// How many lines (1 to [`MAX_LOG_LINES`]).
         lines: u32,
     },
+    /// Send the RSSAC002 counts of the current UTC day so far (a `telemetry` report that is
+    /// not complete; the day's complete one still follows after midnight).
+    Telemetry {},
 }
 
 impl Action {
@@ -68,6 +71,7 @@ impl Action {
             Action::Update { .. } => "update",
             Action::Rollback {} => "rollback",
             Action::CollectLogs { .. } => "collect-logs",
+            Action::Telemetry {} => "telemetry",
         }
     }
 }

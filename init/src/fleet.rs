@@ -574,6 +574,12 @@ impl Commands {
                         None,
                         log::recent(usize::try_from(*lines).unwrap_or(usize::MAX)),
                     ),
+                    Action::Telemetry {} => {
+                        match crate::heartbeat::telemetry_so_far(ctx, results) {
+                            Ok(note) => (CommandOutcome::Done, Some(note), Vec::new()),
+                            Err(why) => (CommandOutcome::Failed, Some(why), Vec::new()),
+                        }
+                    }
                     Action::Reboot {} => {
                         // The result goes out from the next boot (the ledger says it ran).
                         return Some(format!("fleet command {}: reboot", cmd.sequence));

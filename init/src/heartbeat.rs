@@ -180,6 +180,32 @@ fn queue(
         .map_err(installation::InstallReportError::PhoneHome)
 }
 
+/// Queues a `telemetry` report of the current UTC day so far (the `telemetry` fleet command);
+/// says what was sent, or why nothing was.
+pub fn telemetry_so_far(ctx: &mut Context, results: &[StageResult]) -> Result<String, String> {
+    let Some(keeper) = ctx.telemetry.clone() else {
+        return Err(
+            "this box collects no RSSAC002 metrics (no [telemetry] in its site config, \
+             or its collector did not start)"
+                .into(),
+        );
+    };
+    let (day, metrics) = keeper.today(crate::clock::timestamp_now().as_second());
+    let queries = queries(&metrics);
+    let event = Event::Telemetry {
+        day: day.to_string(),
+        complete: false,
+        metrics: Box::new(metrics),
+    };
+    queue(ctx, event, results, |_| {})
+        .map(|_| format!("telemetry for {day} so far queued ({queries} queries counted)"))
+        .map_err(|e| format!("telemetry for {day} not queued: {}", log::chain(&e)))
+}
+
+fn queries(m: &imrs_config::rssac002::DayMetrics) -> u64 {
+    [m.udp_queries, m.tcp_queries].iter().flatten().sum()
+}
+
 /// Queues a `telemetry` report for each UTC day that has ended (once each), then saves the
 /// days still counting ([`crate::telemetry::keeper`]).
 fn telemetry(ctx: &mut Context, results: &[StageResult]) {
@@ -187,10 +213,7 @@ fn telemetry(ctx: &mut Context, results: &[StageResult]) {
         return;
     };
     for (day, metrics) in keeper.finished(crate::clock::timestamp_now().as_second()) {
-        let queries: u64 = [metrics.udp_queries, metrics.tcp_queries]
-            .iter()
-            .flatten()
-            .sum();
+        let queries = queries(&metrics);
         let event = Event::Telemetry {
             day: day.to_string(),
             complete: true,

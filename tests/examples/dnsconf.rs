@@ -3,8 +3,9 @@
 //! command line: `bench/dns-qps.sh` runs NSD and Knot exactly as the appliance would, beside
 //! the same daemons on their default configuration.
 //!
-//! Usage: `dnsconf nsd|knot ZONE RUN_DIR PORT` (listens on 127.0.0.1 and ::1; workers and
-//! buffers sized from this machine's /proc like the appliance's).
+//! Usage: `dnsconf nsd|knot ZONE RUN_DIR PORT [DNSTAP_SOCKET]` (listens on 127.0.0.1 and ::1;
+//! workers and buffers sized from this machine's /proc like the appliance's; dnstap to the
+//! RSSAC002 collector's socket when given).
 
 use imrs_init::dns;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -14,9 +15,13 @@ use imrs_config::recipe::DnsImpl;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, daemon, zone, run, port] = &args[..] else {
-        eprintln!("usage: dnsconf nsd|knot ZONE RUN_DIR PORT");
-        std::process::exit(2);
+    let (daemon, zone, run, port, dnstap) = match &args[..] {
+        [_, d, z, r, p] => (d, z, r, p, None),
+        [_, d, z, r, p, t] => (d, z, r, p, Some(t)),
+        _ => {
+            eprintln!("usage: dnsconf nsd|knot ZONE RUN_DIR PORT [DNSTAP_SOCKET]");
+            std::process::exit(2);
+        }
     };
     let implementation = match daemon.as_str() {
         "nsd" => DnsImpl::Nsd,
@@ -46,6 +51,7 @@ fn main() {
         eprintln!("dnsconf: port {port:?} is not a number");
         std::process::exit(2)
     });
+    c.dnstap = dnstap.map(std::path::PathBuf::from);
     if let Err(e) = c.write() {
         eprintln!("dnsconf: {}", imrs_config::error_chain(&e));
         std::process::exit(1);

@@ -1022,6 +1022,23 @@ impl Lab {
                 let (r, rej) = receiver::reports(&self.db()).unwrap_or_default();
                 reports = r;
                 rejected = rej;
+                // The day so far, on demand, once the box has reported (its key is known).
+                if let Some(tr) = traffic.as_mut()
+                    && tr.sent_at.is_some()
+                    && tr.command.is_none()
+                    && let Some(r) = reports.last()
+                {
+                    tr.device = r.device.clone();
+                    let seq = self.queue_command(
+                        &tr.device,
+                        imrs_config::command::Action::Telemetry {},
+                        now,
+                    )?;
+                    tr.command = Some(seq);
+                    self.progress(format!(
+                        "[{now:7.1} s] {label}: telemetry command {seq} queued (the day so far)"
+                    ));
+                }
                 if let Some(rm) = remote.as_mut() {
                     let serving = out.serving_s.is_some()
                         && reports
@@ -1107,11 +1124,14 @@ impl Lab {
                     Goal::ServingHeartbeat if out.serving_s.is_some() && new_heartbeat => {
                         Some(now + 1.0)
                     }
+                    // The on-demand report, then the day's complete one after midnight.
                     Goal::Telemetry
                         if reports
                             .iter()
                             .skip(baseline)
-                            .any(|r| r.event == "telemetry") =>
+                            .filter(|r| r.event == "telemetry")
+                            .count()
+                            >= 2 =>
                     {
                         Some(now + 1.0)
                     }

@@ -53,6 +53,10 @@ pub struct Traffic {
     pub nxdomain: u64,
     /// Queries that got no answer.
     pub errors: Vec<String>,
+    /// The box's device key id, once a report named it.
+    pub device: String,
+    /// The `telemetry` command queued for it (its sequence number).
+    pub command: Option<u64>,
 }
 
 /// `. SOA` over each transport and family, and NXDOMAIN queries, to the service addresses.
@@ -131,6 +135,33 @@ pub fn checks(
         ),
     );
     let day_s = day.to_string();
+    let command = store::commands::commands(db, Some(&traffic.device))
+        .ok()
+        .and_then(|rows| {
+            rows.into_iter()
+                .find(|c| Some(c.sequence) == traffic.command)
+        });
+    let now = jiff::Timestamp::now().as_second();
+    check(
+        "the telemetry command sent the day so far: its result is done",
+        command.as_ref().is_some_and(|c| {
+            c.state(now) == "done"
+                && c.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(&format!("telemetry for {day_s} so far queued")))
+        }),
+        command.map_or_else(
+            || format!("command {:?} not found", traffic.command),
+            |c| {
+                format!(
+                    "{} {}: {}",
+                    c.action,
+                    c.state(now),
+                    c.reason.as_deref().unwrap_or_default()
+                )
+            },
+        ),
+    );
     let rows = match store::telemetry(db, &day_s) {
         Ok(r) => r,
         Err(e) => {
