@@ -12,7 +12,8 @@
 #
 # Query mix (from the zone itself): 80% referrals (`<tld>. NS` and `www.<tld>. A` for every
 # delegated TLD), 20% NXDOMAIN (`<random>. A`), all with EDNS (dnsperf's default) and DO.
-# Usage: bench/dns-qps.sh   (env: SECONDS_EACH (default 15), CLIENTS (default 8))
+# Usage: bench/dns-qps.sh   (env: SECONDS_EACH (default 15), CLIENTS (default 8), RATE (the
+# fixed-rate dnstap runs, default 20000 queries/s))
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -61,10 +62,20 @@ run() { # label port
   echo "$completed" > "$work/completed.$1"
 }
 
+# At a fixed offered rate (dnsperf -Q): whether every frame arrives when the daemon is not
+# saturated.
+run_rate() { # label port rate
+  local out
+  out="$(dnsperf -s 127.0.0.1 -p "$2" -d "$work/queries" -l "$each" -c "$clients" -T "$clients" -D -q 500 -Q "$3" 2>&1)"
+  printf '%-22s %12s qps   lost %s (offered %s/s)\n' "$1" "$(echo "$out" | awk '/Queries per second/ { print $4 }')" \
+    "$(echo "$out" | awk '/Queries lost/ { print $3 }')" "$3"
+  echo "$out" | awk '/Queries completed/ { print $3 }' > "$work/completed.$1"
+}
+
 # The collector, reading until its standard input (a fifo held open here) closes.
-collector_start() { # label
+collector_start() { # label [collect|discard]
   mkfifo "$work/$1.hold"
-  "$collector" collect "$work/$1.sock" < "$work/$1.hold" > "$work/$1.stats" 2>&1 &
+  "$collector" "${2:-collect}" "$work/$1.sock" < "$work/$1.hold" > "$work/$1.stats" 2>&1 &
   cpid=$!
   exec 9> "$work/$1.hold"
   for _ in $(seq 1 50); do [ -S "$work/$1.sock" ] && return 0; sleep 0.1; done
@@ -98,6 +109,21 @@ collector_start nsd-dnstap
 cmd="$("$dnsconf" nsd "$zone" "$work/nsd-dnstap" 5306 "$work/nsd-dnstap.sock")"
 start nsd-dnstap $cmd; wait_up 5306; run nsd-dnstap 5306; sleep 3; stop_last
 collector_stop nsd-dnstap
+
+# NSD with dnstap at a fixed rate.
+rate="${RATE:-20000}"
+mkdir -p "$work/nsd-dnstap-rate"
+collector_start nsd-dnstap-rate
+cmd="$("$dnsconf" nsd "$zone" "$work/nsd-dnstap-rate" 5310 "$work/nsd-dnstap-rate.sock")"
+start nsd-dnstap-rate $cmd; wait_up 5310; run_rate nsd-dnstap-rate 5310 "$rate"; sleep 3; stop_last
+collector_stop nsd-dnstap-rate
+
+# NSD with dnstap read but not counted: the daemon's and the transport's share.
+mkdir -p "$work/nsd-dnstap-read"
+collector_start nsd-dnstap-read discard
+cmd="$("$dnsconf" nsd "$zone" "$work/nsd-dnstap-read" 5308 "$work/nsd-dnstap-read.sock")"
+start nsd-dnstap-read $cmd; wait_up 5308; run nsd-dnstap-read 5308; sleep 3; stop_last
+collector_stop nsd-dnstap-read
 
 # NSD, default configuration.
 mkdir -p "$work/nsd-default"
@@ -137,6 +163,20 @@ cmd="$("$dnsconf" knot "$zone" "$work/knot-dnstap" 5307 "$work/knot-dnstap.sock"
 start knot-dnstap $cmd; wait_up 5307; run knot-dnstap 5307; sleep 3; stop_last
 collector_stop knot-dnstap
 
+# Knot with dnstap at a fixed rate.
+mkdir -p "$work/knot-dnstap-rate"
+collector_start knot-dnstap-rate
+cmd="$("$dnsconf" knot "$zone" "$work/knot-dnstap-rate" 5311 "$work/knot-dnstap-rate.sock")"
+start knot-dnstap-rate $cmd; wait_up 5311; run_rate knot-dnstap-rate 5311 "$rate"; sleep 3; stop_last
+collector_stop knot-dnstap-rate
+
+# Knot with dnstap read but not counted.
+mkdir -p "$work/knot-dnstap-read"
+collector_start knot-dnstap-read discard
+cmd="$("$dnsconf" knot "$zone" "$work/knot-dnstap-read" 5309 "$work/knot-dnstap-read.sock")"
+start knot-dnstap-read $cmd; wait_up 5309; run knot-dnstap-read 5309; sleep 3; stop_last
+collector_stop knot-dnstap-read
+
 # Knot, default configuration.
 mkdir -p "$work/knot-default"
 cat > "$work/knot-default/knot.conf" <<CONF
@@ -156,3 +196,4 @@ ratio() { awk -v a="$(cat "$work/qps.$1")" -v b="$(cat "$work/qps.$2")" 'BEGIN {
 echo "NSD  imrs/default: $(ratio nsd-imrs nsd-default)x (RRL on by default); imrs/default-without-RRL: $(ratio nsd-imrs nsd-default-norrl)x"
 echo "Knot imrs/default: $(ratio knot-imrs knot-default)x"
 echo "dnstap on/off (imrs configuration): NSD $(ratio nsd-dnstap nsd-imrs)x, Knot $(ratio knot-dnstap knot-imrs)x"
+echo "dnstap read but not counted / off: NSD $(ratio nsd-dnstap-read nsd-imrs)x, Knot $(ratio knot-dnstap-read knot-imrs)x"

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use imrs_config::rssac002::{DayMetrics, SourceKey};
 use jiff::civil::Date;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -102,7 +103,7 @@ impl Collector {
     }
 
     /// Counts one dnstap payload at Unix time `now` (used when the daemon stamped no time).
-    pub fn payload(&self, payload: &[u8], now: i64) {
+    pub fn payload(&self, payload: Bytes, now: i64) {
         let decoded = dnstap::decode(payload);
         let mut st = self.lock();
         st.stats.frames += 1;
@@ -268,7 +269,7 @@ impl Collector {
                         return Err(format!("dnstap: unexpected control frame {other:?}"));
                     }
                     Frame::Data(payload) if started => {
-                        self.payload(&payload, jiff::Timestamp::now().as_second());
+                        self.payload(Bytes::from(payload), jiff::Timestamp::now().as_second());
                     }
                     Frame::Data(_) => return Err("dnstap: data before START".into()),
                 }

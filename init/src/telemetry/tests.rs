@@ -148,10 +148,10 @@ fn only_a_few_days_are_held_and_older_payloads_are_late() {
     let day = 86_400u64;
     let base = 1_751_328_000u64;
     for i in 0..5 {
-        c.payload(&at(base + i * day, AUTH_QUERY, v4, &q), 0);
+        c.payload(Bytes::from(at(base + i * day, AUTH_QUERY, v4, &q)), 0);
     }
     // Days 3..5 are held; a payload for day 1 now is late.
-    c.payload(&at(base, AUTH_QUERY, v4, &q), 0);
+    c.payload(Bytes::from(at(base, AUTH_QUERY, v4, &q)), 0);
     let st = c.stats();
     assert_eq!((st.counted, st.late, st.dropped_days), (5, 1, 2));
     let held = c.take_finished(day_of((base + 10 * day) as i64));
@@ -168,13 +168,13 @@ fn own_queries_and_reported_days_are_not_counted() {
     let c = Collector::new(SourceKey::new([3; 32])).without_sources([own]);
     let day1 = 1_751_328_000u64; // 2025-07-01T00:00:00Z
     let q = dns(None, None);
-    c.payload(&at(day1 + 5, AUTH_QUERY, own, &q), 0);
-    c.payload(&at(day1 + 6, AUTH_QUERY, client, &q), 0);
+    c.payload(Bytes::from(at(day1 + 5, AUTH_QUERY, own, &q)), 0);
+    c.payload(Bytes::from(at(day1 + 6, AUTH_QUERY, client, &q)), 0);
     let d1 = day_of(day1 as i64);
     assert_eq!(c.day(d1).udp_queries, [0, 1]);
     assert_eq!(c.stats().own, 1);
     c.close_through(d1);
-    c.payload(&at(day1 + 7, AUTH_QUERY, client, &q), 0);
+    c.payload(Bytes::from(at(day1 + 7, AUTH_QUERY, client, &q)), 0);
     assert_eq!(c.day(d1), DayMetrics::default());
     assert_eq!((c.stats().late, c.stats().counted), (1, 1));
     // Restoring a saved copy of a reported day does not bring it back.
