@@ -81,6 +81,7 @@ fn sample(i: usize, heartbeat: bool) -> report::Report {
                 dns_probe_error: None,
                 last_error: None,
                 heartbeats_dropped: 0,
+                telemetry: None,
             }
         } else {
             report::Event::InstallPassed {}

@@ -191,6 +191,10 @@ pub enum Event {
         /// waiting for the receiver.
         #[serde(default)]
         heartbeats_dropped: u64,
+        /// The RSSAC002 collector, when it runs (absent from boxes without telemetry and from
+        /// older boxes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        telemetry: Option<CollectorHealth>,
     },
     /// The RSSAC002 metrics of one UTC day as this box counted them (report version 3): sent
     /// after the day ends, and on demand for the day so far; a later report for the same day
@@ -259,6 +263,23 @@ impl Event {
             Event::Telemetry { .. } => "telemetry",
         }
     }
+}
+
+/// How the box's RSSAC002 collector is doing, in its heartbeats (counts since the boot).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorHealth {
+    /// Connections from the DNS daemon accepted (one per daemon start).
+    pub connections: u64,
+    /// Queries and responses counted.
+    pub counted: u64,
+    /// Payloads that were not dnstap or lacked a field, and connections closed for breaking
+    /// Frame Streams.
+    pub bad: u64,
+    /// Payloads for a day already reported or no longer held (a clock step).
+    pub late: u64,
+    /// The box's own queries (health probes), left out.
+    pub own: u64,
 }
 
 /// One pipeline stage's outcome and timing.
@@ -806,9 +827,23 @@ mod tests {
             dns_probe_error: None,
             last_error: Some("zone refresh: no transfer server answered".into()),
             heartbeats_dropped: 3,
+            telemetry: Some(CollectorHealth {
+                connections: 1,
+                counted: 20,
+                bad: 0,
+                late: 2,
+                own: 40,
+            }),
         };
         assert_eq!(verify(&sign(&h, &key)).unwrap(), h);
         assert_eq!(h.event.name(), "heartbeat");
+        // Without a collector the field is absent, as in older boxes' heartbeats.
+        let mut plain = h.clone();
+        if let Event::Heartbeat { telemetry, .. } = &mut plain.event {
+            *telemetry = None;
+        }
+        assert!(!serde_json::to_string(&plain).unwrap().contains("telemetry"));
+        assert_eq!(verify(&sign(&plain, &key)).unwrap(), plain);
         // A command's result, and results that say too much or name no action.
         let mut c = sample();
         c.event = Event::CommandResult {

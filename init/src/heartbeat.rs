@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use imrs_config::report::{DnsReport, Event, Report};
+use imrs_config::report::{CollectorHealth, DnsReport, Event, Report};
 
 use crate::context::Context;
 use crate::health::driver::Inputs;
@@ -30,8 +30,14 @@ pub fn jittered(period: Duration, random: u32) -> Duration {
     Duration::from_secs_f64((period.as_secs_f64() + offset).max(1.0))
 }
 
-/// The heartbeat event from the health inputs at `now`.
-pub fn event(inputs: &Inputs, now: SystemTime, uptime: Duration, dropped: u64) -> Event {
+/// The heartbeat event from the health inputs at `now` and the collector's `telemetry` counts.
+pub fn event(
+    inputs: &Inputs,
+    now: SystemTime,
+    uptime: Duration,
+    dropped: u64,
+    telemetry: Option<CollectorHealth>,
+) -> Event {
     let secs_between = |a: SystemTime, b: SystemTime| match a.duration_since(b) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
@@ -47,7 +53,20 @@ pub fn event(inputs: &Inputs, now: SystemTime, uptime: Duration, dropped: u64) -
         dns_probe_error: inputs.dns_probe.clone().flatten(),
         last_error: log::last_error(),
         heartbeats_dropped: dropped,
+        telemetry,
     }
+}
+
+/// The collector's counts for a heartbeat.
+fn collector_health(ctx: &Context) -> Option<CollectorHealth> {
+    let st = ctx.telemetry.as_ref()?.collector().stats();
+    Some(CollectorHealth {
+        connections: st.connections,
+        counted: st.counted,
+        bad: st.bad_payloads + st.bad_connections,
+        late: st.late,
+        own: st.own,
+    })
 }
 
 /// This boot's heartbeats waiting in the outbox: at most a bound of them, the oldest dropped
@@ -129,7 +148,13 @@ pub async fn run(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let event = event(&inputs, crate::clock::wall_now(), start.elapsed(), dropped);
+        let event = event(
+            &inputs,
+            crate::clock::wall_now(),
+            start.elapsed(),
+            dropped,
+            collector_health(ctx),
+        );
         let queued = queue(ctx, event, results, |rep| {
             let expired = inputs
                 .zone_expires
@@ -310,7 +335,7 @@ mod tests {
             dns_probe_error,
             heartbeats_dropped,
             ..
-        } = event(&inputs, now, Duration::from_secs(42), 2)
+        } = event(&inputs, now, Duration::from_secs(42), 2, None)
         else {
             panic!("not a heartbeat")
         };
@@ -327,7 +352,7 @@ mod tests {
             zone_expires_in_s,
             dns_probe_error,
             ..
-        } = event(&Inputs::default(), now, Duration::ZERO, 0)
+        } = event(&Inputs::default(), now, Duration::ZERO, 0, None)
         else {
             panic!()
         };
