@@ -98,32 +98,32 @@ start() { # label program args...
 
 stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; }
 
+# One dnstap run: the imrs configuration writing dnstap to the collector (counting, or only
+# reading the frames), at full speed or at a fixed offered rate.
+dnstap_run() { # label nsd|knot port collect|discard [rate]
+  mkdir -p "$work/$1"
+  collector_start "$1" "$4"
+  cmd="$("$dnsconf" "$2" "$zone" "$work/$1" "$3" "$work/$1.sock")"
+  start "$1" $cmd; wait_up "$3"
+  if [ -n "${5:-}" ]; then run_rate "$1" "$3" "$5"; else run "$1" "$3"; fi
+  sleep 3; stop_last
+  collector_stop "$1"
+}
+
 # NSD, imrs configuration.
 mkdir -p "$work/nsd-imrs"
 cmd="$("$dnsconf" nsd "$zone" "$work/nsd-imrs" 5301)"
 start nsd-imrs $cmd; wait_up 5301; run nsd-imrs 5301; stop_last
 
 # NSD, imrs configuration with dnstap to the collector.
-mkdir -p "$work/nsd-dnstap"
-collector_start nsd-dnstap
-cmd="$("$dnsconf" nsd "$zone" "$work/nsd-dnstap" 5306 "$work/nsd-dnstap.sock")"
-start nsd-dnstap $cmd; wait_up 5306; run nsd-dnstap 5306; sleep 3; stop_last
-collector_stop nsd-dnstap
+dnstap_run nsd-dnstap nsd 5306 collect
 
 # NSD with dnstap at a fixed rate.
 rate="${RATE:-20000}"
-mkdir -p "$work/nsd-dnstap-rate"
-collector_start nsd-dnstap-rate
-cmd="$("$dnsconf" nsd "$zone" "$work/nsd-dnstap-rate" 5310 "$work/nsd-dnstap-rate.sock")"
-start nsd-dnstap-rate $cmd; wait_up 5310; run_rate nsd-dnstap-rate 5310 "$rate"; sleep 3; stop_last
-collector_stop nsd-dnstap-rate
+dnstap_run nsd-dnstap-rate nsd 5310 collect "$rate"
 
 # NSD with dnstap read but not counted: the daemon's and the transport's share.
-mkdir -p "$work/nsd-dnstap-read"
-collector_start nsd-dnstap-read discard
-cmd="$("$dnsconf" nsd "$zone" "$work/nsd-dnstap-read" 5308 "$work/nsd-dnstap-read.sock")"
-start nsd-dnstap-read $cmd; wait_up 5308; run nsd-dnstap-read 5308; sleep 3; stop_last
-collector_stop nsd-dnstap-read
+dnstap_run nsd-dnstap-read nsd 5308 discard
 
 # NSD, default configuration.
 mkdir -p "$work/nsd-default"
@@ -157,25 +157,13 @@ cmd="$("$dnsconf" knot "$zone" "$work/knot-imrs" 5303)"
 start knot-imrs $cmd; wait_up 5303; run knot-imrs 5303; stop_last
 
 # Knot, imrs configuration with dnstap to the collector.
-mkdir -p "$work/knot-dnstap"
-collector_start knot-dnstap
-cmd="$("$dnsconf" knot "$zone" "$work/knot-dnstap" 5307 "$work/knot-dnstap.sock")"
-start knot-dnstap $cmd; wait_up 5307; run knot-dnstap 5307; sleep 3; stop_last
-collector_stop knot-dnstap
+dnstap_run knot-dnstap knot 5307 collect
 
 # Knot with dnstap at a fixed rate.
-mkdir -p "$work/knot-dnstap-rate"
-collector_start knot-dnstap-rate
-cmd="$("$dnsconf" knot "$zone" "$work/knot-dnstap-rate" 5311 "$work/knot-dnstap-rate.sock")"
-start knot-dnstap-rate $cmd; wait_up 5311; run_rate knot-dnstap-rate 5311 "$rate"; sleep 3; stop_last
-collector_stop knot-dnstap-rate
+dnstap_run knot-dnstap-rate knot 5311 collect "$rate"
 
 # Knot with dnstap read but not counted.
-mkdir -p "$work/knot-dnstap-read"
-collector_start knot-dnstap-read discard
-cmd="$("$dnsconf" knot "$zone" "$work/knot-dnstap-read" 5309 "$work/knot-dnstap-read.sock")"
-start knot-dnstap-read $cmd; wait_up 5309; run knot-dnstap-read 5309; sleep 3; stop_last
-collector_stop knot-dnstap-read
+dnstap_run knot-dnstap-read knot 5309 discard
 
 # Knot, default configuration.
 mkdir -p "$work/knot-default"

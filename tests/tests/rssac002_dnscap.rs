@@ -18,13 +18,14 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imrs_config::recipe::DnsImpl;
-use imrs_config::rssac002::{self, DayMetrics, Metric, SourceKey};
+use imrs_config::rssac002::{self, DayMetrics, Metric};
 use imrs_init::dns::probe::{Probe, Transport};
 use imrs_init::dns::{DnsConfig, Hardware};
-use imrs_init::telemetry::{Collector, day_of};
+use imrs_init::telemetry::day_of;
+use imrs_tests::collector::{self, settled};
 use imrs_tests::daemons::{DNSCAP, DNSPERF, Daemon, KNOT_DNSTAP, KNOTD, NSD, POLL, RSSM, wait_for};
 use imrs_tests::netns::{NetNs, appliance_and_host, require};
 
@@ -48,43 +49,6 @@ fn knot_rssac002_equals_dnscap() {
 
 fn zone() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/rootzone/root.zone.2026073102")
-}
-
-/// The collector on `sock`, on its own runtime thread.
-fn collector(sock: &Path) -> Collector {
-    let c = Collector::new(SourceKey::new([9; 32]));
-    let (c2, sock, (tx, rx)) = (c.clone(), sock.to_path_buf(), std::sync::mpsc::channel());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::UnixListener::bind(&sock).unwrap();
-            tx.send(()).unwrap();
-            c2.serve(l).await
-        });
-    });
-    rx.recv().unwrap();
-    c
-}
-
-/// Waits until the collector has counted at least `at_least` and nothing more came for 3 s
-/// (the daemons' dnstap writers buffer); returns the count.
-fn settled(c: &Collector, at_least: u64) -> u64 {
-    let t = Instant::now() + Duration::from_secs(30);
-    while c.stats().counted < at_least && Instant::now() < t {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let mut last = c.stats().counted;
-    loop {
-        std::thread::sleep(Duration::from_secs(3));
-        let now = c.stats().counted;
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
 }
 
 /// `now` minus `base` for everything that adds up (sources stay `now`'s: a union).
@@ -408,7 +372,7 @@ fn compare(imp: DnsImpl, needs: &[&str]) {
         .unwrap();
 
     let sock = dir.path().join("dnstap.sock");
-    let c = collector(&sock);
+    let c = collector::start(&sock, [9; 32]);
     let site = imrs_config::site::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
     )

@@ -286,8 +286,8 @@ fn knot_writes_dnstap_that_the_rssac002_collector_counts() {
 }
 
 fn dnstap_counted(imp: DnsImpl, needs: &[&str]) {
-    use imrs_config::rssac002::{DayMetrics, SourceKey};
-    use imrs_init::telemetry::{Collector, day_of};
+    use imrs_config::rssac002::DayMetrics;
+    use imrs_init::telemetry::day_of;
     let test = format!("serving_dns_dnstap_{imp}");
     let zone_new = testdata("root.zone.2026073102");
     let zone_s = zone_new.to_string_lossy().into_owned();
@@ -300,23 +300,7 @@ fn dnstap_counted(imp: DnsImpl, needs: &[&str]) {
     let zone = dir.path().join("root.zone");
     replace_atomically(&zone_new, &zone);
     let sock = dir.path().join("dnstap.sock");
-    let collector = Collector::new(SourceKey::new([5; 32]));
-    {
-        let (c, sock) = (collector.clone(), sock.clone());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let l = tokio::net::UnixListener::bind(&sock).unwrap();
-                tx.send(()).unwrap();
-                c.serve(l).await
-            });
-        });
-        rx.recv().unwrap();
-    }
+    let collector = imrs_tests::collector::start(&sock, [5; 32]);
     let cfg = loopback_config(imp, &zone, dir.path(), Some(sock.clone()));
     let port = cfg.port;
     cfg.check().unwrap();
@@ -338,24 +322,7 @@ fn dnstap_counted(imp: DnsImpl, needs: &[&str]) {
     }
     // The readiness probes' frames settle first; what follows is counted from there.
     let today = || day_of(jiff::Timestamp::now().as_second());
-    // (The daemons' dnstap writers buffer: at least the successful probe's pair arrives, then
-    // nothing for 3 s.)
-    let settled = |c: &Collector| {
-        let t = Instant::now() + Duration::from_secs(30);
-        while c.stats().counted < 2 && Instant::now() < t {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let mut last = c.stats().counted;
-        loop {
-            std::thread::sleep(Duration::from_secs(3));
-            let now = c.stats().counted;
-            if now == last {
-                return now;
-            }
-            last = now;
-        }
-    };
-    let base_count = settled(&collector);
+    let base_count = imrs_tests::collector::settled(&collector, 2);
     let base = collector.day(today());
 
     let soa = |server, transport| {
