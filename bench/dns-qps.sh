@@ -13,13 +13,16 @@
 # Query mix (from the zone itself): 80% referrals (`<tld>. NS` and `www.<tld>. A` for every
 # delegated TLD), 20% NXDOMAIN (`<random>. A`), all with EDNS (dnsperf's default) and DO.
 # Usage: bench/dns-qps.sh   (env: SECONDS_EACH (default 15), CLIENTS (default 8), RATE (the
-# fixed-rate dnstap runs, default 20000 queries/s))
+# fixed-rate dnstap runs, default 20000 queries/s), PIN=1: dnsperf on CPU 0, the daemon and the
+# collector on CPU 1, so the load generator does not take the server's cycles)
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
 zone="$here/testdata/rootzone/root.zone.2026073102"
 each="${SECONDS_EACH:-15}"
 clients="${CLIENTS:-8}"
+load=""; serve=""
+if [ "${PIN:-0}" = 1 ]; then load="taskset -c 0"; serve="taskset -c 1"; fi
 command -v dnsperf >/dev/null || { echo "dns-qps: dnsperf missing (apt-get install dnsperf)" >&2; exit 1; }
 
 (cd "$here" && cargo build --release --locked -q -p imrs-tests --example dnsconf --example telemetry_bench)
@@ -53,7 +56,7 @@ wait_up() { # port
 
 run() { # label port
   local out qps
-  out="$(dnsperf -s 127.0.0.1 -p "$2" -d "$work/queries" -l "$each" -c "$clients" -T "$clients" -D -q 500 2>&1)"
+  out="$($load dnsperf -s 127.0.0.1 -p "$2" -d "$work/queries" -l "$each" -c "$clients" -T "$clients" -D -q 500 2>&1)"
   qps="$(echo "$out" | awk '/Queries per second/ { print $4 }')"
   lost="$(echo "$out" | awk '/Queries lost/ { print $3 }')"
   completed="$(echo "$out" | awk '/Queries completed/ { print $3 }')"
@@ -66,7 +69,7 @@ run() { # label port
 # saturated.
 run_rate() { # label port rate
   local out
-  out="$(dnsperf -s 127.0.0.1 -p "$2" -d "$work/queries" -l "$each" -c "$clients" -T "$clients" -D -q 500 -Q "$3" 2>&1)"
+  out="$($load dnsperf -s 127.0.0.1 -p "$2" -d "$work/queries" -l "$each" -c "$clients" -T "$clients" -D -q 500 -Q "$3" 2>&1)"
   printf '%-22s %12s qps   lost %s (offered %s/s)\n' "$1" "$(echo "$out" | awk '/Queries per second/ { print $4 }')" \
     "$(echo "$out" | awk '/Queries lost/ { print $3 }')" "$3"
   echo "$out" | awk '/Queries completed/ { print $3 }' > "$work/completed.$1"
@@ -75,7 +78,7 @@ run_rate() { # label port rate
 # The collector, reading until its standard input (a fifo held open here) closes.
 collector_start() { # label [collect|discard]
   mkfifo "$work/$1.hold"
-  "$collector" "${2:-collect}" "$work/$1.sock" < "$work/$1.hold" > "$work/$1.stats" 2>&1 &
+  $serve "$collector" "${2:-collect}" "$work/$1.sock" < "$work/$1.hold" > "$work/$1.stats" 2>&1 &
   cpid=$!
   exec 9> "$work/$1.hold"
   for _ in $(seq 1 50); do [ -S "$work/$1.sock" ] && return 0; sleep 0.1; done
@@ -92,7 +95,7 @@ collector_stop() { # label
 
 start() { # label program args...
   local label="$1"; shift
-  "$@" > "$work/$label.log" 2>&1 &
+  $serve "$@" > "$work/$label.log" 2>&1 &
   pids+=($!)
 }
 
