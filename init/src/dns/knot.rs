@@ -51,7 +51,8 @@ pub fn render(c: &DnsConfig) -> String {
         modules.push("mod-rrl/default");
     }
     // dnstap (knot-module-dnstap) to the RSSAC002 collector's socket, which this side listens
-    // on; after mod-rrl, so a response is logged as rate limiting left it.
+    // on; listed after mod-rrl. (How Knot logs a response that mod-rrl drops or slips is not
+    // measured yet: the dnscap comparison runs without rate limiting.)
     if let Some(sock) = &c.dnstap {
         let _ = writeln!(o, "\nmod-dnstap:\n  - id: rssac002");
         let _ = writeln!(o, "    sink: \"unix:{}\"", sock.display());
