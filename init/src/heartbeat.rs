@@ -216,19 +216,31 @@ pub fn telemetry_so_far(ctx: &mut Context, results: &[StageResult]) -> Result<St
         );
     };
     let (day, metrics) = keeper.today(crate::clock::timestamp_now().as_second());
-    let queries = queries(&metrics);
+    queue_day(ctx, results, day, metrics, false)
+        .map(|queries| format!("telemetry for {day} so far queued ({queries} queries counted)"))
+        .map_err(|e| format!("telemetry for {day} not queued: {e}"))
+}
+
+/// Queues the `telemetry` report of `day`; returns the queries it counts.
+fn queue_day(
+    ctx: &mut Context,
+    results: &[StageResult],
+    day: jiff::civil::Date,
+    metrics: imrs_config::rssac002::DayMetrics,
+    complete: bool,
+) -> Result<u64, String> {
+    let queries = [metrics.udp_queries, metrics.tcp_queries]
+        .iter()
+        .flatten()
+        .sum();
     let event = Event::Telemetry {
         day: day.to_string(),
-        complete: false,
+        complete,
         metrics: Box::new(metrics),
     };
     queue(ctx, event, results, |_| {})
-        .map(|_| format!("telemetry for {day} so far queued ({queries} queries counted)"))
-        .map_err(|e| format!("telemetry for {day} not queued: {}", log::chain(&e)))
-}
-
-fn queries(m: &imrs_config::rssac002::DayMetrics) -> u64 {
-    [m.udp_queries, m.tcp_queries].iter().flatten().sum()
+        .map(|_| queries)
+        .map_err(|e| log::chain(&e))
 }
 
 /// Queues a `telemetry` report for each UTC day that has ended (once each), then saves the
@@ -238,19 +250,12 @@ fn telemetry(ctx: &mut Context, results: &[StageResult]) {
         return;
     };
     for (day, metrics) in keeper.finished(crate::clock::timestamp_now().as_second()) {
-        let queries = queries(&metrics);
-        let event = Event::Telemetry {
-            day: day.to_string(),
-            complete: true,
-            metrics: Box::new(metrics),
-        };
-        match queue(ctx, event, results, |_| {}) {
-            Ok(_) => log::info(format!(
+        match queue_day(ctx, results, day, metrics, true) {
+            Ok(queries) => log::info(format!(
                 "telemetry for {day} queued ({queries} queries counted)"
             )),
             Err(e) => log::error(format!(
-                "telemetry for {day} not queued, its counts are lost: {}",
-                log::chain(&e)
+                "telemetry for {day} not queued, its counts are lost: {e}"
             )),
         }
     }

@@ -197,7 +197,7 @@ impl Keeper {
         };
         let mut out: BTreeMap<Date, DayMetrics> =
             self.collector.take_finished(today).into_iter().collect();
-        let (_, closed) = self.collector.snapshot();
+        let closed = self.collector.closed();
         // Days watched with nothing counted: at most the last few (a clock step of years does
         // not make a report per day).
         let mut d = last;

@@ -65,6 +65,21 @@ struct State {
     stats: Stats,
 }
 
+impl State {
+    /// Whether `day` was reported already.
+    fn is_closed(&self, day: Date) -> bool {
+        self.closed.is_some_and(|c| day <= c)
+    }
+
+    /// Gives up the oldest days beyond [`MAX_DAYS`], counting them.
+    fn trim(&mut self) {
+        while self.days.len() > MAX_DAYS {
+            self.days.pop_first();
+            self.stats.dropped_days += 1;
+        }
+    }
+}
+
 /// The counting side of dnstap.
 #[derive(Debug, Clone)]
 pub struct Collector {
@@ -120,7 +135,7 @@ impl Collector {
             return;
         }
         let day = day_of(d.time().unwrap_or(now));
-        if st.closed.is_some_and(|c| day <= c) {
+        if st.is_closed(day) {
             st.stats.late += 1;
             return;
         }
@@ -130,10 +145,7 @@ impl Collector {
                 return;
             }
             st.days.insert(day, DayMetrics::default());
-            while st.days.len() > MAX_DAYS {
-                st.days.pop_first();
-                st.stats.dropped_days += 1;
-            }
+            st.trim();
         }
         let State { days, stats, .. } = &mut *st;
         let m = days.entry(day).or_default();
@@ -167,17 +179,17 @@ impl Collector {
     pub fn restore(&self, days: BTreeMap<Date, DayMetrics>, closed: Option<Date>) {
         let mut st = self.lock();
         st.closed = st.closed.max(closed);
-        let closed = st.closed;
         for (day, m) in days {
-            if closed.is_some_and(|c| day <= c) {
-                continue;
+            if !st.is_closed(day) {
+                st.days.entry(day).or_default().merge(&m);
             }
-            st.days.entry(day).or_default().merge(&m);
         }
-        while st.days.len() > MAX_DAYS {
-            st.days.pop_first();
-            st.stats.dropped_days += 1;
-        }
+        st.trim();
+    }
+
+    /// The last day reported.
+    pub fn closed(&self) -> Option<Date> {
+        self.lock().closed
     }
 
     /// A copy of every day held and the last day reported (to save across a restart).
@@ -190,7 +202,7 @@ impl Collector {
     /// server to being answered, in the metrics of `day`.
     pub fn load_time(&self, day: Date, serial: u32, secs: u64) {
         let mut st = self.lock();
-        if st.closed.is_some_and(|c| day <= c) {
+        if st.is_closed(day) {
             return;
         }
         st.days
