@@ -33,7 +33,7 @@ use super::summary::{BootOutcome, Check, Summary};
 use super::telemetry::{self, Traffic};
 use super::vm::{Vm, VmConfig};
 use super::xfr::XfrServer;
-use super::zone::{GuestClock, LabZone};
+use super::zone::LabZone;
 use crate::host::netns::NetNs;
 use crate::host::router::{self, Neighbor, Route, Router, RouterKind};
 use crate::host::signal;
@@ -218,17 +218,6 @@ impl Lab {
             .next()
             .unwrap_or("")
             .to_string()
-    }
-
-    /// The UTC day that ends while the `telemetry` scenario runs (the guest's clock starts
-    /// [`telemetry::BEFORE_MIDNIGHT`] before its end).
-    fn telemetry_day(&self) -> Result<jiff::civil::Date> {
-        match self.zone.clock {
-            GuestClock::Fixed(t) => Ok(t.to_zoned(jiff::tz::TimeZone::UTC).date()),
-            GuestClock::Host => {
-                anyhow::bail!("the telemetry scenario needs a pinned guest clock (not --zone live)")
-            }
-        }
     }
 
     fn db(&self) -> PathBuf {
@@ -1775,7 +1764,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         Scenario::Telemetry => {
             let (b, t, fin) = lab.boot(&mut svc, &one(Goal::Telemetry), 0)?;
             install_checks(&mut checks, &b, &t, &fin, 0, lab.zone.serial);
-            let day = lab.telemetry_day()?;
+            let day = telemetry::ending_day(lab.zone.clock)?;
             checks.extend(telemetry::checks(
                 &lab.exe,
                 &lab.db(),

@@ -21,16 +21,15 @@ use super::summary::Check;
 use super::zone::GuestClock;
 use crate::home::store;
 
-/// How long before midnight UTC the guest's clock starts (it serves after ~30 s in the lab; the report comes a minute and a heartbeat after midnight).
+/// How long before midnight UTC the guest's clock starts (it serves after ~30 s in the lab;
+/// the report comes a minute and a heartbeat after midnight).
 pub const BEFORE_MIDNIGHT: Duration = Duration::from_secs(90);
 
 /// The guest clock for the scenario: [`BEFORE_MIDNIGHT`] before the midnight (UTC) at or
 /// after `clock` (the bundled zone's pinned clock is a midnight inside its signatures' window,
 /// and so is the time just before it).
 pub fn clock_before_midnight(clock: GuestClock) -> anyhow::Result<GuestClock> {
-    let GuestClock::Fixed(t) = clock else {
-        anyhow::bail!("the telemetry scenario needs a pinned guest clock (not --zone live)");
-    };
+    let t = pinned(clock)?;
     let utc = t.to_zoned(jiff::tz::TimeZone::UTC);
     let start = utc.start_of_day()?;
     let midnight = if start.timestamp() == t {
@@ -40,6 +39,21 @@ pub fn clock_before_midnight(clock: GuestClock) -> anyhow::Result<GuestClock> {
     };
     let before = jiff::SignedDuration::try_from(BEFORE_MIDNIGHT)?;
     Ok(GuestClock::Fixed(midnight.checked_sub(before)?))
+}
+
+/// The UTC day that ends while the scenario runs, from the guest clock
+/// [`clock_before_midnight`] chose.
+pub fn ending_day(clock: GuestClock) -> anyhow::Result<jiff::civil::Date> {
+    Ok(pinned(clock)?.to_zoned(jiff::tz::TimeZone::UTC).date())
+}
+
+fn pinned(clock: GuestClock) -> anyhow::Result<jiff::Timestamp> {
+    match clock {
+        GuestClock::Fixed(t) => Ok(t),
+        GuestClock::Host => {
+            anyhow::bail!("the telemetry scenario needs a pinned guest clock (not --zone live)")
+        }
+    }
 }
 
 /// What the lab sent and got answered, before the guest's midnight.
