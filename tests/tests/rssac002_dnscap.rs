@@ -182,8 +182,9 @@ fn query(
     q
 }
 
-/// Sends `wire` from `from` (UDP; TCP from the kernel's choice) to the server (port 53) and returns the response's rcode (with
-/// the extended bits), failing the test when no answer comes.
+/// Sends `wire` from `from` (UDP; over TCP the kernel picks the source) to the server (port
+/// 53) and returns the response's rcode with the extended bits, failing the test when no
+/// answer comes.
 fn ask(from: IpAddr, tcp: bool, wire: &[u8]) -> u16 {
     let server: SocketAddr = match from {
         IpAddr::V4(_) => (SERVER_V4, 53).into(),
