@@ -11,9 +11,9 @@ use imrs_config::image::{
     ANCHORS_PATH, IMAGE_INFO_PATH, IMAGE_PUBKEY_PATH, ImageInfo, MANIFEST_SCHEMA, Manifest,
     ManifestPackage, SITE_PUBKEY_PATH, Toolchain, canonical_json,
 };
-use imrs_config::keys;
 use imrs_config::lock::{Lock, LockedPackage, Role};
 use imrs_config::recipe::{ResolvedRecipe, SYSTEMD_BOOT_EFI};
+use imrs_config::{accounts, keys};
 
 use crate::cache::Cache;
 use crate::deb::DebArchive;
@@ -192,17 +192,14 @@ pub fn build_image(
     for name in ["poweroff", "reboot", "halt"] {
         img.insert(&format!("usr/sbin/{name}"), Node::symlink("/init"))?;
     }
+    // One account per daemon, fixed ids (imrs_config::accounts).
     img.insert(
         "etc/passwd",
-        Node::file(
-            b"root:x:0:0:root:/root:/init\nnobody:x:65534:65534:nobody:/nonexistent:/init\n"
-                .to_vec(),
-            0o644,
-        ),
+        Node::file(accounts::passwd().into_bytes(), 0o644),
     )?;
     img.insert(
         "etc/group",
-        Node::file(b"root:x:0:\nnogroup:x:65534:\n".to_vec(), 0o644),
+        Node::file(accounts::group().into_bytes(), 0o644),
     )?;
     img.insert("etc/hostname", Node::file(b"imrs\n".to_vec(), 0o644))?;
     // Executables and their libraries.

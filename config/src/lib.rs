@@ -12,8 +12,10 @@
 //! - [`signed`]: signed site configs as the init receives them.
 //! - [`stage`]: the boot pipeline's stages and statuses, shared by the init, reports and the lab.
 //! - [`layout`]: the paths every image owns (recipes may not place files over them).
+//! - [`accounts`]: the image's accounts (one per daemon) with fixed ids.
 //! - [`fsutil`]: atomic, durable file writes and size-bounded reads shared by every program.
 
+pub mod accounts;
 pub mod command;
 mod error;
 pub mod fsutil;

@@ -316,6 +316,10 @@ async fn event_loop(
                 r.stage == imrs_config::stage::Stage::Bgp
                     && r.outcome == Some(crate::outcome::Outcome::Passed)
             });
+            if healthy && ctx.role == Role::Machine {
+                // What the box exposes, read back from the kernel (the lab checks it).
+                crate::exposure::print(std::path::Path::new("/proc"));
+            }
             let _ = ended_tx.send((healthy, crate::slot_history::unhealthy_reason(&results)));
             if healthy && !poweroff_after_boot {
                 crate::heartbeat::run(&mut ctx, &store, &results, start, halt_tx).await;

@@ -5,12 +5,15 @@
 //!    (a flat RTC battery), it is set to the epoch as a floor, which only makes later checks
 //!    sane: the stage still fails unless a real source then confirms the time.
 //! 2. Site `ntp.servers` given: `chronyd -q` sets the clock once from them
-//!    (`/usr/sbin/chronyd` in the image; missing is a failure that says so).
+//!    (`/usr/sbin/chronyd` in the image; missing is a failure that says so). As the machine's
+//!    init it runs as `_chrony` (chronyd keeps `CAP_SYS_TIME` only) under its own system call
+//!    filter (`-F 1`: a call outside chronyd's list kills it).
 //! 3. No servers but `ntp.trust_rtc = true` (labs): the RTC time is accepted, shown on the
 //!    console and recorded in the state file. Not if the RTC is behind the epoch.
 //! 4. Neither: failure, no time source.
 
 use crate::command::Failure;
+use imrs_config::accounts::{Account, ROOT};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -89,13 +92,16 @@ pub enum Plan {
     Fail(ClockError),
 }
 
-/// The decision, from facts alone.
+/// The decision, from facts alone. `run_dir`: chronyd's own directory (its pidfile);
+/// `account`: the account chronyd drops to, with its system call filter on (`None`: it stays
+/// root, as in tests on a build host).
 pub fn plan(
     now: i64,
     epoch: i64,
     ntp: &imrs_config::site::Ntp,
     chronyd: Option<&Path>,
     run_dir: &Path,
+    account: Option<Account>,
 ) -> Plan {
     if !ntp.servers.is_empty() {
         let Some(program) = chronyd else {
@@ -104,12 +110,17 @@ pub fn plan(
         let mut args: Vec<String> = vec![
             "-q".into(),
             "-u".into(),
-            "root".into(),
+            account.map_or(ROOT.name, |a| a.name).into(),
+        ];
+        if account.is_some() {
+            args.extend(["-F".into(), "1".into()]);
+        }
+        args.extend([
             "-t".into(),
             NTP_TIMEOUT.as_secs().to_string(),
             format!("pidfile {}", run_dir.join("chronyd.pid").display()),
             "cmdport 0".into(),
-        ];
+        ]);
         args.extend(ntp.servers.iter().map(|s| format!("server {s} iburst")));
         return Plan::Ntp {
             program: program.to_path_buf(),
@@ -254,7 +265,7 @@ mod tests {
             ),
         ];
         for (what, now, n, c, want) in cases {
-            assert_eq!(plan(now, EPOCH, &n, c, run), want, "{what}");
+            assert_eq!(plan(now, EPOCH, &n, c, run, None), want, "{what}");
         }
         // Servers win over trust_rtc, even when behind (the floor is set first).
         let Plan::Ntp { program, args } = plan(
@@ -263,13 +274,28 @@ mod tests {
             &ntp(&["192.0.2.123", "2001:db8::123"], true),
             Some(chrony),
             run,
+            None,
         ) else {
             panic!("expected NTP");
         };
         assert_eq!(program, chrony);
-        assert_eq!(args[0], "-q");
+        assert_eq!(args[..3], ["-q", "-u", "root"]);
+        assert!(!args.contains(&"-F".to_string()));
         assert!(args.contains(&"server 192.0.2.123 iburst".to_string()));
         assert!(args.contains(&"server 2001:db8::123 iburst".to_string()));
+        // As the machine's init: _chrony and the system call filter.
+        let Plan::Ntp { args, .. } = plan(
+            EPOCH + 5,
+            EPOCH,
+            &ntp(&["192.0.2.123"], false),
+            Some(chrony),
+            run,
+            Some(imrs_config::accounts::CHRONY),
+        ) else {
+            panic!("expected NTP");
+        };
+        assert_eq!(args[..5], ["-q", "-u", "_chrony", "-F", "1"]);
+        assert!(args.contains(&"pidfile /run/imrs/chronyd.pid".to_string()));
     }
 
     fn fake(dir: &Path, script: &str) -> PathBuf {

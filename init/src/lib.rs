@@ -37,6 +37,7 @@ mod control;
 mod data_grow;
 pub mod dns;
 mod entropy;
+mod exposure;
 mod fleet;
 #[cfg(test)]
 mod fuzzing;
@@ -51,6 +52,7 @@ mod outcome;
 pub mod phonehome;
 mod pid1;
 mod pipeline;
+mod privilege;
 mod reaper;
 mod rootzone;
 mod shutdown;

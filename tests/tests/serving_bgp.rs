@@ -59,6 +59,7 @@ impl Lab {
         let birdd = BirdDaemon {
             bird: BIRD.into(),
             run_dir: dir.path().join("bird"),
+            account: None,
         };
         birdd.write_config(&conf).unwrap();
         let (bin, args) = birdd.command();
@@ -268,6 +269,7 @@ fn generated_config_passes_bird_check() {
     let d = BirdDaemon {
         bird: BIRD.into(),
         run_dir: dir.path().to_path_buf(),
+        account: None,
     };
     let conf = bgp::render(&site, &BirdOptions::default()).unwrap();
     d.write_config(&conf).unwrap();

@@ -83,6 +83,7 @@ fn dns_failure_and_drain_gate_the_specifics_at_the_peer(kind: RouterKind) {
     let birdd = BirdDaemon {
         bird: BIRD.into(),
         run_dir: dir.path().join("bird"),
+        account: None,
     };
     birdd
         .write_config(&bgp::render(&site, &BirdOptions::default()).unwrap())

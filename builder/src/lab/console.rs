@@ -55,6 +55,10 @@ pub enum Event {
     SummaryStart,
     /// The kernel panicked.
     Panic,
+    /// `listening: PROTO ADDR:PORT PROGRAM` (what the box accepts traffic on).
+    Listening(String),
+    /// `daemon: PROGRAM pid ...` (a process's identity).
+    Daemon(String),
 }
 
 /// The message after `imrs-init:` and its optional `ERROR`/`WARN` tag, or `None` for other
@@ -124,6 +128,12 @@ pub fn parse_line(line: &str) -> Option<Event> {
     if t.starts_with("boot summary") {
         return Some(Event::SummaryStart);
     }
+    if let Some(rest) = t.strip_prefix("listening: ") {
+        return Some(Event::Listening(rest.trim().to_string()));
+    }
+    if let Some(rest) = t.strip_prefix("daemon: ") {
+        return Some(Event::Daemon(rest.trim().to_string()));
+    }
     // Live line: "stage NAME: STATUS ...".
     if let Some(rest) = t.strip_prefix("stage ") {
         let (name, after) = rest.split_once(':')?;
@@ -175,6 +185,10 @@ pub struct Tracker {
     pub summary_seen: bool,
     /// The kernel panicked.
     pub panicked: bool,
+    /// `listening:` lines, in order.
+    pub listening: Vec<String>,
+    /// `daemon:` lines, in order.
+    pub daemons: Vec<String>,
 }
 
 impl Tracker {
@@ -184,6 +198,8 @@ impl Tracker {
         match &ev {
             Event::Panic => self.panicked = true,
             Event::SummaryStart => self.summary_seen = true,
+            Event::Listening(l) => self.listening.push(l.clone()),
+            Event::Daemon(d) => self.daemons.push(d.clone()),
             Event::Stage {
                 name,
                 status,
@@ -389,6 +405,13 @@ mod tests {
             1.3,
         );
         t.feed("imrs-init: boot summary (2.00 s since init start):", 1.4);
+        t.feed("imrs-init: listening: tcp 0.0.0.0:179 bird", 1.4);
+        t.feed(
+            "imrs-init: daemon: bird pid 9 (bird) uid 101 gid 101 caps none nnp 1 seccomp 0",
+            1.4,
+        );
+        assert_eq!(t.listening, ["tcp 0.0.0.0:179 bird"]);
+        assert_eq!(t.daemons.len(), 1);
         t.feed("imrs-init:   platform    PASSED          0.100 s", 1.4);
         t.feed(
             "imrs-init: ERROR   site        FAILED          0.010 s  bad signature",

@@ -26,6 +26,7 @@
 
 pub mod console;
 pub mod disk;
+pub mod exposure;
 pub mod plan;
 pub mod probe;
 pub mod receiver;
@@ -412,6 +413,7 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         boot: args.boot,
         ops,
         image_key: key,
+        dns: facts.dns,
     };
     scenario::run(&mut lab, args.scenario)
 }

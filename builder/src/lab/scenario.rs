@@ -203,6 +203,8 @@ pub struct Lab {
     /// The image's site-signing key (`--key`, the lab's own with a recipe); `remote-update`
     /// signs its second image with it, so it must also be the image's signing key.
     pub image_key: ed25519_dalek::SigningKey,
+    /// The image's DNS daemon (what must listen on port 53).
+    pub dns: imrs_config::recipe::DnsImpl,
 }
 
 impl Lab {
@@ -821,7 +823,7 @@ impl Lab {
         boots: &mut Vec<BootOutcome>,
     ) -> Result<(Final, bool)> {
         let (b, t, fin) = self.boot(svc, plan, 0)?;
-        install_checks(checks, &b, &t, &fin, 0, self.zone.serial);
+        install_checks(checks, &b, &t, &fin, 0, self);
         boots.push(b);
         Ok((fin, checks.iter().all(|c| c.ok)))
     }
@@ -849,6 +851,8 @@ impl Lab {
             panicked: false,
             observed_s: 0.0,
             actions: Vec::new(),
+            listening: Vec::new(),
+            daemons: Vec::new(),
         };
         let spec = specifics();
         let service_v4 = std::net::SocketAddr::new(self.plan.service_v4.into(), 53);
@@ -907,6 +911,7 @@ impl Lab {
                     Event::Panic => {
                         self.progress(format!("[{:7.1} s] {label}: KERNEL PANIC", l.at));
                     }
+                    Event::Listening(_) | Event::Daemon(_) => {}
                     Event::Stage {
                         name,
                         status,
@@ -1210,6 +1215,12 @@ impl Lab {
             fin.rejected = rej;
         }
         out.stages = tracker.report();
+        out.listening = tracker.listening.clone();
+        out.daemons = tracker
+            .daemons
+            .iter()
+            .filter_map(|d| super::exposure::parse_daemon(d))
+            .collect();
         Ok((out, tracker, fin))
     }
 }
@@ -1549,15 +1560,17 @@ fn stage_detail(t: &Tracker, name: &str) -> String {
     }
 }
 
-/// Checks of a full first-boot pass: stages, serving, DNS answers, report.
+/// Checks of a full first-boot pass: stages, serving, DNS answers, what the box exposes,
+/// report.
 fn install_checks(
     checks: &mut Vec<Check>,
     b: &BootOutcome,
     t: &Tracker,
     fin: &Final,
     baseline: usize,
-    serial: u32,
+    lab: &Lab,
 ) {
+    let serial = lab.zone.serial;
     // Every stage up to phone-home (steady follows on its own).
     let must = imrs_config::stage::Stage::ALL.map(imrs_config::stage::Stage::name);
     let bad: Vec<String> = must[..must.len() - 1]
@@ -1576,6 +1589,7 @@ fn install_checks(
         },
     );
     serving_checks(checks, b, fin, serial);
+    exposure_checks(checks, b, lab);
     let new: Vec<&StoredReport> = fin.reports.iter().skip(baseline).collect();
     let installs: Vec<&&StoredReport> = new.iter().filter(|r| r.is_install()).collect();
     check(
@@ -1590,6 +1604,57 @@ fn install_checks(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    );
+}
+
+/// The sockets the box accepts traffic on are exactly DNS on the site's addresses and BGP;
+/// every daemon runs under its own account with `no_new_privs` and no spare capability.
+fn exposure_checks(checks: &mut Vec<Check>, b: &BootOutcome, lab: &Lab) {
+    let program = match lab.dns {
+        imrs_config::recipe::DnsImpl::Nsd => "nsd",
+        imrs_config::recipe::DnsImpl::Knot => "knotd",
+    };
+    let p = &lab.plan;
+    let addresses = [
+        p.service_v4.into(),
+        p.service_v6.into(),
+        p.guest_v4.addr(),
+        p.guest_v6.addr(),
+    ];
+    let want = super::exposure::expected_listening(&addresses, program);
+    let got: std::collections::BTreeSet<String> = b.listening.iter().cloned().collect();
+    let missing: Vec<&String> = want.difference(&got).collect();
+    let extra: Vec<&String> = got.difference(&want).collect();
+    check(
+        checks,
+        &format!(
+            "{}: listening exactly on DNS 53 (service and management addresses) and BGP 179",
+            b.label
+        ),
+        missing.is_empty() && extra.is_empty(),
+        if missing.is_empty() && extra.is_empty() {
+            format!("{} sockets as expected", got.len())
+        } else {
+            format!("missing {missing:?}; unexpected {extra:?}")
+        },
+    );
+    let problems = super::exposure::daemon_problems(&b.daemons, program);
+    check(
+        checks,
+        &format!(
+            "{}: every daemon under its own account, no_new_privs, no spare capability",
+            b.label
+        ),
+        problems.is_empty(),
+        if problems.is_empty() {
+            b.daemons
+                .iter()
+                .map(|d| format!("{} uid {} caps [{}]", d.program, d.uid, d.caps.join(",")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        } else {
+            problems.join("; ")
+        },
     );
 }
 
@@ -1731,7 +1796,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
     let (install_boot, fin) = match scenario {
         Scenario::Normal | Scenario::XfrDown | Scenario::ReceiverDown => {
             let (b, t, fin) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
-            install_checks(&mut checks, &b, &t, &fin, 0, lab.zone.serial);
+            install_checks(&mut checks, &b, &t, &fin, 0, lab);
             if scenario == Scenario::XfrDown {
                 let zone_end = t.get("zone").and_then(|s| s.ended_at_s);
                 check(
@@ -1763,7 +1828,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         }
         Scenario::Telemetry => {
             let (b, t, fin) = lab.boot(&mut svc, &one(Goal::Telemetry), 0)?;
-            install_checks(&mut checks, &b, &t, &fin, 0, lab.zone.serial);
+            install_checks(&mut checks, &b, &t, &fin, 0, lab);
             let day = telemetry::ending_day(lab.zone.clock)?;
             checks.extend(telemetry::checks(
                 &lab.exe,
@@ -1777,7 +1842,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         }
         Scenario::RemoteDrain => {
             let (b, t, fin) = lab.boot(&mut svc, &one(Goal::RemoteDrain), 0)?;
-            install_checks(&mut checks, &b, &t, &fin, 0, lab.zone.serial);
+            install_checks(&mut checks, &b, &t, &fin, 0, lab);
             remote_checks(&mut checks, fin.remote.as_ref());
             boots.push(b);
             (0, fin)
@@ -1929,7 +1994,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                     t2.status("hardware") == Some(Status::DoneEarlier),
                     format!("hardware {}", stage_detail(&t2, "hardware")),
                 );
-                install_checks(&mut checks, &b2, &t2, &fin2, base, lab.zone.serial);
+                install_checks(&mut checks, &b2, &t2, &fin2, base, lab);
                 let installs = fin2.reports.iter().filter(|r| r.is_install()).count();
                 check(
                     &mut checks,
@@ -2043,7 +2108,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             let mut plan = one(Goal::Install);
             plan.cut_update_at = Some(500);
             let (b1, t1, fin1) = lab.boot(&mut svc, &plan, 0)?;
-            install_checks(&mut checks, &b1, &t1, &fin1, 0, lab.zone.serial);
+            install_checks(&mut checks, &b1, &t1, &fin1, 0, lab);
             let cut = b1
                 .actions
                 .iter()
@@ -2212,6 +2277,8 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         console_log: lab.console_log(),
         workdir: lab.workdir.clone(),
         tampered: lab.tampered.clone(),
+        listening: ib.listening.clone(),
+        daemons: ib.daemons.clone(),
         boots,
     })
 }

@@ -38,6 +38,11 @@ pub struct BootOutcome {
     pub observed_s: f64,
     /// What the lab did during the boot, with times after QEMU start.
     pub actions: Vec<String>,
+    /// Sockets accepting traffic once healthy, as the init read them (`PROTO ADDR:PORT
+    /// PROGRAM`).
+    pub listening: Vec<String>,
+    /// Every process but the init, with its account and capabilities, once healthy.
+    pub daemons: Vec<super::exposure::DaemonIdentity>,
 }
 
 /// One check of the scenario's expectation.
@@ -104,6 +109,10 @@ pub struct Summary {
     pub workdir: PathBuf,
     /// The glue record changed for tampered-zone.
     pub tampered: Option<String>,
+    /// Sockets accepting traffic once the installing boot was healthy.
+    pub listening: Vec<String>,
+    /// The daemons then: program, account, capabilities.
+    pub daemons: Vec<super::exposure::DaemonIdentity>,
 }
 
 fn secs(v: Option<f64>) -> String {
@@ -218,6 +227,29 @@ pub fn render(s: &Summary) -> String {
             a.error.clone().unwrap_or_else(|| "no answer".into())
         };
         let _ = writeln!(o, "  . SOA {:<24} {}  {detail}", a.server, a.transport);
+    }
+    for l in &s.listening {
+        let _ = writeln!(o, "  listening {l}");
+    }
+    for d in &s.daemons {
+        let caps = if d.caps.is_empty() {
+            "none".to_string()
+        } else {
+            d.caps.join(",")
+        };
+        let _ = writeln!(
+            o,
+            "  daemon {:<8} {:<16} uid {:<5} gid {:<5} caps {caps}{}",
+            d.program,
+            d.title,
+            d.uid,
+            d.gid,
+            if d.no_new_privs {
+                ""
+            } else {
+                " (no_new_privs off)"
+            }
+        );
     }
     let _ = writeln!(
         o,

@@ -203,6 +203,8 @@ pub struct ImageFacts {
     pub anchors: TrustAnchors,
     /// The image's SOURCE_DATE_EPOCH.
     pub source_date_epoch: i64,
+    /// The image's DNS daemon.
+    pub dns: imrs_config::recipe::DnsImpl,
 }
 
 /// Reads the anchors and the build time from the image's initramfs.
@@ -226,6 +228,7 @@ pub fn image_facts(image: &Path) -> Result<ImageFacts> {
     Ok(ImageFacts {
         anchors,
         source_date_epoch: info.source_date_epoch,
+        dns: info.dns,
     })
 }
 
@@ -365,6 +368,7 @@ mod tests {
         let facts = ImageFacts {
             anchors: anchors(),
             source_date_epoch: 1_785_456_000,
+            dns: imrs_config::recipe::DnsImpl::Nsd,
         };
         let budget = Duration::from_secs(1200);
         let got = obtain(
@@ -419,6 +423,7 @@ mod tests {
         let facts = ImageFacts {
             anchors: anchors(),
             source_date_epoch: BUNDLED_CLOCK + 1,
+            dns: imrs_config::recipe::DnsImpl::Nsd,
         };
         let t = tempfile::tempdir().unwrap();
         let e = prepare(got, &facts, t.path(), Duration::from_secs(60))
@@ -443,6 +448,7 @@ mod tests {
         let facts = ImageFacts {
             anchors: anchors(),
             source_date_epoch: 1_785_456_000,
+            dns: imrs_config::recipe::DnsImpl::Nsd,
         };
         let e = format!(
             "{:#}",

@@ -7,7 +7,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use imrs_config::accounts::Account;
+
 use super::{BgpError, Birdc};
+use crate::privilege::make_dir;
 
 /// The BIRD binary in the image.
 pub const BIRD_BIN: &str = "/usr/sbin/bird";
@@ -17,8 +20,12 @@ pub const BIRD_BIN: &str = "/usr/sbin/bird";
 pub struct BirdDaemon {
     /// The `bird` binary.
     pub bird: PathBuf,
-    /// Private directory holding `bird.conf`, `bird.ctl` and `bird.pid`.
+    /// Private directory holding `bird.conf` (root's) and `var/` (BIRD's: `bird.ctl`,
+    /// `bird.pid`).
     pub run_dir: PathBuf,
+    /// The account BIRD drops to after start (`-u`/`-g`; it keeps `CAP_NET_BIND_SERVICE`,
+    /// `CAP_NET_ADMIN`, `CAP_NET_RAW`); `None`: it stays the user that started it.
+    pub account: Option<Account>,
 }
 
 impl BirdDaemon {
@@ -27,7 +34,13 @@ impl BirdDaemon {
         BirdDaemon {
             bird: PathBuf::from(BIRD_BIN),
             run_dir: run_dir.into(),
+            account: None,
         }
+    }
+
+    /// BIRD's own directory (control socket, pidfile).
+    pub fn var_dir(&self) -> PathBuf {
+        self.run_dir.join(crate::privilege::VAR)
     }
 
     /// The config file.
@@ -35,14 +48,15 @@ impl BirdDaemon {
         self.run_dir.join("bird.conf")
     }
 
-    /// The control socket.
+    /// The control socket (created by BIRD as root before it drops privileges, in its own
+    /// `0750` directory: reachable by root and BIRD only).
     pub fn socket(&self) -> PathBuf {
-        self.run_dir.join("bird.ctl")
+        self.var_dir().join("bird.ctl")
     }
 
-    /// The pidfile.
+    /// The pidfile (written after BIRD drops privileges).
     pub fn pidfile(&self) -> PathBuf {
-        self.run_dir.join("bird.pid")
+        self.var_dir().join("bird.pid")
     }
 
     /// A control client for this instance.
@@ -53,18 +67,19 @@ impl BirdDaemon {
     /// The command line: BIRD in the foreground (`-f`) so the supervisor owns the process.
     pub fn command(&self) -> (PathBuf, Vec<String>) {
         let s = |p: PathBuf| p.to_string_lossy().into_owned();
-        (
-            self.bird.clone(),
-            vec![
-                "-f".into(),
-                "-c".into(),
-                s(self.config_path()),
-                "-s".into(),
-                s(self.socket()),
-                "-P".into(),
-                s(self.pidfile()),
-            ],
-        )
+        let mut args: Vec<String> = vec![
+            "-f".into(),
+            "-c".into(),
+            s(self.config_path()),
+            "-s".into(),
+            s(self.socket()),
+            "-P".into(),
+            s(self.pidfile()),
+        ];
+        if let Some(a) = self.account {
+            args.extend(["-u".into(), a.name.into(), "-g".into(), a.name.into()]);
+        }
+        (self.bird.clone(), args)
     }
 
     /// Writes `text` as the config: creates the run directory, writes a temp file, has
@@ -85,7 +100,9 @@ impl BirdDaemon {
             let path = path.to_path_buf();
             move |source| BgpError::Write { path, source }
         };
-        fs::create_dir_all(&self.run_dir).map_err(werr(&self.run_dir))?;
+        make_dir(&self.run_dir, None, 0o755).map_err(werr(&self.run_dir))?;
+        let var = self.var_dir();
+        make_dir(&var, self.account, 0o750).map_err(werr(&var))?;
         let target = self.config_path();
         let tmp = self.run_dir.join(".bird.conf.tmp");
         let mut f = File::create(&tmp).map_err(werr(&tmp))?;
@@ -150,11 +167,16 @@ mod tests {
                 "-c",
                 "/run/imrs/bird/bird.conf",
                 "-s",
-                "/run/imrs/bird/bird.ctl",
+                "/run/imrs/bird/var/bird.ctl",
                 "-P",
-                "/run/imrs/bird/bird.pid"
+                "/run/imrs/bird/var/bird.pid"
             ]
         );
+        let d = BirdDaemon {
+            account: Some(imrs_config::accounts::BIRD),
+            ..d
+        };
+        assert_eq!(d.command().1[7..], ["-u", "bird", "-g", "bird"]);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use imrs_config::accounts::Account;
 use imrs_config::recipe::DnsImpl;
 use imrs_config::site::Site;
 
@@ -166,8 +167,12 @@ pub struct DnsConfig {
     pub tcp_clients: u32,
     /// Response rate limiting, `None` to disable.
     pub rate_limit: Option<RateLimit>,
-    /// User (and group) to run as; `None` keeps the daemon's default (root in the image).
-    pub user: Option<String>,
+    /// The account the daemon drops to after binding its sockets (NSD `username`, Knot
+    /// `user`); `None`: it keeps the user that started it (root in tests on a build host).
+    pub account: Option<Account>,
+    /// NSD only: chroot into [`DnsConfig::run_dir`], which must then hold the zone file and the
+    /// dnstap socket (the init bind-mounts them there in the daemon's mount namespace).
+    pub chroot: bool,
     /// Directory holding the daemon and its control tool.
     pub sbin: PathBuf,
     /// Serve the zone. `false` renders the config without it: an expired zone is no longer
@@ -206,7 +211,8 @@ impl DnsConfig {
             socket_buffer: hw.socket_buffer(),
             tcp_clients: 1000,
             rate_limit: site.dns.rrl.map(RateLimit::from),
-            user: None,
+            account: None,
+            chroot: false,
             sbin: PathBuf::from("/usr/sbin"),
             serve_zone: true,
             dnstap: None,
@@ -221,17 +227,23 @@ impl DnsConfig {
         })
     }
 
-    /// The control socket in the run directory.
+    /// The daemon's own directory inside the run directory (pidfile, control socket, state):
+    /// the only place it may write, owned by its account.
+    pub fn var_dir(&self) -> PathBuf {
+        self.run_dir.join(crate::privilege::VAR)
+    }
+
+    /// The control socket in the daemon's own directory.
     pub fn control_socket(&self) -> PathBuf {
-        self.run_dir.join(match self.implementation {
+        self.var_dir().join(match self.implementation {
             DnsImpl::Nsd => "nsd.ctl",
             DnsImpl::Knot => "knot.sock",
         })
     }
 
-    /// The pidfile in the run directory.
+    /// The pidfile in the daemon's own directory.
     pub fn pidfile(&self) -> PathBuf {
-        self.run_dir.join(match self.implementation {
+        self.var_dir().join(match self.implementation {
             DnsImpl::Nsd => "nsd.pid",
             DnsImpl::Knot => "knot.pid",
         })
@@ -276,12 +288,29 @@ impl DnsConfig {
                 ));
             }
         }
-        if let Some(u) = &self.user
-            && !u
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_:".contains(c))
+        if let Some(a) = &self.account
+            && (a.name.is_empty()
+                || !a
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)))
         {
-            return Err(refuse("user", u.clone(), "user[:group]"));
+            return Err(refuse("account", a.name.to_string(), "an account name"));
+        }
+        if self.chroot {
+            if self.implementation != DnsImpl::Nsd {
+                return Err(refuse("chroot", "yes".into(), "NSD only"));
+            }
+            let dnstap = self.dnstap.as_ref().map(|p| ("dnstap", p));
+            for (field, p) in [("zone_file", &self.zone_file)].into_iter().chain(dnstap) {
+                if !p.starts_with(&self.run_dir) || p == &self.run_dir {
+                    return Err(refuse(
+                        field,
+                        p.to_string_lossy().into_owned(),
+                        "inside the run directory NSD chroots into",
+                    ));
+                }
+            }
         }
         if self.listen.is_empty() {
             return Err(refuse("listen", String::new(), "at least one address"));
@@ -289,8 +318,9 @@ impl DnsConfig {
         Ok(())
     }
 
-    /// Creates the run directory (and Knot's database directory), renders the config and
-    /// writes it atomically (temp file, fsync, rename, fsync directory).
+    /// Creates the run directory (root's, `0755`) and the daemon's own `var/` in it (its
+    /// account's, `0750`, with Knot's database directory), renders the config and writes it
+    /// atomically (temp file, fsync, rename, fsync directory; root's, `0644`).
     pub fn write(&self) -> Result<(), DnsError> {
         let text = self.render()?;
         let werr = |path: &Path| {
@@ -302,10 +332,12 @@ impl DnsConfig {
                 source,
             }
         };
-        fs::create_dir_all(&self.run_dir).map_err(werr(&self.run_dir))?;
+        crate::privilege::make_dir(&self.run_dir, None, 0o755).map_err(werr(&self.run_dir))?;
+        let var = self.var_dir();
+        crate::privilege::make_dir(&var, self.account, 0o750).map_err(werr(&var))?;
         if self.implementation == DnsImpl::Knot {
             let db = knot::storage(self);
-            fs::create_dir_all(&db).map_err(werr(&db))?;
+            crate::privilege::make_dir(&db, self.account, 0o750).map_err(werr(&db))?;
         }
         let target = self.config_path();
         imrs_config::fsutil::write_atomic(&target, text.as_bytes(), 0o644).map_err(werr(&target))

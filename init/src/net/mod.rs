@@ -13,6 +13,7 @@
 //! creates it.
 
 mod apply;
+pub mod sysctl;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -31,7 +31,10 @@ pub async fn run(ctx: &mut Context) -> Outcome {
     let Some(site) = ctx.site.clone() else {
         return Outcome::Failed("no site config".into());
     };
-    let bird = BirdDaemon::new(ctx.run_dir("bird"));
+    let mut bird = BirdDaemon::new(ctx.run_dir("bird"));
+    if crate::privilege::enabled(ctx.role) {
+        bird.account = Some(imrs_config::accounts::BIRD);
+    }
     let text = match bgp::render(&site, &BirdOptions::default()) {
         Ok(t) => t,
         Err(e) => return Outcome::Failed(log::chain(&e)),

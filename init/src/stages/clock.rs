@@ -29,9 +29,13 @@ pub async fn run(ctx: &mut Context) -> Outcome {
     }
     let chronyd = ctx.root.join(clock::CHRONYD);
     let chronyd = chronyd.exists().then_some(chronyd);
-    let run_dir = ctx.root.join("run/imrs");
-    let _ = std::fs::create_dir_all(&run_dir);
-    match clock::plan(now, epoch, &site.ntp, chronyd.as_deref(), &run_dir) {
+    // chronyd's own directory (its pidfile), its account's when it drops to one.
+    let account = crate::privilege::enabled(ctx.role).then_some(imrs_config::accounts::CHRONY);
+    let run_dir = ctx.root.join("run/imrs/chrony");
+    if let Err(e) = crate::privilege::make_dir(&run_dir, account, 0o750) {
+        return Outcome::Failed(format!("{}: {e}", run_dir.display()));
+    }
+    match clock::plan(now, epoch, &site.ntp, chronyd.as_deref(), &run_dir, account) {
         clock::Plan::Fail(e) => Outcome::Failed(e.to_string()),
         clock::Plan::TrustRtc => {
             let msg = format!(

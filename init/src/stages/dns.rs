@@ -3,18 +3,26 @@
 //! `. SOA` with AA, the verified serial and NSID over UDP and TCP on both service addresses.
 //! When the site asks for telemetry, the RSSAC002 collector is started first and the daemon
 //! writes dnstap to it.
+//!
+//! As the machine's init the daemon runs under its own account (`nsd`, `knot`) with
+//! `no_new_privs`, in a mount namespace where the zone store appears read-only under its run
+//! directory (and the collector's socket directory beside it); NSD chroots into that run
+//! directory ([`crate::privilege`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imrs_config::accounts;
 use imrs_config::recipe::DnsImpl;
+use imrs_zone::store::{CURRENT, ZONE_FILE};
 
 use super::HELPER_TIMEOUT;
 use crate::context::Context;
 use crate::dns::{self, DnsConfig};
 use crate::health::driver::{DnsProber, Prober};
 use crate::outcome::Outcome;
+use crate::privilege::{self, Bind, Sandbox};
 use crate::supervisor::Spec;
 use crate::telemetry::keeper::Keeper;
 use crate::{command, log};
@@ -45,17 +53,18 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         DnsImpl::Nsd => "nsd",
         DnsImpl::Knot => "knot",
     };
-    let mut cfg = DnsConfig::for_site(
-        info.dns,
-        site,
-        &hw,
-        setup.store.zone_path(),
-        ctx.run_dir(name),
-    );
+    let run_dir = ctx.run_dir(name);
+    let mut cfg = DnsConfig::for_site(info.dns, site, &hw, setup.store.zone_path(), &run_dir);
+    let account = privilege::enabled(ctx.role).then_some(match info.dns {
+        DnsImpl::Nsd => accounts::NSD,
+        DnsImpl::Knot => accounts::KNOT,
+    });
     // The RSSAC002 collector listens before the daemon starts, so its first queries count.
+    let telemetry_dir = ctx.run_dir("telemetry");
     if site.telemetry.is_some() && ctx.telemetry.is_none() {
         let now = crate::clock::timestamp_now().as_second();
-        match Keeper::start(site, &ctx.run_dir("telemetry"), &ctx.state_dir, now) {
+        let writer = account.map(|a| a.gid());
+        match Keeper::start(site, &telemetry_dir, &ctx.state_dir, now, writer) {
             Ok((keeper, warning)) => {
                 if let Some(w) = warning {
                     log::warn(w);
@@ -74,8 +83,38 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         }
     }
     cfg.dnstap = ctx.telemetry.as_ref().map(|k| k.socket().to_path_buf());
+    let mut sandbox = Sandbox::default();
+    if let Some(account) = account {
+        // The daemon's view (its own mount namespace): the zone store read-only and the
+        // collector's socket directory under its run directory; NSD chroots there.
+        cfg.account = Some(account);
+        cfg.chroot = info.dns == DnsImpl::Nsd;
+        let zone_view = run_dir.join("zone");
+        cfg.zone_file = zone_view.join(CURRENT).join(ZONE_FILE);
+        sandbox.binds.push(Bind {
+            source: setup.store.dir.clone(),
+            target: zone_view,
+            read_only: true,
+        });
+        if let Some(k) = &ctx.telemetry
+            && let Some(file) = k.socket().file_name()
+        {
+            let view = run_dir.join("telemetry");
+            cfg.dnstap = Some(view.join(file));
+            sandbox.binds.push(Bind {
+                source: telemetry_dir.clone(),
+                target: view,
+                read_only: false,
+            });
+        }
+    }
     if let Err(e) = cfg.write() {
         return Outcome::Failed(log::chain(&e));
+    }
+    for b in &sandbox.binds {
+        if let Err(e) = privilege::make_dir(&b.target, None, 0o755) {
+            return Outcome::Failed(format!("mount point {}: {e}", b.target.display()));
+        }
     }
     let (prog, args) = cfg.check_command();
     if let Err(e) = command::run(&ctx.reaper, &prog, &args, HELPER_TIMEOUT).await {
@@ -84,6 +123,7 @@ pub async fn run(ctx: &mut Context) -> Outcome {
     let (program, args) = cfg.command();
     let mut spec = Spec::new(name, program);
     spec.args = args;
+    spec.sandbox = sandbox;
     let targets = ctx.service_targets(cfg.port);
     let probe_targets = targets.clone();
     let serial = zone.serial;

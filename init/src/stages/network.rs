@@ -2,6 +2,9 @@
 //! applied through netlink ([`crate::net`], idempotent); passes once IPv6 duplicate address
 //! detection has finished, so nothing talks from a tentative address.
 //!
+//! As the machine's init it also sets the kernel's network settings for a host that is not a
+//! router ([`net::sysctl`]).
+//!
 //! Outside a PID namespace (role `child`) the stage refuses to touch interfaces: they would be
 //! the host's.
 
@@ -40,6 +43,22 @@ pub async fn run(ctx: &mut Context) -> Outcome {
     };
     for c in &report.changes {
         log::info(format!("network: {c}"));
+    }
+    // A server, not a router: no forwarding, redirects or source routes; strict reverse-path
+    // filtering on the management interfaces. The machine's own kernel only (a namespace
+    // test's settings would be its host's where they are not per network namespace).
+    if ctx.role == Role::Machine {
+        let management: Vec<String> = report.links.iter().map(|(_, k)| k.clone()).collect();
+        let settings = net::sysctl::settings(&management, &report.service_iface);
+        if let Err(e) = net::sysctl::apply(std::path::Path::new("/proc/sys"), &settings) {
+            return Outcome::Failed(log::chain(&e));
+        }
+        log::info(format!(
+            "network: {} kernel settings applied (no forwarding, redirects or source routes; \
+             rp_filter strict on {})",
+            settings.len(),
+            management.join(", ")
+        ));
     }
     if report.service_fallback {
         let msg = format!(

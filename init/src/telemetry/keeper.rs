@@ -79,12 +79,15 @@ fn parse_day(s: &str) -> Option<Date> {
 impl Keeper {
     /// Restores the saved days, binds the socket in `run_dir` and accepts the daemon's
     /// connections from now on (needs a tokio runtime). `now`: Unix seconds. Queries from the
-    /// box's own addresses (service, interfaces, loopback) are not counted.
+    /// box's own addresses (service, interfaces, loopback) are not counted. `writer`: the
+    /// daemon's group, given the socket and its directory (root's otherwise): no other
+    /// account can reach the socket.
     pub fn start(
         site: &site::Site,
         run_dir: &Path,
         state_dir: &Path,
         now: i64,
+        writer: Option<u32>,
     ) -> Result<(Keeper, Option<String>), KeeperError> {
         let key = site
             .telemetry
@@ -117,6 +120,9 @@ impl Keeper {
         std::fs::create_dir_all(run_dir).map_err(socket_err)?;
         std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o750))
             .map_err(socket_err)?;
+        if let Some(gid) = writer {
+            std::os::unix::fs::chown(run_dir, Some(0), Some(gid)).map_err(socket_err)?;
+        }
         match std::fs::remove_file(&keeper.socket) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -125,6 +131,9 @@ impl Keeper {
         let listener = tokio::net::UnixListener::bind(&keeper.socket).map_err(socket_err)?;
         std::fs::set_permissions(&keeper.socket, std::fs::Permissions::from_mode(0o660))
             .map_err(socket_err)?;
+        if let Some(gid) = writer {
+            std::os::unix::fs::chown(&keeper.socket, Some(0), Some(gid)).map_err(socket_err)?;
+        }
         tokio::spawn(keeper.collector.clone().serve(listener));
         Ok((keeper, warning))
     }
@@ -246,7 +255,7 @@ mod tests {
     }
 
     async fn keeper(state: &Path, now: i64) -> (Keeper, Option<String>) {
-        Keeper::start(&conf(), &state.join("run"), state, now).unwrap()
+        Keeper::start(&conf(), &state.join("run"), state, now, None).unwrap()
     }
 
     #[tokio::test]
