@@ -23,7 +23,7 @@ pub const MERGED_USR: [(&str, &str); 4] = [
 ];
 
 /// Executables the init runs from the image (the daemons and their control tools).
-pub const DAEMON_BINARIES: [&str; 11] = [
+pub const DAEMON_BINARIES: [&str; 12] = [
     "/usr/sbin/bird",
     "/usr/sbin/birdc",
     "/usr/sbin/birdcl",
@@ -35,6 +35,7 @@ pub const DAEMON_BINARIES: [&str; 11] = [
     "/usr/sbin/chronyd",
     "/usr/sbin/chronyc",
     "/usr/sbin/kzonecheck",
+    "/usr/sbin/nft",
 ];
 
 /// Paths under `/etc/imrs` that a recipe provides (everything else there is the image's).

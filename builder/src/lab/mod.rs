@@ -29,6 +29,7 @@ pub mod disk;
 pub mod exposure;
 pub mod plan;
 pub mod probe;
+pub mod reach;
 pub mod receiver;
 pub mod scenario;
 pub mod site;

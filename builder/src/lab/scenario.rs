@@ -312,6 +312,7 @@ struct Measured {
     routes: Vec<Route>,
     sessions: Vec<Neighbor>,
     soa: Vec<SoaAnswer>,
+    reach: Vec<super::reach::Probe>,
 }
 
 impl Remote {
@@ -374,6 +375,8 @@ struct Final {
     routes: Vec<Route>,
     sessions: Vec<Neighbor>,
     soa: Vec<SoaAnswer>,
+    /// TCP probes of the closed face from the router side.
+    reach: Vec<super::reach::Probe>,
     reports: Vec<StoredReport>,
     rejected: u64,
     xfr_started_s: Option<f64>,
@@ -602,19 +605,23 @@ impl Lab {
             .collect())
     }
 
-    /// The router's paths and sessions and `. SOA` over UDP and TCP on both service
-    /// addresses, now.
+    /// The router's paths and sessions, `. SOA` over UDP and TCP on both service addresses
+    /// and the closed-face probes, now.
     fn measure(&self, svc: &Services) -> Result<Measured> {
         let servers = [
             std::net::SocketAddr::new(self.plan.service_v4.into(), 53),
             std::net::SocketAddr::new(self.plan.service_v6.into(), 53),
         ];
+        let probes = super::reach::planned(&self.plan);
         Ok(Measured {
             routes: svc.router.routes().unwrap_or_default(),
             sessions: svc.router.neighbor_states().unwrap_or_default(),
             soa: svc
                 .ns
                 .run_inside(move || probe::soa_all(&servers, Duration::from_secs(2)))?,
+            reach: svc
+                .ns
+                .run_inside(move || super::reach::run(probes, Duration::from_secs(2)))?,
         })
     }
 
@@ -1177,6 +1184,7 @@ impl Lab {
             routes: Vec::new(),
             sessions: Vec::new(),
             soa: Vec::new(),
+            reach: Vec::new(),
             reports,
             rejected,
             xfr_started_s,
@@ -1194,6 +1202,7 @@ impl Lab {
             fin.routes = m.routes;
             fin.sessions = m.sessions;
             fin.soa = m.soa;
+            fin.reach = m.reach;
         }
         if let Some(per_mille) = plan.cut_update_at {
             // The power goes while the update writes slot B: its writes stop, then QEMU dies.
@@ -1589,7 +1598,7 @@ fn install_checks(
         },
     );
     serving_checks(checks, b, fin, serial);
-    exposure_checks(checks, b, lab);
+    exposure_checks(checks, b, fin, lab);
     let new: Vec<&StoredReport> = fin.reports.iter().skip(baseline).collect();
     let installs: Vec<&&StoredReport> = new.iter().filter(|r| r.is_install()).collect();
     check(
@@ -1609,7 +1618,7 @@ fn install_checks(
 
 /// The sockets the box accepts traffic on are exactly DNS on the site's addresses and BGP;
 /// every daemon runs under its own account with `no_new_privs` and no spare capability.
-fn exposure_checks(checks: &mut Vec<Check>, b: &BootOutcome, lab: &Lab) {
+fn exposure_checks(checks: &mut Vec<Check>, b: &BootOutcome, fin: &Final, lab: &Lab) {
     let program = match lab.dns {
         imrs_config::recipe::DnsImpl::Nsd => "nsd",
         imrs_config::recipe::DnsImpl::Knot => "knotd",
@@ -1636,6 +1645,26 @@ fn exposure_checks(checks: &mut Vec<Check>, b: &BootOutcome, lab: &Lab) {
             format!("{} sockets as expected", got.len())
         } else {
             format!("missing {missing:?}; unexpected {extra:?}")
+        },
+    );
+    let answered: Vec<String> = fin
+        .reach
+        .iter()
+        .filter(|p| p.outcome != super::reach::Outcome::Silent)
+        .map(|p| format!("{} {} -> {}: {:?}", p.what, p.from, p.to, p.outcome))
+        .collect();
+    check(
+        checks,
+        &format!(
+            "{}: from the router side, BGP from a non-neighbour, BGP to a service address and \
+             other TCP ports get no answer",
+            b.label
+        ),
+        !fin.reach.is_empty() && answered.is_empty(),
+        if answered.is_empty() {
+            format!("{} probes, all silent", fin.reach.len())
+        } else {
+            answered.join("; ")
         },
     );
     let problems = super::exposure::daemon_problems(&b.daemons, program);
@@ -2279,6 +2308,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         tampered: lab.tampered.clone(),
         listening: ib.listening.clone(),
         daemons: ib.daemons.clone(),
+        reach: fin.reach,
         boots,
     })
 }

@@ -113,6 +113,8 @@ pub struct Summary {
     pub listening: Vec<String>,
     /// The daemons then: program, account, capabilities.
     pub daemons: Vec<super::exposure::DaemonIdentity>,
+    /// TCP probes of the closed face from the router side at the end of the installing boot.
+    pub reach: Vec<super::reach::Probe>,
 }
 
 fn secs(v: Option<f64>) -> String {

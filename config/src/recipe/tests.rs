@@ -358,11 +358,11 @@ fn unsafe_recipes_are_refused() {
             "a shell among the binaries",
             Box::new(|t| {
                 t.replace(
-                    "\"/usr/sbin/chronyd\"]",
-                    "\"/usr/sbin/chronyd\", \"/usr/bin/dash\"]",
+                    "\"/usr/sbin/nft\"]",
+                    "\"/usr/sbin/nft\", \"/usr/bin/dash\"]",
                 )
             }),
-            "userland.binaries[6] = /usr/bin/dash: gives the appliance a shell",
+            "userland.binaries[7] = /usr/bin/dash: gives the appliance a shell",
         ),
         (
             "a file placed at /bin/sh",

@@ -13,6 +13,7 @@
 //! creates it.
 
 mod apply;
+pub mod filter;
 pub mod sysctl;
 
 use std::fmt;

@@ -3,7 +3,8 @@
 //! detection has finished, so nothing talks from a tentative address.
 //!
 //! As the machine's init it also sets the kernel's network settings for a host that is not a
-//! router ([`net::sysctl`]).
+//! router ([`net::sysctl`]) and loads the packet filter ([`net::filter`]); a filter that does
+//! not load fails the stage.
 //!
 //! Outside a PID namespace (role `child`) the stage refuses to touch interfaces: they would be
 //! the host's.
@@ -12,18 +13,47 @@ use std::time::{Duration, Instant};
 
 use imrs_config::report::InterfaceReport;
 
+use std::path::Path;
+
+use super::HELPER_TIMEOUT;
 use crate::context::Context;
 use crate::outcome::Outcome;
 use crate::pid1::Role;
-use crate::{log, net};
+use crate::{command, log, net};
 
 /// How long IPv6 duplicate address detection may take on the management interfaces (a
 /// duplicate address never leaves the tentative state: the stage fails and says so).
 pub const DAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Renders the site's packet filter into `/run/imrs/filter/imrs.nft` and loads it with `nft`.
+async fn load_filter(ctx: &Context, site: &imrs_config::site::Site) -> Result<(), String> {
+    let plan = net::filter::FilterPlan::from_site(site);
+    let dir = ctx.run_dir("filter");
+    crate::privilege::make_dir(&dir, None, 0o700).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let file = dir.join("imrs.nft");
+    net::filter::write(&file, &plan.render()).map_err(|e| format!("{}: {e}", file.display()))?;
+    let args = vec!["-f".to_string(), file.to_string_lossy().into_owned()];
+    command::run(
+        &ctx.reaper,
+        Path::new(net::filter::NFT),
+        &args,
+        HELPER_TIMEOUT,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    log::info(format!(
+        "network: packet filter loaded (table inet {}): DNS on {} addresses, BGP from {} \
+         neighbours, everything else dropped",
+        net::filter::TABLE,
+        plan.dns.len(),
+        plan.neighbors.len()
+    ));
+    Ok(())
+}
+
 /// Applies the site's network.
 pub async fn run(ctx: &mut Context) -> Outcome {
-    let Some(site) = &ctx.site else {
+    let Some(site) = ctx.site.clone() else {
         return Outcome::Failed("no site config".into());
     };
     if ctx.role == Role::Child {
@@ -32,7 +62,7 @@ pub async fn run(ctx: &mut Context) -> Outcome {
             "not the machine's or a namespace's PID 1: the network is left alone".into(),
         );
     }
-    let plan = net::NetPlan::from_site(site);
+    let plan = net::NetPlan::from_site(&site);
     let handle = match net::connect() {
         Ok(h) => h,
         Err(e) => return Outcome::Failed(log::chain(&e)),
@@ -59,6 +89,10 @@ pub async fn run(ctx: &mut Context) -> Outcome {
             settings.len(),
             management.join(", ")
         ));
+        // The packet filter, before any daemon listens; the box never serves unfiltered.
+        if let Err(e) = load_filter(ctx, &site).await {
+            return Outcome::Failed(format!("packet filter not loaded: {e}"));
+        }
     }
     if report.service_fallback {
         let msg = format!(
