@@ -178,6 +178,103 @@ mod tests {
         assert!(c_path(Path::new("a\0b")).is_err());
     }
 
+    /// A daemon in its sandbox cannot write the zone (read-only mount: not even as root) nor,
+    /// under its account, its config (root's) - but can write its own `var/`. Needs root
+    /// (mount namespaces, bind mounts, setuid); CI has it.
+    #[test]
+    fn a_sandboxed_daemon_cannot_write_its_zone_or_config() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs as root"
+            );
+            eprintln!("skip: needs root");
+            return;
+        }
+        let _g = crate::reaper::tests::CHILDREN
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        make_dir(dir.path(), None, 0o755).unwrap();
+        let store = dir.path().join("store");
+        fs::create_dir(&store).unwrap();
+        fs::write(store.join("root.zone"), ". SOA\n").unwrap();
+        let run = dir.path().join("run");
+        make_dir(&run, None, 0o755).unwrap();
+        fs::write(run.join("nsd.conf"), "server:\n").unwrap();
+        let nobody = Account {
+            name: "nobody",
+            id: 65534,
+            home: "/nonexistent",
+            what: "test",
+        };
+        make_dir(&run.join(VAR), Some(nobody), 0o750).unwrap();
+        let view = run.join("zone");
+        make_dir(&view, None, 0o755).unwrap();
+        let sandbox = Sandbox {
+            binds: vec![Bind {
+                source: store.clone(),
+                target: view.clone(),
+                read_only: true,
+            }],
+        };
+        let sh = |script: String, uid: Option<u32>| {
+            let prepared = sandbox.prepare().unwrap();
+            let mut cmd = std::process::Command::new("/bin/sh");
+            cmd.arg("-c").arg(script);
+            // SAFETY: as in the supervisor: raw system calls on prepared memory. Then, like a
+            // daemon dropping to its account, the ids (std's own uid() would come before the
+            // sandbox, which needs root).
+            unsafe {
+                cmd.pre_exec(move || prepared.pre_exec());
+                if let Some(id) = uid {
+                    cmd.pre_exec(move || {
+                        check(libc::setgroups(0, std::ptr::null()))?;
+                        check(libc::setresgid(id, id, id))?;
+                        check(libc::setresuid(id, id, id))
+                    });
+                }
+            }
+            let out = cmd.output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let zone = view.join("root.zone");
+        let (ok, err) = sh(format!("echo forged >> {}", zone.display()), None);
+        assert!(
+            !ok && err.contains("Read-only file system"),
+            "root wrote the zone: {err}"
+        );
+        let (ok, err) = sh(
+            format!("echo x >> {}", run.join("nsd.conf").display()),
+            Some(65534),
+        );
+        assert!(
+            !ok && err.contains("Permission denied"),
+            "the daemon wrote its config: {err}"
+        );
+        let (ok, err) = sh(
+            format!("echo 1 > {}", run.join(VAR).join("pid").display()),
+            Some(65534),
+        );
+        assert!(ok, "the daemon's own directory: {err}");
+        // The zone is readable through the view, and nothing stayed mounted on the host.
+        let (ok, err) = sh(format!("grep -q SOA {}", zone.display()), Some(65534));
+        assert!(ok, "{err}");
+        assert!(
+            !zone.exists(),
+            "the bind mount leaked into the host's mount namespace"
+        );
+        assert_eq!(
+            fs::read_to_string(store.join("root.zone")).unwrap(),
+            ". SOA\n"
+        );
+    }
+
     #[test]
     fn make_dir_sets_the_mode() {
         let dir = tempfile::tempdir().unwrap();

@@ -132,6 +132,17 @@ fn refused_cases() -> Vec<(&'static str, String, String)> {
             s("unknown field `local_pref`"),
         ),
         (
+            // The packet filter opens DNS and BGP only; no key opens anything else.
+            "a port opened in the filter",
+            lab_text().replace("[service]\n", "[service]\nopen_ports = [22]\n"),
+            s("unknown field `open_ports`"),
+        ),
+        (
+            "a firewall section",
+            format!("{}\n[firewall]\nallow = [\"tcp/22\"]\n", lab_text()),
+            s("unknown field `firewall`"),
+        ),
+        (
             "IMRS space on a management interface",
             with_address("199.7.83.1/24"),
             s("interfaces[0].addresses[1] = 199.7.83.1/24: IMRS service space"),

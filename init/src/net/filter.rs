@@ -21,8 +21,11 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use imrs_config::site::Site;
+
+use crate::reaper::Reaper;
 
 /// The table's name (family `inet`).
 pub const TABLE: &str = "imrs";
@@ -165,6 +168,25 @@ pub fn write(path: &Path, ruleset: &str) -> std::io::Result<()> {
     imrs_config::fsutil::write_atomic(path, ruleset.as_bytes(), 0o600)
 }
 
+/// Writes `plan`'s ruleset into `dir` (root's, `0700`) as `imrs.nft` and has `nft` load it in
+/// one transaction. The error says which file and what `nft` said.
+pub async fn load(
+    reaper: &Reaper,
+    nft: &Path,
+    dir: &Path,
+    plan: &FilterPlan,
+    timeout: Duration,
+) -> Result<(), String> {
+    crate::privilege::make_dir(dir, None, 0o700).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let file = dir.join("imrs.nft");
+    write(&file, &plan.render()).map_err(|e| format!("{}: {e}", file.display()))?;
+    let args = vec!["-f".to_string(), file.to_string_lossy().into_owned()];
+    crate::command::run(reaper, nft, &args, timeout)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +235,60 @@ mod tests {
         let t = FilterPlan::from_site(&site).render();
         assert!(!t.contains("ip6 saddr { 2001:db8:1::1 }"), "{t}");
         assert!(!t.contains("{  }") && !t.contains("{ }"), "{t}");
+    }
+
+    /// An `nft` that refuses the ruleset: the error names the command, the file and what
+    /// `nft` said (the network stage fails with it; nothing serves unfiltered).
+    #[test]
+    fn a_refused_ruleset_is_a_clear_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let _g = crate::reaper::tests::CHILDREN
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let d = tempfile::tempdir().unwrap();
+        let nft = d.path().join("nft");
+        std::fs::write(
+            &nft,
+            "#!/bin/sh\necho \"$2:31:16-24: Error: Could not process rule: No such file or \
+             directory\" >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let reaper = Reaper::new();
+            let r = reaper.clone();
+            let pump = tokio::spawn(async move {
+                loop {
+                    r.reap();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            let plan = FilterPlan::from_site(&lab());
+            let dir = d.path().join("filter");
+            let e = load(&reaper, &nft, &dir, &plan, Duration::from_secs(10))
+                .await
+                .unwrap_err();
+            let file = dir.join("imrs.nft");
+            assert!(e.contains("exit code 1"), "{e}");
+            assert!(
+                e.contains(&format!(
+                    "{}:31:16-24: Error: Could not process rule",
+                    file.display()
+                )),
+                "{e}"
+            );
+            // The ruleset stays for a look.
+            assert!(
+                std::fs::read_to_string(&file)
+                    .unwrap()
+                    .contains("table inet imrs {")
+            );
+            pump.abort();
+        });
     }
 
     /// The rendered ruleset is what `nft` accepts (check mode: nothing is loaded). Needs `nft`

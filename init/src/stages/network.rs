@@ -19,7 +19,7 @@ use super::HELPER_TIMEOUT;
 use crate::context::Context;
 use crate::outcome::Outcome;
 use crate::pid1::Role;
-use crate::{command, log, net};
+use crate::{log, net};
 
 /// How long IPv6 duplicate address detection may take on the management interfaces (a
 /// duplicate address never leaves the tentative state: the stage fails and says so).
@@ -28,19 +28,15 @@ pub const DAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Renders the site's packet filter into `/run/imrs/filter/imrs.nft` and loads it with `nft`.
 async fn load_filter(ctx: &Context, site: &imrs_config::site::Site) -> Result<(), String> {
     let plan = net::filter::FilterPlan::from_site(site);
-    let dir = ctx.run_dir("filter");
-    crate::privilege::make_dir(&dir, None, 0o700).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let file = dir.join("imrs.nft");
-    net::filter::write(&file, &plan.render()).map_err(|e| format!("{}: {e}", file.display()))?;
-    let args = vec!["-f".to_string(), file.to_string_lossy().into_owned()];
-    command::run(
+    let nft = Path::new(net::filter::NFT);
+    net::filter::load(
         &ctx.reaper,
-        Path::new(net::filter::NFT),
-        &args,
+        nft,
+        &ctx.run_dir("filter"),
+        &plan,
         HELPER_TIMEOUT,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     log::info(format!(
         "network: packet filter loaded (table inet {}): DNS on {} addresses, BGP from {} \
          neighbours, everything else dropped",
