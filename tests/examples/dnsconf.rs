@@ -3,9 +3,12 @@
 //! command line: `bench/dns-qps.sh` runs NSD and Knot exactly as the appliance would, beside
 //! the same daemons on their default configuration.
 //!
-//! Usage: `dnsconf nsd|knot ZONE RUN_DIR PORT [DNSTAP_SOCKET]` (listens on 127.0.0.1 and ::1;
-//! workers and buffers sized from this machine's /proc like the appliance's; dnstap to the
-//! RSSAC002 collector's socket when given).
+//! Usage: `dnsconf [--listen ADDR,...] [--account NAME] [--chroot] nsd|knot ZONE RUN_DIR PORT
+//! [DNSTAP_SOCKET]` (listens on 127.0.0.1 and ::1 unless `--listen`; workers and buffers sized
+//! from this machine's /proc like the appliance's; dnstap to the RSSAC002 collector's socket
+//! when given). `--account` (this host's account of that name, from /etc/passwd) and
+//! `--chroot` (NSD; ZONE must be inside RUN_DIR) configure the privilege drop the appliance
+//! runs with (`bench/hardening-qps.sh`).
 
 use imrs_init::dns;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -13,13 +16,67 @@ use std::path::Path;
 
 use imrs_config::recipe::DnsImpl;
 
+/// This host's account `name`: (uid, gid) from /etc/passwd.
+fn host_account(name: &str) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let mut listen = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    let mut account = None;
+    let mut chroot = false;
+    while args.len() > 1 && args[1].starts_with("--") {
+        let flag = args.remove(1);
+        match flag.as_str() {
+            "--chroot" => chroot = true,
+            "--listen" | "--account" if args.len() > 1 => {
+                let value = args.remove(1);
+                if flag == "--listen" {
+                    listen = value
+                        .split(',')
+                        .map(|a| {
+                            a.parse().unwrap_or_else(|_| {
+                                eprintln!("dnsconf: --listen {a:?} is not an address");
+                                std::process::exit(2)
+                            })
+                        })
+                        .collect();
+                } else {
+                    let Some((uid, _gid)) = host_account(&value) else {
+                        eprintln!("dnsconf: no account {value:?} in /etc/passwd");
+                        std::process::exit(2)
+                    };
+                    // The daemon looks its account up by name; the init gives it `var/` by id.
+                    account = Some(imrs_config::accounts::Account {
+                        name: Box::leak(value.into_boxed_str()),
+                        id: uid,
+                        home: "/nonexistent",
+                        what: "bench",
+                    });
+                }
+            }
+            other => {
+                eprintln!("dnsconf: unknown or incomplete option {other:?}");
+                std::process::exit(2);
+            }
+        }
+    }
     let (daemon, zone, run, port, dnstap) = match &args[..] {
         [_, d, z, r, p] => (d, z, r, p, None),
         [_, d, z, r, p, t] => (d, z, r, p, Some(t)),
         _ => {
-            eprintln!("usage: dnsconf nsd|knot ZONE RUN_DIR PORT [DNSTAP_SOCKET]");
+            eprintln!(
+                "usage: dnsconf [--listen ADDR,...] [--account NAME] [--chroot] nsd|knot ZONE \
+                 RUN_DIR PORT [DNSTAP_SOCKET]"
+            );
             std::process::exit(2);
         }
     };
@@ -43,10 +100,9 @@ fn main() {
         zone,
         run,
     );
-    c.listen = vec![
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-    ];
+    c.listen = listen;
+    c.account = account;
+    c.chroot = chroot;
     c.port = port.parse().unwrap_or_else(|_| {
         eprintln!("dnsconf: port {port:?} is not a number");
         std::process::exit(2)
