@@ -1113,15 +1113,25 @@ impl Lab {
                 // After the pipeline stopped: wait for a report only if one can come.
                 let grace = if networked { 90.0 } else { 5.0 };
                 settle_until = match plan.goal {
+                    // The summary and the init's exposure lines follow phone-home: waited for.
                     Goal::Install if out.serving_s.is_some() && new_install => {
-                        if phone_home_ended(&tracker) || now >= out.report_s.unwrap_or(now) + 10.0 {
+                        if (phone_home_ended(&tracker) && tracker.summary_seen)
+                            || now >= out.report_s.unwrap_or(now) + 10.0
+                        {
                             Some(now + 2.0)
                         } else {
                             None
                         }
                     }
                     Goal::FailureReport if new_install => Some(now + 5.0),
-                    Goal::ServingReport if out.serving_s.is_some() && new_event => Some(now + 2.0),
+                    Goal::ServingReport
+                        if out.serving_s.is_some()
+                            && new_event
+                            && (tracker.summary_seen
+                                || now >= out.report_s.unwrap_or(now) + 10.0) =>
+                    {
+                        Some(now + 2.0)
+                    }
                     Goal::ServingHeartbeat if out.serving_s.is_some() && new_heartbeat => {
                         Some(now + 1.0)
                     }

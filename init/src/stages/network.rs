@@ -9,11 +9,10 @@
 //! Outside a PID namespace (role `child`) the stage refuses to touch interfaces: they would be
 //! the host's.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use imrs_config::report::InterfaceReport;
-
-use std::path::Path;
 
 use super::HELPER_TIMEOUT;
 use crate::context::Context;
@@ -76,7 +75,7 @@ pub async fn run(ctx: &mut Context) -> Outcome {
     if ctx.role == Role::Machine {
         let management: Vec<String> = report.links.iter().map(|(_, k)| k.clone()).collect();
         let settings = net::sysctl::settings(&management, &report.service_iface);
-        if let Err(e) = net::sysctl::apply(std::path::Path::new("/proc/sys"), &settings) {
+        if let Err(e) = net::sysctl::apply(Path::new("/proc/sys"), &settings) {
             return Outcome::Failed(log::chain(&e));
         }
         log::info(format!(
