@@ -15,6 +15,8 @@
 #                     dnssec-verify, kzonecheck)
 #   iproute2          network namespaces for tests
 #   nftables          nft: checks the appliance's generated packet filter (the image has its own)
+#   chrony            chronyd: the clock stage's NTP run as the appliance runs it (own account,
+#                     seccomp filter) against a chronyd server, in namespaces
 #   cpio zstd         cross-checking our archives with the standard tools
 #   hyperfine time    benchmarks
 #   fdisk dosfstools mtools e2fsprogs   the lab's disk (sfdisk GPT, vfat config, ext4 data);
@@ -25,7 +27,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential pkg-config git curl
       qemu-system-x86 bird2 frr gobgpd nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils knot-dnssecutils
-      knot-module-dnstap dnscap dnsperf iproute2 nftables cpio zstd xz-utils hyperfine time bc ca-certificates
+      knot-module-dnstap dnscap dnsperf iproute2 nftables chrony cpio zstd xz-utils hyperfine time bc ca-certificates
       fdisk dosfstools mtools e2fsprogs ovmf bmap-tools)
 missing=()
 for p in "${pkgs[@]}"; do

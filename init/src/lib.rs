@@ -29,7 +29,7 @@
 
 pub mod bgp;
 pub mod boot;
-mod clock;
+pub mod clock;
 mod cmdline;
 mod command;
 mod context;
