@@ -8,7 +8,9 @@
 //! - **Run directories** ([`make_dir`]): a daemon's run directory (`/run/imrs/<daemon>`) is
 //!   root's and holds its config (`0644`, readable, not writable by the daemon); the one
 //!   subdirectory `var/` is the daemon's (pidfile, control socket, its own state) with mode
-//!   `0750`, so no other account reaches the control socket.
+//!   `0750`. A daemon that creates its control socket before dropping privileges (NSD, BIRD)
+//!   gets it in `control/` (root's, `0700`): only root reaches it. Knot binds its socket after
+//!   dropping them, so its socket is in its `var/`: root and Knot's own account only.
 //! - **Sandbox** ([`Sandbox`], applied between fork and exec by [`Sandbox::pre_exec`]):
 //!   `no_new_privs` for every supervised daemon, and, when the daemon has bind mounts, its own
 //!   mount namespace (propagation from the host only) where the zone store appears read-only
@@ -30,6 +32,9 @@ use crate::pid1::Role;
 
 /// The daemon-owned subdirectory of a run directory.
 pub const VAR: &str = "var";
+/// The root-only subdirectory of a run directory holding the control socket of a daemon that
+/// creates it before dropping privileges (NSD, BIRD): only root reaches it.
+pub const CONTROL: &str = "control";
 
 /// Whether daemons drop to their accounts: as the machine's init only.
 pub fn enabled(role: Role) -> bool {

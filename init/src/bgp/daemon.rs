@@ -1,4 +1,5 @@
-//! BIRD as a supervised daemon: its private run directory (config, control socket, pidfile), the
+//! BIRD as a supervised daemon: its private run directory (config, a root-only control socket,
+//! BIRD's own `var/` for the pidfile), the
 //! atomic config write checked with `bird -p` before it replaces the old file, and the command
 //! line the supervisor runs.
 
@@ -20,8 +21,8 @@ pub const BIRD_BIN: &str = "/usr/sbin/bird";
 pub struct BirdDaemon {
     /// The `bird` binary.
     pub bird: PathBuf,
-    /// Private directory holding `bird.conf` (root's) and `var/` (BIRD's: `bird.ctl`,
-    /// `bird.pid`).
+    /// Private directory holding `bird.conf` (root's), `control/bird.ctl` (root only) and
+    /// `var/bird.pid` (BIRD's).
     pub run_dir: PathBuf,
     /// The account BIRD drops to after start (`-u`/`-g`; it keeps `CAP_NET_BIND_SERVICE`,
     /// `CAP_NET_ADMIN`, `CAP_NET_RAW`); `None`: it stays the user that started it.
@@ -48,10 +49,12 @@ impl BirdDaemon {
         self.run_dir.join("bird.conf")
     }
 
-    /// The control socket (created by BIRD as root before it drops privileges, in its own
-    /// `0750` directory: reachable by root and BIRD only).
+    /// The control socket (created by BIRD as root before it drops privileges, in the run
+    /// directory's root-only `control/`: only root reaches it).
     pub fn socket(&self) -> PathBuf {
-        self.var_dir().join("bird.ctl")
+        self.run_dir
+            .join(crate::privilege::CONTROL)
+            .join("bird.ctl")
     }
 
     /// The pidfile (written after BIRD drops privileges).
@@ -103,6 +106,8 @@ impl BirdDaemon {
         make_dir(&self.run_dir, None, 0o755).map_err(werr(&self.run_dir))?;
         let var = self.var_dir();
         make_dir(&var, self.account, 0o750).map_err(werr(&var))?;
+        let control = self.run_dir.join(crate::privilege::CONTROL);
+        make_dir(&control, None, 0o700).map_err(werr(&control))?;
         let target = self.config_path();
         let tmp = self.run_dir.join(".bird.conf.tmp");
         let mut f = File::create(&tmp).map_err(werr(&tmp))?;
@@ -167,7 +172,7 @@ mod tests {
                 "-c",
                 "/run/imrs/bird/bird.conf",
                 "-s",
-                "/run/imrs/bird/var/bird.ctl",
+                "/run/imrs/bird/control/bird.ctl",
                 "-P",
                 "/run/imrs/bird/var/bird.pid"
             ]

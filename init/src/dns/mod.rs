@@ -233,12 +233,13 @@ impl DnsConfig {
         self.run_dir.join(crate::privilege::VAR)
     }
 
-    /// The control socket in the daemon's own directory.
+    /// The control socket: NSD creates it as root before dropping privileges, in the run
+    /// directory's root-only `control/`; Knot binds it afterwards, in its own `var/`.
     pub fn control_socket(&self) -> PathBuf {
-        self.var_dir().join(match self.implementation {
-            DnsImpl::Nsd => "nsd.ctl",
-            DnsImpl::Knot => "knot.sock",
-        })
+        match self.implementation {
+            DnsImpl::Nsd => self.run_dir.join(crate::privilege::CONTROL).join("nsd.ctl"),
+            DnsImpl::Knot => self.var_dir().join("knot.sock"),
+        }
     }
 
     /// The pidfile in the daemon's own directory.
@@ -335,9 +336,15 @@ impl DnsConfig {
         crate::privilege::make_dir(&self.run_dir, None, 0o755).map_err(werr(&self.run_dir))?;
         let var = self.var_dir();
         crate::privilege::make_dir(&var, self.account, 0o750).map_err(werr(&var))?;
-        if self.implementation == DnsImpl::Knot {
-            let db = knot::storage(self);
-            crate::privilege::make_dir(&db, self.account, 0o750).map_err(werr(&db))?;
+        match self.implementation {
+            DnsImpl::Knot => {
+                let db = knot::storage(self);
+                crate::privilege::make_dir(&db, self.account, 0o750).map_err(werr(&db))?;
+            }
+            DnsImpl::Nsd => {
+                let control = self.run_dir.join(crate::privilege::CONTROL);
+                crate::privilege::make_dir(&control, None, 0o700).map_err(werr(&control))?;
+            }
         }
         let target = self.config_path();
         imrs_config::fsutil::write_atomic(&target, text.as_bytes(), 0o644).map_err(werr(&target))

@@ -117,7 +117,7 @@ mod tests {
             "    nsid: \"ascii_lab-01.l.root-servers.test\"",
             "    rrl-ratelimit: 0",
             "    pidfile: \"/run/imrs/dns/var/nsd.pid\"",
-            "    control-interface: \"/run/imrs/dns/var/nsd.ctl\"",
+            "    control-interface: \"/run/imrs/dns/control/nsd.ctl\"",
             "    username: \"\"",
             "    chroot: \"\"",
             "    zonefile: \"/run/imrs/zone/root.zone\"",
