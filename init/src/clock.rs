@@ -216,7 +216,7 @@ mod tests {
     use imrs_config::site::Ntp;
 
     use super::*;
-    use crate::reaper::tests::CHILDREN;
+    use crate::reaper::tests::with_reaper;
 
     const EPOCH: i64 = 1_795_000_000;
 
@@ -307,25 +307,18 @@ mod tests {
 
     #[test]
     fn chronyd_outcomes_come_through_the_reaper() {
-        let _g = CHILDREN.lock().unwrap_or_else(|p| p.into_inner());
         let d = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let reaper = Reaper::new();
-            let r = reaper.clone();
-            let pump = tokio::spawn(async move {
-                loop {
-                    r.reap();
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
+        with_reaper(|reaper| async move {
             let servers: Vec<IpAddr> = vec!["192.0.2.123".parse().unwrap()];
             let ok = fake(d.path(), "exit 0");
-            assert_eq!(run_ntp(&reaper, &ok, &[], &servers, Duration::from_secs(10)).await, Ok(()));
-            let bad = fake(d.path(), "echo 'No suitable source for synchronisation' >&2; exit 1");
+            assert_eq!(
+                run_ntp(&reaper, &ok, &[], &servers, Duration::from_secs(10)).await,
+                Ok(())
+            );
+            let bad = fake(
+                d.path(),
+                "echo 'No suitable source for synchronisation' >&2; exit 1",
+            );
             let e = run_ntp(&reaper, &bad, &[], &servers, Duration::from_secs(10))
                 .await
                 .unwrap_err();
@@ -338,7 +331,6 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(e.to_string().contains("no answer within"), "{e}");
-            pump.abort();
         });
     }
 }

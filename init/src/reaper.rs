@@ -144,6 +144,29 @@ pub(crate) mod tests {
     /// Tests that start children share the process's children: run them one at a time.
     pub(crate) static CHILDREN: Mutex<()> = Mutex::new(());
 
+    /// Runs `body` on a current-thread runtime with a reaper whose children's statuses are
+    /// collected every 10 ms, holding [`CHILDREN`] meanwhile.
+    pub(crate) fn with_reaper<F: std::future::Future>(body: impl FnOnce(Reaper) -> F) -> F::Output {
+        let _g = CHILDREN.lock().unwrap_or_else(|p| p.into_inner());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let reaper = Reaper::new();
+            let r = reaper.clone();
+            let pump = tokio::spawn(async move {
+                loop {
+                    r.reap();
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            });
+            let out = body(reaper).await;
+            pump.abort();
+            out
+        })
+    }
+
     #[test]
     fn hands_exit_statuses_to_their_waiters_and_reaps_the_rest() {
         let _g = CHILDREN.lock().unwrap_or_else(|p| p.into_inner());

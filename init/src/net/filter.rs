@@ -242,9 +242,6 @@ mod tests {
     #[test]
     fn a_refused_ruleset_is_a_clear_error() {
         use std::os::unix::fs::PermissionsExt;
-        let _g = crate::reaper::tests::CHILDREN
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
         let d = tempfile::tempdir().unwrap();
         let nft = d.path().join("nft");
         std::fs::write(
@@ -254,19 +251,7 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let reaper = Reaper::new();
-            let r = reaper.clone();
-            let pump = tokio::spawn(async move {
-                loop {
-                    r.reap();
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            });
+        crate::reaper::tests::with_reaper(|reaper| async move {
             let plan = FilterPlan::from_site(&lab());
             let dir = d.path().join("filter");
             let e = load(&reaper, &nft, &dir, &plan, Duration::from_secs(10))
@@ -287,7 +272,6 @@ mod tests {
                     .unwrap()
                     .contains("table inet imrs {")
             );
-            pump.abort();
         });
     }
 
