@@ -7,11 +7,10 @@
 //!   a build host keep the host's root and paths.
 //! - **Run directories** ([`make_dir`]): a daemon's run directory (`/run/imrs/<daemon>`) is
 //!   root's and holds its config (`0644`, readable, not writable by the daemon); the one
-//!   subdirectory `var/` is the daemon's (pidfile, control socket, its own state) with mode
-//!   `0750`. A daemon that creates its control socket before dropping privileges (NSD, BIRD)
+//!   subdirectory `var/` is the daemon's (pidfile, its own state) with mode `0750`. A daemon that creates its control socket before dropping privileges (NSD, BIRD)
 //!   gets it in `control/` (root's, `0700`): only root reaches it. Knot binds its socket after
 //!   dropping them, so its socket is in its `var/`: root and Knot's own account only.
-//! - **Sandbox** ([`Sandbox`], applied between fork and exec by [`Sandbox::pre_exec`]):
+//! - **Sandbox** ([`Sandbox`], applied between fork and exec by [`Prepared::pre_exec`]):
 //!   `no_new_privs` for every supervised daemon, and, when the daemon has bind mounts, its own
 //!   mount namespace (propagation from the host only) where the zone store appears read-only
 //!   under its run directory and the RSSAC002 collector's socket directory appears beside it.
