@@ -36,14 +36,10 @@ pids=()
 cleanup() { for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-# Queries.
-awk '$4 == "NS" && $1 != "." { print $1 }' "$zone" | sort -u > "$work/tlds"
-{
-  while read -r t; do echo "$t NS"; echo "www.$t A"; done < "$work/tlds"
-  n=$(( $(wc -l < "$work/tlds") / 2 ))
-  for i in $(seq 1 "$n"); do echo "nx$RANDOM$i. A"; done
-} | shuf --random-source=<(yes) > "$work/queries"
-echo "queries: $(wc -l < "$work/queries") ($(wc -l < "$work/tlds") TLDs), $each s per run, $clients clients"
+# Queries (bench/dns-queries.sh).
+. "$here/bench/dns-queries.sh"
+dns_queries "$zone" "$work/queries"
+echo "queries: $(wc -l < "$work/queries") ($(grep -c ' NS$' "$work/queries") TLDs), $each s per run, $clients clients"
 echo "machine: $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
 
 wait_up() { # port

@@ -56,13 +56,9 @@ ip -n "$cns" route add "$svc/32" via "$mgmt"
 in_ns() { ip netns exec "$ns" "$@"; }
 in_client() { ip netns exec "$cns" "$@"; }
 
-# Queries (as bench/dns-qps.sh): 80% referrals, 20% NXDOMAIN.
-awk '$4 == "NS" && $1 != "." { print $1 }' "$zone_src" | sort -u > "$work/tlds"
-{
-  while read -r t; do echo "$t NS"; echo "www.$t A"; done < "$work/tlds"
-  n=$(( $(wc -l < "$work/tlds") / 2 ))
-  for i in $(seq 1 "$n"); do echo "nx$RANDOM$i. A"; done
-} | shuf --random-source=<(yes) > "$work/queries"
+# Queries (bench/dns-queries.sh).
+. "$here/bench/dns-queries.sh"
+dns_queries "$zone_src" "$work/queries"
 echo "queries: $(wc -l < "$work/queries"), $each s per run, $clients clients, $rounds rounds"
 echo "machine: $(nproc) cores, $(uname -r), $(date -u +%Y-%m-%dT%H:%MZ)"
 

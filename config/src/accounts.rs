@@ -90,11 +90,13 @@ pub fn by_name(name: &str) -> Option<Account> {
 pub fn passwd() -> String {
     ALL.iter()
         .map(|a| {
-            // nobody's group is nogroup, as in Debian.
-            let gid = if a.id == NOBODY.id { 65534 } else { a.gid() };
             format!(
-                "{}:x:{}:{gid}:{}:{}:{SHELL}\n",
-                a.name, a.id, a.what, a.home
+                "{}:x:{}:{}:{}:{}:{SHELL}\n",
+                a.name,
+                a.id,
+                a.gid(),
+                a.what,
+                a.home
             )
         })
         .collect()

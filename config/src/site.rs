@@ -332,6 +332,23 @@ fn default_ipv6_prefix() -> u8 {
 }
 
 impl Site {
+    /// The two service addresses, IPv4 first.
+    pub fn service_addresses(&self) -> [IpAddr; 2] {
+        [IpAddr::V4(self.service.ipv4), IpAddr::V6(self.service.ipv6)]
+    }
+
+    /// Every address the DNS daemon answers on: the service addresses, then each management
+    /// address once, in the site's order.
+    pub fn dns_addresses(&self) -> Vec<IpAddr> {
+        let mut out = self.service_addresses().to_vec();
+        for a in self.interfaces.iter().flat_map(|i| &i.addresses) {
+            if !out.contains(&a.addr()) {
+                out.push(a.addr());
+            }
+        }
+        out
+    }
+
     /// Prefixes this site announces (validated to be IMRS prefixes).
     pub fn announced(&self) -> Vec<IpNet> {
         match &self.bgp.announce {

@@ -16,15 +16,6 @@ use std::path::Path;
 
 use imrs_config::recipe::DnsImpl;
 
-/// This host's account `name`: (uid, gid) from /etc/passwd.
-fn host_account(name: &str) -> Option<(u32, u32)> {
-    let text = std::fs::read_to_string("/etc/passwd").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
-}
-
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
     let mut listen = vec![
@@ -50,7 +41,7 @@ fn main() {
                         })
                         .collect();
                 } else {
-                    let Some((uid, _gid)) = host_account(&value) else {
+                    let Some((uid, _gid)) = imrs_tests::netns::host_account(&value) else {
                         eprintln!("dnsconf: no account {value:?} in /etc/passwd");
                         std::process::exit(2)
                     };

@@ -18,6 +18,16 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// This host's account `name` as (uid, gid) from `/etc/passwd` (its ids differ from the
+/// image's fixed ones, `imrs_config::accounts`).
+pub fn host_account(name: &str) -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 4 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+    })
+}
+
 /// Whether the CI rule applies (`CI=true`): missing prerequisites fail instead of skipping.
 pub fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")

@@ -17,26 +17,16 @@ use std::time::Duration;
 use imrs_config::accounts::Account;
 use imrs_config::site::Ntp;
 use imrs_init::clock::{self, Plan};
-use imrs_tests::netns::{NetNs, nets, require, veth};
+use imrs_tests::netns::{NetNs, host_account, nets, require, veth};
 
 const CHRONYD: &str = "/usr/sbin/chronyd";
-
-/// This host's `_chrony` account (its ids differ from the image's).
-fn host_chrony() -> Option<(u32, u32)> {
-    let text = std::fs::read_to_string("/etc/passwd").ok()?;
-    text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 4 && f[0] == "_chrony")
-            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
-}
 
 #[test]
 fn chronyd_under_its_account_and_filter_reads_a_real_server() {
     if !require("clock_chrony", true, &[CHRONYD, "/usr/bin/ip"]) {
         return;
     }
-    let (uid, gid) = host_chrony().expect("the chrony package creates _chrony");
+    let (uid, gid) = host_account("_chrony").expect("the chrony package creates _chrony");
     let server_ns = NetNs::create("ntps").unwrap();
     let client_ns = NetNs::create("ntpc").unwrap();
     veth(&server_ns, "eth0", &client_ns, "eth0").unwrap();

@@ -194,16 +194,10 @@ impl DnsConfig {
         zone_file: impl Into<PathBuf>,
         run_dir: impl Into<PathBuf>,
     ) -> DnsConfig {
-        let mut listen = vec![IpAddr::V4(site.service.ipv4), IpAddr::V6(site.service.ipv6)];
-        for a in site.interfaces.iter().flat_map(|i| &i.addresses) {
-            if !listen.contains(&a.addr()) {
-                listen.push(a.addr());
-            }
-        }
         DnsConfig {
             implementation,
             instance: site.instance.clone(),
-            listen,
+            listen: site.dns_addresses(),
             port: 53,
             zone_file: zone_file.into(),
             run_dir: run_dir.into(),
