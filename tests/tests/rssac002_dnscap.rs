@@ -361,11 +361,17 @@ fn compare(imp: DnsImpl, needs: &[&str]) {
     if !require(&test, true, &needs) {
         return;
     }
+    // Kept when the test fails (the capture and both daemons' logs are the evidence); removed
+    // at the end of a passing run.
     let dir = tempfile::Builder::new()
+        .prefix(&format!("{test}-"))
         .disable_cleanup(true)
         .tempdir()
         .unwrap();
-    eprintln!("DIR {}", dir.path().display());
+    eprintln!(
+        "{imp}: capture, logs and counts in {}",
+        dir.path().display()
+    );
     let zone = dir.path().join("root.zone");
     std::fs::copy(&zone_src, &zone).unwrap();
     let (appl, host) = appliance_and_host(&format!("rs{}", &imp.to_string()[..1]), &HOST_EXTRA);
@@ -414,13 +420,17 @@ fn compare(imp: DnsImpl, needs: &[&str]) {
 
     // dnscap captures on the server's interface from here on; its rssm plugin reads the
     // capture afterwards (run live, the plugin loses packets under dnsperf's bursts: a third
-    // to two thirds of them here; from the capture file it sees every one).
+    // to two thirds of them here; from the capture file it sees every one). With libpcap's
+    // default buffer the capture itself lost a few milliseconds of packets when the machine
+    // was busy (CI, tests in parallel: ten TCP queries gone in one run); 64 MiB holds the
+    // whole exchange, and `-S` reports the kernel's drop count, which must stay 0.
     let capture = dir.path().join("capture");
     let mut dnscap = Daemon::spawn(
         &format!("{test}_dnscap"),
         &mut appl.wrap(
             std::process::Command::new(DNSCAP)
-                .args(["-N", "-D", "-T", "-m", "qun", "-i", "eth0", "-w"])
+                .args(["-N", "-D", "-T", "-S", "-m", "qun", "-i", "eth0"])
+                .args(["-o", "pcap_buffer_size=67108864", "-w"])
                 .arg(&capture),
         ),
         &dir.path().join("dnscap.log"),
@@ -485,6 +495,23 @@ fn compare(imp: DnsImpl, needs: &[&str]) {
     settled(&c, base_count + 1);
     std::thread::sleep(Duration::from_secs(1));
     dnscap.stop(Duration::from_secs(10));
+    // `-S`: "<interface>: <n> recv <n> drop <n> total ...": a capture that lost packets
+    // cannot be compared with (the lost ones would show as our "extra" messages).
+    let log = dnscap.log();
+    let dropped = log
+        .lines()
+        .find_map(|l| l.strip_prefix("eth0:"))
+        .and_then(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.iter()
+                .position(|&x| x == "drop")
+                .and_then(|i| w.get(i.checked_sub(1)?)?.parse::<u64>().ok())
+        });
+    assert_eq!(
+        dropped,
+        Some(0),
+        "dnscap's capture dropped packets (or printed no counts):\n{log}"
+    );
     let pcap = files_starting(dir.path(), "capture.");
     assert_eq!(
         pcap.len(),
@@ -563,4 +590,7 @@ fn compare(imp: DnsImpl, needs: &[&str]) {
     assert!(total > 1000, "{imp}: only {total} messages counted");
     eprintln!("{imp}: {total} messages; every metric equals dnscap's\n{text}");
     daemon.ensure_running().unwrap();
+    drop(dnscap);
+    drop(daemon);
+    std::fs::remove_dir_all(dir.path()).unwrap();
 }
