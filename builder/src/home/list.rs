@@ -190,6 +190,9 @@ mod tests {
             serial_claimed_by: (0..12).map(|i| format!("c{i}")).collect(),
             slot: Some("b\x1b".into()),
             last_heartbeat_unix: None,
+            drained: None,
+            bgp_sessions: None,
+            bgp_established: None,
             serial_lag: Some(2),
             quiet: true,
         }

@@ -13,6 +13,8 @@
 //!   `GET /v1/images/<manifest-sha256>/<file>`.
 //! - [`list`]: the fleet as text for people, every reporter-controlled value escaped
 //!   ([`imrs_config::escape_all`]).
+//! - [`web`]: the operators' pages (fleet table, device pages, `/metrics`, `/healthz`), on the
+//!   same TLS port, for holders of the operators' token only.
 
 pub mod enrol;
 pub mod images;
@@ -22,6 +24,7 @@ pub mod receiver;
 pub mod server;
 pub mod source;
 pub mod store;
+pub mod web;
 
 pub use list::render;
 
@@ -96,6 +99,14 @@ pub enum HomeCommand {
         /// Refused submissions kept in all; the oldest is dropped (and counted) first.
         #[arg(long, default_value_t = store::rejected::DEFAULT_TOTAL)]
         rejected_total: u64,
+        /// Serve the operators' pages (`/fleet`, `/fleet/device/KEY`, `/metrics`) to holders of
+        /// the token in FILE (at least 32 printable characters), as `Authorization: Bearer` or
+        /// through `/login`. Without it they are not served.
+        #[arg(long, value_name = "FILE")]
+        operator_token: Option<PathBuf>,
+        /// Seconds without a report after which the pages show a device as quiet.
+        #[arg(long, value_name = "SECS", default_value_t = web::DEFAULT_STALE_AFTER)]
+        stale_after: u64,
     },
     /// Show the fleet: each device's latest report, then the latest rejected submissions.
     List {
@@ -131,6 +142,8 @@ pub fn run(cmd: HomeCommand, json: bool) -> Result<u8> {
             client_burst,
             rejected_per_source,
             rejected_total,
+            operator_token,
+            stale_after,
         } => {
             let enrolment = match (enrolled, open_enrolment) {
                 (Some(dir), false) => EnrolmentMode::Folder(dir),
@@ -159,6 +172,8 @@ pub fn run(cmd: HomeCommand, json: bool) -> Result<u8> {
                     total: rejected_total,
                 },
                 log: true,
+                operator_token,
+                stale_after,
                 ..server::ServeConfig::new(listen, db, tls_cert, tls_key, enrolment)
             };
             serve(&cfg, json)

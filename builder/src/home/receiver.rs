@@ -23,6 +23,7 @@
 //! Everything logged from a submission is cut to size and escaped ([`imrs_config::escape_all`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hyper::StatusCode;
@@ -49,6 +50,27 @@ pub struct Receiver {
     pub(super) log: bool,
     /// Where published image payloads are ([`super::images`]).
     pub(super) images: std::path::PathBuf,
+    /// What this receiver answered since it started (the operators' `/metrics`).
+    pub(super) answered: Answered,
+    /// The operators' pages, when on.
+    pub(super) operators: Option<super::web::Operators>,
+}
+
+/// Submissions answered since the receiver started, by outcome.
+#[derive(Debug, Default)]
+pub struct Answered {
+    /// Stored (201).
+    pub stored: AtomicU64,
+    /// Already stored (409 duplicate).
+    pub duplicate: AtomicU64,
+    /// Refused (400, 403, 413, 408, 422).
+    pub refused: AtomicU64,
+    /// Not stored for want of the database (503).
+    pub unavailable: AtomicU64,
+}
+
+fn bump(n: &AtomicU64) {
+    n.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Text from a submission as it may go to a log line: cut to size, controls escaped.
@@ -64,13 +86,28 @@ impl Receiver {
             EnrolmentMode::Folder(dir) => Some(Enrolment::load(dir)?),
             EnrolmentMode::Open => None,
         };
+        // The token before the database: a refused start creates nothing.
+        let operators = match &cfg.operator_token {
+            Some(file) => Some(super::web::Operators {
+                access: super::web::auth::Access::from_file(file)?,
+                stale_after: cfg.stale_after,
+            }),
+            None => None,
+        };
         Ok(Receiver {
             store: Store::start(&cfg.db, cfg.rejected)?,
             enrolled,
             max_body: cfg.limits.max_body,
             log: cfg.log,
             images: super::images::dir_for(&cfg.db),
+            answered: Answered::default(),
+            operators,
         })
+    }
+
+    /// The database file.
+    pub fn db(&self) -> &std::path::Path {
+        self.store.path()
     }
 
     /// Number of enrolled keys; `None` under open enrolment.
@@ -82,6 +119,7 @@ impl Receiver {
     pub async fn submit(&self, body: &[u8], peer: SocketAddr) -> (StatusCode, serde_json::Value) {
         let now = unix_now();
         let reject = |status: StatusCode, kind: &str, reason: String, known: Known| {
+            bump(&self.answered.refused);
             if self.log {
                 eprintln!(
                     "home: {peer}: {} {kind}: {}",
@@ -224,6 +262,7 @@ impl Receiver {
             Err(e) => Err(e),
         };
         let stored = |flag: &str| {
+            bump(&self.answered.stored);
             if self.log {
                 eprintln!(
                     "home: {peer}: stored {} {id} from {key_id} ({} at {}){flag}",
@@ -274,15 +313,19 @@ impl Receiver {
             Ok(Outcome {
                 stored: Stored::Duplicate,
                 commands,
-            }) => (
-                StatusCode::CONFLICT,
-                with_commands(json!({"id": id, "status": "duplicate"}), commands),
-            ),
+            }) => {
+                bump(&self.answered.duplicate);
+                (
+                    StatusCode::CONFLICT,
+                    with_commands(json!({"id": id, "status": "duplicate"}), commands),
+                )
+            }
             Ok(Outcome {
                 stored: Stored::IdConflict,
                 ..
             }) => {
                 // Recorded as rejected by the writer in the same transaction.
+                bump(&self.answered.refused);
                 (
                     StatusCode::UNPROCESSABLE_ENTITY,
                     json!({"id": id, "status": "id-conflict",
@@ -290,6 +333,7 @@ impl Receiver {
                 )
             }
             Err(e) => {
+                bump(&self.answered.unavailable);
                 eprintln!(
                     "home: {peer}: report {id}: {}",
                     imrs_config::error_chain(&e)
@@ -304,6 +348,7 @@ impl Receiver {
 
     /// Records a refusal that happened before the body was read (too large, timeout).
     pub(super) fn refuse(&self, peer: SocketAddr, status: StatusCode, kind: &str, reason: String) {
+        bump(&self.answered.refused);
         if self.log {
             eprintln!(
                 "home: {peer}: {} {kind}: {}",

@@ -1,7 +1,7 @@
 //! The HTTPS side of the receiver: TLS, HTTP/1.1, body limits, and the serving loop. Each
 //! `POST`ed body goes to [`Receiver::submit`] (verification, storage, the answer); a `GET` of
-//! `/v1/images/<sha256>/<file>` gets a published image file ([`super::images`]) or `404`;
-//! anything else gets `405`.
+//! `/v1/images/<sha256>/<file>` gets a published image file ([`super::images`]) or `404`; the
+//! operators' pages and `/healthz` go to [`super::web`]; anything else gets `405`.
 //!
 //! Every connection is TLS (rustls, ring); handshakes, headers and bodies have time limits, an
 //! idle keep-alive connection is closed after [`Limits::idle_timeout`], the number of open
@@ -93,6 +93,9 @@ pub enum ServeError {
     /// The enrolment folder could not be read.
     #[error("enrolment")]
     Enrol(#[from] EnrolError),
+    /// The operators' token file is unusable.
+    #[error("operators' pages")]
+    Token(#[from] super::web::auth::TokenError),
 }
 
 /// The receiver's limits on what clients may send and hold.
@@ -140,6 +143,11 @@ pub struct ServeConfig {
     pub rejected: RejectedCaps,
     /// Print one line per stored or rejected report on stderr.
     pub log: bool,
+    /// The operators' token file: the fleet pages and `/metrics` are served to its holders
+    /// (`None`: not served at all).
+    pub operator_token: Option<PathBuf>,
+    /// Seconds of silence after which the pages show a device as quiet.
+    pub stale_after: u64,
 }
 
 impl ServeConfig {
@@ -160,6 +168,8 @@ impl ServeConfig {
             limits: Limits::default(),
             rejected: RejectedCaps::default(),
             log: false,
+            operator_token: None,
+            stale_after: super::web::DEFAULT_STALE_AFTER,
         }
     }
 }
@@ -240,6 +250,9 @@ async fn handle(
             r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
         }
         return r;
+    }
+    if super::web::is_operator_request(rx, req.method(), req.uri().path()) {
+        return super::web::handle(req, peer, rx).await;
     }
     if req.method() == Method::GET && req.uri().path().starts_with(super::images::URL_PREFIX) {
         return image_file(rx, req.uri().path()).await;
@@ -352,7 +365,7 @@ async fn image_file(rx: &Receiver, path: &str) -> Response<Full<Bytes>> {
 const DRAIN_FACTOR: u64 = 16;
 
 /// How reading a body ended.
-enum Body {
+pub(super) enum Body {
     Complete(Bytes),
     TooLarge { seen: u64, drained: bool },
     Broken(hyper::Error),
@@ -360,7 +373,7 @@ enum Body {
 }
 
 /// Reads at most `max` bytes; past that, discards up to `drain_max` bytes in total.
-async fn read_body(mut body: Incoming, max: usize, drain_max: u64) -> Body {
+pub(super) async fn read_body(mut body: Incoming, max: usize, drain_max: u64) -> Body {
     let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
     let mut buf = Vec::new();
     let mut seen: u64 = 0;

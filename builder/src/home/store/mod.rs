@@ -8,10 +8,12 @@
 //! - [`rejected`]: refused submissions, kept bounded (values cut, caps per source and in all,
 //!   oldest dropped first and counted).
 //! - [`read`]: the fleet view, the reports, the counts.
+//! - [`device`]: one device's page: its row, its timeline, its commands.
 //! - [`commands`]: signed commands queued for devices, delivered in the answers to their
 //!   reports, resolved by their results.
 
 pub mod commands;
+pub mod device;
 pub mod read;
 pub mod rejected;
 pub mod schema;
@@ -23,7 +25,7 @@ use rusqlite::Connection;
 
 pub use read::{
     DeviceRow, Fleet, RejectedRow, ReportRow, SourceDrops, TelemetryRow, count_reports, fleet,
-    mark_quiet, rejected_counts, reports, signed_report, telemetry,
+    mark_quiet, ping, rejected_counts, reports, signed_report, telemetry,
 };
 pub use rejected::{RejectedCaps, RejectedCounts, Rejection};
 pub use schema::SCHEMA_VERSION;

@@ -56,6 +56,12 @@ pub struct DeviceRow {
     pub serial_lag: Option<u32>,
     /// Nothing arrived from it for longer than `home list --stale` asked.
     pub quiet: bool,
+    /// The operator's drain switch, as the latest heartbeat says (`None`: no heartbeat yet).
+    pub drained: Option<bool>,
+    /// BGP sessions in the latest report (`None`: it has no BGP section).
+    pub bgp_sessions: Option<u32>,
+    /// Of those, how many were `Established`.
+    pub bgp_established: Option<u32>,
 }
 
 /// One kept refused submission.
@@ -159,7 +165,7 @@ fn count(n: i64) -> u64 {
 pub fn fleet(path: &Path, rejected_limit: usize) -> Result<Fleet, StoreError> {
     let conn = open_existing(path)?;
     let err = read_err(path);
-    let mut devices = devices(&conn).map_err(&err)?;
+    let mut devices = devices(&conn, None).map_err(&err)?;
     set_serial_lag(&mut devices);
     let claims = later_claims(&conn).map_err(&err)?;
     for d in &mut devices {
@@ -220,7 +226,7 @@ pub fn fleet(path: &Path, rejected_limit: usize) -> Result<Fleet, StoreError> {
 
 /// Each device key's latest report, by site, instance and key.
 /// The newest serial any device reports, in RFC 1982 serial arithmetic.
-fn newest_serial(serials: impl Iterator<Item = u32>) -> Option<u32> {
+pub(super) fn newest_serial(serials: impl Iterator<Item = u32>) -> Option<u32> {
     serials.reduce(|a, b| {
         if b != a && b.wrapping_sub(a) < 1 << 31 {
             b
@@ -230,7 +236,7 @@ fn newest_serial(serials: impl Iterator<Item = u32>) -> Option<u32> {
     })
 }
 
-fn set_serial_lag(devices: &mut [DeviceRow]) {
+pub(super) fn set_serial_lag(devices: &mut [DeviceRow]) {
     let Some(newest) = newest_serial(devices.iter().filter_map(|d| d.zone_serial)) else {
         return;
     };
@@ -247,24 +253,31 @@ pub fn mark_quiet(fleet: &mut Fleet, now_unix: i64, secs: u64) {
     }
 }
 
-fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceRow>> {
+/// The devices (all, or the one key `only`), by site, instance and key.
+pub(super) fn devices(conn: &Connection, only: Option<&str>) -> rusqlite::Result<Vec<DeviceRow>> {
     let mut stmt = conn.prepare(
         // One index lookup per device (reports_by_key), not a pass over every report: with
         // a day of heartbeats from 1,000 devices (289,000 rows) this takes ~65 ms where a
         // window over all rows took ~2 s (bench/fleet-list.sh).
-        "WITH k AS (SELECT DISTINCT key_id FROM reports)
+        "WITH k AS (SELECT DISTINCT key_id FROM reports WHERE ?1 IS NULL OR key_id = ?1)
          SELECT r.key_id, r.serial, r.site_id, r.instance, r.event, r.failed_stage,
                 r.failed_reason, r.zone_serial, r.image, r.lab, r.created_unix, r.received_unix,
                 (SELECT COUNT(*) FROM reports c WHERE c.key_id = k.key_id),
                 r.enrolled, r.serial_conflict, json_extract(r.report, '$.slot.running'),
                 (SELECT MAX(received_unix) FROM reports h
-                 WHERE h.key_id = k.key_id AND h.event = 'heartbeat')
+                 WHERE h.key_id = k.key_id AND h.event = 'heartbeat'),
+                (SELECT json_extract(h.report, '$.event.drained') FROM reports h
+                 WHERE h.key_id = k.key_id AND h.event = 'heartbeat'
+                 ORDER BY h.received_unix DESC, h.rowid DESC LIMIT 1),
+                json_array_length(r.report, '$.bgp.sessions'),
+                (SELECT COUNT(*) FROM json_each(r.report, '$.bgp.sessions')
+                 WHERE json_extract(value, '$.state') = 'Established')
          FROM k JOIN reports r ON r.rowid =
              (SELECT rowid FROM reports x WHERE x.key_id = k.key_id
               ORDER BY received_unix DESC, rowid DESC LIMIT 1)
          ORDER BY r.site_id, r.instance, r.key_id",
     )?;
-    stmt.query_map([], |row| {
+    stmt.query_map(params![only], |row| {
         Ok(DeviceRow {
             device: row.get(0)?,
             serial: row.get(1)?,
@@ -286,6 +299,12 @@ fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceRow>> {
             last_heartbeat_unix: row.get(16)?,
             serial_lag: None,
             quiet: false,
+            drained: row.get(17)?,
+            bgp_sessions: row.get(18)?,
+            bgp_established: row
+                .get::<_, Option<u32>>(18)?
+                .map(|_| row.get(19))
+                .transpose()?,
         })
     })?
     .collect()
@@ -362,6 +381,16 @@ pub fn reports(path: &Path) -> Result<Vec<ReportRow>, StoreError> {
 pub fn rejected_counts(path: &Path) -> Result<RejectedCounts, StoreError> {
     let conn = open_existing(path)?;
     counts(&conn).map_err(read_err(path))
+}
+
+/// Whether the database opens and answers (the receiver's `/healthz`).
+pub fn ping(path: &Path) -> Result<(), StoreError> {
+    let conn = open_existing(path)?;
+    conn.query_row("SELECT COUNT(*) FROM rejected_totals", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|_| ())
+    .map_err(read_err(path))
 }
 
 /// Number of stored reports.
