@@ -27,9 +27,20 @@ fn row(key: usize, i: usize, event: &str, t: i64) -> NewReport {
         created_unix: t,
         received_unix: t,
         peer: "192.0.2.1:443".into(),
+        // What the fleet view and the operators' pages read of a report: the event (with the
+        // drain switch in heartbeats), the slot, the BGP sessions.
         report: format!(
-            r#"{{"event": {{"kind": "{event}"}}, "slot": {{"running": "{}"}}}}"#,
-            if key.is_multiple_of(3) { "b" } else { "a" }
+            r#"{{"event": {{"kind": "{event}", "drained": {}}}, "slot": {{"running": "{}"}},
+                "bgp": {{"sessions": [
+                    {{"name": "v4", "address": "192.0.2.1", "asn": 64496, "state": "Established"}},
+                    {{"name": "v6", "address": "2001:db8::1", "asn": 64496, "state": "{}"}}]}}}}"#,
+            key.is_multiple_of(50),
+            if key.is_multiple_of(3) { "b" } else { "a" },
+            if key.is_multiple_of(7) {
+                "Active"
+            } else {
+                "Established"
+            }
         ),
         signature: "00".into(),
         digest: format!("d{key}-{i}"),

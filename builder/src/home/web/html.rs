@@ -282,6 +282,38 @@ mod tests {
     }
 
     #[test]
+    fn a_thousand_devices_one_row_each_counted_by_state() {
+        use crate::home::web::state::tests::row;
+        let devices: Vec<DeviceRow> = (0..1000)
+            .map(|i| {
+                let mut d = row(&format!("{i:016x}"));
+                if i % 10 == 0 {
+                    d.received_unix = 0;
+                }
+                d
+            })
+            .collect();
+        let f = Fleet {
+            devices,
+            rejected: Vec::new(),
+            rejected_total: 0,
+            rejected_kept: 0,
+            rejected_dropped: 0,
+            rejected_dropped_by_source: Vec::new(),
+        };
+        let page = fleet(&f, 1000, 600);
+        assert_eq!(page.matches("<tr class=").count(), 1000);
+        assert!(
+            page.contains("id=\"count-quiet\">quiet: 100<"),
+            "quiet counted"
+        );
+        assert!(page.contains("id=\"count-live\">live: 900<"));
+        // The quiet ones first.
+        let first = page.find("<tr class=").unwrap();
+        assert!(page[first..].starts_with("<tr class=\"quiet\""));
+    }
+
+    #[test]
     fn ages_read_naturally() {
         assert_eq!(age(-5), "0 s ago");
         assert_eq!(age(59), "59 s ago");
