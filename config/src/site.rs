@@ -15,6 +15,7 @@
 
 mod addr;
 mod device;
+pub mod host;
 mod phone_home;
 mod validate;
 
@@ -29,6 +30,7 @@ use crate::fsutil::limits;
 use crate::imrs::{IMRS_PREFIXES, LROOT_V4, LROOT_V6};
 
 pub use device::{DeviceBinding, DeviceIdentity, SiteRefusal, admit};
+pub use host::Host;
 pub use validate::validate;
 
 /// The site schema version this build understands. Version 2 added `device`, `sequence` and
@@ -81,6 +83,9 @@ pub struct Site {
     /// RSSAC002 collection from the DNS daemon's dnstap; absent: the box counts nothing.
     #[serde(default)]
     pub telemetry: Option<Telemetry>,
+    /// The host organisation's contacts, for the receiver's notices (default: none).
+    #[serde(default)]
+    pub host: Host,
 }
 
 /// RSSAC002 collection ([`crate::rssac002`]).

@@ -13,6 +13,7 @@
 //!   `GET /v1/images/<manifest-sha256>/<file>`.
 //! - [`list`]: the fleet as text for people, every reporter-controlled value escaped
 //!   ([`imrs_config::escape_all`]).
+//! - [`notify`]: notices to host organisations (webhook, e-mail), queued and retried.
 //! - [`web`]: the operators' pages (fleet table, device pages, `/metrics`, `/healthz`), on the
 //!   same TLS port, for holders of the operators' token only.
 
@@ -20,6 +21,7 @@ pub mod enrol;
 pub mod images;
 pub mod limits;
 pub mod list;
+pub mod notify;
 pub mod receiver;
 pub mod server;
 pub mod source;
@@ -40,6 +42,8 @@ use limits::ClientLimits;
 use store::RejectedCaps;
 
 /// `imrs-build home ...`
+// Parsed once per run: the size of `Serve`'s flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum HomeCommand {
     /// Receive phone-home reports over HTTPS: verify each signature, store it once per report
@@ -107,6 +111,45 @@ pub enum HomeCommand {
         /// Seconds without a report after which the pages show a device as quiet.
         #[arg(long, value_name = "SECS", default_value_t = web::DEFAULT_STALE_AFTER)]
         stale_after: u64,
+        /// Tell host organisations: the site configs (`*.toml`) whose `[host]` sections name
+        /// the contacts; notices go out on verified installation reports and when a box goes
+        /// quiet. Needs --notice-key.
+        #[arg(long, value_name = "DIR", requires = "notice_key")]
+        sites: Option<PathBuf>,
+        /// The Ed25519 key (PEM) notices are signed with; hosts check them with its public
+        /// half (`home verify-notice --notice-pubkey`).
+        #[arg(long, value_name = "KEY", requires = "sites")]
+        notice_key: Option<PathBuf>,
+        /// SMTP relay for e-mail notices, `HOST[:PORT]` (port 587; STARTTLS required).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        smtp_relay: Option<String>,
+        /// Sender of e-mail notices.
+        #[arg(long, value_name = "ADDRESS", default_value = "imrs-notices@localhost")]
+        smtp_from: String,
+        /// Trust only the CA certificates in FILE (PEM) for webhooks and the SMTP relay
+        /// (default: the public web PKI).
+        #[arg(long, value_name = "FILE")]
+        notice_ca: Option<PathBuf>,
+        /// Attempts per notice and recipient before the receiver gives up (and records it).
+        #[arg(long, value_name = "N", default_value_t = notify::DEFAULT_ATTEMPTS)]
+        notice_attempts: u32,
+        /// Seconds to wait after a failed attempt; doubled after each further failure, at most
+        /// an hour.
+        #[arg(long, value_name = "SECS", default_value_t = notify::DEFAULT_BACKOFF_S)]
+        notice_backoff: u64,
+        /// Seconds one delivery attempt may take.
+        #[arg(long, value_name = "SECS", default_value_t = notify::deliver::DEFAULT_TIMEOUT.as_secs())]
+        notice_timeout: u64,
+    },
+    /// Check a notice a host received: the receiver's signature over it (against
+    /// --notice-pubkey when given), the device's signature over the report inside, and that
+    /// the notice says what the report says.
+    VerifyNotice {
+        /// The notice (the webhook's body, or the e-mail's notice.json).
+        file: PathBuf,
+        /// The receiver's notice public key (PEM), as ICANN published it.
+        #[arg(long, value_name = "PUB")]
+        notice_pubkey: Option<PathBuf>,
     },
     /// Show the fleet: each device's latest report, then the latest rejected submissions.
     List {
@@ -144,6 +187,14 @@ pub fn run(cmd: HomeCommand, json: bool) -> Result<u8> {
             rejected_total,
             operator_token,
             stale_after,
+            sites,
+            notice_key,
+            smtp_relay,
+            smtp_from,
+            notice_ca,
+            notice_attempts,
+            notice_backoff,
+            notice_timeout,
         } => {
             let enrolment = match (enrolled, open_enrolment) {
                 (Some(dir), false) => EnrolmentMode::Folder(dir),
@@ -174,10 +225,27 @@ pub fn run(cmd: HomeCommand, json: bool) -> Result<u8> {
                 log: true,
                 operator_token,
                 stale_after,
+                notify: match (sites, notice_key) {
+                    (Some(sites), Some(key)) => Some(notify::NotifyConfig {
+                        sites,
+                        key,
+                        smtp_relay,
+                        smtp_from,
+                        ca: notice_ca,
+                        attempts: notice_attempts,
+                        backoff: Duration::from_secs(notice_backoff.max(1)),
+                        timeout: Duration::from_secs(notice_timeout.max(1)),
+                    }),
+                    _ => None,
+                },
                 ..server::ServeConfig::new(listen, db, tls_cert, tls_key, enrolment)
             };
             serve(&cfg, json)
         }
+        HomeCommand::VerifyNotice {
+            file,
+            notice_pubkey,
+        } => verify_notice(&file, notice_pubkey.as_deref(), json),
         HomeCommand::List {
             db,
             rejected,
@@ -224,6 +292,46 @@ pub fn run(cmd: HomeCommand, json: bool) -> Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn verify_notice(
+    file: &std::path::Path,
+    pubkey: Option<&std::path::Path>,
+    json: bool,
+) -> Result<u8> {
+    let body = std::fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let expected = pubkey.map(imrs_config::keys::read_public).transpose()?;
+    let (n, report) = match notify::notice::verify(&body, expected.as_ref()) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(crate::ui::Failure::new(
+                crate::EXIT_VERIFY,
+                format!("{}: {}", file.display(), imrs_config::error_chain(&e)),
+            )
+            .into());
+        }
+    };
+    let signer = if expected.is_some() {
+        "the expected receiver key"
+    } else {
+        "the key inside it (give --notice-pubkey to pin the receiver's key)"
+    };
+    if json {
+        crate::ui::print_ok(serde_json::json!({
+            "notice": n.id, "kind": n.kind.name(), "site_id": n.site_id,
+            "instance": n.instance, "device_key": n.device_key, "serial": n.serial,
+            "image": n.image, "manifest_sha256": n.manifest_sha256, "zone_serial": n.zone_serial,
+            "announced": n.announced, "report": report.id.to_string(),
+            "receiver_key_pinned": expected.is_some(),
+        }))?;
+    } else {
+        println!(
+            "notice {} verified: signed by {signer}; the device's report {} verifies and says the same",
+            n.id, report.id
+        );
+        print!("{}", n.text());
+    }
+    Ok(0)
 }
 
 fn serve(cfg: &server::ServeConfig, json: bool) -> Result<u8> {

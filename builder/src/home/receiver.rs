@@ -23,6 +23,7 @@
 //! Everything logged from a submission is cut to size and escaped ([`imrs_config::escape_all`]).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -33,6 +34,7 @@ use serde_json::json;
 use sha2::Digest;
 
 use super::enrol::{Enrolment, EnrolmentMode};
+use super::notify::Notifier;
 use super::server::{ServeConfig, ServeError};
 use super::source::Source;
 use super::store::commands::Resolution;
@@ -54,6 +56,8 @@ pub struct Receiver {
     pub(super) answered: Answered,
     /// The operators' pages, when on.
     pub(super) operators: Option<super::web::Operators>,
+    /// Notices to host organisations, when on.
+    pub(super) notifier: Option<Arc<Notifier>>,
 }
 
 /// Submissions answered since the receiver started, by outcome.
@@ -94,6 +98,10 @@ impl Receiver {
             }),
             None => None,
         };
+        let notifier = match &cfg.notify {
+            Some(n) => Some(Arc::new(Notifier::open(n, &cfg.db, cfg.log)?)),
+            None => None,
+        };
         Ok(Receiver {
             store: Store::start(&cfg.db, cfg.rejected)?,
             enrolled,
@@ -102,6 +110,7 @@ impl Receiver {
             images: super::images::dir_for(&cfg.db),
             answered: Answered::default(),
             operators,
+            notifier,
         })
     }
 
@@ -211,6 +220,13 @@ impl Receiver {
             _ => (None, None),
         };
         let id = parsed.id.to_string();
+        // Installation reports are what the host is told about, once stored.
+        let for_notice = match (&self.notifier, &parsed.event) {
+            (Some(n), Event::InstallPassed {} | Event::InstallFailed { .. }) => {
+                Some((n.clone(), signed.clone(), parsed.clone()))
+            }
+            _ => None,
+        };
         let row = NewReport {
             id: id.clone(),
             key_id: key_id.clone(),
@@ -263,6 +279,13 @@ impl Receiver {
         };
         let stored = |flag: &str| {
             bump(&self.answered.stored);
+            if let Some((notifier, signed, parsed)) = for_notice.clone() {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = notifier.on_report(&signed, &parsed, now) {
+                        eprintln!("notices: {}", imrs_config::error_chain(&e));
+                    }
+                });
+            }
             if self.log {
                 eprintln!(
                     "home: {peer}: stored {} {id} from {key_id} ({} at {}){flag}",

@@ -96,6 +96,9 @@ pub enum ServeError {
     /// The operators' token file is unusable.
     #[error("operators' pages")]
     Token(#[from] super::web::auth::TokenError),
+    /// Notices cannot be sent as configured.
+    #[error(transparent)]
+    Notify(#[from] super::notify::NotifyError),
 }
 
 /// The receiver's limits on what clients may send and hold.
@@ -148,6 +151,8 @@ pub struct ServeConfig {
     pub operator_token: Option<PathBuf>,
     /// Seconds of silence after which the pages show a device as quiet.
     pub stale_after: u64,
+    /// Notices to the host organisations (`None`: nobody is told).
+    pub notify: Option<super::notify::NotifyConfig>,
 }
 
 impl ServeConfig {
@@ -170,6 +175,7 @@ impl ServeConfig {
             log: false,
             operator_token: None,
             stale_after: super::web::DEFAULT_STALE_AFTER,
+            notify: None,
         }
     }
 }
@@ -419,6 +425,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    // Stopped with the runtime.
+    if let Some(n) = receiver.notifier.clone() {
+        tokio::spawn(n.run());
+    }
     let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
     let clients = Clients::new(limits.per_client);
     tokio::pin!(shutdown);

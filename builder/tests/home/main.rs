@@ -12,6 +12,7 @@
 //! forged rows in reporter-controlled text, and self-made keys claiming one serial.
 
 mod client;
+mod notify;
 mod web;
 
 use std::io::{BufRead, BufReader, Read};

@@ -138,6 +138,29 @@ fn refused_cases() -> Vec<(&'static str, String, String)> {
             s("unknown field `open_ports`"),
         ),
         (
+            "a host e-mail address that smuggles an SMTP command",
+            format!(
+                "{}\n[host]\nemail = [\"noc@example.net\", \"x@example.net\\r\\nRCPT TO:<y@z.net>\"]\n",
+                lab_text()
+            ),
+            s("host.email[1] = "),
+        ),
+        (
+            "a plain-HTTP webhook",
+            format!("{}\n[host]\nwebhook = \"http://hooks.example.net/\"\n", lab_text()),
+            s("host.webhook = http://hooks.example.net/: an https:// URL"),
+        ),
+        (
+            "a host that is never quiet",
+            format!("{}\n[host]\nquiet_after_s = 10\n", lab_text()),
+            s("host.quiet_after_s = 10: 300 to 604800 seconds"),
+        ),
+        (
+            "an unknown host key",
+            format!("{}\n[host]\nphone = \"+1 555\"\n", lab_text()),
+            s("unknown field `phone`"),
+        ),
+        (
             "a firewall section",
             format!("{}\n[firewall]\nallow = [\"tcp/22\"]\n", lab_text()),
             s("unknown field `firewall`"),

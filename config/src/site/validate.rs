@@ -107,6 +107,7 @@ pub fn validate(path: &Path, s: &Site) -> Result<(), ConfigError> {
     phone_home(&c, s)?;
     dns(&c, s)?;
     fleet(&c, s)?;
+    super::host::check(&c, &s.host)?;
     if let Some(t) = &s.telemetry {
         // The key is a secret: an error shows its first characters and its length only.
         let shown = format!(

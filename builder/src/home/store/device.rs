@@ -1,6 +1,6 @@
 //! One device as the operators' page shows it: its fleet row (with its serial lag against the
 //! whole fleet), what happened to it (installs, boots, slot changes, command results, daily
-//! telemetry, the newest heartbeats) and the commands queued for it.
+//! telemetry, the newest heartbeats), the commands queued for it and the notices sent about it.
 
 use std::path::Path;
 
@@ -8,6 +8,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::commands::{self, CommandRow};
+use super::notices::{self, NoticeRow};
 use super::read::{DeviceRow, devices, newest_serial};
 use super::{StoreError, open_existing};
 
@@ -45,6 +46,8 @@ pub struct DevicePage {
     pub timeline: Vec<TimelineEntry>,
     /// Commands for this key, by sequence.
     pub commands: Vec<CommandRow>,
+    /// Notices about it to its host organisation, newest first.
+    pub notices: Vec<NoticeRow>,
 }
 
 /// The page of device key `key_id`; `None` when no report came from that key.
@@ -63,10 +66,12 @@ pub fn device_page(path: &Path, key_id: &str) -> Result<Option<DevicePage>, Stor
     }
     let timeline = timeline(&conn, key_id).map_err(err)?;
     let commands = commands::commands(path, Some(key_id))?;
+    let notices = notices::notices(path, Some(key_id))?;
     Ok(Some(DevicePage {
         row,
         timeline,
         commands,
+        notices,
     }))
 }
 

@@ -9,11 +9,13 @@
 //!   oldest dropped first and counted).
 //! - [`read`]: the fleet view, the reports, the counts.
 //! - [`device`]: one device's page: its row, its timeline, its commands.
+//! - [`notices`]: what the host organisations are told, and how delivery went.
 //! - [`commands`]: signed commands queued for devices, delivered in the answers to their
 //!   reports, resolved by their results.
 
 pub mod commands;
 pub mod device;
+pub mod notices;
 pub mod read;
 pub mod rejected;
 pub mod schema;
@@ -25,7 +27,7 @@ use rusqlite::Connection;
 
 pub use read::{
     DeviceRow, Fleet, RejectedRow, ReportRow, SourceDrops, TelemetryRow, count_reports, fleet,
-    mark_quiet, ping, rejected_counts, reports, signed_report, telemetry,
+    latest_signed, mark_quiet, ping, rejected_counts, reports, signed_report, telemetry,
 };
 pub use rejected::{RejectedCaps, RejectedCounts, Rejection};
 pub use schema::SCHEMA_VERSION;
@@ -65,6 +67,15 @@ pub enum StoreError {
     /// Reading failed.
     #[error("{path}: cannot read the report database")]
     Read {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Writing failed (notices).
+    #[error("{path}: cannot write to the report database")]
+    Write {
         /// The database file.
         path: PathBuf,
         /// Why.

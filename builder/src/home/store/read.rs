@@ -460,6 +460,28 @@ pub fn telemetry(path: &Path, day: &str) -> Result<Vec<TelemetryRow>, StoreError
     Ok(out)
 }
 
+/// The latest report of device key `key_id` exactly as it was signed, and when it arrived.
+pub fn latest_signed(path: &Path, key_id: &str) -> Result<Option<(SignedReport, i64)>, StoreError> {
+    let conn = open_existing(path)?;
+    conn.query_row(
+        "SELECT report, signature, public_key, received_unix FROM reports WHERE key_id = ?1
+         ORDER BY received_unix DESC, rowid DESC LIMIT 1",
+        params![key_id],
+        |r| {
+            Ok((
+                SignedReport {
+                    report: r.get(0)?,
+                    signature: r.get(1)?,
+                    public_key: r.get(2)?,
+                },
+                r.get(3)?,
+            ))
+        },
+    )
+    .optional()
+    .map_err(read_err(path))
+}
+
 /// The stored report `id` exactly as the device signed it (report text, signature, key), so
 /// it can be verified again; `None` when no report has this id.
 pub fn signed_report(path: &Path, id: &str) -> Result<Option<SignedReport>, StoreError> {

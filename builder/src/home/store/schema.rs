@@ -1,6 +1,6 @@
 //! The tables of the receiver's database, and the upgrade of an older one in place.
 //!
-//! Version 3 (this build):
+//! Version 4 (this build):
 //! - `reports`: one verified report per id; `enrolled` says whether its key was enrolled when
 //!   it arrived (0 under open enrolment), `serial_conflict` names the device key that held the
 //!   report's serial first when an unenrolled key claims it.
@@ -10,8 +10,10 @@
 //!   dropped, per source and in all (see [`super::rejected`]).
 //! - `commands`: signed commands queued for device keys, their delivery and the devices'
 //!   results (see [`super::commands`]).
+//! - `notices`: what the host organisations are told, one row per event, channel and
+//!   recipient, and how its delivery went (see [`super::notices`]).
 //!
-//! Version 2 had no `commands`; its upgrade creates the table.
+//! Version 3 had no `notices`, version 2 no `commands` either; their upgrades create them.
 //! Version 1 had neither the two report columns nor the counters, and kept refused values
 //! whole. Its upgrade adds the columns (old reports count as not enrolled: nobody knows), cuts
 //! the stored values, derives each refusal's source from its peer address, counts, and then
@@ -28,7 +30,7 @@ use super::rejected;
 use crate::home::source::Source;
 
 /// Schema version stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const REPORTS: &str = "
 CREATE TABLE IF NOT EXISTS reports (
@@ -102,6 +104,24 @@ CREATE TABLE IF NOT EXISTS commands (
     logs           TEXT,
     PRIMARY KEY (key_id, sequence)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS notices (
+    id           TEXT NOT NULL,
+    channel      TEXT NOT NULL,
+    target       TEXT NOT NULL,
+    key_id       TEXT NOT NULL,
+    site_id      TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    queued_unix  INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_unix    INTEGER NOT NULL,
+    sent_unix    INTEGER,
+    gave_up_unix INTEGER,
+    last_error   TEXT,
+    PRIMARY KEY (id, channel, target)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS notices_due ON notices(next_unix) WHERE sent_unix IS NULL AND gave_up_unix IS NULL;
+CREATE INDEX IF NOT EXISTS notices_by_key ON notices(key_id, queued_unix);
 ";
 
 const UPGRADE_V1: &str = "
@@ -151,7 +171,7 @@ pub(super) fn prepare(conn: &mut Connection, path: &Path) -> Result<(), StoreErr
             upgrade_v1(&tx).map_err(upgrade_err)?;
             true
         }
-        2 => {
+        2 | 3 => {
             tx.execute_batch(COMMON).map_err(upgrade_err)?;
             false
         }

@@ -241,6 +241,32 @@ pub fn device(p: &DevicePage, now: i64, stale_s: u64) -> String {
         }
         b.push_str("</tbody></table>\n");
     }
+    b.push_str("<h2>Notices to the host</h2>\n");
+    if p.notices.is_empty() {
+        b.push_str("<p>None.</p>\n");
+    } else {
+        b.push_str(
+            "<table id=\"notices\"><thead><tr><th>queued</th><th>event</th><th>by</th>\
+             <th>to</th><th>state</th><th>attempts</th><th>sent</th><th>last error</th></tr>\
+             </thead><tbody>\n",
+        );
+        for n in &p.notices {
+            let _ = writeln!(
+                b,
+                "<tr class=\"notice-{state}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{state}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
+                when(n.queued_unix),
+                esc(&n.kind),
+                esc(&n.channel),
+                esc(&n.target),
+                n.attempts,
+                n.sent_unix.map(when).unwrap_or_else(|| "-".into()),
+                esc(n.last_error.as_deref().unwrap_or("")),
+                state = n.state(),
+            );
+        }
+        b.push_str("</tbody></table>\n");
+    }
     page(&format!("IMRS {}", d.instance), &b)
 }
 

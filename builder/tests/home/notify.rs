@@ -1,0 +1,723 @@
+//! Notices to host organisations (issue 17), against real servers: a local HTTPS webhook
+//! server that checks every notice's signatures, and Debian's aiosmtpd (STARTTLS required,
+//! writing a Maildir) whose messages are parsed and their attachment checked. Faults: a webhook
+//! answering 500, one that is down, one too slow, a relay refusing the recipient: retried,
+//! then given up and recorded. A box silent past the site's limit is noticed once. A site
+//! without contacts gets nothing. `home verify-notice` accepts a true notice and names what is
+//! wrong with a forged one.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mail_parser::MimeHeaders;
+
+use super::client::{agent, pki, post};
+use super::{OPEN, Serve, sample};
+use imrs_build::home::notify::notice::{self, Kind};
+use imrs_build::home::store::notices::{self, NoticeRow};
+use imrs_config::keys;
+use imrs_config::report::{self, Event};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// How the test webhook answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Ok,
+    Fail500,
+    Slow,
+}
+
+/// An HTTPS server on 127.0.0.1 keeping every request body it gets.
+struct Webhook {
+    addr: SocketAddr,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Webhook {
+    fn start(dir: &Path, mode: Mode) -> Webhook {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(dir.join("server.pem"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let kept = bodies.clone();
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { continue };
+                let (cfg, kept) = (cfg.clone(), kept.clone());
+                std::thread::spawn(move || {
+                    let conn = rustls::ServerConnection::new(cfg).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, tcp);
+                    let Some(body) = read_request(&mut tls) else {
+                        return;
+                    };
+                    let status = match mode {
+                        Mode::Ok => "200 OK",
+                        Mode::Fail500 => "500 Internal Server Error",
+                        Mode::Slow => {
+                            std::thread::sleep(Duration::from_secs(4));
+                            "200 OK"
+                        }
+                    };
+                    kept.lock().unwrap().push(body);
+                    let _ = write!(
+                        tls,
+                        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = tls.flush();
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        Webhook { addr, bodies }
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}/hook", self.addr)
+    }
+
+    fn bodies(&self) -> Vec<Vec<u8>> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+/// The body of one HTTP/1.1 request (Content-Length only).
+fn read_request(s: &mut impl Read) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// Debian's aiosmtpd on 127.0.0.1 with STARTTLS required, delivering into a Maildir (or, with
+/// `deny`, refusing every recipient with 550).
+struct SmtpServer {
+    child: Child,
+    port: u16,
+    maildir: PathBuf,
+}
+
+impl SmtpServer {
+    fn start(dir: &Path, deny: bool) -> Option<SmtpServer> {
+        let ci = std::env::var("CI").as_deref() == Ok("true");
+        let has = Command::new(PYTHON)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            assert!(!ci, "CI needs {PYTHON} with aiosmtpd (python3-aiosmtpd)");
+            eprintln!("skip: needs {PYTHON} with aiosmtpd (apt install python3-aiosmtpd)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let maildir = dir.join(if deny { "denied" } else { "maildir" });
+        std::fs::write(
+            dir.join("deny_handler.py"),
+            "class Deny:\n    async def handle_RCPT(self, server, session, envelope, address, \
+             rcpt_options):\n        return '550 5.7.1 relaying denied'\n",
+        )
+        .unwrap();
+        let mut cmd = Command::new(PYTHON);
+        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .arg("--tlscert")
+            .arg(dir.join("server.pem"))
+            .arg("--tlskey")
+            .arg(dir.join("server.key"))
+            .env("PYTHONPATH", dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if deny {
+            cmd.args(["-c", "deny_handler.Deny"]);
+        } else {
+            cmd.args(["-c", "aiosmtpd.handlers.Mailbox"]).arg(&maildir);
+        }
+        let child = cmd.spawn().unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "aiosmtpd never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(SmtpServer {
+            child,
+            port,
+            maildir,
+        })
+    }
+
+    /// The messages delivered so far.
+    fn messages(&self) -> Vec<Vec<u8>> {
+        let new = self.maildir.join("new");
+        let Ok(rd) = std::fs::read_dir(&new) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = rd.map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files.iter().map(|f| std::fs::read(f).unwrap()).collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A site config for site `site_id` with this `[host]` section.
+fn site(dir: &Path, file: &str, site_id: &str, host: &str) {
+    let lab = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
+    )
+    .unwrap();
+    let text = lab.replace("site_id = \"lab-01\"", &format!("site_id = \"{site_id}\""));
+    assert!(text.contains(&format!("site_id = \"{site_id}\"\n")));
+    std::fs::create_dir_all(dir.join("sites")).unwrap();
+    std::fs::write(
+        dir.join("sites").join(file),
+        format!("{text}\n[host]\n{host}\n"),
+    )
+    .unwrap();
+}
+
+/// The notice key pair: (key file, public key file).
+fn notice_key(dir: &Path) -> (PathBuf, PathBuf) {
+    let key = keys::generate().unwrap();
+    let path = dir.join("notice.key");
+    let public = keys::write_keypair(&key, &path).unwrap();
+    (path, public)
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn all_notices(db: &Path) -> Vec<NoticeRow> {
+    notices::notices(db, None).unwrap_or_default()
+}
+
+fn serve_with_notices(dir: &Path, db: &Path, key: &Path, extra: &[&str]) -> Serve {
+    let mut flags: Vec<String> = OPEN.iter().map(|s| s.to_string()).collect();
+    for (k, v) in [
+        ("--sites", dir.join("sites")),
+        ("--notice-key", key.to_path_buf()),
+        ("--notice-ca", dir.join("ca.pem")),
+    ] {
+        flags.push(k.into());
+        flags.push(v.display().to_string());
+    }
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Serve::start(dir, db, &refs)
+}
+
+fn verify_notice(file: &Path, pubkey: Option<&Path>) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imrs-build"));
+    cmd.args(["home", "verify-notice"]).arg(file);
+    if let Some(p) = pubkey {
+        cmd.arg("--notice-pubkey").arg(p);
+    }
+    let o = cmd.output().unwrap();
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[test]
+fn installation_notices_reach_the_webhook_and_the_mailbox_signed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki(d);
+    std::fs::write(d.join("ca.pem"), &ca).unwrap();
+    let Some(smtp) = SmtpServer::start(d, false) else {
+        return;
+    };
+    let hook = Webhook::start(d, Mode::Ok);
+    site(
+        d,
+        "lab.toml",
+        "lab-01",
+        &format!(
+            "organisation = \"Example Host <Org>\"\nwebhook = \"{}\"\nemail = [\"noc@example.net\", \"ops@example.net\"]",
+            hook.url()
+        ),
+    );
+    site(d, "quiet.toml", "no-contacts", "organisation = \"Nobody\"");
+    let (key, public) = notice_key(d);
+    let db = d.join("home.sqlite");
+    let serve = serve_with_notices(
+        d,
+        &db,
+        &key,
+        &[
+            "--smtp-relay",
+            &format!("127.0.0.1:{}", smtp.port),
+            "--smtp-from",
+            "imrs@example.org",
+        ],
+    );
+    let agent = agent(&ca);
+    let device = keys::generate().unwrap();
+    let mut r = sample("SN-N1");
+    r.site.site_id = "lab-01".into();
+    r.bgp.announced = vec![
+        "199.7.83.0/24".parse().unwrap(),
+        "2001:500:9f::/48".parse().unwrap(),
+    ];
+    r.image.manifest_sha256 = "ab".repeat(32);
+    let signed = report::sign(&r, &device);
+    let (s, _) = post(&agent, &serve.url, &signed.to_json());
+    assert_eq!(s, 201);
+
+    // The webhook: one notice, both signatures good, saying what the report says.
+    let body = wait_for("the webhook notice", 20, || hook.bodies().pop());
+    let expected = keys::read_public(&public).unwrap();
+    let (n, rep) = notice::verify(&body, Some(&expected)).unwrap();
+    assert_eq!(n.kind, Kind::InstallPassed);
+    assert_eq!(n.id, r.id.to_string());
+    assert_eq!(rep.id, r.id);
+    assert_eq!(n.zone_serial, Some(2026010100));
+    assert_eq!(n.announced, r.bgp.announced);
+    assert_eq!(n.organisation, "Example Host <Org>");
+    assert_eq!(n.device_key, keys::key_id(&device.verifying_key()));
+
+    // The mailbox: one message per address, the notice attached and good.
+    let mails = wait_for("two e-mails", 20, || {
+        let m = smtp.messages();
+        (m.len() >= 2).then_some(m)
+    });
+    let mut to: Vec<String> = Vec::new();
+    for raw in &mails {
+        let m = mail_parser::MessageParser::default().parse(raw).unwrap();
+        assert_eq!(
+            m.subject(),
+            Some("[IMRS] xx-lab-01.l.root-servers.org: installation passed")
+        );
+        assert_eq!(
+            m.from().and_then(|f| f.first()).and_then(|a| a.address()),
+            Some("imrs@example.org")
+        );
+        to.push(
+            m.to()
+                .and_then(|t| t.first())
+                .and_then(|a| a.address())
+                .unwrap()
+                .to_string(),
+        );
+        let text = m.body_text(0).unwrap();
+        assert!(text.contains("Zone serial: 2026010100"), "{text}");
+        assert!(text.contains("199.7.83.0/24, 2001:500:9f::/48"), "{text}");
+        let att = m.attachments().next().expect("notice.json attached");
+        assert_eq!(att.attachment_name(), Some("notice.json"));
+        let (mn, _) = notice::verify(att.contents(), Some(&expected)).unwrap();
+        assert_eq!(mn.id, n.id);
+    }
+    to.sort();
+    assert_eq!(to, ["noc@example.net", "ops@example.net"]);
+
+    // `home verify-notice`: the true notice passes; pinned to another key, or altered, not.
+    let file = d.join("notice.json");
+    std::fs::write(&file, &body).unwrap();
+    let (ok, out) = verify_notice(&file, Some(&public));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("verified") && out.contains("xx-lab-01"),
+        "{out}"
+    );
+    let (other, other_pub) = {
+        let k = keys::generate().unwrap();
+        let p = d.join("other.key");
+        (k.clone(), keys::write_keypair(&k, &p).unwrap())
+    };
+    let (ok, out) = verify_notice(&file, Some(&other_pub));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "not by the expected {}",
+            keys::key_id(&other.verifying_key())
+        )),
+        "{out}"
+    );
+    let forged = String::from_utf8(body.clone())
+        .unwrap()
+        .replace("2026010100", "2026010199");
+    std::fs::write(&file, &forged).unwrap();
+    let (ok, out) = verify_notice(&file, None);
+    assert!(!ok && out.contains("signature"), "{out}");
+    // A notice re-signed by someone else with a serial the report does not have.
+    let mut env: notice::SignedNotice = serde_json::from_slice(&body).unwrap();
+    let mut inner: notice::Notice = serde_json::from_str(&env.notice).unwrap();
+    inner.zone_serial = Some(2026010199);
+    env = notice::sign(&inner, &other);
+    std::fs::write(&file, serde_json::to_vec(&env).unwrap()).unwrap();
+    let (ok, out) = verify_notice(&file, None);
+    assert!(!ok && out.contains("zone_serial"), "{out}");
+
+    // The same report again, and a report from a site without contacts: nothing more is sent.
+    let (s, _) = post(&agent, &serve.url, &signed.to_json());
+    assert_eq!(s, 409);
+    let mut other_site = sample("SN-N2");
+    other_site.site.site_id = "no-contacts".into();
+    let (s, _) = post(
+        &agent,
+        &serve.url,
+        &report::sign(&other_site, &keys::generate().unwrap()).to_json(),
+    );
+    assert_eq!(s, 201);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(hook.bodies().len(), 1);
+    assert_eq!(smtp.messages().len(), 2);
+    let rows = all_notices(&db);
+    assert_eq!(
+        rows.len(),
+        3,
+        "one webhook and two e-mail rows (none for no-contacts)"
+    );
+    assert!(rows.iter().all(|r| r.state() == "sent" && r.attempts == 1));
+    // Nothing went wrong either: no notice error was logged.
+    let err = serve.wait_stderr("notices:");
+    assert!(!err.contains("notices: cannot"), "{err}");
+
+    // A failed installation, with markup in its reason: noticed, and the reason in the text.
+    let mut failed = sample("SN-N3");
+    failed.site.site_id = "lab-01".into();
+    failed.event = Event::InstallFailed {
+        stage: imrs_config::stage::Stage::Bgp,
+        reason: "no session <established>\u{1b}[2J".into(),
+    };
+    let (s, _) = post(
+        &agent,
+        &serve.url,
+        &report::sign(&failed, &keys::generate().unwrap()).to_json(),
+    );
+    assert_eq!(s, 201);
+    let body = wait_for("the install-failed notice", 20, || {
+        let b = hook.bodies();
+        (b.len() == 2).then(|| b[1].clone())
+    });
+    let (n, _) = notice::verify(&body, Some(&expected)).unwrap();
+    assert_eq!(n.kind, Kind::InstallFailed);
+    assert_eq!(
+        n.failed.as_deref(),
+        Some("bgp: no session <established>\u{1b}[2J")
+    );
+    assert!(
+        n.text()
+            .contains("Failed at:   bgp: no session <established>\\u{1b}[2J")
+    );
+    drop(serve);
+}
+
+#[test]
+fn failing_channels_are_retried_then_given_up_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki(d);
+    std::fs::write(d.join("ca.pem"), &ca).unwrap();
+    let Some(denying) = SmtpServer::start(d, true) else {
+        return;
+    };
+    let failing = Webhook::start(d, Mode::Fail500);
+    let slow = Webhook::start(d, Mode::Slow);
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = l.local_addr().unwrap();
+        drop(l);
+        a
+    };
+    site(
+        d,
+        "a.toml",
+        "site-a",
+        &format!(
+            "webhook = \"{}\"\nemail = [\"noc@example.net\"]",
+            failing.url()
+        ),
+    );
+    site(
+        d,
+        "b.toml",
+        "site-b",
+        &format!("webhook = \"https://{down}/hook\""),
+    );
+    site(
+        d,
+        "c.toml",
+        "site-c",
+        &format!("webhook = \"{}\"", slow.url()),
+    );
+    let (key, _) = notice_key(d);
+    let db = d.join("home.sqlite");
+    let serve = serve_with_notices(
+        d,
+        &db,
+        &key,
+        &[
+            "--smtp-relay",
+            &format!("127.0.0.1:{}", denying.port),
+            "--notice-attempts",
+            "3",
+            "--notice-backoff",
+            "1",
+            "--notice-timeout",
+            "2",
+        ],
+    );
+    let agent = agent(&ca);
+    for s in ["site-a", "site-b", "site-c"] {
+        let mut r = sample(&format!("SN-{s}"));
+        r.site.site_id = s.into();
+        let (st, _) = post(
+            &agent,
+            &serve.url,
+            &report::sign(&r, &keys::generate().unwrap()).to_json(),
+        );
+        assert_eq!(st, 201);
+    }
+    // Three attempts each (at once, after 1 s, after 2 s more; the slow one 2 s each), then
+    // given up.
+    let rows = wait_for("every notice given up", 60, || {
+        let rows = all_notices(&db);
+        (rows.len() == 4 && rows.iter().all(|r| r.state() == "gave-up")).then_some(rows)
+    });
+    let of = |site: &str, channel: &str| {
+        rows.iter()
+            .find(|r| r.site_id == site && r.channel == channel)
+            .unwrap()
+            .clone()
+    };
+    for r in &rows {
+        assert_eq!(r.attempts, 3, "{r:?}");
+        assert!(r.sent_unix.is_none());
+    }
+    let e = |r: NoticeRow| r.last_error.unwrap_or_default();
+    assert!(e(of("site-a", "webhook")).contains("HTTP 500"));
+    assert!(
+        e(of("site-a", "email")).contains("550"),
+        "{:?}",
+        of("site-a", "email")
+    );
+    let down_err = e(of("site-b", "webhook"));
+    assert!(
+        down_err.to_lowercase().contains("refused") || down_err.contains("connect"),
+        "{down_err}"
+    );
+    let slow_err = e(of("site-c", "webhook"));
+    assert!(
+        slow_err.to_lowercase().contains("timeout") || slow_err.contains("timed out"),
+        "{slow_err}"
+    );
+    assert_eq!(
+        failing.bodies().len(),
+        3,
+        "three POSTs to the failing webhook"
+    );
+    let err = serve.wait_stderr("given up");
+    assert!(err.contains("failed 3 time(s), given up"), "{err}");
+    drop(serve);
+}
+
+#[test]
+fn a_box_that_goes_quiet_is_noticed_once() {
+    use imrs_build::home::store::{NewReport, RejectedCaps, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = pki(d);
+    std::fs::write(d.join("ca.pem"), &ca).unwrap();
+    let hook = Webhook::start(d, Mode::Ok);
+    site(
+        d,
+        "lab.toml",
+        "lab-01",
+        &format!("webhook = \"{}\"\nquiet_after_s = 600", hook.url()),
+    );
+    let (key, public) = notice_key(d);
+    let db = d.join("home.sqlite");
+    // A box heard from an hour ago, and one a minute ago, stored as the receiver stores them.
+    let now = jiff::Timestamp::now().as_second();
+    {
+        let store = Store::start(&db, RejectedCaps::default()).unwrap();
+        for (serial, ago) in [("SN-OLD", 3600), ("SN-NEW", 60)] {
+            let k = keys::generate().unwrap();
+            let mut r = sample(serial);
+            r.site.site_id = "lab-01".into();
+            let s = report::sign(&r, &k);
+            let rx = store
+                .submit(NewReport {
+                    id: r.id.to_string(),
+                    key_id: keys::key_id(&k.verifying_key()),
+                    public_key: s.public_key.clone(),
+                    serial: serial.into(),
+                    profile: "qemu".into(),
+                    site_id: "lab-01".into(),
+                    instance: r.site.instance.clone(),
+                    event: "install-passed".into(),
+                    failed_stage: None,
+                    failed_reason: None,
+                    zone_serial: Some(2026010100),
+                    image: "qemu 0.1.0".into(),
+                    lab: true,
+                    created_unix: r.created_unix,
+                    received_unix: now - ago,
+                    peer: "127.0.0.1:1".into(),
+                    digest: String::new(),
+                    report: s.report,
+                    signature: s.signature,
+                    enrolled: false,
+                    resolution: None,
+                })
+                .unwrap();
+            rx.blocking_recv().unwrap().unwrap();
+        }
+    }
+    let serve = serve_with_notices(d, &db, &key, &[]);
+    let body = wait_for("the went-quiet notice", 20, || hook.bodies().pop());
+    let (n, _) = notice::verify(&body, Some(&keys::read_public(&public).unwrap())).unwrap();
+    assert_eq!(n.kind, Kind::WentQuiet);
+    assert_eq!(n.serial, "SN-OLD");
+    assert!(n.silent_s.unwrap() >= 3600, "{:?}", n.silent_s);
+    drop(serve);
+    // A restarted receiver knows it told the host already.
+    let serve = serve_with_notices(d, &db, &key, &[]);
+    serve.wait_stderr("notices:");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(hook.bodies().len(), 1);
+    drop(serve);
+}
+
+#[test]
+fn bad_notice_settings_stop_the_start_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    pki(d);
+    let (key, _) = notice_key(d);
+    let bin = env!("CARGO_BIN_EXE_imrs-build");
+    let run = |extra: &[&str]| {
+        let o = Command::new(bin)
+            .args([
+                "home",
+                "serve",
+                "--open-enrolment",
+                "--listen",
+                "127.0.0.1:0",
+                "--db",
+            ])
+            .arg(d.join("db.sqlite"))
+            .arg("--tls-cert")
+            .arg(d.join("server.pem"))
+            .arg("--tls-key")
+            .arg(d.join("server.key"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let sites = d.join("sites");
+    let (s, k) = (sites.to_str().unwrap(), key.to_str().unwrap());
+    // --sites needs --notice-key (a usage error).
+    site(d, "a.toml", "site-a", "email = [\"noc@example.net\"]");
+    let err = run(&["--sites", s]);
+    assert!(err.contains("--notice-key"), "{err}");
+    // Two files for one site.
+    site(d, "b.toml", "site-a", "");
+    let err = run(&["--sites", s, "--notice-key", k]);
+    assert!(
+        err.contains("a.toml") && err.contains("b.toml") && err.contains("site-a"),
+        "{err}"
+    );
+    std::fs::remove_file(sites.join("b.toml")).unwrap();
+    // An invalid contact: the file, field and value.
+    site(
+        d,
+        "c.toml",
+        "site-c",
+        "webhook = \"http://hooks.example.net/\"",
+    );
+    let err = run(&["--sites", s, "--notice-key", k]);
+    assert!(
+        err.contains("c.toml") && err.contains("host.webhook"),
+        "{err}"
+    );
+    std::fs::remove_file(sites.join("c.toml")).unwrap();
+    // A relay whose port is no port; a CA file without a certificate.
+    let err = run(&[
+        "--sites",
+        s,
+        "--notice-key",
+        k,
+        "--smtp-relay",
+        "mail.example.net:smtp",
+    ]);
+    assert!(err.contains("mail.example.net:smtp"), "{err}");
+    std::fs::write(d.join("empty.pem"), "nothing").unwrap();
+    let err = run(&[
+        "--sites",
+        s,
+        "--notice-key",
+        k,
+        "--notice-ca",
+        d.join("empty.pem").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("empty.pem") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    assert!(!d.join("db.sqlite").exists(), "no database made");
+}
