@@ -24,12 +24,14 @@
 #   ovmf              UEFI firmware: appliance disks boot under QEMU as on the appliance
 #   bmap-tools        bmaptool, cross-checking the disk's block map
 #   python3-aiosmtpd  a real SMTP server (STARTTLS) receiving the receiver's e-mail notices in tests
+#   chromium chromium-driver   the operators' fleet page in a headless browser (WebDriver)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(build-essential pkg-config git curl
       qemu-system-x86 bird2 frr gobgpd nsd knot knot-dnsutils bind9-dnsutils ldnsutils bind9-utils knot-dnssecutils
       knot-module-dnstap dnscap dnsperf iproute2 nftables chrony cpio zstd xz-utils hyperfine time bc ca-certificates
-      fdisk dosfstools mtools e2fsprogs ovmf bmap-tools python3-aiosmtpd)
+      fdisk dosfstools mtools e2fsprogs ovmf bmap-tools python3-aiosmtpd
+      chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

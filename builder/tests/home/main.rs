@@ -11,6 +11,7 @@
 //! and a request flood from one loopback address while another reports, escape sequences and
 //! forged rows in reporter-controlled text, and self-made keys claiming one serial.
 
+mod browser;
 mod client;
 mod notify;
 mod web;
