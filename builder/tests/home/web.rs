@@ -121,6 +121,21 @@ fn operators_see_the_fleet_strangers_see_a_login() {
         &report::sign(&heartbeat(&c, 2026073101, true, true), &kc).to_json(),
     );
     assert_eq!(s, 201);
+    // A's telemetry for a finished day: 100 queries per second over UDP IPv4, a tenth of
+    // them answered NXDOMAIN.
+    let mut metrics = imrs_config::rssac002::DayMetrics::default();
+    metrics.udp_queries[0] = 8_640_000;
+    metrics.rcodes.insert(0, 7_776_000);
+    metrics.rcodes.insert(3, 864_000);
+    let mut t = a.clone();
+    t.id = ReportId::random().unwrap();
+    t.event = Event::Telemetry {
+        day: "2026-11-27".into(),
+        complete: true,
+        metrics: Box::new(metrics),
+    };
+    let (s, body) = post(&agent, &serve.url, &report::sign(&t, &ka).to_json());
+    assert_eq!(s, 201, "{body}");
     let (ida, idc) = (
         keys::key_id(&ka.verifying_key()),
         keys::key_id(&kc.verifying_key()),
@@ -194,6 +209,19 @@ fn operators_see_the_fleet_strangers_see_a_login() {
         "{dpage}"
     );
     assert!(dpage.contains("id=\"state\">live<"), "{dpage}");
+    assert!(
+        dpage.contains("<title>2026-11-27 UDP IPv4: 100 q/s</title>")
+            && dpage.contains("<title>2026-11-27 NXDOMAIN: 10.0 q/s</title>"),
+        "{dpage}"
+    );
+    let (s, traffic) = get(&agent, &format!("{base}/fleet/traffic"), Some(TOKEN), None);
+    assert_eq!(s, 200);
+    assert!(
+        traffic.contains("<title>2026-11-27 UDP IPv4: 100 q/s</title>"),
+        "{traffic}"
+    );
+    let (s, _) = get(&agent, &format!("{base}/fleet/traffic"), None, None);
+    assert_eq!(s, 401);
     assert!(!dpage.contains(&idc) && !dpage.contains("SN-C"), "{dpage}");
     // Forged ids: one 404 for all, naming nothing.
     for forged in [
@@ -262,7 +290,7 @@ fn operators_see_the_fleet_strangers_see_a_login() {
         "imrs_fleet_devices{state=\"live\"} 1",
         "imrs_fleet_devices{state=\"failed\"} 1",
         "imrs_fleet_devices{state=\"drained\"} 1",
-        "imrs_home_reports_total{outcome=\"stored\"} 4",
+        "imrs_home_reports_total{outcome=\"stored\"} 5",
     ] {
         assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::commands::{self, CommandRow};
 use super::notices::{self, NoticeRow};
-use super::read::{DeviceRow, devices, newest_serial};
+use super::read::{DeviceRow, NOT_STATE, devices, newest_serial};
 use super::{StoreError, open_existing};
 
 /// Most non-heartbeat events on a device's page (newest first).
@@ -75,14 +75,16 @@ pub fn device_page(path: &Path, key_id: &str) -> Result<Option<DevicePage>, Stor
     }))
 }
 
-/// Each device's latest zone serial (one index lookup per device).
+/// Each device's zone serial as the fleet view has it (from its latest report that says how
+/// the box is; one index walk per device).
 fn latest_serials(conn: &Connection) -> rusqlite::Result<Vec<u32>> {
-    conn.prepare(
+    conn.prepare(&format!(
         "WITH k AS (SELECT DISTINCT key_id FROM reports)
          SELECT (SELECT zone_serial FROM reports x WHERE x.key_id = k.key_id
+                   AND x.event NOT IN {NOT_STATE}
                  ORDER BY received_unix DESC, rowid DESC LIMIT 1) AS z
-         FROM k",
-    )?
+         FROM k"
+    ))?
     .query_map([], |r| r.get::<_, Option<u32>>(0))?
     .filter_map(Result::transpose)
     .collect()

@@ -28,6 +28,7 @@ use rusqlite::Connection;
 pub use read::{
     DeviceRow, Fleet, RejectedRow, ReportRow, SourceDrops, TelemetryRow, count_reports, fleet,
     latest_signed, mark_quiet, ping, rejected_counts, reports, signed_report, telemetry,
+    telemetry_days,
 };
 pub use rejected::{RejectedCaps, RejectedCounts, Rejection};
 pub use schema::SCHEMA_VERSION;

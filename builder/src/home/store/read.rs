@@ -29,7 +29,8 @@ pub struct DeviceRow {
     pub failed_stage: Option<String>,
     /// Reason of a failed install.
     pub failed_reason: Option<String>,
-    /// Zone serial in the latest report.
+    /// Zone serial in the latest report that says how the box is (not a `telemetry` or
+    /// `command-result`, which may carry an older boot's sections).
     pub zone_serial: Option<u32>,
     /// Image `name version`.
     pub image: String,
@@ -58,7 +59,7 @@ pub struct DeviceRow {
     pub quiet: bool,
     /// The operator's drain switch, as the latest heartbeat says (`None`: no heartbeat yet).
     pub drained: Option<bool>,
-    /// BGP sessions in the latest report (`None`: it has no BGP section).
+    /// BGP sessions in the latest report that says how the box is (`None`: no BGP section).
     pub bgp_sessions: Option<u32>,
     /// Of those, how many were `Established`.
     pub bgp_established: Option<u32>,
@@ -253,30 +254,43 @@ pub fn mark_quiet(fleet: &mut Fleet, now_unix: i64, secs: u64) {
     }
 }
 
+/// Reports that do not say how the box is (a telemetry day, a command's result): they may
+/// carry an older boot's zone and BGP sections, so the fleet view reads those elsewhere.
+pub(super) const NOT_STATE: &str = "('telemetry', 'command-result')";
+
 /// The devices (all, or the one key `only`), by site, instance and key.
 pub(super) fn devices(conn: &Connection, only: Option<&str>) -> rusqlite::Result<Vec<DeviceRow>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare(&format!(
         // One index lookup per device (reports_by_key), not a pass over every report: with
         // a day of heartbeats from 1,000 devices (289,000 rows) this takes ~65 ms where a
         // window over all rows took ~2 s (bench/fleet-list.sh).
-        "WITH k AS (SELECT DISTINCT key_id FROM reports WHERE ?1 IS NULL OR key_id = ?1)
-         SELECT r.key_id, r.serial, r.site_id, r.instance, r.event, r.failed_stage,
-                r.failed_reason, r.zone_serial, r.image, r.lab, r.created_unix, r.received_unix,
-                (SELECT COUNT(*) FROM reports c WHERE c.key_id = k.key_id),
-                r.enrolled, r.serial_conflict, json_extract(r.report, '$.slot.running'),
+        // `l`: the device's latest report (last seen, last event); `r`: its latest report
+        // that says how the box is (not a telemetry day or a command result, which may carry
+        // an older boot's zone and BGP sections): zone serial, slot, image, BGP.
+        "WITH k AS (SELECT DISTINCT key_id FROM reports WHERE ?1 IS NULL OR key_id = ?1),
+              p AS (SELECT k.key_id,
+                       (SELECT rowid FROM reports x WHERE x.key_id = k.key_id
+                        ORDER BY received_unix DESC, rowid DESC LIMIT 1) AS last,
+                       (SELECT rowid FROM reports x WHERE x.key_id = k.key_id
+                          AND x.event NOT IN {NOT_STATE}
+                        ORDER BY received_unix DESC, rowid DESC LIMIT 1) AS state
+                    FROM k)
+         SELECT r.key_id, r.serial, r.site_id, r.instance, l.event, l.failed_stage,
+                l.failed_reason, r.zone_serial, r.image, r.lab, l.created_unix, l.received_unix,
+                (SELECT COUNT(*) FROM reports c WHERE c.key_id = p.key_id),
+                l.enrolled, l.serial_conflict, json_extract(r.report, '$.slot.running'),
                 (SELECT MAX(received_unix) FROM reports h
-                 WHERE h.key_id = k.key_id AND h.event = 'heartbeat'),
+                 WHERE h.key_id = p.key_id AND h.event = 'heartbeat'),
                 (SELECT json_extract(h.report, '$.event.drained') FROM reports h
-                 WHERE h.key_id = k.key_id AND h.event = 'heartbeat'
+                 WHERE h.key_id = p.key_id AND h.event = 'heartbeat'
                  ORDER BY h.received_unix DESC, h.rowid DESC LIMIT 1),
                 json_array_length(r.report, '$.bgp.sessions'),
                 (SELECT COUNT(*) FROM json_each(r.report, '$.bgp.sessions')
                  WHERE json_extract(value, '$.state') = 'Established')
-         FROM k JOIN reports r ON r.rowid =
-             (SELECT rowid FROM reports x WHERE x.key_id = k.key_id
-              ORDER BY received_unix DESC, rowid DESC LIMIT 1)
-         ORDER BY r.site_id, r.instance, r.key_id",
-    )?;
+         FROM p JOIN reports l ON l.rowid = p.last
+                JOIN reports r ON r.rowid = COALESCE(p.state, p.last)
+         ORDER BY r.site_id, r.instance, r.key_id"
+    ))?;
     stmt.query_map(params![only], |row| {
         Ok(DeviceRow {
             device: row.get(0)?,
@@ -411,6 +425,8 @@ pub struct TelemetryRow {
     pub serial: String,
     /// Whether the day had ended when the box sent it.
     pub complete: bool,
+    /// When the box made the report.
+    pub created_unix: i64,
     /// What it counted.
     pub metrics: imrs_config::rssac002::DayMetrics,
 }
@@ -418,9 +434,9 @@ pub struct TelemetryRow {
 /// Every device's latest `telemetry` report for `day` (`YYYY-MM-DD`), by device key id.
 pub fn telemetry(path: &Path, day: &str) -> Result<Vec<TelemetryRow>, StoreError> {
     let conn = open_existing(path)?;
-    let rows: Vec<(String, String, String)> = conn
+    let rows: Vec<(String, String, String, i64)> = conn
         .prepare(
-            "SELECT key_id, serial, report FROM reports AS r
+            "SELECT key_id, serial, report, created_unix FROM reports AS r
              WHERE event = 'telemetry' AND json_extract(report, '$.event.day') = ?1
                AND created_unix = (SELECT MAX(created_unix) FROM reports
                    WHERE key_id = r.key_id AND event = 'telemetry'
@@ -428,12 +444,14 @@ pub fn telemetry(path: &Path, day: &str) -> Result<Vec<TelemetryRow>, StoreError
              ORDER BY key_id, received_unix DESC",
         )
         .and_then(|mut stmt| {
-            stmt.query_map(params![day], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect()
+            stmt.query_map(params![day], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
         })
         .map_err(read_err(path))?;
     let mut out: Vec<TelemetryRow> = Vec::new();
-    for (device, serial, report) in rows {
+    for (device, serial, report, created_unix) in rows {
         // Two reports created in the same second: the one received last counts.
         if out.last().is_some_and(|l| l.device == device) {
             continue;
@@ -453,6 +471,7 @@ pub fn telemetry(path: &Path, day: &str) -> Result<Vec<TelemetryRow>, StoreError
                 device,
                 serial,
                 complete,
+                created_unix,
                 metrics: *metrics,
             });
         }
@@ -480,6 +499,60 @@ pub fn latest_signed(path: &Path, key_id: &str) -> Result<Option<(SignedReport, 
     )
     .optional()
     .map_err(read_err(path))
+}
+
+/// One device's (`Some(key)`) or the whole fleet's (`None`) RSSAC002 counts of the newest
+/// `days` UTC days that have telemetry, oldest first: per device its latest report of each day
+/// (a later one supersedes), the fleet's the sum of the devices'. Each day comes with the
+/// seconds it covers: all of it once complete, else up to the latest report's creation.
+pub fn telemetry_days(
+    path: &Path,
+    key_id: Option<&str>,
+    days: usize,
+) -> Result<Vec<(String, f64, imrs_config::rssac002::DayMetrics)>, StoreError> {
+    let conn = open_existing(path)?;
+    let err = read_err(path);
+    let limit = i64::try_from(days).unwrap_or(i64::MAX);
+    let list: Vec<String> = conn
+        .prepare(
+            "SELECT DISTINCT json_extract(report, '$.event.day') AS d FROM reports
+             WHERE event = 'telemetry' AND (?1 IS NULL OR key_id = ?1)
+             ORDER BY d DESC LIMIT ?2",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![key_id, limit], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(&err)?;
+    let mut out = Vec::new();
+    for day in list.into_iter().rev() {
+        let rows = telemetry(path, &day)?;
+        let mut sum = imrs_config::rssac002::DayMetrics::default();
+        let (mut complete, mut latest) = (true, i64::MIN);
+        let mut any = false;
+        for r in rows.iter().filter(|r| key_id.is_none_or(|k| r.device == k)) {
+            sum.merge(&r.metrics);
+            complete &= r.complete;
+            latest = latest.max(r.created_unix);
+            any = true;
+        }
+        if !any {
+            continue;
+        }
+        let start = day
+            .parse::<jiff::civil::Date>()
+            .ok()
+            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+            .map(|z| z.timestamp().as_second());
+        let seconds = match (complete, start) {
+            (false, Some(s)) => (latest - s).clamp(1, 86_400),
+            _ => 86_400,
+        };
+        // At most 86,400: exact in f64.
+        #[allow(clippy::cast_precision_loss)]
+        out.push((day, seconds as f64, sum));
+    }
+    Ok(out)
 }
 
 /// The stored report `id` exactly as the device signed it (report text, signature, key), so

@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use super::chart::{self, Day};
 use super::state::{State, state_of};
 use crate::home::store::device::DevicePage;
 use crate::home::store::{DeviceRow, Fleet};
@@ -99,7 +100,8 @@ pub fn fleet(fleet: &Fleet, now: i64, stale_s: u64) -> String {
     let _ = write!(
         b,
         "<h1>IMRS fleet</h1>\n<p>{} device(s); nothing heard for more than {stale_s} s counts \
-         as quiet. Generated {}.</p>\n<p class=\"summary\">",
+         as quiet. Generated {}. <a href=\"/fleet/traffic\">Fleet traffic</a></p>\n\
+         <p class=\"summary\">",
         rows.len(),
         when(now)
     );
@@ -163,8 +165,33 @@ pub fn fleet(fleet: &Fleet, now: i64, stale_s: u64) -> String {
     page("IMRS fleet", &b)
 }
 
-/// One device's page: its row, its timeline, its commands.
-pub fn device(p: &DevicePage, now: i64, stale_s: u64) -> String {
+/// The fleet's traffic: every box's RSSAC002 counts summed, by day.
+pub fn traffic(days: &[Day], now: i64) -> String {
+    let mut b = format!(
+        "<p><a href=\"/fleet\">&larr; fleet</a></p>\n<h1>Fleet traffic</h1>\n<p>Daily \
+         averages of the queries the boxes counted (their RSSAC002 telemetry), summed over the \
+         fleet; the last {} day(s) with reports. Generated {}.</p>\n",
+        days.len(),
+        when(now)
+    );
+    b.push_str(&chart::stacked(
+        "Queries per second by transport",
+        "fleet-transport",
+        days,
+        &chart::TRANSPORTS,
+    ));
+    b.push('\n');
+    b.push_str(&chart::stacked(
+        "Responses per second by response code",
+        "fleet-rcode",
+        days,
+        &chart::RCODES,
+    ));
+    page("IMRS fleet traffic", &b)
+}
+
+/// One device's page: its row, its traffic, its timeline, its commands, its notices.
+pub fn device(p: &DevicePage, traffic: &[Day], now: i64, stale_s: u64) -> String {
     let d = &p.row;
     let s = state_of(d, now, stale_s);
     let mut b = String::with_capacity(256 * (p.timeline.len() + p.commands.len()) + 4096);
@@ -198,7 +225,21 @@ pub fn device(p: &DevicePage, now: i64, stale_s: u64) -> String {
     for (k, v) in rows {
         let _ = writeln!(b, "<tr><th>{k}</th><td>{v}</td></tr>");
     }
-    b.push_str("</table>\n<h2>Timeline</h2>\n");
+    b.push_str("</table>\n<h2>Traffic</h2>\n");
+    b.push_str(&chart::stacked(
+        "Queries per second by transport",
+        "transport",
+        traffic,
+        &chart::TRANSPORTS,
+    ));
+    b.push('\n');
+    b.push_str(&chart::stacked(
+        "Responses per second by response code",
+        "rcode",
+        traffic,
+        &chart::RCODES,
+    ));
+    b.push_str("\n<h2>Timeline</h2>\n");
     b.push_str(
         "<table id=\"timeline\"><thead><tr><th>received</th><th>event</th><th>zone serial</th>\
          <th>slot</th><th>image</th><th>detail</th></tr></thead><tbody>\n",

@@ -1,7 +1,9 @@
 //! The operators' side of the receiver (issue 17), on its TLS port beside the devices' reports:
 //!
 //! - `GET /fleet` (and `/`): the fleet table, one row per device key, the troubled first;
-//! - `GET /fleet/device/<key id>`: one device: its row, timeline and commands;
+//! - `GET /fleet/device/<key id>`: one device: its row, its queries per second (two weeks of
+//!   its RSSAC002 telemetry, by transport and by response code), timeline, commands, notices;
+//! - `GET /fleet/traffic`: the same charts for the fleet (30 days, the boxes' counts summed);
 //! - `GET /metrics`: Prometheus text ([`prom`]);
 //! - `GET /login`, `POST /login`: the token exchanged for a browser session ([`auth`]);
 //! - `GET /healthz`: `ok` when the database answers (open: it says nothing else).
@@ -13,8 +15,10 @@
 //!
 //! - [`state`]: one word for how a device is.
 //! - [`html`]: the pages, every stored value escaped.
+//! - [`chart`]: the charts, SVG drawn on the server.
 
 pub mod auth;
+pub mod chart;
 pub mod html;
 pub mod prom;
 pub mod state;
@@ -54,8 +58,10 @@ pub fn is_operator_request(rx: &Receiver, method: &Method, path: &str) -> bool {
     }
     match *method {
         Method::GET => {
-            matches!(path, "/" | "/fleet" | "/metrics" | "/login")
-                || path.starts_with("/fleet/device/")
+            matches!(
+                path,
+                "/" | "/fleet" | "/fleet/traffic" | "/metrics" | "/login"
+            ) || path.starts_with("/fleet/device/")
         }
         Method::POST => path == "/login",
         _ => false,
@@ -141,6 +147,21 @@ async fn read<T: Send + 'static>(
                 detail: format!("the read stopped: {e}"),
             })
         })
+}
+
+/// Days of telemetry on a device's page.
+const DEVICE_DAYS: usize = 14;
+/// Days of telemetry on the fleet's traffic page.
+const FLEET_DAYS: usize = 30;
+
+fn days(rows: Vec<(String, f64, imrs_config::rssac002::DayMetrics)>) -> Vec<chart::Day> {
+    rows.into_iter()
+        .map(|(day, seconds, metrics)| chart::Day {
+            day,
+            seconds,
+            metrics,
+        })
+        .collect()
 }
 
 /// A key id as the receiver writes them (hex); anything else is no device.
@@ -234,9 +255,26 @@ pub async fn handle(
             return not_found();
         }
         let key = key.to_string();
-        return match read(db, move |p| store::device::device_page(p, &key)).await {
-            Ok(Some(page)) => html(StatusCode::OK, html::device(&page, now, stale)),
+        let found = read(db, move |p| {
+            let Some(page) = store::device::device_page(p, &key)? else {
+                return Ok(None);
+            };
+            let traffic = store::telemetry_days(p, Some(&key), DEVICE_DAYS)?;
+            Ok(Some((page, traffic)))
+        })
+        .await;
+        return match found {
+            Ok(Some((page, traffic))) => html(
+                StatusCode::OK,
+                html::device(&page, &days(traffic), now, stale),
+            ),
             Ok(None) => not_found(),
+            Err(e) => unavailable(rx, &e),
+        };
+    }
+    if path == "/fleet/traffic" {
+        return match read(db, |p| store::telemetry_days(p, None, FLEET_DAYS)).await {
+            Ok(traffic) => html(StatusCode::OK, html::traffic(&days(traffic), now)),
             Err(e) => unavailable(rx, &e),
         };
     }
