@@ -114,8 +114,11 @@ daemons="${DAEMONS:-nsd knot}"
 # Each alone too (MODES="plain hardened" for the comparison only).
 modes="${MODES:-plain privileges filter hardened}"
 for r in $(seq 1 "$rounds"); do
+  # Every other round in the reverse order: neither configuration always runs first.
+  order="$modes"
+  if [ $((r % 2)) -eq 0 ]; then order="$(echo "$modes" | tr ' ' '\n' | tac | tr '\n' ' ')"; fi
   for d in $daemons; do
-    for m in $modes; do one "$d-$m-$r" "$d" "$m"; done
+    for m in $order; do one "$d-$m-$r" "$d" "$m"; done
   done
 done
 in_ns nft list counter inet imrs dropped 2>/dev/null | grep -o 'packets [0-9]*' | sed 's/^/filter dropped: /' || true
@@ -127,5 +130,10 @@ for d in $daemons; do
     [ "$m" = plain ] && continue
     h="$(median "$work/qps.$d.$m")"
     printf '%-5s median plain %s, %s %s: %s x\n' "$d" "$p" "$m" "$h" "$(echo "scale=3; $h / $p" | bc)"
+    # Rounds are interleaved, so each round's pair ran under the same machine load: the
+    # median of the per-round ratios is not moved by the load drifting between rounds.
+    paste "$work/qps.$d.plain" "$work/qps.$d.$m" | awk '{ printf "%.4f\n", $2 / $1 }' > "$work/ratio.$d.$m"
+    printf '%-5s per-round %s/plain ratios: %s; median %s x\n' "$d" "$m" \
+      "$(tr '\n' ' ' < "$work/ratio.$d.$m")" "$(median "$work/ratio.$d.$m")"
   done
 done

@@ -12,7 +12,7 @@ use imrs_build::home::store::{self, NewReport, RejectedCaps, Store};
 fn row(key: usize, i: usize, event: &str, t: i64) -> NewReport {
     NewReport {
         id: format!("{key:08x}{i:024x}"),
-        key_id: format!("k{key:06}"),
+        key_id: format!("{key:016x}"),
         public_key: format!("PEM k{key:06}"),
         serial: format!("SN-{key:06}"),
         profile: "calypso".into(),

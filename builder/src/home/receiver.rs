@@ -73,6 +73,13 @@ pub struct Answered {
     pub unavailable: AtomicU64,
 }
 
+impl Answered {
+    /// Submissions that changed the database (stored, or refused and recorded).
+    pub fn changes(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed) + self.refused.load(Ordering::Relaxed)
+    }
+}
+
 fn bump(n: &AtomicU64) {
     n.fetch_add(1, Ordering::Relaxed);
 }
@@ -92,10 +99,10 @@ impl Receiver {
         };
         // The token before the database: a refused start creates nothing.
         let operators = match &cfg.operator_token {
-            Some(file) => Some(super::web::Operators {
-                access: super::web::auth::Access::from_file(file)?,
-                stale_after: cfg.stale_after,
-            }),
+            Some(file) => Some(super::web::Operators::new(
+                super::web::auth::Access::from_file(file)?,
+                cfg.stale_after,
+            )),
             None => None,
         };
         let notifier = match &cfg.notify {

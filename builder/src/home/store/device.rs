@@ -1,5 +1,5 @@
-//! One device as the operators' page shows it: its fleet row (with its serial lag against the
-//! whole fleet), what happened to it (installs, boots, slot changes, command results, daily
+//! One device as the operators' page shows it: its fleet row (its serial lag against the fleet
+//! is the caller's to set: it needs the whole fleet), what happened to it (installs, boots, slot changes, command results, daily
 //! telemetry, the newest heartbeats), the commands queued for it and the notices sent about it.
 
 use std::path::Path;
@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::commands::{self, CommandRow};
 use super::notices::{self, NoticeRow};
-use super::read::{DeviceRow, NOT_STATE, devices, newest_serial};
+use super::read::{DeviceRow, devices};
 use super::{StoreError, open_existing};
 
 /// Most non-heartbeat events on a device's page (newest first).
@@ -57,13 +57,9 @@ pub fn device_page(path: &Path, key_id: &str) -> Result<Option<DevicePage>, Stor
         path: path.to_path_buf(),
         source,
     };
-    let Some(mut row) = devices(&conn, Some(key_id)).map_err(err)?.pop() else {
+    let Some(row) = devices(&conn, Some(key_id)).map_err(err)?.pop() else {
         return Ok(None);
     };
-    let newest = newest_serial(latest_serials(&conn).map_err(err)?.into_iter());
-    if let (Some(newest), Some(mine)) = (newest, row.zone_serial) {
-        row.serial_lag = Some(newest.wrapping_sub(mine));
-    }
     let timeline = timeline(&conn, key_id).map_err(err)?;
     let commands = commands::commands(path, Some(key_id))?;
     let notices = notices::notices(path, Some(key_id))?;
@@ -73,21 +69,6 @@ pub fn device_page(path: &Path, key_id: &str) -> Result<Option<DevicePage>, Stor
         commands,
         notices,
     }))
-}
-
-/// Each device's zone serial as the fleet view has it (from its latest report that says how
-/// the box is; one index walk per device).
-fn latest_serials(conn: &Connection) -> rusqlite::Result<Vec<u32>> {
-    conn.prepare(&format!(
-        "WITH k AS (SELECT DISTINCT key_id FROM reports)
-         SELECT (SELECT zone_serial FROM reports x WHERE x.key_id = k.key_id
-                   AND x.event NOT IN {NOT_STATE}
-                 ORDER BY received_unix DESC, rowid DESC LIMIT 1) AS z
-         FROM k"
-    ))?
-    .query_map([], |r| r.get::<_, Option<u32>>(0))?
-    .filter_map(Result::transpose)
-    .collect()
 }
 
 fn timeline(conn: &Connection, key_id: &str) -> rusqlite::Result<Vec<TimelineEntry>> {

@@ -13,7 +13,9 @@
 //! - `notices`: what the host organisations are told, one row per event, channel and
 //!   recipient, and how its delivery went (see [`super::notices`]).
 //!
-//! Version 3 had no `notices`, version 2 no `commands` either; their upgrades create them.
+//! Version 3 had no `notices` (nor the fleet view's indexes: reports by device key and event,
+//! and the few reports with a serial conflict), version 2 no `commands` either; their upgrades
+//! create them.
 //! Version 1 had neither the two report columns nor the counters, and kept refused values
 //! whole. Its upgrade adds the columns (old reports count as not enrolled: nobody knows), cuts
 //! the stored values, derives each refusal's source from its peer address, counts, and then
@@ -75,6 +77,9 @@ CREATE TABLE IF NOT EXISTS rejected (
 const COMMON: &str = "
 CREATE INDEX IF NOT EXISTS reports_by_key ON reports(key_id, received_unix);
 CREATE INDEX IF NOT EXISTS reports_by_serial ON reports(serial);
+CREATE INDEX IF NOT EXISTS reports_by_key_event ON reports(key_id, event, received_unix);
+CREATE INDEX IF NOT EXISTS reports_conflicts ON reports(serial_conflict)
+    WHERE serial_conflict IS NOT NULL;
 CREATE INDEX IF NOT EXISTS rejected_by_source ON rejected(source, seq);
 CREATE TABLE IF NOT EXISTS rejected_sources (
     source  TEXT PRIMARY KEY,

@@ -24,7 +24,8 @@ pub mod prom;
 pub mod state;
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -32,12 +33,17 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::receiver::Receiver;
-use super::store::{self, StoreError};
+use super::store::{self, Fleet, StoreError};
 
 /// Largest login form body.
 const MAX_FORM: usize = 4096;
 /// Default of `home serve --stale-after`: two heartbeat periods at the default 300 s.
 pub const DEFAULT_STALE_AFTER: u64 = 600;
+
+/// How old the fleet view behind `/fleet` and `/metrics` may be when reports keep arriving
+/// (a fleet of 1,000 heartbeating boxes changes it several times a second; reading it takes
+/// longer than serving it: BENCHMARKS.md).
+pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// The operators' pages, when on.
 #[derive(Debug)]
@@ -46,6 +52,47 @@ pub struct Operators {
     pub access: auth::Access,
     /// Seconds of silence after which a device counts as quiet.
     pub stale_after: u64,
+    /// The last fleet view read, reused while nothing was stored since or while it is younger
+    /// than [`SNAPSHOT_MAX_AGE`].
+    pub snapshot: tokio::sync::Mutex<Option<Snapshot>>,
+}
+
+impl Operators {
+    /// The operators' pages for holders of `access`.
+    pub fn new(access: auth::Access, stale_after: u64) -> Operators {
+        Operators {
+            access,
+            stale_after,
+            snapshot: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// A fleet view as read, with when and after how many stored submissions.
+#[derive(Debug)]
+pub struct Snapshot {
+    taken: Instant,
+    changes: u64,
+    fleet: Arc<Fleet>,
+}
+
+/// The fleet view, from the snapshot when it is current enough.
+async fn fleet_view(ops: &Operators, rx: &Receiver) -> Result<Arc<Fleet>, StoreError> {
+    let changes = rx.answered.changes();
+    // One read at a time: requests arriving meanwhile get its result.
+    let mut snap = ops.snapshot.lock().await;
+    if let Some(s) = snap.as_ref()
+        && (s.changes == changes || s.taken.elapsed() < SNAPSHOT_MAX_AGE)
+    {
+        return Ok(s.fleet.clone());
+    }
+    let fleet = Arc::new(read(rx.db().to_path_buf(), |p| store::fleet(p, 0)).await?);
+    *snap = Some(Snapshot {
+        taken: Instant::now(),
+        changes,
+        fleet: fleet.clone(),
+    });
+    Ok(fleet)
 }
 
 /// Whether this request is for the operators' side (otherwise it is a device's).
@@ -264,10 +311,20 @@ pub async fn handle(
         })
         .await;
         return match found {
-            Ok(Some((page, traffic))) => html(
-                StatusCode::OK,
-                html::device(&page, &days(traffic), now, stale),
-            ),
+            Ok(Some((mut page, traffic))) => {
+                // The lag against the fleet's newest serial, as the fleet page has it.
+                if let Ok(fleet) = fleet_view(ops, rx).await {
+                    page.row.serial_lag = fleet
+                        .devices
+                        .iter()
+                        .find(|d| d.device == page.row.device)
+                        .and_then(|d| d.serial_lag);
+                }
+                html(
+                    StatusCode::OK,
+                    html::device(&page, &days(traffic), now, stale),
+                )
+            }
             Ok(None) => not_found(),
             Err(e) => unavailable(rx, &e),
         };
@@ -278,7 +335,7 @@ pub async fn handle(
             Err(e) => unavailable(rx, &e),
         };
     }
-    match read(db, |p| store::fleet(p, 0)).await {
+    match fleet_view(ops, rx).await {
         Ok(fleet) if path == "/metrics" => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
