@@ -8,18 +8,16 @@
 //! the session accepts it (`acceptInsecureCerts`, WebDriver's capability for test
 //! certificates); TLS itself is the receiver's, exercised by every other test here.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
 
 use super::client::{agent, pki, post};
-use super::{OPEN, Serve, sample};
+use super::{OPEN, Serve, free_port, heartbeat, sample, wait_listening};
 use imrs_build::home::store;
 use imrs_config::keys;
-use imrs_config::report::{self, BgpReport, BgpSession, Event, ReportId};
+use imrs_config::report;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -49,11 +47,7 @@ fn driver(dir: &Path) -> Option<Driver> {
         );
         return None;
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .arg(format!(
@@ -64,14 +58,7 @@ fn driver(dir: &Path) -> Option<Driver> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "chromedriver never listened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port, "chromedriver", 30);
     Some(Driver {
         child,
         url: format!("http://127.0.0.1:{port}"),
@@ -110,28 +97,7 @@ fn the_fleet_page_in_headless_chromium() {
         let mut r = sample(serial);
         r.created_unix = now;
         r.site.instance = instance.into();
-        let mut hb = r.clone();
-        hb.id = ReportId::random().unwrap();
-        hb.event = Event::Heartbeat {
-            uptime_s: 60,
-            zone_serial: Some(zone),
-            zone_checked_s_ago: Some(5),
-            zone_expires_in_s: Some(600_000),
-            drained: false,
-            dns_probe_error: None,
-            last_error: None,
-            heartbeats_dropped: 0,
-            telemetry: None,
-        };
-        hb.bgp = BgpReport {
-            sessions: vec![BgpSession {
-                name: "lab_router_v4".into(),
-                address: "192.0.2.1".parse().unwrap(),
-                asn: 64512,
-                state: "Established".into(),
-            }],
-            announced: Vec::new(),
-        };
+        let hb = heartbeat(&r, zone, false, true);
         for rep in [r, hb] {
             let (s, _) = post(&agent, &serve.url, &report::sign(&rep, &k).to_json());
             assert_eq!(s, 201);
@@ -172,38 +138,23 @@ fn the_fleet_page_in_headless_chromium() {
         assert!(!source.contains("SN-WEB-1"), "{source}");
 
         // A wrong token, then the right one.
-        c.find(Locator::Id("token"))
-            .await
-            .unwrap()
-            .send_keys("not-the-token")
-            .await
-            .unwrap();
-        c.find(Locator::Id("sign-in"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        let err = c
-            .find(Locator::Id("error"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert_eq!(err, "Wrong token.");
-        c.find(Locator::Id("token"))
-            .await
-            .unwrap()
-            .send_keys(TOKEN)
-            .await
-            .unwrap();
-        c.find(Locator::Id("sign-in"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        let sign_in = |token: &'static str| {
+            let c = c.clone();
+            async move {
+                let field = c.find(Locator::Id("token")).await.unwrap();
+                field.send_keys(token).await.unwrap();
+                c.find(Locator::Id("sign-in"))
+                    .await
+                    .unwrap()
+                    .click()
+                    .await
+                    .unwrap();
+            }
+        };
+        sign_in("not-the-token").await;
+        let err = c.find(Locator::Id("error")).await.unwrap();
+        assert_eq!(err.text().await.unwrap(), "Wrong token.");
+        sign_in(TOKEN).await;
         assert_eq!(c.current_url().await.unwrap().path(), "/fleet");
         assert_eq!(c.title().await.unwrap(), "IMRS fleet");
 

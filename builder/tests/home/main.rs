@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use client::{agent, pki, post};
 use imrs_config::keys;
-use imrs_config::report::{self, Event, Report, ReportId, SignedReport};
+use imrs_config::report::{self, BgpReport, BgpSession, Event, Report, ReportId, SignedReport};
 
 /// The receiver process, stopped with SIGTERM (or killed) when dropped. Its stderr is copied
 /// to the test's and kept.
@@ -198,6 +198,86 @@ fn runtime() -> tokio::runtime::Runtime {
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
+
+/// `base` as a heartbeat 300 s later: serving `zone_serial`, the drain switch as given, two
+/// BGP sessions (v4 and v6) up or not.
+fn heartbeat(base: &Report, zone_serial: u32, drained: bool, established: bool) -> Report {
+    let mut r = base.clone();
+    r.id = ReportId::random().unwrap();
+    r.created_unix += 300;
+    r.event = Event::Heartbeat {
+        uptime_s: 300,
+        zone_serial: Some(zone_serial),
+        zone_checked_s_ago: Some(10),
+        zone_expires_in_s: Some(600_000),
+        drained,
+        dns_probe_error: None,
+        last_error: None,
+        heartbeats_dropped: 0,
+        telemetry: None,
+    };
+    r.bgp = BgpReport {
+        sessions: ["192.0.2.1", "2001:db8:1::1"]
+            .iter()
+            .map(|a| BgpSession {
+                name: format!("peer_{a}"),
+                address: a.parse().unwrap(),
+                asn: 64496,
+                state: if established { "Established" } else { "Active" }.into(),
+            })
+            .collect(),
+        announced: Vec::new(),
+    };
+    r
+}
+
+/// `home serve --open-enrolment` in `dir` (its `server.pem`, `server.key`, `db.sqlite`) with
+/// `extra` flags, which must refuse to start: its stderr.
+fn refused_start(dir: &Path, extra: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_imrs-build"))
+        .args([
+            "home",
+            "serve",
+            "--open-enrolment",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+        ])
+        .arg(dir.join("db.sqlite"))
+        .arg("--tls-cert")
+        .arg(dir.join("server.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("server.key"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "it started: {err}");
+    err
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits up to `secs` for something to listen on loopback `port`.
+fn wait_listening(port: u16, what: &str, secs: u64) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn bad_inputs_get_4xx_duplicates_are_stored_once_and_it_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use mail_parser::MimeHeaders;
 
 use super::client::{agent, pki, post};
-use super::{OPEN, Serve, sample};
+use super::{OPEN, Serve, free_port, refused_start, sample, wait_listening};
 use imrs_build::home::notify::notice::{self, Kind};
 use imrs_build::home::store::notices::{self, NoticeRow};
 use imrs_config::keys;
@@ -143,11 +143,7 @@ impl SmtpServer {
             eprintln!("skip: needs {PYTHON} with aiosmtpd (apt install python3-aiosmtpd)");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let maildir = dir.join(if deny { "denied" } else { "maildir" });
         std::fs::write(
             dir.join("deny_handler.py"),
@@ -170,14 +166,7 @@ impl SmtpServer {
             cmd.args(["-c", "aiosmtpd.handlers.Mailbox"]).arg(&maildir);
         }
         let child = cmd.spawn().unwrap();
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "aiosmtpd never listened"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, "aiosmtpd", 20);
         Some(SmtpServer {
             child,
             port,
@@ -646,29 +635,7 @@ fn bad_notice_settings_stop_the_start_named() {
     let d = dir.path();
     pki(d);
     let (key, _) = notice_key(d);
-    let bin = env!("CARGO_BIN_EXE_imrs-build");
-    let run = |extra: &[&str]| {
-        let o = Command::new(bin)
-            .args([
-                "home",
-                "serve",
-                "--open-enrolment",
-                "--listen",
-                "127.0.0.1:0",
-                "--db",
-            ])
-            .arg(d.join("db.sqlite"))
-            .arg("--tls-cert")
-            .arg(d.join("server.pem"))
-            .arg("--tls-key")
-            .arg(d.join("server.key"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(!o.status.success());
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    };
+    let run = |extra: &[&str]| refused_start(d, extra);
     let sites = d.join("sites");
     let (s, k) = (sites.to_str().unwrap(), key.to_str().unwrap());
     // --sites needs --notice-key (a usage error).

@@ -5,44 +5,13 @@
 //! `--operator-token` serves none of it; a weak token file stops the start, named.
 
 use std::path::Path;
-use std::process::Command;
 
 use super::client::{agent, pki, post};
-use super::{OPEN, Serve, sample};
+use super::{OPEN, Serve, heartbeat, refused_start, sample};
 use imrs_config::keys;
-use imrs_config::report::{self, BgpReport, BgpSession, Event, Report, ReportId};
+use imrs_config::report::{self, Event, ReportId};
 
 const TOKEN: &str = "lab-operators-token-0123456789abcdefghij";
-
-fn heartbeat(base: &Report, zone_serial: u32, drained: bool, established: bool) -> Report {
-    let mut r = base.clone();
-    r.id = ReportId::random().unwrap();
-    r.created_unix += 300;
-    r.event = Event::Heartbeat {
-        uptime_s: 300,
-        zone_serial: Some(zone_serial),
-        zone_checked_s_ago: Some(10),
-        zone_expires_in_s: Some(600_000),
-        drained,
-        dns_probe_error: None,
-        last_error: None,
-        heartbeats_dropped: 0,
-        telemetry: None,
-    };
-    r.bgp = BgpReport {
-        sessions: ["192.0.2.1", "2001:db8:1::1"]
-            .iter()
-            .map(|a| BgpSession {
-                name: format!("peer_{a}"),
-                address: a.parse().unwrap(),
-                asn: 64496,
-                state: if established { "Established" } else { "Active" }.into(),
-            })
-            .collect(),
-        announced: Vec::new(),
-    };
-    r
-}
 
 /// GET with optional `Authorization` and `Cookie`: status, headers' `set-cookie`, body.
 fn get(
@@ -330,26 +299,7 @@ fn a_weak_or_missing_token_file_stops_the_start() {
         (weak.clone(), "7 bytes"),
         (dir.path().join("absent.token"), "cannot read"),
     ] {
-        let o = Command::new(env!("CARGO_BIN_EXE_imrs-build"))
-            .args([
-                "home",
-                "serve",
-                "--open-enrolment",
-                "--listen",
-                "127.0.0.1:0",
-                "--db",
-            ])
-            .arg(dir.path().join("db.sqlite"))
-            .arg("--tls-cert")
-            .arg(dir.path().join("server.pem"))
-            .arg("--tls-key")
-            .arg(dir.path().join("server.key"))
-            .arg("--operator-token")
-            .arg(&file)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{err}");
+        let err = refused_start(dir.path(), &["--operator-token", file.to_str().unwrap()]);
         assert!(
             err.contains(file.to_str().unwrap()) && err.contains(says),
             "{err}"
