@@ -12,7 +12,8 @@ use imrs_config::escape_all as escape;
 /// Most names listed in one conflict note or one per-source drop line.
 const MAX_NAMED: usize = 10;
 
-fn when(unix: i64) -> String {
+/// A Unix time as `YYYY-MM-DD HH:MM:SSZ` (the number itself when out of range).
+pub(crate) fn when(unix: i64) -> String {
     jiff::Timestamp::from_second(unix)
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
         .unwrap_or_else(|_| unix.to_string())
@@ -32,10 +33,7 @@ fn names<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> String {
 }
 
 fn device_cells(d: &DeviceRow) -> [String; 10] {
-    let mut event = match (&d.failed_stage, &d.failed_reason) {
-        (Some(s), Some(r)) => format!("{} ({s}: {r})", d.last_event),
-        _ => d.last_event.clone(),
-    };
+    let mut event = d.event_text();
     if d.quiet {
         event.insert_str(0, "[QUIET] ");
     }

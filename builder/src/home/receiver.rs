@@ -409,7 +409,8 @@ struct Known {
     site_id: Option<String>,
 }
 
-fn unix_now() -> i64 {
+/// The current Unix time in seconds.
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

@@ -27,6 +27,7 @@ use ed25519_dalek::SigningKey;
 use imrs_config::report::{Event, Report, SignedReport};
 use imrs_config::site::Host;
 
+use super::receiver::unix_now as now_unix;
 use super::store::notices::{self, Attempt, NewNotice, NoticeRow};
 use super::store::{self, StoreError};
 use contacts::{Contacts, ContactsError};
@@ -91,10 +92,6 @@ pub struct Notifier {
     db: PathBuf,
     log: bool,
     wake: tokio::sync::Notify,
-}
-
-fn now_unix() -> i64 {
-    jiff::Timestamp::now().as_second()
 }
 
 impl Notifier {
@@ -172,9 +169,7 @@ impl Notifier {
     }
 
     fn queue(&self, n: &Notice, host: &Host, now: i64) -> Result<usize, StoreError> {
-        let body =
-            String::from_utf8(serde_json::to_vec(&notice::sign(n, &self.key)).unwrap_or_default())
-                .unwrap_or_default();
+        let body = serde_json::to_string(&notice::sign(n, &self.key)).unwrap_or_default();
         let mut rows = Vec::new();
         let mut add = |channel: &str, target: &str| {
             rows.push(NewNotice {

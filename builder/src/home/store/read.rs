@@ -65,6 +65,21 @@ pub struct DeviceRow {
     pub bgp_established: Option<u32>,
 }
 
+impl DeviceRow {
+    /// The latest event in words: with the failed stage and reason of a failed installation.
+    pub fn event_text(&self) -> String {
+        match (&self.failed_stage, &self.failed_reason) {
+            (Some(s), Some(r)) => format!("{} ({s}: {r})", self.last_event),
+            _ => self.last_event.clone(),
+        }
+    }
+
+    /// Whether nothing arrived from it for more than `secs` before `now_unix`.
+    pub fn silent_for_more_than(&self, now_unix: i64, secs: u64) -> bool {
+        now_unix.saturating_sub(self.received_unix) > i64::try_from(secs).unwrap_or(i64::MAX)
+    }
+}
+
 /// One kept refused submission.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RejectedRow {
@@ -248,9 +263,8 @@ fn set_serial_lag(devices: &mut [DeviceRow]) {
 
 /// Marks the devices nothing arrived from for more than `secs` before `now_unix`.
 pub fn mark_quiet(fleet: &mut Fleet, now_unix: i64, secs: u64) {
-    let limit = i64::try_from(secs).unwrap_or(i64::MAX);
     for d in &mut fleet.devices {
-        d.quiet = now_unix.saturating_sub(d.received_unix) > limit;
+        d.quiet = d.silent_for_more_than(now_unix, secs);
     }
 }
 
@@ -437,8 +451,6 @@ pub struct TelemetryRow {
     pub serial: String,
     /// Whether the day had ended when the box sent it.
     pub complete: bool,
-    /// When the box made the report.
-    pub created_unix: i64,
     /// What it counted.
     pub metrics: imrs_config::rssac002::DayMetrics,
 }
@@ -446,9 +458,9 @@ pub struct TelemetryRow {
 /// Every device's latest `telemetry` report for `day` (`YYYY-MM-DD`), by device key id.
 pub fn telemetry(path: &Path, day: &str) -> Result<Vec<TelemetryRow>, StoreError> {
     let conn = open_existing(path)?;
-    let rows: Vec<(String, String, String, i64)> = conn
+    let rows: Vec<(String, String, String)> = conn
         .prepare(
-            "SELECT key_id, serial, report, created_unix FROM reports AS r
+            "SELECT key_id, serial, report FROM reports AS r
              WHERE event = 'telemetry' AND json_extract(report, '$.event.day') = ?1
                AND created_unix = (SELECT MAX(created_unix) FROM reports
                    WHERE key_id = r.key_id AND event = 'telemetry'
@@ -456,14 +468,12 @@ pub fn telemetry(path: &Path, day: &str) -> Result<Vec<TelemetryRow>, StoreError
              ORDER BY key_id, received_unix DESC",
         )
         .and_then(|mut stmt| {
-            stmt.query_map(params![day], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect()
+            stmt.query_map(params![day], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
         })
         .map_err(read_err(path))?;
     let mut out: Vec<TelemetryRow> = Vec::new();
-    for (device, serial, report, created_unix) in rows {
+    for (device, serial, report) in rows {
         // Two reports created in the same second: the one received last counts.
         if out.last().is_some_and(|l| l.device == device) {
             continue;
@@ -483,7 +493,6 @@ pub fn telemetry(path: &Path, day: &str) -> Result<Vec<TelemetryRow>, StoreError
                 device,
                 serial,
                 complete,
-                created_unix,
                 metrics: *metrics,
             });
         }

@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use super::chart::{self, Day};
 use super::state::{State, state_of};
+use crate::home::list::when;
 use crate::home::store::device::DevicePage;
 use crate::home::store::{DeviceRow, Fleet};
 
@@ -56,12 +57,6 @@ pub fn age(secs: i64) -> String {
     }
 }
 
-fn when(unix: i64) -> String {
-    jiff::Timestamp::from_second(unix)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
-        .unwrap_or_else(|_| unix.to_string())
-}
-
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
@@ -78,13 +73,6 @@ fn drained(d: &DeviceRow) -> &'static str {
         Some(true) => "yes",
         Some(false) => "no",
         None => "-",
-    }
-}
-
-fn event(d: &DeviceRow) -> String {
-    match (&d.failed_stage, &d.failed_reason) {
-        (Some(s), Some(r)) => format!("{} ({s}: {r})", d.last_event),
-        _ => d.last_event.clone(),
     }
 }
 
@@ -153,7 +141,7 @@ pub fn fleet(fleet: &Fleet, now: i64, stale_s: u64) -> String {
             drained = drained(d),
             at = when(d.received_unix),
             ago = age(now - d.received_unix),
-            event = esc(&event(d)),
+            event = esc(&d.event_text()),
         );
     }
     b.push_str("</tbody></table>\n");
@@ -219,7 +207,7 @@ pub fn device(p: &DevicePage, traffic: &[Day], now: i64, stale_s: u64) -> String
             "last seen",
             format!("{} ({})", when(d.received_unix), age(now - d.received_unix)),
         ),
-        ("last event", esc(&event(d))),
+        ("last event", esc(&d.event_text())),
         ("reports stored", d.reports.to_string()),
     ];
     for (k, v) in rows {

@@ -25,14 +25,14 @@ pub mod state;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::receiver::Receiver;
+use super::receiver::{Receiver, unix_now as now_unix};
 use super::store::{self, Fleet, StoreError};
 
 /// Largest login form body.
@@ -113,13 +113,6 @@ pub fn is_operator_request(rx: &Receiver, method: &Method, path: &str) -> bool {
         Method::POST => path == "/login",
         _ => false,
     }
-}
-
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

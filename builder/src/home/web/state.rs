@@ -49,7 +49,7 @@ impl State {
 pub fn state_of(d: &DeviceRow, now: i64, stale_s: u64) -> State {
     if d.last_event == "install-failed" {
         State::Failed
-    } else if now.saturating_sub(d.received_unix) > i64::try_from(stale_s).unwrap_or(i64::MAX) {
+    } else if d.silent_for_more_than(now, stale_s) {
         State::Quiet
     } else if d.bgp_sessions.is_some_and(|n| n > 0) && d.bgp_established == Some(0) {
         State::BgpDown
