@@ -7,6 +7,8 @@
 //! Needs root, QEMU, FRR, GoBGP, NSD, fdisk, dosfstools, mtools, e2fsprogs
 //! (scripts/install-deps.sh): skipped with the reason when missing, failed under CI=true.
 
+#[path = "common/browser.rs"]
+mod chrome;
 mod common;
 
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use common::*;
+use fantoccini::Locator;
 use imrs_build::host::router::RouterKind;
 use serde_json::Value;
 
@@ -52,6 +55,14 @@ fn netns_left(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// The work folder a scenario's run keeps (`--keep`).
+fn work_dir(scenario: &str, router: RouterKind, boot: &str) -> PathBuf {
+    scratch().join(format!(
+        "lab-{scenario}-{router}-{boot}-{}",
+        std::process::id()
+    ))
+}
+
 /// Runs one scenario with FRR as the router and returns its JSON summary.
 fn lab(scenario: &str) -> Option<Value> {
     lab_with(scenario, RouterKind::Frr, "kernel")
@@ -69,10 +80,7 @@ fn lab_with(scenario: &str, router: RouterKind, boot: &str) -> Option<Value> {
     }
     let (image, key) = image()?;
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let work = scratch().join(format!(
-        "lab-{scenario}-{router}-{boot}-{}",
-        std::process::id()
-    ));
+    let work = work_dir(scenario, router, boot);
     let _ = std::fs::remove_dir_all(&work);
     let mut cmd = bin();
     cmd.args(["--json", "lab"])
@@ -221,6 +229,10 @@ fn assert_serving(v: &Value) {
     }
 }
 
+/// The normal pass, then what the host and the operators see of it: the lab's own checks
+/// verified the webhook and e-mail notices and read the operators' pages inside the namespace;
+/// here the kept notice passes `home verify-notice` as a host runs it, and the lab's database,
+/// served again on loopback, is looked at in headless Chromium.
 #[test]
 fn normal_first_boot_serves_and_reports() {
     let Some(v) = lab("normal") else { return };
@@ -229,6 +241,117 @@ fn normal_first_boot_serves_and_reports() {
     assert_eq!(v["report_verified"], true);
     assert_eq!(v["report_event"], "install-passed");
     assert!(v["boot_to_report_s"].as_f64().is_some());
+    for what in [
+        "boot 1: the host's webhook got one signed install-passed notice that verifies",
+        "boot 1: the host's mailbox got one e-mail per address with the signed notice attached, verified",
+        "boot 1: the operators' pages show the device live on serial 2026073102",
+    ] {
+        assert!(
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["what"] == what && c["ok"] == true),
+            "no passed check {what:?}:\n{}",
+            pretty(&v)
+        );
+    }
+    let work = work_dir("normal", RouterKind::Frr, "kernel");
+    let o = run(bin()
+        .args(["home", "verify-notice"])
+        .arg(work.join("host/webhook-1.json"))
+        .arg("--notice-pubkey")
+        .arg(work.join("notice-key.pub")));
+    assert!(
+        o.status.success() && text(&o).contains("verified"),
+        "{}",
+        text(&o)
+    );
+    the_lab_fleet_in_chromium(&work);
+}
+
+/// `home serve` on loopback over the lab's database, killed when dropped.
+struct Pages(std::process::Child);
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lab's database behind the operators' pages in headless Chromium: signed in with the
+/// lab's token, the fleet is one row, the lab's box, live on 2026073102; its link leads to its
+/// page, live, with the installation on its timeline and both notices sent. Screenshot:
+/// lab-fleet-page.png.
+fn the_lab_fleet_in_chromium(work: &std::path::Path) {
+    let Some(driver) = chrome::driver(work) else {
+        return;
+    };
+    let db = work.join("receiver/reports.sqlite");
+    let fleet = imrs_build::home::store::fleet(&db, 0).unwrap();
+    assert_eq!(fleet.devices.len(), 1, "one box in the lab");
+    let device = fleet.devices[0].device.clone();
+    let port = chrome::free_port();
+    let pages = Pages(
+        bin()
+            .args(["home", "serve", "--open-enrolment", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--db")
+            .arg(&db)
+            .arg("--tls-cert")
+            .arg(work.join("receiver.pem"))
+            .arg("--tls-key")
+            .arg(work.join("receiver.key"))
+            .arg("--operator-token")
+            .arg(work.join("operator-token"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn home serve"),
+    );
+    chrome::wait_listening(port, "home serve", 30);
+    let token = std::fs::read_to_string(work.join("operator-token")).unwrap();
+    let base = format!("https://127.0.0.1:{port}");
+    let shot = chrome::runtime().block_on(async {
+        let c = driver.session(work).await;
+        c.goto(&format!("{base}/fleet")).await.unwrap();
+        assert_eq!(c.title().await.unwrap(), "IMRS fleet: sign in");
+        chrome::sign_in(&c, token.trim()).await;
+        assert_eq!(c.title().await.unwrap(), "IMRS fleet");
+        let rows = c.find_all(Locator::Css("#fleet tbody tr")).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(row.attr("data-device").await.unwrap(), Some(device.clone()));
+        assert_eq!(row.attr("class").await.unwrap().as_deref(), Some("live"));
+        let zone = row.find(Locator::Css("td.zone")).await.unwrap();
+        assert_eq!(zone.text().await.unwrap(), "2026073102");
+        let png = c.screenshot().await.unwrap();
+        c.find(Locator::Css(&format!("a[href=\"/fleet/device/{device}\"]")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        assert_eq!(chrome::text_of(&c, "state").await, "live");
+        let timeline = c
+            .find(Locator::Id("timeline"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(timeline.contains("install-passed"), "{timeline}");
+        let sent = c
+            .find_all(Locator::Css("#notices tbody tr.notice-sent"))
+            .await
+            .unwrap();
+        assert_eq!(sent.len(), 2, "the webhook notice and the one e-mail, sent");
+        c.close().await.unwrap();
+        png
+    });
+    chrome::save_artefact("lab-fleet-page.png", &shot);
+    drop(pages);
 }
 
 /// Fleet commands end to end: a signed `drain` queued at the receiver reaches the box with the

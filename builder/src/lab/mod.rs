@@ -7,9 +7,11 @@
 //! fresh phone-home CA ([`site`]); make the guest's disk with the config
 //! and data partitions ([`disk`]); create a network namespace with a tap (addresses from
 //! [`plan`]); start the router (`--router`: FRR or GoBGP), the transfer server (NSD, [`xfr`]) and
-//! the phone-home receiver ([`receiver`]); boot QEMU in the namespace ([`vm`]), follow the
-//! console's stage lines ([`console`]), poll the router, the service addresses ([`probe`]) and
-//! the receiver, as the scenario says ([`scenario`]); then print the outcome ([`summary`]).
+//! the phone-home receiver ([`receiver`]) with the operators' pages ([`operators`]) and the
+//! host organisation's inboxes for its notices ([`notices`]); boot QEMU in the namespace
+//! ([`vm`]), follow the console's stage lines ([`console`]), poll the router, the service
+//! addresses ([`probe`]) and the receiver, as the scenario says ([`scenario`]); then print the
+//! outcome ([`summary`]).
 //! The namespace, the processes, the router and NSD are the host side of the cable that the
 //! tests use too ([`crate::host`]). Everything started is stopped by `Drop` guards, on success,
 //! on error and on Ctrl-C ([`crate::host::signal`]).
@@ -27,6 +29,8 @@
 pub mod console;
 pub mod disk;
 pub mod exposure;
+pub mod notices;
+pub mod operators;
 pub mod plan;
 pub mod probe;
 pub mod reach;
@@ -317,6 +321,9 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
     };
     let parsed = imrs_config::site::load(&site_src)?;
     let plan = plan::Plan::from_site(&parsed)?;
+    if let Some(m) = notices::missing(&plan) {
+        bail!("the lab needs {m} (scripts/install-deps.sh installs it)");
+    }
     ui.info(format!("lab: zone {}", args.zone));
     let obtained = zone::obtain(&args.zone, ws.as_ref())?;
     ui.info(format!(
@@ -366,6 +373,8 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         site_path.display(),
         keys::key_id(&key.verifying_key())
     ));
+    let notices = notices::Notices::prepare(work, &site_path, &parsed.host)?;
+    let operator_token = operators::token(work)?;
     let site_sig = imrs_config::signed::sig_path_for(&site_path);
     let disk = match args.boot {
         LabBoot::Kernel => disk::build(&work.join("disk.img"), &site_path, &site_sig)?,
@@ -415,6 +424,8 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         ops,
         image_key: key,
         dns: facts.dns,
+        notices,
+        operator_token,
     };
     scenario::run(&mut lab, args.scenario)
 }

@@ -4,6 +4,8 @@
 //! - the router owns the interface's gateways and is every BGP neighbour (one private AS);
 //! - the transfer server listens on every `zone.servers` address;
 //! - the receiver listens on the host and port of `phone_home.url`;
+//! - the host organisation's inboxes (`[host]`) are on the receiver's address: the webhook on
+//!   the port of `host.webhook`, the SMTP relay for `host.email` on port 587;
 //! - the lab reaches `service.ipv4`/`ipv6` through the guest's interface addresses.
 //!
 //! Every address the lab uses or routes to must be in a documentation range: the lab never sends
@@ -39,11 +41,19 @@ pub struct Plan {
     pub xfr: Vec<SocketAddr>,
     /// Receiver address and port.
     pub receiver: SocketAddr,
+    /// The host's webhook endpoint (`host.webhook`), on the receiver's address.
+    pub webhook: Option<SocketAddr>,
+    /// The SMTP relay that takes the host's e-mail (`host.email`): the receiver's address,
+    /// port 587.
+    pub smtp: Option<SocketAddr>,
     /// Appliance service addresses.
     pub service_v4: Ipv4Addr,
     /// Appliance service IPv6 address.
     pub service_v6: Ipv6Addr,
 }
+
+/// The port of the lab's SMTP relay (submission).
+pub const SMTP_PORT: u16 = 587;
 
 fn doc(what: &str, addr: IpAddr) -> Result<()> {
     if !is_documentation(addr) {
@@ -55,11 +65,12 @@ fn doc(what: &str, addr: IpAddr) -> Result<()> {
     Ok(())
 }
 
-/// The `HOST:PORT` of an `https://HOST[:PORT]/...` URL whose host is an IP literal.
-pub fn url_addr(url: &str) -> Result<SocketAddr> {
+/// The `HOST:PORT` of an `https://HOST[:PORT]/...` URL whose host is an IP literal; `what`
+/// names the field in errors.
+pub fn url_addr(what: &str, url: &str) -> Result<SocketAddr> {
     let rest = url
         .strip_prefix("https://")
-        .ok_or_else(|| anyhow::anyhow!("phone_home.url = {url:?}: not an https:// URL"))?;
+        .ok_or_else(|| anyhow::anyhow!("{what} = {url:?}: not an https:// URL"))?;
     let authority = rest.split('/').next().unwrap_or_default();
     if let Ok(sa) = authority.parse::<SocketAddr>() {
         return Ok(sa);
@@ -69,7 +80,7 @@ pub fn url_addr(url: &str) -> Result<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 443))
         .map_err(|_| {
             anyhow::anyhow!(
-                "phone_home.url = {url:?}: the lab needs an IP address as host (no DNS in the lab)"
+                "{what} = {url:?}: the lab needs an IP address as host (no DNS in the lab)"
             )
         })
 }
@@ -144,7 +155,29 @@ impl Plan {
                 "site zone.servers: empty (ICANN's servers); the lab needs its own transfer server"
             );
         }
-        let receiver = url_addr(&site.phone_home.url)?;
+        let receiver = url_addr("phone_home.url", &site.phone_home.url)?;
+        let webhook = match &site.host.webhook {
+            Some(url) => {
+                let w = url_addr("host.webhook", url)?;
+                if w.ip() != receiver.ip() || w.port() == receiver.port() {
+                    bail!(
+                        "site host.webhook = {url:?}: the lab's webhook endpoint is on the \
+                         receiver's address {} with a port of its own",
+                        receiver.ip()
+                    );
+                }
+                Some(w)
+            }
+            None => None,
+        };
+        let smtp = (!site.host.email.is_empty()).then(|| SocketAddr::new(receiver.ip(), SMTP_PORT));
+        if smtp.is_some_and(|s| Some(s) == webhook || s == receiver) {
+            bail!(
+                "site: port {SMTP_PORT} of {} is the lab's SMTP relay; the receiver and the \
+                 webhook need other ports",
+                receiver.ip()
+            );
+        }
         let plan = Plan {
             guest_ifname: iface.name.clone(),
             guest_v4,
@@ -155,6 +188,8 @@ impl Plan {
             neighbors,
             xfr,
             receiver,
+            webhook,
+            smtp,
             service_v4: site.service.ipv4,
             service_v6: site.service.ipv6,
         };
@@ -256,6 +291,8 @@ mod tests {
         assert_eq!(p.guest_v6.to_string(), "2001:db8:1::10/64");
         assert_eq!(p.router_asn, 64512);
         assert_eq!(p.receiver.to_string(), "192.0.2.80:8443");
+        assert_eq!(p.webhook, Some("192.0.2.80:8444".parse().unwrap()));
+        assert_eq!(p.smtp, Some("192.0.2.80:587".parse().unwrap()));
         let tap: Vec<String> = p.tap_addresses().iter().map(ToString::to_string).collect();
         assert_eq!(
             tap,
@@ -302,16 +339,37 @@ mod tests {
     }
 
     #[test]
+    fn the_hosts_inboxes_are_on_the_receivers_address() {
+        let mut s = lab_site();
+        s.host.webhook = Some("https://192.0.2.81:8444/notices".into());
+        let e = Plan::from_site(&s).unwrap_err().to_string();
+        assert!(
+            e.contains("host.webhook") && e.contains("192.0.2.80"),
+            "{e}"
+        );
+        s.host.webhook = Some("https://192.0.2.80:8443/notices".into());
+        assert!(Plan::from_site(&s).is_err(), "the receiver's own port");
+        s.host.webhook = Some("https://192.0.2.80:587/notices".into());
+        let e = Plan::from_site(&s).unwrap_err().to_string();
+        assert!(e.contains("port 587"), "{e}");
+        s.host.webhook = None;
+        s.host.email.clear();
+        let p = Plan::from_site(&s).unwrap();
+        assert_eq!((p.webhook, p.smtp), (None, None));
+    }
+
+    #[test]
     fn url_hosts() {
         assert_eq!(
-            url_addr("https://192.0.2.80:8443/v1/reports").unwrap(),
+            url_addr("u", "https://192.0.2.80:8443/v1/reports").unwrap(),
             "192.0.2.80:8443".parse().unwrap()
         );
         assert_eq!(
-            url_addr("https://[2001:db8::80]/x").unwrap(),
+            url_addr("u", "https://[2001:db8::80]/x").unwrap(),
             "[2001:db8::80]:443".parse().unwrap()
         );
-        assert!(url_addr("https://home.example/x").is_err());
-        assert!(url_addr("http://192.0.2.80/").is_err());
+        let e = url_addr("host.webhook", "https://home.example/x").unwrap_err();
+        assert!(e.to_string().starts_with("host.webhook = "), "{e}");
+        assert!(url_addr("u", "http://192.0.2.80/").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The phone-home receiver of the lab: `imrs-build home serve` (this very program) inside the
 //! namespace, on the host and port of the site's `phone_home.url`, with the lab's certificate,
-//! in open enrolment (the lab does not know the device key before the guest makes it).
+//! in open enrolment (the lab does not know the device key before the guest makes it), serving
+//! the operators' pages and telling the lab's host organisation ([`super::notices`]).
 //! Reports are read back through the receiver's store ([`crate::home::store`]): only verified
 //! reports are stored, so a row is a verified report.
 
@@ -28,8 +29,8 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts `exe home serve` in `ns` listening on `listen`, database `db`, and waits until it
-    /// says it listens.
+    /// Starts `exe home serve` in `ns` listening on `listen`, database `db`, with `extra` flags
+    /// (the operators' pages, the host's notices), and waits until it says it listens.
     pub fn start(
         ns: &NetNs,
         exe: &Path,
@@ -37,6 +38,7 @@ impl Receiver {
         db: &Path,
         listen: SocketAddr,
         tls: &Tls,
+        extra: &[std::ffi::OsString],
     ) -> Result<Receiver> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: mkdir", dir.display()))?;
         let mut cmd = ns.command(exe);
@@ -46,7 +48,8 @@ impl Receiver {
             .arg("--tls-cert")
             .arg(&tls.cert)
             .arg("--tls-key")
-            .arg(&tls.key);
+            .arg(&tls.key)
+            .args(extra);
         let log = dir.join("receiver.log");
         let mut daemon = Daemon::spawn("receiver (imrs-build home serve)", &mut cmd, &log)?;
         let up = wait_for(Duration::from_secs(20), Duration::from_millis(100), || {

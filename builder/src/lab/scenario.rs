@@ -205,6 +205,10 @@ pub struct Lab {
     pub image_key: ed25519_dalek::SigningKey,
     /// The image's DNS daemon (what must listen on port 53).
     pub dns: imrs_config::recipe::DnsImpl,
+    /// The host organisation's notices, when the site's `[host]` names anyone.
+    pub notices: Option<super::notices::Notices>,
+    /// The operators' token of this run (`operator-token`): the receiver serves its pages.
+    pub operator_token: (PathBuf, String),
 }
 
 impl Lab {
@@ -234,6 +238,8 @@ impl Lab {
 /// The host side, stopped in field order when dropped: receiver, transfer server, router, then
 /// the namespace with the tap.
 struct Services {
+    /// Declared first: stopped before the namespace goes.
+    inbox: Option<super::notices::Inbox>,
     receiver: Option<Receiver>,
     xfr: Option<XfrServer>,
     router: Router,
@@ -814,10 +820,46 @@ impl Lab {
             &self.db(),
             self.plan.receiver,
             &self.tls,
+            &self.receiver_args(),
         )
         .context("starting the phone-home receiver")?;
         svc.receiver = Some(r);
         Ok(())
+    }
+
+    /// The receiver's flags beyond the basics: the operators' pages, and the host's notices.
+    fn receiver_args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "--operator-token".into(),
+            self.operator_token.0.clone().into(),
+        ];
+        if let Some(n) = &self.notices {
+            a.extend(n.receiver_args(&self.plan, &self.workdir.join("ca.pem")));
+        }
+        a
+    }
+
+    /// What the host and the operators were shown of the first boot's install report: the
+    /// host's notices (when the site names contacts) and, for a passed install, the operators'
+    /// pages showing the device live.
+    fn told_checks(&self, svc: &Services, fin: &Final, label: &str) -> Result<Vec<Check>> {
+        let report = fin.reports.iter().find(|r| r.is_install());
+        let mut checks = Vec::new();
+        if let (Some(n), Some(inbox)) = (&self.notices, &svc.inbox) {
+            checks.extend(super::notices::checks(inbox, n, report, label)?);
+        }
+        if let Some(r) = report.filter(|r| r.event == "install-passed") {
+            checks.push(super::operators::check(
+                &svc.ns,
+                self.plan.receiver,
+                &self.workdir.join("ca.pem"),
+                &self.operator_token.1,
+                &r.device,
+                self.zone.serial,
+                label,
+            ));
+        }
+        Ok(checks)
     }
 
     /// The first boot of a scenario with later boots: boots, checks the full pass, keeps the
@@ -1794,7 +1836,17 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         lab.plan.router_v4,
         lab.plan.router_v6
     ));
+    let inbox = match &lab.notices {
+        Some(_) => {
+            let i =
+                super::notices::Inbox::start(&ns, &lab.workdir.join("host"), &lab.plan, &lab.tls)?;
+            lab.progress(format!("lab: the host's inboxes: {}", i.describe()));
+            Some(i)
+        }
+        None => None,
+    };
     let mut svc = Services {
+        inbox,
         receiver: None,
         xfr: None,
         router,
@@ -1836,6 +1888,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         Scenario::Normal | Scenario::XfrDown | Scenario::ReceiverDown => {
             let (b, t, fin) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
             install_checks(&mut checks, &b, &t, &fin, 0, lab);
+            checks.extend(lab.told_checks(&svc, &fin, "boot 1")?);
             if scenario == Scenario::XfrDown {
                 let zone_end = t.get("zone").and_then(|s| s.ended_at_s);
                 check(
@@ -1994,6 +2047,7 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                     )
                 }),
             );
+            checks.extend(lab.told_checks(&svc, &fin, "boot 1")?);
             boots.push(b);
             (0, fin)
         }

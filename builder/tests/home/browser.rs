@@ -8,69 +8,16 @@
 //! the session accepts it (`acceptInsecureCerts`, WebDriver's capability for test
 //! certificates); TLS itself is the receiver's, exercised by every other test here.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use fantoccini::Locator;
 
-use fantoccini::{ClientBuilder, Locator};
-
+use super::chrome::{self, driver, save_artefact, sign_in, text_of};
 use super::client::{agent, pki, post};
-use super::{OPEN, Serve, free_port, heartbeat, sample, wait_listening};
+use super::{OPEN, Serve, heartbeat, sample};
 use imrs_build::home::store;
 use imrs_config::keys;
 use imrs_config::report;
 
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const CHROMIUM: &str = "/usr/bin/chromium";
 const TOKEN: &str = "browser-operators-token-0123456789abcdefghij";
-
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// chromedriver on a free loopback port, or `None` (a skip outside CI) when it is missing.
-fn driver(dir: &Path) -> Option<Driver> {
-    if !Path::new(CHROMEDRIVER).exists() || !Path::new(CHROMIUM).exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI needs {CHROMIUM} and {CHROMEDRIVER} (chromium, chromium-driver)"
-        );
-        eprintln!(
-            "skip: needs {CHROMIUM} and {CHROMEDRIVER} (apt install chromium chromium-driver)"
-        );
-        return None;
-    }
-    let port = free_port();
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .arg(format!(
-            "--log-path={}",
-            dir.join("chromedriver.log").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(port, "chromedriver", 30);
-    Some(Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    })
-}
-
-fn artefacts() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("artefacts")
-}
 
 #[test]
 fn the_fleet_page_in_headless_chromium() {
@@ -105,27 +52,10 @@ fn the_fleet_page_in_headless_chromium() {
     }
     let fleet = store::fleet(&db, 0).unwrap();
     let base = format!("https://{}", serve.addr);
-    let profile = d.join("chromium-profile");
 
-    let rt = super::runtime();
+    let rt = chrome::runtime();
     let shot = rt.block_on(async {
-        let mut caps = serde_json::Map::new();
-        caps.insert("acceptInsecureCerts".into(), true.into());
-        caps.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1600,900",
-                         format!("--user-data-dir={}", profile.display())]
-            }),
-        );
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let c = ClientBuilder::new(connector)
-            .capabilities(caps)
-            .connect(&driver.url)
-            .await
-            .expect("a WebDriver session");
+        let c = driver.session(d).await;
 
         // No credentials: the sign-in form, no fleet.
         c.goto(&format!("{base}/fleet")).await.unwrap();
@@ -138,23 +68,9 @@ fn the_fleet_page_in_headless_chromium() {
         assert!(!source.contains("SN-WEB-1"), "{source}");
 
         // A wrong token, then the right one.
-        let sign_in = |token: &'static str| {
-            let c = c.clone();
-            async move {
-                let field = c.find(Locator::Id("token")).await.unwrap();
-                field.send_keys(token).await.unwrap();
-                c.find(Locator::Id("sign-in"))
-                    .await
-                    .unwrap()
-                    .click()
-                    .await
-                    .unwrap();
-            }
-        };
-        sign_in("not-the-token").await;
-        let err = c.find(Locator::Id("error")).await.unwrap();
-        assert_eq!(err.text().await.unwrap(), "Wrong token.");
-        sign_in(TOKEN).await;
+        sign_in(&c, "not-the-token").await;
+        assert_eq!(text_of(&c, "error").await, "Wrong token.");
+        sign_in(&c, TOKEN).await;
         assert_eq!(c.current_url().await.unwrap().path(), "/fleet");
         assert_eq!(c.title().await.unwrap(), "IMRS fleet");
 
@@ -205,14 +121,7 @@ fn the_fleet_page_in_headless_chromium() {
             c.current_url().await.unwrap().path(),
             format!("/fleet/device/{}", live.device)
         );
-        let state = c
-            .find(Locator::Id("state"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert_eq!(state, "live");
+        assert_eq!(text_of(&c, "state").await, "live");
         let events = c
             .find_all(Locator::Css("#timeline tbody tr"))
             .await
@@ -221,10 +130,6 @@ fn the_fleet_page_in_headless_chromium() {
         c.close().await.unwrap();
         png
     });
-    assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
-    let out = artefacts();
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("fleet-page.png"), &shot).unwrap();
-    eprintln!("screenshot: {}", out.join("fleet-page.png").display());
+    save_artefact("fleet-page.png", &shot);
     drop(serve);
 }

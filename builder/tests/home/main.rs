@@ -12,6 +12,8 @@
 //! forged rows in reporter-controlled text, and self-made keys claiming one serial.
 
 mod browser;
+#[path = "../common/browser.rs"]
+mod chrome;
 mod client;
 mod notify;
 mod web;
@@ -23,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrome::free_port;
 use client::{agent, pki, post};
 use imrs_config::keys;
 use imrs_config::report::{self, BgpReport, BgpSession, Event, Report, ReportId, SignedReport};
@@ -258,26 +261,6 @@ fn refused_start(dir: &Path, extra: &[&str]) -> String {
 }
 
 /// A loopback port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits up to `secs` for something to listen on loopback `port`.
-fn wait_listening(port: u16, what: &str, secs: u64) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "{what} never listened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn bad_inputs_get_4xx_duplicates_are_stored_once_and_it_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();

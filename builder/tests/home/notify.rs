@@ -6,191 +6,78 @@
 //! without contacts gets nothing. `home verify-notice` accepts a true notice and names what is
 //! wrong with a forged one.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mail_parser::MimeHeaders;
 
 use super::client::{agent, pki, post};
-use super::{OPEN, Serve, free_port, refused_start, sample, wait_listening};
+use super::{OPEN, Serve, free_port, refused_start, sample};
 use imrs_build::home::notify::notice::{self, Kind};
 use imrs_build::home::store::notices::{self, NoticeRow};
+use imrs_build::host::inbox::{self, Answer, Mailbox, Smtp, Webhook};
 use imrs_config::keys;
 use imrs_config::report::{self, Event};
 
-const PYTHON: &str = "/usr/bin/python3";
-
-/// How the test webhook answers.
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Ok,
-    Fail500,
-    Slow,
+/// The test's webhook on 127.0.0.1, answering as told (the library's, as the lab runs it).
+fn webhook(dir: &Path, answer: Answer) -> Hook {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let w = Webhook::serve(
+        listener,
+        &dir.join("server.pem"),
+        &dir.join("server.key"),
+        answer,
+    )
+    .unwrap();
+    Hook(w)
 }
 
-/// An HTTPS server on 127.0.0.1 keeping every request body it gets.
-struct Webhook {
-    addr: SocketAddr,
-    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
-}
+/// A webhook endpoint and its URL.
+struct Hook(Webhook);
 
-impl Webhook {
-    fn start(dir: &Path, mode: Mode) -> Webhook {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(dir.join("server.pem"))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-        let cfg = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let kept = bodies.clone();
-        std::thread::spawn(move || {
-            for tcp in listener.incoming() {
-                let Ok(tcp) = tcp else { continue };
-                let (cfg, kept) = (cfg.clone(), kept.clone());
-                std::thread::spawn(move || {
-                    let conn = rustls::ServerConnection::new(cfg).unwrap();
-                    let mut tls = rustls::StreamOwned::new(conn, tcp);
-                    let Some(body) = read_request(&mut tls) else {
-                        return;
-                    };
-                    let status = match mode {
-                        Mode::Ok => "200 OK",
-                        Mode::Fail500 => "500 Internal Server Error",
-                        Mode::Slow => {
-                            std::thread::sleep(Duration::from_secs(4));
-                            "200 OK"
-                        }
-                    };
-                    kept.lock().unwrap().push(body);
-                    let _ = write!(
-                        tls,
-                        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                    let _ = tls.flush();
-                    tls.conn.send_close_notify();
-                    let _ = tls.flush();
-                });
-            }
-        });
-        Webhook { addr, bodies }
-    }
-
+impl Hook {
     fn url(&self) -> String {
-        format!("https://{}/hook", self.addr)
+        self.0.url("/hook")
     }
 
     fn bodies(&self) -> Vec<Vec<u8>> {
-        self.bodies.lock().unwrap().clone()
+        self.0.bodies()
     }
 }
 
-/// The body of one HTTP/1.1 request (Content-Length only).
-fn read_request(s: &mut impl Read) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if s.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
+/// Debian's aiosmtpd on 127.0.0.1 with STARTTLS required, or `None` (a skip outside CI) when
+/// it is missing.
+fn smtp_server(dir: &Path, mailbox: Mailbox) -> Option<Smtp> {
+    if !inbox::have_aiosmtpd() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs {} with aiosmtpd (python3-aiosmtpd)",
+            inbox::PYTHON
+        );
+        eprintln!(
+            "skip: needs {} with aiosmtpd (apt install python3-aiosmtpd)",
+            inbox::PYTHON
+        );
+        return None;
     }
-    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())?;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).ok()?;
-    Some(body)
-}
-
-/// Debian's aiosmtpd on 127.0.0.1 with STARTTLS required, delivering into a Maildir (or, with
-/// `deny`, refusing every recipient with 550).
-struct SmtpServer {
-    child: Child,
-    port: u16,
-    maildir: PathBuf,
-}
-
-impl SmtpServer {
-    fn start(dir: &Path, deny: bool) -> Option<SmtpServer> {
-        let ci = std::env::var("CI").as_deref() == Ok("true");
-        let has = Command::new(PYTHON)
-            .args(["-c", "import aiosmtpd"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !has {
-            assert!(!ci, "CI needs {PYTHON} with aiosmtpd (python3-aiosmtpd)");
-            eprintln!("skip: needs {PYTHON} with aiosmtpd (apt install python3-aiosmtpd)");
-            return None;
-        }
-        let port = free_port();
-        let maildir = dir.join(if deny { "denied" } else { "maildir" });
-        std::fs::write(
-            dir.join("deny_handler.py"),
-            "class Deny:\n    async def handle_RCPT(self, server, session, envelope, address, \
-             rcpt_options):\n        return '550 5.7.1 relaying denied'\n",
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let sub = dir.join(match mailbox {
+        Mailbox::Deliver => "smtp",
+        Mailbox::Refuse => "smtp-refusing",
+    });
+    Some(
+        Smtp::start(
+            None,
+            &sub,
+            addr,
+            &dir.join("server.pem"),
+            &dir.join("server.key"),
+            mailbox,
         )
-        .unwrap();
-        let mut cmd = Command::new(PYTHON);
-        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-            .arg("--tlscert")
-            .arg(dir.join("server.pem"))
-            .arg("--tlskey")
-            .arg(dir.join("server.key"))
-            .env("PYTHONPATH", dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if deny {
-            cmd.args(["-c", "deny_handler.Deny"]);
-        } else {
-            cmd.args(["-c", "aiosmtpd.handlers.Mailbox"]).arg(&maildir);
-        }
-        let child = cmd.spawn().unwrap();
-        wait_listening(port, "aiosmtpd", 20);
-        Some(SmtpServer {
-            child,
-            port,
-            maildir,
-        })
-    }
-
-    /// The messages delivered so far.
-    fn messages(&self) -> Vec<Vec<u8>> {
-        let new = self.maildir.join("new");
-        let Ok(rd) = std::fs::read_dir(&new) else {
-            return Vec::new();
-        };
-        let mut files: Vec<PathBuf> = rd.map(|e| e.unwrap().path()).collect();
-        files.sort();
-        files.iter().map(|f| std::fs::read(f).unwrap()).collect()
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        .unwrap(),
+    )
 }
 
 /// A site config for site `site_id` with this `[host]` section.
@@ -199,8 +86,11 @@ fn site(dir: &Path, file: &str, site_id: &str, host: &str) {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
     )
     .unwrap();
-    let text = lab.replace("site_id = \"lab-01\"", &format!("site_id = \"{site_id}\""));
-    assert!(text.contains(&format!("site_id = \"{site_id}\"\n")));
+    // The lab site with this id and without its own [host] (the lab's).
+    let mut table: toml::Table = toml::from_str(&lab).unwrap();
+    table.remove("host").expect("the lab site has a [host]");
+    table.insert("site_id".into(), site_id.into());
+    let text = toml::to_string(&table).unwrap();
     std::fs::create_dir_all(dir.join("sites")).unwrap();
     std::fs::write(
         dir.join("sites").join(file),
@@ -273,10 +163,10 @@ fn installation_notices_reach_the_webhook_and_the_mailbox_signed_once() {
     let d = dir.path();
     let ca = pki(d);
     std::fs::write(d.join("ca.pem"), &ca).unwrap();
-    let Some(smtp) = SmtpServer::start(d, false) else {
+    let Some(smtp) = smtp_server(d, Mailbox::Deliver) else {
         return;
     };
-    let hook = Webhook::start(d, Mode::Ok);
+    let hook = webhook(d, Answer::Ok);
     site(
         d,
         "lab.toml",
@@ -295,7 +185,7 @@ fn installation_notices_reach_the_webhook_and_the_mailbox_signed_once() {
         &key,
         &[
             "--smtp-relay",
-            &format!("127.0.0.1:{}", smtp.port),
+            &smtp.addr().to_string(),
             "--smtp-from",
             "imrs@example.org",
         ],
@@ -458,11 +348,11 @@ fn failing_channels_are_retried_then_given_up_and_recorded() {
     let d = dir.path();
     let ca = pki(d);
     std::fs::write(d.join("ca.pem"), &ca).unwrap();
-    let Some(denying) = SmtpServer::start(d, true) else {
+    let Some(denying) = smtp_server(d, Mailbox::Refuse) else {
         return;
     };
-    let failing = Webhook::start(d, Mode::Fail500);
-    let slow = Webhook::start(d, Mode::Slow);
+    let failing = webhook(d, Answer::Status(500));
+    let slow = webhook(d, Answer::Late(Duration::from_secs(4)));
     let down = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = l.local_addr().unwrap();
@@ -498,7 +388,7 @@ fn failing_channels_are_retried_then_given_up_and_recorded() {
         &key,
         &[
             "--smtp-relay",
-            &format!("127.0.0.1:{}", denying.port),
+            &denying.addr().to_string(),
             "--notice-attempts",
             "3",
             "--notice-backoff",
@@ -568,7 +458,7 @@ fn a_box_that_goes_quiet_is_noticed_once() {
     let d = dir.path();
     let ca = pki(d);
     std::fs::write(d.join("ca.pem"), &ca).unwrap();
-    let hook = Webhook::start(d, Mode::Ok);
+    let hook = webhook(d, Answer::Ok);
     site(
         d,
         "lab.toml",

@@ -55,6 +55,24 @@ fn read_ca(path: &Path) -> Result<(String, Vec<ureq::tls::Certificate<'static>>)
     Ok((pem, certs))
 }
 
+/// An HTTPS client trusting the CAs in `ca` only (or the public web PKI), each request within
+/// `timeout`, no proxy, no redirects, every status an answer (not an error).
+pub fn https_agent(ca: Option<&Path>, timeout: Duration) -> Result<ureq::Agent, DeliverError> {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(path) = ca {
+        let (_, certs) = read_ca(path)?;
+        tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
+    }
+    Ok(ureq::Agent::config_builder()
+        .tls_config(tls.build())
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .timeout_global(Some(timeout))
+        .build()
+        .into())
+}
+
 /// Webhook deliveries.
 #[derive(Debug, Clone)]
 pub struct Webhooks {
@@ -64,20 +82,9 @@ pub struct Webhooks {
 impl Webhooks {
     /// Trusting the CAs in `ca` only, or the public web PKI; each attempt within `timeout`.
     pub fn new(ca: Option<&Path>, timeout: Duration) -> Result<Webhooks, DeliverError> {
-        let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(path) = ca {
-            let (_, certs) = read_ca(path)?;
-            tls = tls.root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)));
-        }
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls.build())
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .proxy(None)
-            .timeout_global(Some(timeout))
-            .build()
-            .into();
-        Ok(Webhooks { agent })
+        Ok(Webhooks {
+            agent: https_agent(ca, timeout)?,
+        })
     }
 
     /// POSTs the signed notice `body` to `url`.
