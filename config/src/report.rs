@@ -354,7 +354,8 @@ pub struct BgpSession {
     pub address: IpAddr,
     /// Neighbour AS.
     pub asn: u32,
-    /// Session state as the BGP daemon names it (`Established`, `Active`, ...).
+    /// Session state as the box reads it from BIRD: the protocol state and the BGP state
+    /// (`up Established`, `start Active`, ...).
     pub state: String,
 }
 

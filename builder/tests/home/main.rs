@@ -226,7 +226,13 @@ fn heartbeat(base: &Report, zone_serial: u32, drained: bool, established: bool) 
                 name: format!("peer_{a}"),
                 address: a.parse().unwrap(),
                 asn: 64496,
-                state: if established { "Established" } else { "Active" }.into(),
+                // As the box reports them: BIRD's protocol state and its BGP state.
+                state: if established {
+                    "up Established"
+                } else {
+                    "start Active"
+                }
+                .into(),
             })
             .collect(),
         announced: Vec::new(),

@@ -61,7 +61,8 @@ pub struct DeviceRow {
     pub drained: Option<bool>,
     /// BGP sessions in the latest report that says how the box is (`None`: no BGP section).
     pub bgp_sessions: Option<u32>,
-    /// Of those, how many were `Established`.
+    /// Of those, how many were established: the state `Established`, or ending in it as the
+    /// box reports BIRD's protocol state and BGP state (`up Established`).
     pub bgp_established: Option<u32>,
 }
 
@@ -312,7 +313,8 @@ pub(super) fn devices(conn: &Connection, only: Option<&str>) -> rusqlite::Result
                  ORDER BY h.received_unix DESC, h.rowid DESC LIMIT 1),
                 json_array_length(r.report, '$.bgp.sessions'),
                 (SELECT COUNT(*) FROM json_each(r.report, '$.bgp.sessions')
-                 WHERE json_extract(value, '$.state') = 'Established')
+                 WHERE json_extract(value, '$.state') = 'Established'
+                    OR json_extract(value, '$.state') LIKE '% Established')
          FROM p JOIN reports l ON l.rowid = p.last
                 JOIN reports r ON r.rowid = COALESCE(p.state, p.last)
          ORDER BY r.site_id, r.instance, r.key_id"
