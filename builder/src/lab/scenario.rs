@@ -235,10 +235,9 @@ impl Lab {
     }
 }
 
-/// The host side, stopped in field order when dropped: receiver, transfer server, router, then
-/// the namespace with the tap.
+/// The host side, stopped in field order when dropped: the host's inboxes, receiver, transfer
+/// server, router, then the namespace with the tap.
 struct Services {
-    /// Declared first: stopped before the namespace goes.
     inbox: Option<super::notices::Inbox>,
     receiver: Option<Receiver>,
     xfr: Option<XfrServer>,
