@@ -124,7 +124,8 @@ impl DeliveryConfig {
     }
 }
 
-/// Builds the HTTPS client: rustls (ring) trusting only the pinned CA.
+/// Builds the HTTPS client: rustls on aws-lc-rs (the one crypto library in `/init`) trusting
+/// only the pinned CA.
 pub fn agent(cfg: &DeliveryConfig) -> Result<ureq::Agent, DeliverError> {
     if !cfg.url.to_ascii_lowercase().starts_with("https://") {
         return Err(DeliverError::Url {
@@ -152,6 +153,7 @@ pub fn agent(cfg: &DeliveryConfig) -> Result<ureq::Agent, DeliverError> {
     }
     let tls = ureq::tls::TlsConfig::builder()
         .provider(ureq::tls::TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .root_certs(ureq::tls::RootCerts::Specific(Arc::new(certs)))
         .build();
     Ok(ureq::Agent::config_builder()
