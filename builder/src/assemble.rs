@@ -68,7 +68,7 @@ fn wanted_from_userland(path: &str) -> bool {
 }
 
 /// The merged-usr skeleton every tree starts from.
-fn skeleton() -> Result<Tree> {
+pub(crate) fn skeleton() -> Result<Tree> {
     let mut t = Tree::new();
     for d in ["usr/bin", "usr/sbin", "usr/lib", "usr/lib64"] {
         t.insert(d, Node::dir(0o755))?;

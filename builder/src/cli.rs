@@ -137,10 +137,23 @@ pub enum Command {
     /// device), to be tried on the next boot with a boot counter; the running slot stays the
     /// fallback.
     Update(crate::update::UpdateArgs),
-    /// List an image's packages and files.
+    /// What an image is made of: its size by package (every file attributed to the package
+    /// it came from, compressed alone for its share of the archive), the largest files, the
+    /// packages and every file; `--diff OTHER` compares two images.
     Inspect {
         /// Image folder.
         dir: PathBuf,
+        /// Package cache the image's packages are found in, to attribute files (default: the
+        /// build's: $IMRS_CACHE, else $XDG_CACHE_HOME/imrs, else ~/.cache/imrs).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+        /// Compare with this image folder: files added, removed, resized or changed, and the
+        /// bytes per package, from DIR to OTHER.
+        #[arg(long, value_name = "OTHER")]
+        diff: Option<PathBuf>,
+        /// How many of the largest files (or changes per kind) to list.
+        #[arg(long, default_value_t = 15)]
+        top: usize,
     },
     /// Phone-home receiver: serve reports over HTTPS, list the fleet.
     #[command(subcommand)]

@@ -185,7 +185,12 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Update(args) => crate::update::run(args, &ui),
         Command::Flash(args) => crate::flash::run(args, &ui),
         Command::VerifyDevice(args) => crate::flash::check::run(args, &ui),
-        Command::Inspect { dir } => inspect(&dir, &ui),
+        Command::Inspect {
+            dir,
+            cache,
+            diff,
+            top,
+        } => inspect(&dir, cache, diff.as_deref(), top, &ui),
         Command::Home(h) => crate::home::run(h, cli.json),
         Command::Fleet(f) => crate::fleet::run(f, cli.json),
         Command::Zone(z) => crate::zone_cli::run(z, cli.json),
@@ -371,7 +376,12 @@ fn sources(r: &recipe::ResolvedRecipe, inputs: &Inputs) -> Result<Sources> {
 }
 
 fn open_cache(inputs: &Inputs) -> Result<Cache> {
-    let dir = match &inputs.cache {
+    Ok(Cache::open(&cache_dir(inputs))?)
+}
+
+/// The package cache folder `inputs` name, or the default.
+fn cache_dir(inputs: &Inputs) -> PathBuf {
+    match &inputs.cache {
         Some(d) => d.clone(),
         None => match std::env::var_os("IMRS_CACHE") {
             Some(d) => PathBuf::from(d),
@@ -381,8 +391,7 @@ fn open_cache(inputs: &Inputs) -> Result<Cache> {
                     .join(".cache/imrs"),
             },
         },
-    };
-    Ok(Cache::open(&dir)?)
+    }
 }
 
 /// Loads the lock for a recipe and checks that it covers the recipe; returns it with its bytes.
@@ -497,15 +506,65 @@ pub(crate) fn build(args: BuildArgs, ui: &Ui) -> Result<u8> {
     Ok(0)
 }
 
-fn inspect(dir: &Path, ui: &Ui) -> Result<u8> {
+fn inspect(
+    dir: &Path,
+    cache: Option<PathBuf>,
+    other: Option<&Path>,
+    top: usize,
+    ui: &Ui,
+) -> Result<u8> {
     let m = verify::read_manifest(dir)?;
     let entries = verify::read_initramfs(&dir.join(crate::image_dir::INITRAMFS))?;
+    // Read only: the default cache folder is not created when missing (nothing is attributed
+    // then); a folder given with --cache must be a package cache.
+    let given = cache.is_some();
+    let folder = cache_dir(&Inputs {
+        lock: None,
+        cache,
+        snapshot: None,
+        offline: true,
+    });
+    if given && !folder.join("debs").is_dir() {
+        bail!(
+            "--cache {}: not a package cache (no debs/ folder in it)",
+            folder.display()
+        );
+    }
+    let cache = folder
+        .join("debs")
+        .is_dir()
+        .then(|| Cache::open(&folder))
+        .transpose()?;
+    let sizes = crate::inspect::inspect(dir, cache.as_ref())?;
+    let compared = match other {
+        Some(o) => Some(crate::inspect::diff(
+            &sizes,
+            &crate::inspect::inspect(o, cache.as_ref())?,
+        )),
+        None => None,
+    };
     if ui.json {
+        let owner: std::collections::BTreeMap<String, &str> = sizes
+            .all
+            .iter()
+            .map(|f| (f.path.clone(), f.package.as_str()))
+            .collect();
         let files: Vec<_> = entries
             .iter()
-            .map(|e| json!({"path": format!("/{}", e.name), "mode": format!("{:o}", e.mode), "size": e.data.len()}))
+            .map(|e| {
+                let path = format!("/{}", e.name);
+                json!({"mode": format!("{:o}", e.mode), "size": e.data.len(),
+                       "package": owner.get(&path), "path": path})
+            })
             .collect();
-        print_ok(json!({"manifest": m, "files": files}))?;
+        print_ok(
+            json!({"manifest": m, "size": sizes, "largest": sizes.all.iter().take(top).collect::<Vec<_>>(),
+                        "files": files, "diff": compared}),
+        )?;
+        return Ok(0);
+    }
+    if let Some(d) = &compared {
+        print!("{}", crate::inspect::render_diff(d, top));
         return Ok(0);
     }
     println!(
@@ -519,6 +578,7 @@ fn inspect(dir: &Path, ui: &Ui) -> Result<u8> {
         m.init_toolchain.release,
         m.init_toolchain.commit_hash
     );
+    print!("{}", crate::inspect::render(&sizes, top));
     println!("packages:");
     for p in &m.packages {
         println!("  {:32} {}", p.name, p.version);

@@ -25,6 +25,7 @@ pub mod home;
 pub mod host;
 pub mod image_dir;
 pub mod initbin;
+pub mod inspect;
 pub mod kernel;
 pub mod kmod;
 pub mod lab;

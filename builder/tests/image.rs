@@ -160,6 +160,66 @@ fn inspect_lists_packages_and_files() {
     assert!(v["files"].as_array().unwrap().len() > 50);
 }
 
+/// The size explained (issue 15): with the package cache every file has its package, the
+/// packages' bytes add up to the archive's content, the shares to one; the largest file is the
+/// init; an image compared with itself shows no change; a --cache that is no cache is refused.
+#[test]
+fn inspect_explains_the_size_by_package() {
+    let Some((image, _, _)) = qemu_image() else {
+        return;
+    };
+    let o = run(bin()
+        .args(["--json", "inspect"])
+        .arg(image)
+        .arg("--cache")
+        .arg(cache())
+        .arg("--diff")
+        .arg(image));
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let size = &v["size"];
+    assert_eq!(size["packages_missing_from_cache"], serde_json::json!([]));
+    let by = size["by_package"].as_array().unwrap();
+    let bytes: u64 = by.iter().map(|p| p["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(bytes, size["bytes"].as_u64().unwrap());
+    let share: f64 = by.iter().map(|p| p["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-9, "{share}");
+    let package_of = |path: &str| {
+        v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == path)
+            .map(|f| f["package"].clone())
+            .unwrap_or_else(|| panic!("no {path}"))
+    };
+    assert_eq!(package_of("/init"), "imrs-init");
+    assert_eq!(package_of("/usr/sbin/nsd"), "nsd");
+    assert_eq!(package_of("/usr/sbin/bird"), "bird2");
+    assert_eq!(package_of("/usr/lib/x86_64-linux-gnu/libc.so.6"), "libc6");
+    assert_eq!(package_of("/etc/passwd"), "imrs-build (generated)");
+    assert!(
+        package_of("/usr/sbin/nft").is_string(),
+        "every regular file has a package"
+    );
+    assert_eq!(v["largest"][0]["path"], "/init");
+    let d = &v["diff"];
+    for kind in ["added", "removed", "resized", "changed", "packages"] {
+        assert_eq!(d[kind], serde_json::json!([]), "{kind}");
+    }
+    let o = run(bin().arg("inspect").arg(image).arg("--cache").arg(image));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("not a package cache"), "{}", text(&o));
+    let o = run(bin().arg("inspect").arg(image).arg("--cache").arg(cache()));
+    let t = text(&o);
+    assert!(
+        t.contains("by package")
+            && t.contains("largest files:")
+            && t.contains("/init  (imrs-init)"),
+        "{t}"
+    );
+}
+
 #[test]
 fn bad_build_inputs_fail_cleanly_and_write_nothing() {
     let Some((_, key, lock)) = qemu_image() else {
