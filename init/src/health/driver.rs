@@ -328,6 +328,7 @@ mod tests {
         ];
         let mut d = Driver::new(
             Policy {
+                start_rise: 3,
                 hold_down: Duration::from_secs(2),
                 ..Policy::default()
             },

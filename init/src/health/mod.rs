@@ -8,8 +8,10 @@
 //!
 //! The rules, as an exhaustive `match (phase, event)` in [`Health::step`], time injected:
 //! - covering prefixes are announced from the first correct answer on;
-//! - specifics need [`Policy::rise`] good probes in a row at start, and are withdrawn after
-//!   [`Policy::fall`] failed probes in a row;
+//! - specifics need [`Policy::start_rise`] good probes in a row at start (by default one: the
+//!   dns stage has already proved that the daemon answers with the verified serial, so the
+//!   first probe that agrees is enough), and are withdrawn after [`Policy::fall`] failed probes
+//!   in a row;
 //! - after a withdrawal they come back only after `rise` good probes *and* a hold-down
 //!   ([`Policy::hold_down`]) during which every probe is good;
 //! - an expired zone withdraws the specifics and stops serving the stale zone until a valid zone
@@ -32,7 +34,9 @@ pub struct Policy {
     pub interval: Duration,
     /// Failed probes in a row that withdraw the specifics.
     pub fall: u32,
-    /// Good probes in a row needed before announcing (at start) or before the hold-down.
+    /// Good probes in a row needed before the first announcement since boot.
+    pub start_rise: u32,
+    /// Good probes in a row needed after a withdrawal before the hold-down.
     pub rise: u32,
     /// After recovery, how long every probe must stay good before re-announcing.
     pub hold_down: Duration,
@@ -43,6 +47,8 @@ impl Default for Policy {
         Policy {
             interval: Duration::from_secs(1),
             fall: 2,
+            // The dns stage proved the daemon answers the verified serial before BGP started.
+            start_rise: 1,
             rise: 3,
             hold_down: Duration::from_secs(10),
         }
@@ -236,8 +242,10 @@ impl Health {
                 (Phase::Expired, "zone expired; probe ignored".into())
             }
 
-            (Phase::Starting { good }, Event::ProbeOk) if good + 1 >= p.rise => {
-                (Phase::Up, format!("{} good probes in a row", good + 1))
+            (Phase::Starting { good }, Event::ProbeOk) if good + 1 >= p.start_rise => {
+                let n = good + 1;
+                let s = if n == 1 { "" } else { "s" };
+                (Phase::Up, format!("{n} good probe{s} in a row"))
             }
             (Phase::Starting { good }, Event::ProbeOk) => (
                 Phase::Starting { good: good + 1 },

@@ -28,6 +28,7 @@ fn policy() -> Policy {
     Policy {
         interval: Duration::from_secs(1),
         fall: 2,
+        start_rise: 3,
         rise: 3,
         hold_down: Duration::from_secs(10),
     }
@@ -83,6 +84,32 @@ fn start_announces_covering_first_then_specifics_after_rise() {
     assert_eq!(h.phase(), Phase::Up);
     assert!(r.iter().all(|r| !r.reason.is_empty()));
     assert_eq!(r.last().unwrap().reason, "3 good probes in a row");
+}
+
+/// The default policy: the first good probe after boot announces everything (the dns stage
+/// has proved the daemon already); a recovery still needs three good probes and the hold-down.
+#[test]
+fn by_default_the_first_good_probe_announces_and_recovery_still_waits() {
+    let mut h = Health::new(Policy::default());
+    let r = script(
+        &mut h,
+        &[
+            (0, fail(), OFF),
+            (1, Event::ProbeOk, ALL),
+            (2, fail(), ALL),
+            (3, fail(), COVER),
+            (4, Event::ProbeOk, COVER),
+            (5, Event::ProbeOk, COVER),
+            (6, Event::ProbeOk, COVER), // rise reached: hold-down until 16
+            (15, Event::ProbeOk, COVER),
+            (16, Event::ProbeOk, ALL),
+        ],
+    );
+    assert!(
+        r.iter().any(|r| r.reason == "1 good probe in a row"),
+        "{r:?}"
+    );
+    assert_eq!(h.phase(), Phase::Up);
 }
 
 #[test]
@@ -256,6 +283,7 @@ fn drain_withdraws_specifics_in_any_phase() {
 fn zero_hold_down_and_fall_one() {
     let mut h = Health::new(Policy {
         fall: 1,
+        start_rise: 1,
         rise: 1,
         hold_down: Duration::ZERO,
         ..policy()
