@@ -13,6 +13,16 @@ fn lab_text() -> String {
     std::fs::read_to_string(sites().join("lab.toml")).unwrap()
 }
 
+/// The lab site with its own `[host]` section replaced by one holding `host`.
+fn lab_with_host(host: &str) -> String {
+    let text = lab_text();
+    let start = text.find("\n[host]\n").expect("the lab site has a [host]") + 1;
+    let end = text[start..]
+        .find("\n[")
+        .map_or(text.len(), |i| start + i + 1);
+    format!("{}{}\n[host]\n{host}\n", &text[..start], &text[end..])
+}
+
 #[test]
 fn shipped_sites_validate() {
     let ex = load(&sites().join("example.toml")).unwrap();
@@ -22,6 +32,21 @@ fn shipped_sites_validate() {
     let lab = load(&sites().join("lab.toml")).unwrap();
     assert!(lab.lab);
     assert_eq!(lab.bgp.neighbors.len(), 2);
+    assert!(
+        lab.host.has_contacts(),
+        "the lab tells its host organisation"
+    );
+    // The helper swaps the lab's [host] for another, keeping everything else.
+    let other = parse(
+        Path::new("lab.toml"),
+        &lab_with_host("organisation = \"X\""),
+    )
+    .unwrap();
+    assert_eq!(
+        (other.host.organisation.as_str(), other.host.webhook),
+        ("X", None)
+    );
+    assert_eq!(other.phone_home, lab.phone_home);
 }
 
 /// The lab site with `extra` as a second address of `eth0` (`interfaces[0].addresses[1]`).
@@ -139,25 +164,24 @@ fn refused_cases() -> Vec<(&'static str, String, String)> {
         ),
         (
             "a host e-mail address that smuggles an SMTP command",
-            format!(
-                "{}\n[host]\nemail = [\"noc@example.net\", \"x@example.net\\r\\nRCPT TO:<y@z.net>\"]\n",
-                lab_text()
+            lab_with_host(
+                "email = [\"noc@example.net\", \"x@example.net\\r\\nRCPT TO:<y@z.net>\"]",
             ),
             s("host.email[1] = "),
         ),
         (
             "a plain-HTTP webhook",
-            format!("{}\n[host]\nwebhook = \"http://hooks.example.net/\"\n", lab_text()),
+            lab_with_host("webhook = \"http://hooks.example.net/\""),
             s("host.webhook = http://hooks.example.net/: an https:// URL"),
         ),
         (
             "a host that is never quiet",
-            format!("{}\n[host]\nquiet_after_s = 10\n", lab_text()),
+            lab_with_host("quiet_after_s = 10"),
             s("host.quiet_after_s = 10: 300 to 604800 seconds"),
         ),
         (
             "an unknown host key",
-            format!("{}\n[host]\nphone = \"+1 555\"\n", lab_text()),
+            lab_with_host("phone = \"+1 555\""),
             s("unknown field `phone`"),
         ),
         (
