@@ -524,18 +524,15 @@ fn inspect(
         snapshot: None,
         offline: true,
     });
-    if given && !folder.join("debs").is_dir() {
+    let is_cache = folder.join("debs").is_dir();
+    if given && !is_cache {
         bail!(
             "--cache {}: not a package cache (no debs/ folder in it)",
             folder.display()
         );
     }
-    let cache = folder
-        .join("debs")
-        .is_dir()
-        .then(|| Cache::open(&folder))
-        .transpose()?;
-    let sizes = crate::inspect::inspect(dir, cache.as_ref())?;
+    let cache = is_cache.then(|| Cache::open(&folder)).transpose()?;
+    let sizes = crate::inspect::explain(dir, &m, &entries, cache.as_ref())?;
     let compared = match other {
         Some(o) => Some(crate::inspect::diff(
             &sizes,

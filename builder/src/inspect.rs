@@ -11,10 +11,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use imrs_config::image::Manifest;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{Cache, sha256_file};
+use crate::cpio::Entry;
 use crate::deb::DebArchive;
 use crate::image_dir::INITRAMFS;
 use crate::verify;
@@ -81,8 +83,18 @@ pub struct Inspection {
 /// packages in `cache` (when given).
 pub fn inspect(dir: &Path, cache: Option<&Cache>) -> Result<Inspection> {
     let m = verify::read_manifest(dir)?;
-    let archive = dir.join(INITRAMFS);
-    let entries = verify::read_initramfs(&archive)?;
+    let entries = verify::read_initramfs(&dir.join(INITRAMFS))?;
+    explain(dir, &m, &entries, cache)
+}
+
+/// Explains the size of the image in `dir` whose manifest `m` and initramfs `entries` the
+/// caller has read already.
+pub fn explain(
+    dir: &Path,
+    m: &Manifest,
+    entries: &[Entry],
+    cache: Option<&Cache>,
+) -> Result<Inspection> {
     let size_of = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |md| md.len());
     let kernel_pkg = m
         .packages
