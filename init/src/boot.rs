@@ -25,6 +25,7 @@ use crate::context::{self, Context, Serving};
 use crate::log::{Admit, RateLimit};
 use crate::pid1::{Halt, Role};
 use crate::reaper::Reaper;
+use crate::retry::RetryPolicy;
 use crate::signals::{Request, Signals};
 use crate::slot_history::{History, SlotRun};
 use crate::supervisor::{Spec, Supervisor};
@@ -301,15 +302,15 @@ async fn event_loop(
         // A fleet command asks for a reboot on `halt`.
         let (halt_tx, mut halt) = tokio::sync::mpsc::channel::<String>(1);
         let poweroff_after_boot = settings.poweroff_after_boot;
+        let plan = pipeline::Plan {
+            hold: settings.hold,
+            stop_after: settings.stop_after,
+            // A slot on trial gives the boot back instead; a one-pass test ends at a failure.
+            retry: (trial.is_none() && !poweroff_after_boot).then(RetryPolicy::default),
+            started: start,
+        };
         let pipeline = async {
-            let results = pipeline::run(
-                &mut ctx,
-                &store,
-                &mut st,
-                settings.hold,
-                settings.stop_after,
-            )
-            .await;
+            let results = pipeline::run(&mut ctx, &store, &mut st, &plan).await;
             summary::print(&results, start.elapsed());
             // Healthy: the bgp stage passed (zone verified, DNS answering, announcing).
             let healthy = results.iter().any(|r| {

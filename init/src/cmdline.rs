@@ -3,7 +3,7 @@
 //!
 //! | parameter | meaning |
 //! |---|---|
-//! | `imrs.poweroff_after_boot=1` | once the boot pipeline has gone as far as it can and the summary is printed, shut down cleanly and power off (CI and the QEMU boot test end this way) |
+//! | `imrs.poweroff_after_boot=1` | once the boot pipeline has gone as far as it can and the summary is printed, shut down cleanly and power off (CI and the QEMU boot test end this way); a failed stage is not tried again |
 //! | `imrs.state=PATH` | state directory (default: the `IMRS-DATA` partition at `/var/lib/imrs`, else `/run/imrs`) |
 //! | `imrs.root=PATH` | root under which the pipeline reads everything: `etc/imrs/*`, `lib/modules`, `sys`, `proc`, `dev`, `usr/sbin/chronyd` (default `/`; tests point it at a fixture tree) |
 //! | `imrs.supervise=PATH` | supervise the program `PATH` (no arguments) as a daemon from boot; repeatable (tests; real daemons are started by their stages) |

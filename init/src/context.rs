@@ -87,6 +87,13 @@ pub struct Serving {
     pub desired: Option<watch::Receiver<Desired>>,
     /// Stops the health loop at shutdown.
     pub health_stop: Arc<AtomicBool>,
+    /// The health loop's thread (joined when the bgp stage runs again).
+    pub health_thread: Option<std::thread::JoinHandle<()>>,
+    /// Duplicate address detection on the management links, still running after the network
+    /// stage (optimistic addresses); its verdict: `Err` names a duplicate.
+    pub dad: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    /// A duplicate the detection found (kept: the bgp stage fails on it every time).
+    pub dad_failure: Option<String>,
 }
 
 impl Context {

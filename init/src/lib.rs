@@ -18,8 +18,8 @@
 //!   healthy slot, failed trials, `slot-changed` reports); `slot_update` (remote updates and
 //!   rollbacks into the other slot); `heartbeat` (the signed heartbeat
 //!   every `phone_home.heartbeat_s` once healthy).
-//! - **The pipeline** (`pipeline`: the state machine over the stages) and [`boot`] (start-up
-//!   order, event loop, shutdown).
+//! - **The pipeline** (`pipeline`: the state machine over the stages; `retry`: when a failed
+//!   stage runs again) and [`boot`] (start-up order, event loop, shutdown).
 //!
 //! PID 1 must not panic on data: strings from the disk, the network or the kernel are never
 //! sliced by byte offset (`clippy::string_slice` is denied here; use `get`, `char_indices`,
@@ -54,6 +54,7 @@ mod pid1;
 mod pipeline;
 mod privilege;
 mod reaper;
+mod retry;
 mod rootzone;
 mod shutdown;
 mod signals;

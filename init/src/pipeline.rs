@@ -1,8 +1,15 @@
 //! The boot pipeline as an explicit state machine: stages in a fixed order
-//! ([`imrs_config::stage::Stage`]), each ending passed, failed (with the reason) or done earlier. The first stage that does not pass stops the
-//! pipeline: the node stays off the air and the console summary says exactly where and why.
-//! A first boot that stops at a failed stage queues an
-//! `install-failed` report naming it ([`crate::installation`]).
+//! ([`imrs_config::stage::Stage`]), each ending passed, failed (with the reason) or done
+//! earlier. A stage that does not pass stops the pipeline there: the node stays off the air and
+//! the console summary says exactly where and why. A first boot that stops at a failed stage
+//! queues an `install-failed` report naming it ([`crate::installation`]), once.
+//!
+//! Then, unless the failed stage is `hardware` (final: a machine that fails acceptance must not
+//! serve), the boot is on trial or the run is a one-pass test ([`Plan::retry`]), the failed stage
+//! runs again after a capped, jittered delay ([`crate::retry`]) and the pipeline goes on from
+//! there; a first boot that passes later queues `install-passed` as usual. Each attempt has
+//! its own console lines (`stage zone: running` again, `attempt 2`) and its own record in the
+//! state file.
 //!
 //! Every outcome and its timing is saved in the state file ([`crate::state`]) as soon as it is
 //! known, and a stage is marked `running` before it starts, so a power cut leaves a record of
@@ -25,8 +32,9 @@ use imrs_config::stage::{Stage, Status};
 
 use crate::context::Context;
 use crate::outcome::{Outcome, StageResult};
+use crate::retry::{self, RetryPolicy};
 use crate::state::{self, State, Store};
-use crate::{installation, log, stages};
+use crate::{installation, log, stages, summary};
 
 /// Where the pipeline is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +56,8 @@ pub enum Event {
     Ended(Outcome),
     /// A hold was requested before the stage about to run.
     Hold,
+    /// The delay after a failure is over: try the stage again.
+    Retry,
 }
 
 /// The pipeline's transition function.
@@ -58,6 +68,8 @@ pub fn step(phase: Phase, event: &Event) -> Phase {
         }
         (Phase::Run(s), Event::Ended(Outcome::Failed(_))) => Phase::Stopped(s),
         (Phase::Run(s), Event::Hold) => Phase::Held(s),
+        (Phase::Stopped(s), Event::Retry) if retry::retryable(s) => Phase::Run(s),
+        (p @ Phase::Run(_), Event::Retry) => p,
         (p @ (Phase::Held(_) | Phase::Stopped(_) | Phase::Complete), _) => p,
     }
 }
@@ -103,20 +115,58 @@ async fn network_for_report(ctx: &mut Context, stage: Stage) {
     }
 }
 
+/// How this boot's pipeline runs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `imrs.hold`: wait before this stage.
+    pub hold: Option<Stage>,
+    /// `imrs.stop_after`: end after this stage passes.
+    pub stop_after: Option<Stage>,
+    /// Try failed stages again ([`crate::retry`]); `None`: the first failure ends the pipeline.
+    pub retry: Option<RetryPolicy>,
+    /// When the init started (the summary's time).
+    pub started: Instant,
+}
+
+/// Every known stage in order, the ones not run as not reached (the summary's and the
+/// reports' view).
+fn complete(results: &[StageResult]) -> Vec<StageResult> {
+    Stage::ALL
+        .iter()
+        .map(|&stage| {
+            results
+                .iter()
+                .find(|r| r.stage == stage)
+                .cloned()
+                .unwrap_or(StageResult {
+                    stage,
+                    outcome: None,
+                    seconds: 0.0,
+                })
+        })
+        .collect()
+}
+
 /// Runs the pipeline as far as it goes, recording every outcome in `st` and saving it after
-/// each stage. Returns the summary lines, or never returns when held (`hold`).
+/// each stage, trying failed stages again when the plan says so. Returns the summary lines
+/// once every stage passed, the pipeline stopped for good or ended as asked (`stop_after`);
+/// never returns when held (`hold`).
 pub async fn run(
     ctx: &mut Context,
     store: &Store,
     st: &mut State,
-    hold: Option<Stage>,
-    stop_after: Option<Stage>,
+    plan: &Plan,
 ) -> Vec<StageResult> {
     let mut results: Vec<StageResult> = Vec::new();
     let mut phase = Phase::Run(Stage::Platform);
+    // Failed attempts since a failed stage last passed; whether the failure was reported.
+    let mut failures: u32 = 0;
+    let mut reported = false;
+    // The stage being tried again.
+    let mut retrying: Option<Stage> = None;
     loop {
         match phase {
-            Phase::Run(stage) if hold == Some(stage) => {
+            Phase::Run(stage) if plan.hold == Some(stage) => {
                 phase = step(phase, &Event::Hold);
             }
             Phase::Run(stage) => {
@@ -126,7 +176,15 @@ pub async fn run(
                 } else {
                     st.start(stage);
                     save(store, st);
-                    log::info(format!("stage {stage}: {}", Status::Running));
+                    if retrying == Some(stage) {
+                        log::info(format!(
+                            "stage {stage}: {} (attempt {})",
+                            Status::Running,
+                            failures + 1
+                        ));
+                    } else {
+                        log::info(format!("stage {stage}: {}", Status::Running));
+                    }
                     stages::run(stage, ctx, &results).await
                 };
                 let seconds = t.elapsed().as_secs_f64();
@@ -159,19 +217,30 @@ pub async fn run(
                 if stage == Stage::Bgp && outcome == Outcome::Passed {
                     crate::slot_history::after_healthy(ctx, store, st.first_boot_passed, &results);
                 }
-                if let Outcome::Failed(why) = &outcome {
-                    if !st.first_boot_passed {
-                        report_failure(ctx, stage, why, &results).await;
-                    } else if ctx.boot_entry.on_trial().is_none()
-                        && ctx.slot_fallback.is_some()
-                        && ctx.site.is_some()
-                    {
-                        // The other slot failed its trial and this one fails too.
-                        network_for_report(ctx, stage).await;
-                        crate::slot_history::both_bad(ctx, store, stage, why, &results);
+                match &outcome {
+                    Outcome::Failed(why) if !reported => {
+                        reported = true;
+                        if !st.first_boot_passed {
+                            report_failure(ctx, stage, why, &results).await;
+                        } else if ctx.boot_entry.on_trial().is_none()
+                            && ctx.slot_fallback.is_some()
+                            && ctx.site.is_some()
+                        {
+                            // The other slot failed its trial and this one fails too.
+                            network_for_report(ctx, stage).await;
+                            crate::slot_history::both_bad(ctx, store, stage, why, &results);
+                        }
                     }
+                    Outcome::Passed if retrying == Some(stage) => {
+                        log::info(format!("stage {stage} passed on attempt {}", failures + 1));
+                        retrying = None;
+                        failures = 0;
+                    }
+                    _ => {}
                 }
-                if stop_after == Some(stage) && phase == Phase::Run(stage.next().unwrap_or(stage)) {
+                if plan.stop_after == Some(stage)
+                    && phase == Phase::Run(stage.next().unwrap_or(stage))
+                {
                     log::info(format!(
                         "imrs.stop_after={}: the pipeline ends here, as asked",
                         stage.name()
@@ -187,19 +256,31 @@ pub async fn run(
                 ));
                 std::future::pending::<()>().await;
             }
-            Phase::Stopped(_) | Phase::Complete => break,
+            Phase::Stopped(stage) => {
+                let Some(policy) = plan.retry.filter(|_| retry::retryable(stage)) else {
+                    break;
+                };
+                failures += 1;
+                if failures == 1 {
+                    // Where and why, as a pipeline that ends here would say it.
+                    summary::print(&complete(&results), plan.started.elapsed());
+                }
+                let delay = policy.next_delay(failures);
+                log::warn(format!(
+                    "stage {stage} failed (attempt {failures}): trying it again in {:.1} s; \
+                     nothing is announced meanwhile",
+                    delay.as_secs_f64()
+                ));
+                stages::reset(stage, ctx).await;
+                tokio::time::sleep(delay).await;
+                results.retain(|r| r.stage < stage);
+                retrying = Some(stage);
+                phase = step(phase, &Event::Retry);
+            }
+            Phase::Complete => break,
         }
     }
-    for stage in Stage::ALL {
-        if !results.iter().any(|r| r.stage == stage) {
-            results.push(StageResult {
-                stage,
-                outcome: None,
-                seconds: 0.0,
-            });
-        }
-    }
-    results
+    complete(&results)
 }
 
 #[cfg(test)]
@@ -251,6 +332,29 @@ mod tests {
                 Phase::Stopped(Stage::Site),
             ),
             (Phase::Held(Stage::Dns), failed, Phase::Held(Stage::Dns)),
+            (
+                Phase::Stopped(Stage::Zone),
+                Event::Retry,
+                Phase::Run(Stage::Zone),
+            ),
+            (
+                Phase::Stopped(Stage::Bgp),
+                Event::Retry,
+                Phase::Run(Stage::Bgp),
+            ),
+            // A machine that fails acceptance stays stopped.
+            (
+                Phase::Stopped(Stage::Hardware),
+                Event::Retry,
+                Phase::Stopped(Stage::Hardware),
+            ),
+            (Phase::Run(Stage::Dns), Event::Retry, Phase::Run(Stage::Dns)),
+            (Phase::Complete, Event::Retry, Phase::Complete),
+            (
+                Phase::Held(Stage::Zone),
+                Event::Retry,
+                Phase::Held(Stage::Zone),
+            ),
         ];
         for (from, event, to) in table {
             assert_eq!(step(from, &event), to, "{from:?} + {event:?}");

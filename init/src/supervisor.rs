@@ -214,6 +214,22 @@ impl Supervisor {
         self.daemons.iter().map(|d| d.name.clone()).collect()
     }
 
+    /// Stops the daemons named `name` (a stage about to start its daemon again), with `grace`
+    /// between SIGTERM and SIGKILL; they are no longer supervised.
+    pub async fn stop(&mut self, name: &str, grace: Duration) {
+        let (mine, others): (Vec<Daemon>, Vec<Daemon>) =
+            self.daemons.drain(..).partition(|d| d.name == name);
+        self.daemons = others;
+        for mut d in mine.into_iter().rev() {
+            if let Some(stop) = d.stop.take() {
+                let _ = stop.send(grace);
+            }
+            if let Err(e) = (&mut d.task).await {
+                log::error(format!("supervisor of {}: {e}", d.name));
+            }
+        }
+    }
+
     /// Stops every daemon, last started first, each with `grace` between SIGTERM and SIGKILL.
     pub async fn stop_all(&mut self, grace: Duration) {
         while let Some(mut d) = self.daemons.pop() {

@@ -204,17 +204,24 @@ impl Init {
 
     /// Waits until a console line contains `needle`.
     pub fn wait_for(&self, needle: &str, within: Duration) {
+        self.wait_for_count(needle, 1, within);
+    }
+
+    /// Waits until `n` console lines contain `needle`.
+    pub fn wait_for_count(&self, needle: &str, n: usize, within: Duration) {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if self.count(needle) > 0 {
+            if self.count(needle) >= n {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("no console line with {needle:?} within {within:?}");
+        panic!(
+            "{} console lines with {needle:?} within {within:?}, not {n}",
+            self.count(needle)
+        );
     }
 
-    /// Host pid of the init (the child of unshare).
     /// Host pid of the init: the first descendant of the started process that lives in
     /// another PID namespace (`unshare` forks it; `ip netns exec` may fork `unshare`).
     pub fn init_pid(&self) -> i32 {

@@ -20,9 +20,12 @@
 //!   new install report, withdraws nothing while the zone is valid, and once it expires
 //!   withdraws the specifics (covering kept) and stops serving `.`.
 //! - `knot_first_boot_serves_and_announces`: the same boot with Knot as the DNS daemon.
-//! - `tampered_zone_is_refused_and_reported`: the transfer server serves the real zone with
-//!   one glue address changed: the zone stage fails naming ZONEMD, BIRD never starts, and an
-//!   `install-failed` report naming the zone stage arrives.
+//! - `tampered_zone_is_refused_reported_then_the_good_one_passes`: the transfer server serves
+//!   the real zone with one glue address changed: the zone stage fails naming ZONEMD, BIRD
+//!   never starts, and an `install-failed` report naming the zone stage arrives; the stage runs
+//!   again (still refused, nothing announced); then the transfer server hands out the real
+//!   zone: the next attempt passes, the box announces the five prefixes, answers, and an
+//!   `install-passed` report follows the failed one.
 //! - `both_slots_bad_stay_off_the_air_and_report_both`: an installed box back on slot A after
 //!   slot B failed its trial (`slots.json`), and slot A now fails too (the tampered zone): the
 //!   console says both slots are bad, nothing is announced, and a `slot-changed` report names
@@ -549,13 +552,13 @@ fn stop_off_the_air(mut init: Init, mut h: Host) {
 }
 
 #[test]
-fn tampered_zone_is_refused_and_reported() {
+fn tampered_zone_is_refused_reported_then_the_good_one_passes() {
     if !prerequisites("init_serving") {
         return;
     }
-    let (_d, root, state, h) = tampered_zone_host("itz");
+    let (d, root, state, mut h) = tampered_zone_host("itz");
     let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
-    let init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
     init.wait_for("boot summary", Duration::from_secs(240));
     assert_eq!(init.count("stage zone: FAILED"), 1, "{:#?}", init.console());
     assert!(init.count("ZONEMD") >= 1, "{:#?}", init.console());
@@ -575,7 +578,47 @@ fn tampered_zone_is_refused_and_reported() {
             .contains("ZONEMD"),
         "{dev:?}"
     );
-    stop_off_the_air(init, h);
+    // The box does not give up: the zone stage runs again, still refusing the tampered zone,
+    // and nothing is announced meanwhile.
+    init.wait_for("stage zone: running (attempt 2)", Duration::from_secs(30));
+    init.wait_for_count("stage zone: FAILED", 2, Duration::from_secs(60));
+    assert!(learned(&h.router).is_empty(), "{:?}", learned(&h.router));
+    assert_eq!(init.count("stage dns: "), 0, "nothing after zone runs");
+    // The transfer server now hands out the real zone: the next attempt passes, the box
+    // serves and announces, and reports install-passed (the failure was reported once).
+    h.xfr.kill();
+    h.xfr = start_xfr(&h.rtr, &d.path().join("xfr-good"), &zone_file());
+    init.wait_for("stage zone passed on attempt", Duration::from_secs(120));
+    wait_learned(
+        &h.router,
+        &imrs_prefixes(),
+        Duration::from_secs(120),
+        "after the good zone",
+    );
+    let passed = wait_for(Duration::from_secs(60), POLL, || {
+        store::reports(&h.db)
+            .ok()?
+            .into_iter()
+            .find(|r| r.event == "install-passed")
+    })
+    .expect("no install-passed report after the good zone");
+    assert_eq!(passed.device, dev.device);
+    assert_eq!(passed.zone_serial, Some(SERIAL));
+    let events: Vec<String> = store::reports(&h.db)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event)
+        .filter(|e| e.starts_with("install-"))
+        .collect();
+    assert_eq!(events, ["install-failed", "install-passed"]);
+    for tcp in [false, true] {
+        let out = dig(&h.rtr, "198.51.100.42", tcp);
+        assert!(out.contains(&SERIAL.to_string()), "tcp={tcp}: {out}");
+    }
+    init.signal(libc::SIGTERM);
+    init.wait(Duration::from_secs(30));
+    h.xfr.kill();
+    h.receiver.stop();
 }
 
 #[test]

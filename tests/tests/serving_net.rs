@@ -2,6 +2,9 @@
 //! lab site applied through netlink from a thread that entered the namespace, read back through
 //! netlink and cross-checked with `ip -j`; a second apply changes nothing; drift made behind the
 //! init's back (extra address, lost address, MTU, link down, wrong gateway) is repaired exactly.
+//! Over a veth with the network stage's optimistic duplicate address detection settings: the
+//! management address is usable at once, detection ends; a duplicate on the other side is
+//! found.
 
 use imrs_init::net;
 use imrs_tests::netns;
@@ -18,6 +21,7 @@ fn in_netns<T: Send>(ns: &NetNs, f: impl AsyncFnOnce(&rtnetlink::Handle) -> T + 
     ns.run_inside(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
+            .enable_time()
             .build()
             .unwrap();
         rt.block_on(async {
@@ -264,4 +268,69 @@ fn missing_interface_is_named() {
     let report = in_netns(&ns, async |h| net::apply(h, &plan).await.unwrap());
     assert_eq!(report.links, [("eth0".to_string(), "enp9s0".to_string())]);
     assert_eq!(ip_addrs(&ns, "enp9s0").len(), 2);
+}
+
+/// Two namespaces joined by a veth `eth0` <-> `eth0`; the appliance side with the optimistic
+/// duplicate address detection settings the network stage writes, the other side up with
+/// `other` (added without detection, so it is there first).
+fn optimistic_pair(tag: &str, other: &[&str]) -> (NetNs, NetNs) {
+    let appl = NetNs::create(&format!("{tag}a")).unwrap();
+    let peer = NetNs::create(&format!("{tag}p")).unwrap();
+    netns::veth(&appl, "eth0", &peer, "eth0").unwrap();
+    appl.ip(&["link", "set", "eth0", "down"]).unwrap();
+    // Detection starts once the link has a carrier: the other side up.
+    peer.ip(&["link", "set", "eth0", "up"]).unwrap();
+    for a in other {
+        peer.ip(&["addr", "add", a, "dev", "eth0", "nodad"])
+            .unwrap();
+    }
+    appl.run_inside(|| net::sysctl::apply(Path::new("/proc/sys"), &net::sysctl::optimistic_dad()))
+        .unwrap()
+        .unwrap();
+    (appl, peer)
+}
+
+#[test]
+fn management_addresses_are_usable_at_once_and_a_duplicate_is_found() {
+    if !require("serving_net", true, &["/usr/sbin/ip"]) {
+        return;
+    }
+    let site = imrs_config::site::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/sites/lab.toml"),
+    )
+    .unwrap();
+    let plan = NetPlan::from_site(&site);
+    let mine: IpNet = "2001:db8:1::10/64".parse().unwrap();
+    // Detection's end (or a duplicate), within 10 s.
+    let watch = async |h: &rtnetlink::Handle| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let st = net::dad_state(h, "eth0").await.unwrap();
+            if st.settled() || !st.failed.is_empty() || std::time::Instant::now() > deadline {
+                return st;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+
+    // Alone on the link: usable at once (optimistic), then detection ends without a duplicate.
+    let (appl, _peer) = optimistic_pair("dadok", &[]);
+    let (at_once, later) = in_netns(&appl, async |h| {
+        net::apply(h, &plan).await.unwrap();
+        let at_once = net::dad_state(h, "eth0").await.unwrap();
+        (at_once, watch(h).await)
+    });
+    assert!(at_once.unusable.is_empty(), "{at_once:?}");
+    assert!(at_once.optimistic.contains(&mine), "{at_once:?}");
+    assert!(later.settled() && later.failed.is_empty(), "{later:?}");
+
+    // Another node has the management address: still usable at first, then found out.
+    let (appl, _peer) = optimistic_pair("daddup", &["2001:db8:1::10/64"]);
+    let (at_once, later) = in_netns(&appl, async |h| {
+        net::apply(h, &plan).await.unwrap();
+        let at_once = net::tentative(h, "eth0").await.unwrap();
+        (at_once, watch(h).await)
+    });
+    assert!(at_once.is_empty(), "{at_once:?}");
+    assert_eq!(later.failed, [mine], "{later:?}");
 }

@@ -33,6 +33,29 @@ pub struct StageReport {
     pub started_at_s: Option<f64>,
     /// Seconds after QEMU start when it ended.
     pub ended_at_s: Option<f64>,
+    /// Earlier attempts that failed (the init tried the stage again), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_attempts: Vec<FailedAttempt>,
+}
+
+/// An attempt at a stage that failed before the init tried it again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailedAttempt {
+    /// Seconds the init measured.
+    pub seconds: Option<f64>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Seconds after QEMU start when it started.
+    pub started_at_s: Option<f64>,
+    /// Seconds after QEMU start when it ended.
+    pub ended_at_s: Option<f64>,
+}
+
+impl StageReport {
+    /// How many attempts failed, the current one included when it failed.
+    pub fn failures(&self) -> usize {
+        self.failed_attempts.len() + usize::from(self.status == Status::Failed)
+    }
 }
 
 /// What one console line says.
@@ -217,11 +240,23 @@ impl Tracker {
                             reason: None,
                             started_at_s: None,
                             ended_at_s: None,
+                            failed_attempts: Vec::new(),
                         });
                         self.stages.len() - 1
                     }
                 };
                 let s = &mut self.stages[i];
+                if *status == Status::Running && !*summary && s.status == Status::Failed {
+                    // The init tries a failed stage again: the failure becomes history, and
+                    // the summary printed for it belongs to the attempt that stopped.
+                    s.failed_attempts.push(FailedAttempt {
+                        seconds: s.seconds.take(),
+                        reason: s.reason.take(),
+                        started_at_s: s.started_at_s.take(),
+                        ended_at_s: s.ended_at_s.take(),
+                    });
+                    self.summary_seen = false;
+                }
                 if *status == Status::Running {
                     if !*summary {
                         s.started_at_s = Some(at);
@@ -280,6 +315,7 @@ impl Tracker {
                     reason: None,
                     started_at_s: None,
                     ended_at_s: None,
+                    failed_attempts: Vec::new(),
                 }),
                 None => {}
             }
@@ -427,5 +463,48 @@ mod tests {
         assert_eq!(r[2].status, Status::NotReached);
         assert_eq!(r[9].status, Status::NotReached);
         assert_eq!(t.stopped_at().unwrap().name, "site");
+    }
+
+    #[test]
+    fn a_stage_tried_again_keeps_its_failures() {
+        let mut t = Tracker::default();
+        t.feed("imrs-init: stage zone: running", 5.0);
+        t.feed(
+            "imrs-init: ERROR stage zone: FAILED (0.900 s): no verified zone: ZONEMD mismatch",
+            5.9,
+        );
+        t.feed("imrs-init: boot summary (6.00 s since init start):", 6.0);
+        t.feed(
+            "imrs-init: ERROR   zone        FAILED          0.900 s  no verified zone: ZONEMD mismatch",
+            6.0,
+        );
+        t.feed("imrs-init:   dns         not reached           -", 6.0);
+        assert!(t.summary_seen);
+        assert_eq!(t.stopped_at().unwrap().name, "zone");
+        assert_eq!(t.get("zone").unwrap().failures(), 1);
+        // The retry: the failure becomes history, the pipeline goes on.
+        t.feed("imrs-init: stage zone: running (attempt 2)", 11.0);
+        assert!(!t.summary_seen, "the summary was the stopped attempt's");
+        assert!(t.stopped_at().is_none());
+        assert_eq!(t.status("zone"), Some(Status::Running));
+        t.feed("imrs-init: stage zone: PASSED (0.800 s)", 11.8);
+        t.feed("imrs-init: stage dns: running", 11.8);
+        let z = t.get("zone").unwrap();
+        assert_eq!(
+            (z.status, z.seconds, z.started_at_s, z.ended_at_s),
+            (Status::Passed, Some(0.8), Some(11.0), Some(11.8))
+        );
+        assert_eq!(z.reason, None);
+        assert_eq!(
+            z.failed_attempts,
+            [FailedAttempt {
+                seconds: Some(0.9),
+                reason: Some("no verified zone: ZONEMD mismatch".into()),
+                started_at_s: Some(5.0),
+                ended_at_s: Some(5.9),
+            }]
+        );
+        assert_eq!(z.failures(), 1);
+        assert_eq!(t.status("dns"), Some(Status::Running));
     }
 }

@@ -153,34 +153,33 @@ struct Got {
     files: Vec<PathBuf>,
 }
 
-/// Waits (up to [`WAIT`]) for the notices of the install report `report` and checks them:
-/// one webhook notice and one e-mail per address, each verified against `n.public` and saying
-/// what the report says.
+/// Waits (up to [`WAIT`]) for the notices of the install reports `reports` (one, or a first
+/// boot's `install-failed` and then its `install-passed`) and checks them: per report one
+/// webhook notice and one e-mail per address, each verified against `n.public` and saying what
+/// its report says (matched by report id), and nothing else.
 pub fn checks(
     inbox: &Inbox,
     n: &Notices,
-    report: Option<&StoredReport>,
+    reports: &[&StoredReport],
     label: &str,
 ) -> Result<Vec<Check>> {
-    let Some(report) = report else {
+    if reports.is_empty() {
         return Ok(vec![Check {
             what: format!("{label}: the host is notified"),
             ok: false,
             detail: "no installation report was stored, so nothing to notify".into(),
         }]);
-    };
-    let want_kind = if report.event == "install-passed" {
-        Kind::InstallPassed
-    } else {
-        Kind::InstallFailed
-    };
+    }
+    let kinds: Vec<&str> = reports.iter().map(|r| kind_of(r).name()).collect();
+    let kinds = kinds.join(" then ");
     let want_mails = n.host.email.len();
     let start = Instant::now();
     loop {
         signal::check()?;
         let hooks = inbox.webhook.as_ref().map_or(0, |w| w.bodies().len());
         let mails = inbox.smtp.as_ref().map_or(0, |s| s.messages().len());
-        let done = (inbox.webhook.is_none() || hooks >= 1) && mails >= want_mails;
+        let done = (inbox.webhook.is_none() || hooks >= reports.len())
+            && mails >= want_mails * reports.len();
         if done || start.elapsed() > WAIT {
             break;
         }
@@ -209,11 +208,11 @@ pub fn checks(
             keep(&file, body, &mut got);
             take(body, "webhook", n, &mut got);
         }
-        let ok = judge(&got, 1, report, want_kind);
+        let ok = judge(&got, 1, reports);
         checks.push(Check {
             what: format!(
-                "{label}: the host's webhook got one signed {} notice that verifies",
-                want_kind.name()
+                "{label}: the host's webhook got one signed notice per report ({kinds}) that \
+                 verifies"
             ),
             ok: ok.is_ok(),
             detail: match ok {
@@ -252,16 +251,22 @@ pub fn checks(
             take(att.contents(), &format!("e-mail {}", i + 1), n, &mut got);
         }
         to.sort();
-        let mut want_to = n.host.email.clone();
+        let mut want_to: Vec<String> = reports
+            .iter()
+            .flat_map(|_| n.host.email.iter().cloned())
+            .collect();
         want_to.sort();
-        let mut ok = judge(&got, want_mails, report, want_kind);
+        let mut ok = judge(&got, want_mails, reports);
         if ok.is_ok() && to != want_to {
-            ok = Err(format!("addressed to {to:?}, the site names {want_to:?}"));
+            ok = Err(format!(
+                "addressed to {to:?}, the site names {:?} for each report",
+                n.host.email
+            ));
         }
         checks.push(Check {
             what: format!(
-                "{label}: the host's mailbox got one e-mail per address with the signed notice \
-                 attached, verified"
+                "{label}: the host's mailbox got one e-mail per address and report ({kinds}) \
+                 with the signed notice attached, verified"
             ),
             ok: ok.is_ok(),
             detail: match ok {
@@ -271,6 +276,15 @@ pub fn checks(
         });
     }
     Ok(checks)
+}
+
+/// The notice kind a stored install report makes.
+fn kind_of(report: &StoredReport) -> Kind {
+    if report.event == "install-passed" {
+        Kind::InstallPassed
+    } else {
+        Kind::InstallFailed
+    }
 }
 
 /// Writes what arrived to `file` (for a look, and for `home verify-notice`).
@@ -292,45 +306,61 @@ fn take(body: &[u8], from: &str, n: &Notices, got: &mut Got) {
     }
 }
 
-/// Whether `got` is exactly `count` verified notices of `kind` about `report`; a description.
-fn judge(got: &Got, count: usize, report: &StoredReport, kind: Kind) -> Result<String, String> {
+/// Whether `got` is exactly `per` verified notices about each of `reports` (matched by
+/// report id) saying what the report says, and nothing else; a description.
+fn judge(got: &Got, per: usize, reports: &[&StoredReport]) -> Result<String, String> {
     if !got.problems.is_empty() {
         return Err(got.problems.join("; "));
     }
-    if got.notices.len() != count {
+    let want = per * reports.len();
+    if got.notices.len() != want {
         return Err(format!(
-            "{} notice(s) within {} s, expected {count}",
+            "{} notice(s) within {} s, expected {want}",
             got.notices.len(),
             WAIT.as_secs()
         ));
     }
-    for nt in &got.notices {
-        let differs = [
-            ("kind", nt.kind.name().to_string(), kind.name().to_string()),
-            ("report id", nt.id.clone(), report.id.clone()),
-            ("device", nt.device_key.clone(), report.device.clone()),
-            (
-                "zone serial",
-                format!("{:?}", nt.zone_serial),
-                format!("{:?}", report.zone_serial),
-            ),
-        ]
-        .into_iter()
-        .find(|(_, a, b)| a != b);
-        if let Some((what, a, b)) = differs {
+    let mut said = Vec::new();
+    for report in reports {
+        let kind = kind_of(report);
+        let mine: Vec<&Notice> = got.notices.iter().filter(|nt| nt.id == report.id).collect();
+        if mine.len() != per {
             return Err(format!(
-                "the notice's {what} is {a}, the stored report's {b}"
+                "{} notice(s) about report {} ({}), expected {per}",
+                mine.len(),
+                report.id,
+                report.event
             ));
         }
+        for nt in &mine {
+            let differs = [
+                ("kind", nt.kind.name().to_string(), kind.name().to_string()),
+                ("device", nt.device_key.clone(), report.device.clone()),
+                (
+                    "zone serial",
+                    format!("{:?}", nt.zone_serial),
+                    format!("{:?}", report.zone_serial),
+                ),
+            ]
+            .into_iter()
+            .find(|(_, a, b)| a != b);
+            if let Some((what, a, b)) = differs {
+                return Err(format!(
+                    "the notice's {what} is {a}, report {}'s {b}",
+                    report.id
+                ));
+            }
+        }
+        let nt = mine[0];
+        said.push(format!(
+            "{} for {} (device {}, zone serial {}, {} prefixes announced, manifest {})",
+            nt.kind.name(),
+            nt.instance,
+            nt.device_key,
+            nt.zone_serial.map_or("none".into(), |s| s.to_string()),
+            nt.announced.len(),
+            nt.manifest_sha256.get(..12).unwrap_or_default()
+        ));
     }
-    let nt = &got.notices[0];
-    Ok(format!(
-        "{} for {} (device {}, zone serial {}, {} prefixes announced, manifest {})",
-        nt.kind.name(),
-        nt.instance,
-        nt.device_key,
-        nt.zone_serial.map_or("none".into(), |s| s.to_string()),
-        nt.announced.len(),
-        nt.manifest_sha256.get(..12).unwrap_or_default()
-    ))
+    Ok(said.join("; then "))
 }

@@ -3,7 +3,7 @@
 //! | scenario | the lab | expected |
 //! |---|---|---|
 //! | `normal` | everything up | every stage passes, serving, one `install-passed` report |
-//! | `tampered-zone` | the transfer server serves the zone with one glue A record changed | zone stage fails, the specific prefixes are never announced, an `install-failed` report names stage `zone` |
+//! | `tampered-zone` | the transfer server serves the zone with one glue A record changed; once the box has reported and refused it twice, the good zone | zone stage fails and fails again when tried again, an `install-failed` report names stage `zone`, nothing is announced; then the zone passes, the box serves and reports `install-passed` (the host told both) |
 //! | `xfr-down` | transfer server started ~30 s after QEMU | passes once the server is there |
 //! | `receiver-down` | receiver started ~30 s after the box reaches phone-home | passes; the report arrives after the receiver starts |
 //! | `power-cut` | QEMU killed when the zone stage starts, then booted again on the same disk | resumes (hardware done earlier), passes, exactly one install report |
@@ -129,7 +129,7 @@ impl Scenario {
                 "every stage passes, the box serves (specifics at the router, . SOA answered) and one verified install-passed report arrives"
             }
             Scenario::TamperedZone => {
-                "the box refuses the zone: stage zone fails, the specific prefixes are never announced, an install-failed report names stage zone"
+                "the box refuses the zone: stage zone fails (and again when tried again), nothing is announced, an install-failed report names stage zone; once the transfer server hands out the good zone the box passes, serves and reports install-passed"
             }
             Scenario::XfrDown => {
                 "the zone stage waits for the transfer server that comes up late, then the box passes and serves"
@@ -250,8 +250,6 @@ struct Services {
 enum Goal {
     /// The first boot's full pass: serving and an install report.
     Install,
-    /// The box refuses: an install-failed report.
-    FailureReport,
     /// A later boot: serving, then a while to see whether a report comes.
     Serving,
     /// A later boot: serving and a new report (not a heartbeat) at the receiver.
@@ -360,6 +358,9 @@ struct BootPlan {
     xfr_at: Option<f64>,
     /// Start the receiver this long after the box reaches phone-home.
     receiver_after_phone_home: Option<f64>,
+    /// Once the `install-failed` report is stored and the zone stage has failed this many
+    /// times, the transfer server hands out the good zone instead (`tampered-zone`).
+    good_zone_after: Option<usize>,
 }
 
 impl BootPlan {
@@ -371,6 +372,7 @@ impl BootPlan {
             cut_update_at: None,
             xfr_at: None,
             receiver_after_phone_home: None,
+            good_zone_after: None,
         }
     }
 }
@@ -386,6 +388,8 @@ struct Final {
     rejected: u64,
     xfr_started_s: Option<f64>,
     receiver_started_s: Option<f64>,
+    /// When the transfer server began handing out the good zone (`tampered-zone`).
+    good_zone_s: Option<f64>,
     remote: Option<Remote>,
     /// What the lab sent (`telemetry`).
     traffic: Option<Traffic>,
@@ -838,16 +842,16 @@ impl Lab {
         a
     }
 
-    /// What the host and the operators were shown of the first boot's install report: the
-    /// host's notices (when the site names contacts) and, for a passed install, the operators'
-    /// pages showing the device live.
+    /// What the host and the operators were shown of the first boot's install reports: the
+    /// host's notices (when the site names contacts; a first boot that failed and then passed
+    /// told both) and, when the last one passed, the operators' pages showing the device live.
     fn told_checks(&self, svc: &Services, fin: &Final, label: &str) -> Result<Vec<Check>> {
-        let report = fin.reports.iter().find(|r| r.is_install());
+        let reports: Vec<&StoredReport> = fin.reports.iter().filter(|r| r.is_install()).collect();
         let mut checks = Vec::new();
         if let (Some(n), Some(inbox)) = (&self.notices, &svc.inbox) {
-            checks.extend(super::notices::checks(inbox, n, report, label)?);
+            checks.extend(super::notices::checks(inbox, n, &reports, label)?);
         }
-        if let Some(r) = report.filter(|r| r.event == "install-passed") {
+        if let Some(r) = reports.last().filter(|r| r.event == "install-passed") {
             checks.push(super::operators::check(
                 &svc.ns,
                 self.plan.receiver,
@@ -893,6 +897,7 @@ impl Lab {
             serving_s: None,
             report_s: None,
             specifics_seen: false,
+            specifics_first_s: None,
             killed_at: None,
             exited: None,
             timed_out: false,
@@ -908,6 +913,8 @@ impl Lab {
         let mut settle_until: Option<f64> = None;
         let mut xfr_started_s = None;
         let mut receiver_started_s = None;
+        let mut good_zone_s = None;
+        let mut install_passed_s: Option<f64> = None;
         let mut reports: Vec<StoredReport> = Vec::new();
         let mut rejected = 0;
         let mut remote = matches!(
@@ -1036,6 +1043,7 @@ impl Lab {
                     .collect();
                 if routes.iter().any(|r| spec.contains(&r.prefix)) {
                     out.specifics_seen = true;
+                    out.specifics_first_s.get_or_insert(now);
                 }
                 if out.serving_s.is_none() && held.iter().all(|h| *h) {
                     let a = svc.ns.run_inside(move || {
@@ -1110,6 +1118,34 @@ impl Lab {
                         }
                     }
                 }
+                if install_passed_s.is_none()
+                    && reports
+                        .iter()
+                        .skip(baseline)
+                        .any(|r| r.event == "install-passed")
+                {
+                    install_passed_s = Some(now);
+                }
+                if let Some(failures) = plan.good_zone_after
+                    && good_zone_s.is_none()
+                    && tracker.get("zone").map_or(0, |z| z.failures()) >= failures
+                    && reports
+                        .iter()
+                        .skip(baseline)
+                        .any(|r| r.event == "install-failed")
+                {
+                    svc.xfr = None;
+                    self.start_xfr(svc, false)?;
+                    let t = vm.elapsed();
+                    good_zone_s = Some(t);
+                    out.actions.push(format!(
+                        "{t:.1} s: the transfer server hands out the good zone (after the \
+                         install-failed report and {failures} refusals)"
+                    ));
+                    self.progress(format!(
+                        "[{t:7.1} s] {label}: transfer server restarted with the good zone"
+                    ));
+                }
                 if out.report_s.is_none()
                     && let Some(new) = reports.get(baseline)
                 {
@@ -1156,15 +1192,16 @@ impl Lab {
                 settle_until = match plan.goal {
                     // The summary and the init's exposure lines follow phone-home: waited for.
                     Goal::Install if out.serving_s.is_some() && new_install => {
-                        if (phone_home_ended(&tracker) && tracker.summary_seen)
-                            || now >= out.report_s.unwrap_or(now) + 10.0
+                        let passed = install_passed_s.unwrap_or(now);
+                        if install_passed_s.is_some()
+                            && ((phone_home_ended(&tracker) && tracker.summary_seen)
+                                || now >= passed + 10.0)
                         {
                             Some(now + 2.0)
                         } else {
                             None
                         }
                     }
-                    Goal::FailureReport if new_install => Some(now + 5.0),
                     Goal::ServingReport
                         if out.serving_s.is_some()
                             && new_event
@@ -1207,6 +1244,9 @@ impl Lab {
                             None
                         }
                     }
+                    // The init tries a failed stage again: a stop is not the end when the
+                    // lab is about to hand out the good zone.
+                    _ if plan.good_zone_after.is_some() => None,
                     _ => match stop {
                         Some(_)
                             if new_any
@@ -1240,6 +1280,7 @@ impl Lab {
             rejected,
             xfr_started_s,
             receiver_started_s,
+            good_zone_s,
             remote,
             traffic,
         };
@@ -1667,6 +1708,84 @@ fn install_checks(
     );
 }
 
+/// `tampered-zone`: the zone stage refused the tampered zone (twice, reported once, nothing
+/// announced), then passed on the good one; the box serves and reported `install-passed`
+/// after the `install-failed`.
+fn tampered_checks(checks: &mut Vec<Check>, b: &BootOutcome, t: &Tracker, fin: &Final, lab: &Lab) {
+    let zone = t.get("zone");
+    let refusals: Vec<String> = zone
+        .map(|z| {
+            z.failed_attempts
+                .iter()
+                .map(|a| a.reason.clone().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    check(
+        checks,
+        "boot 1: stage zone refuses the tampered zone, and again when it tries again",
+        refusals.len() >= 2 && refusals.iter().take(2).all(|r| r.contains("ZONEMD")),
+        format!("{} refusals: {}", refusals.len(), refusals.join(" | ")),
+    );
+    let good = fin.good_zone_s;
+    check(
+        checks,
+        "boot 1: the specific prefixes are not announced before the good zone",
+        good.is_some() && b.specifics_first_s.is_none_or(|s| Some(s) > good),
+        format!(
+            "good zone served from {}, specifics first seen {}",
+            opt_s(good),
+            opt_s(b.specifics_first_s)
+        ),
+    );
+    let installs: Vec<&StoredReport> = fin.reports.iter().filter(|r| r.is_install()).collect();
+    let failed = installs.first();
+    check(
+        checks,
+        "boot 1: a verified install-failed report names stage zone",
+        failed.is_some_and(|r| {
+            r.event == "install-failed" && r.failed_stage.as_deref() == Some("zone")
+        }),
+        failed.map_or("no install report".into(), |r| {
+            format!(
+                "{} stage {} reason {}",
+                r.event,
+                r.failed_stage.as_deref().unwrap_or("-"),
+                r.failed_reason.as_deref().unwrap_or("-")
+            )
+        }),
+    );
+    let events: Vec<&str> = installs.iter().map(|r| r.event.as_str()).collect();
+    check(
+        checks,
+        "boot 1: then, on the good zone, it passes and reports install-passed (the failure once)",
+        events == ["install-failed", "install-passed"]
+            && zone.is_some_and(|z| z.status == Status::Passed),
+        format!(
+            "install reports [{}]; zone {}",
+            events.join(", "),
+            stage_detail(t, "zone")
+        ),
+    );
+    let must = imrs_config::stage::Stage::ALL.map(imrs_config::stage::Stage::name);
+    let bad: Vec<String> = must[..must.len() - 1]
+        .iter()
+        .filter(|s| !t.status(s).is_some_and(Status::goes_on))
+        .map(|s| format!("{s} {}", stage_detail(t, s)))
+        .collect();
+    check(
+        checks,
+        "boot 1: stages platform..phone-home pass in the end",
+        bad.is_empty(),
+        if bad.is_empty() {
+            "all passed".to_string()
+        } else {
+            bad.join("; ")
+        },
+    );
+    serving_checks(checks, b, fin, lab.zone.serial);
+}
+
 /// The sockets the box accepts traffic on are exactly DNS on the site's addresses and BGP;
 /// every daemon runs under its own account with `no_new_privs` and no spare capability.
 fn exposure_checks(checks: &mut Vec<Check>, b: &BootOutcome, fin: &Final, lab: &Lab) {
@@ -1879,6 +1998,8 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         cut_update_at: None,
         xfr_at: (scenario == Scenario::XfrDown).then_some(late),
         receiver_after_phone_home: (scenario == Scenario::ReceiverDown).then_some(late),
+        // Refused twice (reported once), then the transfer server hands out the good zone.
+        good_zone_after: (scenario == Scenario::TamperedZone).then_some(2),
     };
     let mut checks = Vec::new();
     let mut boots = Vec::new();
@@ -2013,39 +2134,8 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
             }
         }
         Scenario::TamperedZone => {
-            let (b, t, fin) = lab.boot(&mut svc, &one(Goal::FailureReport), 0)?;
-            check(
-                &mut checks,
-                "boot 1: stage zone fails",
-                t.status("zone") == Some(Status::Failed),
-                format!("zone {}", stage_detail(&t, "zone")),
-            );
-            check(
-                &mut checks,
-                "boot 1: the specific prefixes are never announced",
-                !b.specifics_seen,
-                if b.specifics_seen {
-                    "the router saw a specific prefix".to_string()
-                } else {
-                    format!("the router never saw {}", specifics().join(" or "))
-                },
-            );
-            let failed = fin.reports.iter().find(|r| r.is_install());
-            check(
-                &mut checks,
-                "boot 1: a verified install-failed report names stage zone",
-                failed.is_some_and(|r| {
-                    r.event == "install-failed" && r.failed_stage.as_deref() == Some("zone")
-                }),
-                failed.map_or("no install report".into(), |r| {
-                    format!(
-                        "{} stage {} reason {}",
-                        r.event,
-                        r.failed_stage.as_deref().unwrap_or("-"),
-                        r.failed_reason.as_deref().unwrap_or("-")
-                    )
-                }),
-            );
+            let (b, t, fin) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
+            tampered_checks(&mut checks, &b, &t, &fin, lab);
             checks.extend(lab.told_checks(&svc, &fin, "boot 1")?);
             boots.push(b);
             (0, fin)

@@ -26,6 +26,8 @@ pub struct BootOutcome {
     pub report_s: Option<f64>,
     /// The specific prefixes reached the router at some point of this boot.
     pub specifics_seen: bool,
+    /// When the router first held a specific prefix (seconds after QEMU start).
+    pub specifics_first_s: Option<f64>,
     /// The lab pulled the plug (power cut) at this stage.
     pub killed_at: Option<String>,
     /// QEMU's exit code if the guest ended the VM itself (`null` inside: killed by a signal).

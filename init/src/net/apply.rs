@@ -122,20 +122,50 @@ async fn addresses(handle: &Handle, index: u32) -> Result<Vec<(IpNet, AddressMes
         .collect())
 }
 
-/// IPv6 addresses of interface `name` still in duplicate address detection (tentative: the
-/// kernel will not use them as a source yet, so traffic would leave from another address).
-pub async fn tentative(handle: &Handle, name: &str) -> Result<Vec<IpNet>, NetError> {
+/// Where duplicate address detection stands for one interface's IPv6 addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DadState {
+    /// Tentative and not optimistic: the kernel will not use them as a source yet, so traffic
+    /// would leave from another address.
+    pub unusable: Vec<IpNet>,
+    /// Optimistic (RFC 4429): usable already, detection still running.
+    pub optimistic: Vec<IpNet>,
+    /// Detection found another node with the address.
+    pub failed: Vec<IpNet>,
+}
+
+impl DadState {
+    /// Detection has finished for every address.
+    pub fn settled(&self) -> bool {
+        self.unusable.is_empty() && self.optimistic.is_empty()
+    }
+}
+
+/// Duplicate address detection on interface `name` (nothing when it does not exist).
+pub async fn dad_state(handle: &Handle, name: &str) -> Result<DadState, NetError> {
+    let mut st = DadState::default();
     let Some(link) = link_state(handle, name).await? else {
-        return Ok(Vec::new());
+        return Ok(st);
     };
-    Ok(addresses(handle, link.index)
-        .await?
-        .into_iter()
-        .filter(|(a, m)| {
-            a.addr().is_ipv6() && m.header.flags.contains(AddressHeaderFlags::Tentative)
-        })
-        .map(|(a, _)| a)
-        .collect())
+    for (a, m) in addresses(handle, link.index).await? {
+        let f = m.header.flags;
+        if !a.addr().is_ipv6() {
+            continue;
+        }
+        if f.contains(AddressHeaderFlags::Dadfailed) {
+            st.failed.push(a);
+        } else if f.contains(AddressHeaderFlags::Optimistic) {
+            st.optimistic.push(a);
+        } else if f.contains(AddressHeaderFlags::Tentative) {
+            st.unusable.push(a);
+        }
+    }
+    Ok(st)
+}
+
+/// IPv6 addresses of interface `name` that are not usable yet ([`DadState::unusable`]).
+pub async fn tentative(handle: &Handle, name: &str) -> Result<Vec<IpNet>, NetError> {
+    Ok(dad_state(handle, name).await?.unusable)
 }
 
 /// Reads one interface by name; `None` when it does not exist.
@@ -186,6 +216,18 @@ async fn find_by_mac(handle: &Handle, mac: &str) -> Result<Option<String>, NetEr
         .map(|(_, name, ..)| name))
 }
 
+/// How new IPv6 addresses go through duplicate address detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dad {
+    /// Tentative until detection ends.
+    Full,
+    /// Usable at once, detection running (RFC 4429; the kernel uses it when the interface's
+    /// `optimistic_dad` and `use_optimistic` settings are on, [`super::sysctl::optimistic_dad`]).
+    Optimistic,
+    /// None: anycast service addresses, which other root instances announce too.
+    Skip,
+}
+
 /// Brings the link up, sets its MTU and makes its addresses match `want`.
 async fn converge_link(
     handle: &Handle,
@@ -193,7 +235,7 @@ async fn converge_link(
     mtu: Option<u32>,
     want: &[IpNet],
     keep_others: bool,
-    nodad: bool,
+    dad: Dad,
     changes: &mut Vec<Change>,
 ) -> Result<(), NetError> {
     if let Some(mtu) = mtu
@@ -243,8 +285,14 @@ async fn converge_link(
         let mut req = handle
             .address()
             .add(st.index, addr.addr(), addr.prefix_len());
-        if nodad && addr.addr().is_ipv6() {
-            req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        if addr.addr().is_ipv6() {
+            match dad {
+                Dad::Full => {}
+                Dad::Optimistic => {
+                    req.message_mut().header.flags |= AddressHeaderFlags::Optimistic;
+                }
+                Dad::Skip => req.message_mut().header.flags |= AddressHeaderFlags::Nodad,
+            }
         }
         req.execute().await.map_err(nl("add address", addr))?;
         changes.push(Change::AddressAdded {
@@ -422,7 +470,7 @@ pub async fn apply(handle: &Handle, plan: &NetPlan) -> Result<Report, NetError> 
             lp.mtu,
             &lp.addresses,
             false,
-            false,
+            Dad::Optimistic,
             &mut changes,
         )
         .await?;
@@ -438,7 +486,7 @@ pub async fn apply(handle: &Handle, plan: &NetPlan) -> Result<Report, NetError> 
     // (the init's own probes of the service addresses, whatever interface carries them) goes
     // through it. Its addresses are the kernel's: nothing is added or removed.
     if let Some(lo) = link_state(handle, FALLBACK_IFACE).await? {
-        converge_link(handle, &lo, None, &[], true, false, &mut changes).await?;
+        converge_link(handle, &lo, None, &[], true, Dad::Full, &mut changes).await?;
     }
     let (svc, service_fallback) = service_link(handle, &plan.service_iface, &mut changes).await?;
     let keep_others = svc.name == FALLBACK_IFACE;
@@ -448,7 +496,7 @@ pub async fn apply(handle: &Handle, plan: &NetPlan) -> Result<Report, NetError> 
         None,
         &plan.service,
         keep_others,
-        true,
+        Dad::Skip,
         &mut changes,
     )
     .await?;

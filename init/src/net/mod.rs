@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use imrs_config::site::Site;
 use ipnet::IpNet;
 
-pub use apply::{LinkState, apply, connect, link_state, tentative};
+pub use apply::{DadState, LinkState, apply, connect, dad_state, link_state, tentative};
 
 /// The dummy interface carrying the service addresses.
 pub const SERVICE_IFACE: &str = "imrs0";

@@ -74,6 +74,21 @@ pub fn settings(management: &[String], service: &str) -> Vec<Setting> {
     out
 }
 
+/// Optimistic duplicate address detection (RFC 4429) for every interface: the management
+/// addresses (added with the optimistic flag) and the link-local ones the kernel makes when a
+/// link comes up are usable at once, so the boot does not wait a second or two for detection
+/// to end; detection still runs and a duplicate is still found ([`super::dad_state`]). Written
+/// before the links come up. Per network namespace, so also written by a namespace's init.
+pub fn optimistic_dad() -> Vec<Setting> {
+    let mut out = Vec::new();
+    for scope in ["all", "default"] {
+        for key in ["optimistic_dad", "use_optimistic"] {
+            out.push(set(format!("net/ipv6/conf/{scope}/{key}"), "1"));
+        }
+    }
+    out
+}
+
 /// Writes `settings` under `proc_sys` (`/proc/sys`), stopping at the first refusal.
 pub fn apply(proc_sys: &Path, settings: &[Setting]) -> Result<(), SysctlError> {
     for s in settings {
@@ -107,6 +122,20 @@ mod tests {
         }
         assert!(!keys.iter().any(|k| k.contains("imrs0.rp_filter")));
         assert_eq!(keys.len(), 3 + 4 * 6 + 1);
+    }
+
+    #[test]
+    fn optimistic_dad_for_all_and_default() {
+        let keys: Vec<String> = optimistic_dad().iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            keys,
+            [
+                "net.ipv6.conf.all.optimistic_dad = 1",
+                "net.ipv6.conf.all.use_optimistic = 1",
+                "net.ipv6.conf.default.optimistic_dad = 1",
+                "net.ipv6.conf.default.use_optimistic = 1",
+            ]
+        );
     }
 
     #[test]

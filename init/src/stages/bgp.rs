@@ -8,6 +8,7 @@
 //! within two probes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use imrs_config::report::{BgpReport, BgpSession};
@@ -31,6 +32,9 @@ pub async fn run(ctx: &mut Context) -> Outcome {
     let Some(site) = ctx.site.clone() else {
         return Outcome::Failed("no site config".into());
     };
+    if let Err(why) = super::network::wait_for_dad(ctx).await {
+        return Outcome::Failed(format!("management address not usable: {why}"));
+    }
     let mut bird = BirdDaemon::new(ctx.run_dir("bird"));
     if crate::privilege::enabled(ctx.role) {
         bird.account = Some(imrs_config::accounts::BIRD);
@@ -182,10 +186,26 @@ fn start_health(ctx: &mut Context, bird: &BirdDaemon) -> watch::Receiver<Desired
                 });
             });
         });
-    if let Err(e) = spawned {
-        log::error(format!("cannot start the health loop: {e}"));
+    match spawned {
+        Ok(handle) => ctx.serving.health_thread = Some(handle),
+        Err(e) => log::error(format!("cannot start the health loop: {e}")),
     }
     rx
+}
+
+/// Before the stage runs again: the health loop ended (its thread joined, so it can never
+/// talk to the next BIRD) and BIRD stopped; everything it announced is gone with it.
+pub async fn reset(ctx: &mut Context) {
+    ctx.serving.health_stop.store(true, Ordering::Relaxed);
+    if let Some(thread) = ctx.serving.health_thread.take()
+        && let Ok(Err(_)) = tokio::task::spawn_blocking(move || thread.join()).await
+    {
+        log::error("the health loop's thread had panicked");
+    }
+    ctx.serving.health_stop = Arc::new(AtomicBool::new(false));
+    ctx.serving.desired = None;
+    ctx.supervisor.stop("bird", super::RESET_GRACE).await;
+    ctx.serving.bird = None;
 }
 
 /// The BGP part of the report: every session's state and what is announced.

@@ -37,6 +37,25 @@ fn readiness_prober(targets: &[SocketAddr]) -> DnsProber {
     p.timeout = Duration::from_secs(2);
     p
 }
+/// The supervisor's name for the daemon.
+fn daemon_name(dns: DnsImpl) -> &'static str {
+    match dns {
+        DnsImpl::Nsd => "nsd",
+        DnsImpl::Knot => "knot",
+    }
+}
+
+/// Before the stage runs again: the daemon that did not become ready is stopped (the
+/// collector, when there is one, stays and keeps counting).
+pub async fn reset(ctx: &mut Context) {
+    if let Ok(info) = &ctx.image {
+        let name = daemon_name(info.dns);
+        ctx.supervisor.stop(name, super::RESET_GRACE).await;
+    }
+    ctx.serving.dns = None;
+    ctx.serving.dns_ready = None;
+}
+
 /// DNS: the recipe's daemon serving the verified zone, ready when it answers the serial with
 /// AA and NSID over UDP and TCP on both service addresses.
 pub async fn run(ctx: &mut Context) -> Outcome {
@@ -49,10 +68,7 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         return Outcome::Failed("no image info, site config or verified zone".into());
     };
     let hw = dns::Hardware::detect(&ctx.root.join("proc"));
-    let name = match info.dns {
-        DnsImpl::Nsd => "nsd",
-        DnsImpl::Knot => "knot",
-    };
+    let name = daemon_name(info.dns);
     let run_dir = ctx.run_dir(name);
     let mut cfg = DnsConfig::for_site(info.dns, site, &hw, setup.store.zone_path(), &run_dir);
     let account = privilege::enabled(ctx.role).then_some(match info.dns {

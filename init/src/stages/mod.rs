@@ -36,6 +36,21 @@ use crate::outcome::{Outcome, StageResult};
 /// Helper programs (config checks, reloads) are killed after this long.
 pub const HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a daemon a failed stage left running gets between SIGTERM and SIGKILL before the
+/// stage runs again.
+pub const RESET_GRACE: Duration = Duration::from_secs(5);
+
+/// Undoes what a failed stage left running before it runs again ([`crate::retry`]): the DNS
+/// daemon of `dns`, BIRD and the health loop of `bgp`. The other stages are idempotent (the
+/// network is applied as a difference, the zone obtained anew, the report queued once).
+pub async fn reset(stage: Stage, ctx: &mut Context) {
+    match stage {
+        Stage::Dns => dns::reset(ctx).await,
+        Stage::Bgp => bgp::reset(ctx).await,
+        _ => {}
+    }
+}
+
 /// Runs one stage; `results` are the outcomes so far (for the phone-home report).
 pub async fn run(stage: Stage, ctx: &mut Context, results: &[StageResult]) -> Outcome {
     match stage {

@@ -1,6 +1,11 @@
 //! Stage `network`: the site's interfaces, addresses and gateways, and the service addresses,
-//! applied through netlink ([`crate::net`], idempotent); passes once IPv6 duplicate address
-//! detection has finished, so nothing talks from a tentative address.
+//! applied through netlink ([`crate::net`], idempotent); passes once every IPv6 address is
+//! usable, so nothing talks from a tentative address. The service addresses skip duplicate
+//! address detection (anycast: other instances have them too); the management addresses and
+//! the link-local ones use optimistic detection (RFC 4429: usable at once,
+//! [`net::sysctl::optimistic_dad`]), whose end is watched in the background: a duplicate is
+//! logged as an error naming the address. Where the kernel does not take the optimistic
+//! settings the stage waits for detection to end, as before.
 //!
 //! As the machine's init it also sets the kernel's network settings for a host that is not a
 //! router ([`net::sysctl`]) and loads the packet filter ([`net::filter`]); a filter that does
@@ -56,6 +61,13 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         return Outcome::Failed(
             "not the machine's or a namespace's PID 1: the network is left alone".into(),
         );
+    }
+    // Before any link comes up: its link-local address is made optimistic then.
+    if let Err(e) = net::sysctl::apply(Path::new("/proc/sys"), &net::sysctl::optimistic_dad()) {
+        log::warn(format!(
+            "network: {}; waiting for duplicate address detection instead",
+            log::chain(&e)
+        ));
     }
     let plan = net::NetPlan::from_site(&site);
     let handle = match net::connect() {
@@ -124,7 +136,10 @@ pub async fn run(ctx: &mut Context) -> Outcome {
             }
         }
     }
-    let mut names: Vec<String> = report.links.iter().map(|(_, k)| k.clone()).collect();
+    let management: Vec<String> = report.links.iter().map(|(_, k)| k.clone()).collect();
+    ctx.serving.dad_failure = None;
+    ctx.serving.dad = Some(tokio::spawn(watch_dad(handle.clone(), management.clone())));
+    let mut names = management;
     names.push(report.service_iface.clone());
     ctx.serving.interfaces.clear();
     for name in names {
@@ -138,4 +153,65 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         }
     }
     Outcome::Passed
+}
+
+/// Watches optimistic duplicate address detection to its end on `links` (up to
+/// [`DAD_TIMEOUT`]) while the zone and DNS stages run: a duplicate is logged as an error naming
+/// the address and returned, and the bgp stage fails on it ([`wait_for_dad`]): a box whose
+/// management address is someone else's does not announce.
+async fn watch_dad(handle: rtnetlink::Handle, links: Vec<String>) -> Result<(), String> {
+    let deadline = Instant::now() + DAD_TIMEOUT;
+    for link in links {
+        loop {
+            match net::dad_state(&handle, &link).await {
+                Ok(st) if !st.failed.is_empty() => {
+                    let why = format!(
+                        "{link}: duplicate address detection failed for {}: another node on \
+                         the link has it",
+                        st.failed
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    log::error(format!("network: {why}"));
+                    return Err(why);
+                }
+                Ok(st) if st.settled() => break,
+                Ok(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(st) => {
+                    log::warn(format!(
+                        "network: {link}: duplicate address detection still running after {} s \
+                         ({} optimistic)",
+                        DAD_TIMEOUT.as_secs(),
+                        st.optimistic.len()
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    log::warn(format!("network: {link}: {}", log::chain(&e)));
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The verdict of the background detection (waited for once, then kept): `Err` names a
+/// duplicate management address.
+pub async fn wait_for_dad(ctx: &mut Context) -> Result<(), String> {
+    if let Some(watch) = ctx.serving.dad.take() {
+        match watch.await {
+            Ok(Err(why)) => ctx.serving.dad_failure = Some(why),
+            Ok(Ok(())) => {}
+            Err(e) => log::warn(format!("network: the address watcher crashed: {e}")),
+        }
+    }
+    match &ctx.serving.dad_failure {
+        Some(why) => Err(why.clone()),
+        None => Ok(()),
+    }
 }

@@ -164,3 +164,28 @@ fn never_ready_counts_as_a_failed_run() {
         p.abort();
     });
 }
+
+#[test]
+fn stop_by_name_stops_only_that_daemon() {
+    let _g = CHILDREN.lock().unwrap_or_else(|p| p.into_inner());
+    rt().block_on(async {
+        let reaper = Reaper::new();
+        let p = pump(&reaper);
+        let mut sup = Supervisor::new(reaper.clone());
+        let keep = sup.start(sh("keep", "while :; do sleep 0.05; done"));
+        let gone = sup.start(sh("gone", "while :; do sleep 0.05; done"));
+        tokio::time::sleep(ms(100)).await;
+        sup.stop("gone", ms(300)).await;
+        assert_eq!(*gone.borrow(), DaemonState::Stopped);
+        assert!(matches!(*keep.borrow(), DaemonState::Running { pid, .. } if pid > 0));
+        assert_eq!(sup.names(), ["keep"]);
+        // Started again under the same name: supervised again.
+        let again = sup.start(sh("gone", "while :; do sleep 0.05; done"));
+        tokio::time::sleep(ms(100)).await;
+        assert!(matches!(*again.borrow(), DaemonState::Running { pid, .. } if pid > 0));
+        sup.stop_all(ms(300)).await;
+        assert_eq!(*keep.borrow(), DaemonState::Stopped);
+        assert_eq!(*again.borrow(), DaemonState::Stopped);
+        p.abort();
+    });
+}
