@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Lab benchmark (issue #7): boots the qemu image in the lab N times per scenario and prints
 # boot-to-serving, boot-to-report and second-boot-to-serving (median, min-max), and each stage's
-# share of boot-to-serving in the first boot. Runs as root (namespaces, taps).
+# share of boot-to-serving in the first boot, and what ran in parallel. Runs as root
+# (namespaces, taps).
 # Usage: bench/lab.sh [RUNS]
 #   IMRS_LAB_IMAGE=DIR IMRS_LAB_KEY=KEY   use a built image folder and its site-signing key
 #                                          (default: build images/qemu.toml once)
@@ -82,4 +83,10 @@ if second:
                 for s in r["boots"][1]["stages"] if s["name"] == n and s["seconds"] is not None]
         if secs:
             print(f"| {n} | {statistics.median(secs):.3f} |")
+# What ran alongside the stages, as the init's summary says (first run of each).
+for label, rs, boot in (("normal", normal, 0), ("second boot", second, 1)):
+    for r in rs[:1]:
+        if len(r["boots"]) > boot:
+            for p in r["boots"][boot].get("in_parallel", []):
+                print(f"in parallel ({label}): {p}")
 PY

@@ -242,8 +242,8 @@ fn normal_first_boot_serves_and_reports() {
     assert_eq!(v["report_event"], "install-passed");
     assert!(v["boot_to_report_s"].as_f64().is_some());
     for what in [
-        "boot 1: the host's webhook got one signed install-passed notice that verifies",
-        "boot 1: the host's mailbox got one e-mail per address with the signed notice attached, verified",
+        "boot 1: the host's webhook got one signed notice per report (install-passed) that verifies",
+        "boot 1: the host's mailbox got one e-mail per address and report (install-passed) with the signed notice attached, verified",
         "boot 1: the operators' pages show the device live on serial 2026073102",
     ] {
         assert!(
@@ -582,6 +582,22 @@ fn tampered_zone_is_refused_reported_then_the_good_one_serves() {
         pretty(&v)
     );
     assert_serving(&v);
+    // The host was told both, in order, and the operators see the box live.
+    for what in [
+        "boot 1: the host's webhook got one signed notice per report (install-failed then install-passed) that verifies",
+        "boot 1: the host's mailbox got one e-mail per address and report (install-failed then install-passed) with the signed notice attached, verified",
+        "boot 1: the operators' pages show the device live on serial 2026073102",
+    ] {
+        assert!(
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["what"] == what && c["ok"] == true),
+            "no passed check {what:?}:\n{}",
+            pretty(&v)
+        );
+    }
 }
 
 #[test]

@@ -311,7 +311,7 @@ async fn event_loop(
         };
         let pipeline = async {
             let results = pipeline::run(&mut ctx, &store, &mut st, &plan).await;
-            summary::print(&results, start.elapsed());
+            summary::print(&results, start.elapsed(), &ctx.serving.in_parallel);
             // Healthy: the bgp stage passed (zone verified, DNS answering, announcing).
             let healthy = results.iter().any(|r| {
                 r.stage == imrs_config::stage::Stage::Bgp

@@ -81,6 +81,11 @@ pub struct Serving {
     pub dns_ready: Option<String>,
     /// BIRD.
     pub bird: Option<BirdDaemon>,
+    /// BIRD's state under the supervisor, once started (early, after the network stage, or by
+    /// the bgp stage).
+    pub bird_state: Option<tokio::sync::watch::Receiver<crate::supervisor::DaemonState>>,
+    /// What ran alongside the stages, for the summary.
+    pub in_parallel: Vec<String>,
     /// Inputs of the health loop (zone serial and expiry, drain switch).
     pub inputs: SharedInputs,
     /// What the health loop wants announced and served.

@@ -11,6 +11,10 @@
 //! its own console lines (`stage zone: running` again, `attempt 2`) and its own record in the
 //! state file.
 //!
+//! BIRD starts right after the network stage when the boot goes on to `bgp`
+//! ([`stages::bgp::start_early`]): its sessions come up, announcing nothing, while clock, zone
+//! and dns run; the summary says so on an `in parallel:` line.
+//!
 //! Every outcome and its timing is saved in the state file ([`crate::state`]) as soon as it is
 //! known, and a stage is marked `running` before it starts, so a power cut leaves a record of
 //! where it happened.
@@ -128,6 +132,13 @@ pub struct Plan {
     pub started: Instant,
 }
 
+impl Plan {
+    /// Whether the pipeline is meant to run `stage` (no hold or `stop_after` before it).
+    pub fn reaches(&self, stage: Stage) -> bool {
+        self.hold.is_none_or(|h| h > stage) && self.stop_after.is_none_or(|s| s >= stage)
+    }
+}
+
 /// Every known stage in order, the ones not run as not reached (the summary's and the
 /// reports' view).
 fn complete(results: &[StageResult]) -> Vec<StageResult> {
@@ -194,6 +205,11 @@ pub async fn run(
                 if stage == Stage::Bgp && outcome == Outcome::Passed {
                     // Healthy: zone verified, DNS answering, BGP established and announcing.
                     crate::slots::on_healthy(&ctx.root, &ctx.boot_entry, ctx.slot);
+                }
+                if stage == Stage::Network && outcome == Outcome::Passed && plan.reaches(Stage::Bgp)
+                {
+                    // BIRD's sessions come up (announcing nothing) while the next stages run.
+                    stages::bgp::start_early(ctx).await;
                 }
                 if stage == Stage::PhoneHome && outcome == Outcome::Passed {
                     // The first boot passed: this marker is written only after success.
@@ -263,12 +279,21 @@ pub async fn run(
                 failures += 1;
                 if failures == 1 {
                     // Where and why, as a pipeline that ends here would say it.
-                    summary::print(&complete(&results), plan.started.elapsed());
+                    summary::print(
+                        &complete(&results),
+                        plan.started.elapsed(),
+                        &ctx.serving.in_parallel,
+                    );
                 }
                 let delay = policy.next_delay(failures);
+                let meanwhile = if stage <= Stage::Bgp {
+                    "nothing is announced meanwhile"
+                } else {
+                    "the node serves meanwhile"
+                };
                 log::warn(format!(
                     "stage {stage} failed (attempt {failures}): trying it again in {:.1} s; \
-                     nothing is announced meanwhile",
+                     {meanwhile}",
                     delay.as_secs_f64()
                 ));
                 stages::reset(stage, ctx).await;
@@ -286,6 +311,20 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plan_reaches_what_no_hold_or_stop_comes_before() {
+        let plan = |hold, stop_after| Plan {
+            hold,
+            stop_after,
+            retry: None,
+            started: Instant::now(),
+        };
+        assert!(plan(None, None).reaches(Stage::Bgp));
+        assert!(plan(Some(Stage::PhoneHome), Some(Stage::Bgp)).reaches(Stage::Bgp));
+        assert!(!plan(Some(Stage::Bgp), None).reaches(Stage::Bgp));
+        assert!(!plan(None, Some(Stage::Zone)).reaches(Stage::Bgp));
+    }
 
     #[test]
     fn transitions() {

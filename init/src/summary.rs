@@ -1,5 +1,6 @@
 //! The console summary: one line per stage with its status and time, and the reason of any
-//! failure, printed when the pipeline has gone as far as it can.
+//! failure, then what ran alongside the stages (`in parallel:` lines; a stage's time is its
+//! own), printed when the pipeline has gone as far as it can.
 
 use std::time::Duration;
 
@@ -7,7 +8,11 @@ use crate::log;
 use crate::outcome::{Outcome, StageResult};
 
 /// The summary lines, without the log prefix.
-pub fn lines(results: &[StageResult], since_start: Duration) -> Vec<(bool, String)> {
+pub fn lines(
+    results: &[StageResult],
+    since_start: Duration,
+    in_parallel: &[String],
+) -> Vec<(bool, String)> {
     let mut out = vec![(
         false,
         format!(
@@ -35,12 +40,15 @@ pub fn lines(results: &[StageResult], since_start: Duration) -> Vec<(bool, Strin
             format!("  {:<11} {:<13} {time}{reason}", r.stage.name(), status),
         ));
     }
+    for p in in_parallel {
+        out.push((false, format!("  in parallel: {p}")));
+    }
     out
 }
 
 /// Prints the summary on the console (failures as errors).
-pub fn print(results: &[StageResult], since_start: Duration) {
-    for (failed, line) in lines(results, since_start) {
+pub fn print(results: &[StageResult], since_start: Duration, in_parallel: &[String]) {
+    for (failed, line) in lines(results, since_start, in_parallel) {
         if failed {
             log::error(line);
         } else {
@@ -70,8 +78,12 @@ mod tests {
             ),
             r(Stage::Hardware, None, 0.0),
         ];
-        let l = lines(&results, Duration::from_millis(1500));
-        assert_eq!(l.len(), 4);
+        let l = lines(
+            &results,
+            Duration::from_millis(1500),
+            &["BIRD started early".to_string()],
+        );
+        assert_eq!(l.len(), 5);
         assert_eq!(l[0].1, "boot summary (1.50 s since init start):");
         assert_eq!(
             l[1],
@@ -88,5 +100,6 @@ mod tests {
             l[3],
             (false, "  hardware    not reached           -".to_string())
         );
+        assert_eq!(l[4].1, "  in parallel: BIRD started early");
     }
 }

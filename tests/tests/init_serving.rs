@@ -19,10 +19,12 @@
 //!   the stored zone expires, transfer server down) serves again from the stored zone without a
 //!   new install report, withdraws nothing while the zone is valid, and once it expires
 //!   withdraws the specifics (covering kept) and stops serving `.`.
-//! - `knot_first_boot_serves_and_announces`: the same boot with Knot as the DNS daemon.
+//! - `knot_first_boot_serves_and_announces`: the same boot with Knot as the DNS daemon; knotd
+//!   is killed while the dns stage waits for it: the supervisor starts it again and the stage
+//!   passes.
 //! - `tampered_zone_is_refused_reported_then_the_good_one_passes`: the transfer server serves
-//!   the real zone with one glue address changed: the zone stage fails naming ZONEMD, BIRD
-//!   never starts, and an `install-failed` report naming the zone stage arrives; the stage runs
+//!   the real zone with one glue address changed: the zone stage fails naming ZONEMD, nothing
+//!   is announced, and an `install-failed` report naming the zone stage arrives; the stage runs
 //!   again (still refused, nothing announced); then the transfer server hands out the real
 //!   zone: the next attempt passes, the box announces the five prefixes, answers, and an
 //!   `install-passed` report follows the failed one.
@@ -755,6 +757,26 @@ fn knot_first_boot_serves_and_announces() {
     let mut h = host("isk", d.path(), &zone_file(), &pki);
     let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
     let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    // The daemon crashes while the dns stage waits for it (killed as it loads the zone): the
+    // supervisor starts it again and the stage passes.
+    init.wait_for("dns: knot started", Duration::from_secs(120));
+    let init_pid = init.init_pid();
+    let killed = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
+        let knotd = appliance::processes().into_iter().find(|p| {
+            p.ppid == init_pid
+                && std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                    .is_ok_and(|c| c.trim() == "knotd")
+        })?;
+        // SAFETY: kill has no memory-safety preconditions.
+        (unsafe { libc::kill(knotd.pid, libc::SIGKILL) } == 0).then_some(())
+    });
+    assert!(killed.is_some(), "no knotd under the init to kill");
+    assert_eq!(
+        init.count("stage dns: PASSED"),
+        0,
+        "killed while the stage ran: {:#?}",
+        init.console()
+    );
     init.wait_for("boot summary", Duration::from_secs(240));
     assert_eq!(
         init.count("stage steady: PASSED"),
@@ -762,7 +784,13 @@ fn knot_first_boot_serves_and_announces() {
         "{:#?}",
         init.console()
     );
-    assert_eq!(init.count("dns: knot started"), 1);
+    assert_eq!(init.count("dns: knot started"), 1, "the stage ran once");
+    assert_eq!(
+        init.count("knot ended (killed by SIGKILL"),
+        1,
+        "{:#?}",
+        init.console()
+    );
     for server in ["198.51.100.42", "2001:db8:42::42"] {
         for tcp in [false, true] {
             let out = dig(&h.rtr, server, tcp);

@@ -82,6 +82,8 @@ pub enum Event {
     Listening(String),
     /// `daemon: PROGRAM pid ...` (a process's identity).
     Daemon(String),
+    /// `in parallel: ...` after the summary: what ran alongside the stages.
+    InParallel(String),
 }
 
 /// The message after `imrs-init:` and its optional `ERROR`/`WARN` tag, or `None` for other
@@ -157,6 +159,9 @@ pub fn parse_line(line: &str) -> Option<Event> {
     if let Some(rest) = t.strip_prefix("daemon: ") {
         return Some(Event::Daemon(rest.trim().to_string()));
     }
+    if let Some(rest) = t.strip_prefix("in parallel: ") {
+        return Some(Event::InParallel(rest.trim().to_string()));
+    }
     // Live line: "stage NAME: STATUS ...".
     if let Some(rest) = t.strip_prefix("stage ") {
         let (name, after) = rest.split_once(':')?;
@@ -212,6 +217,8 @@ pub struct Tracker {
     pub listening: Vec<String>,
     /// `daemon:` lines, in order.
     pub daemons: Vec<String>,
+    /// The last summary's `in parallel:` lines.
+    pub in_parallel: Vec<String>,
 }
 
 impl Tracker {
@@ -220,7 +227,11 @@ impl Tracker {
         let ev = parse_line(line)?;
         match &ev {
             Event::Panic => self.panicked = true,
-            Event::SummaryStart => self.summary_seen = true,
+            Event::SummaryStart => {
+                self.summary_seen = true;
+                self.in_parallel.clear();
+            }
+            Event::InParallel(p) => self.in_parallel.push(p.clone()),
             Event::Listening(l) => self.listening.push(l.clone()),
             Event::Daemon(d) => self.daemons.push(d.clone()),
             Event::Stage {
@@ -454,6 +465,14 @@ mod tests {
             1.4,
         );
         t.feed("imrs-init:   hardware    not reached           -", 1.4);
+        t.feed(
+            "imrs-init:   in parallel: BIRD started after the network stage (0.120 s)",
+            1.4,
+        );
+        assert_eq!(
+            t.in_parallel,
+            ["BIRD started after the network stage (0.120 s)"]
+        );
         let r = t.report();
         assert_eq!(r.len(), 10);
         assert_eq!(r[1].status, Status::Failed);

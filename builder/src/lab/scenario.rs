@@ -906,6 +906,7 @@ impl Lab {
             actions: Vec::new(),
             listening: Vec::new(),
             daemons: Vec::new(),
+            in_parallel: Vec::new(),
         };
         let spec = specifics();
         let service_v4 = std::net::SocketAddr::new(self.plan.service_v4.into(), 53);
@@ -965,6 +966,9 @@ impl Lab {
                     }
                     Event::Panic => {
                         self.progress(format!("[{:7.1} s] {label}: KERNEL PANIC", l.at));
+                    }
+                    Event::InParallel(p) => {
+                        self.progress(format!("[{:7.1} s] {label}: in parallel: {p}", l.at));
                     }
                     Event::Listening(_) | Event::Daemon(_) => {}
                     Event::Stage {
@@ -1317,6 +1321,7 @@ impl Lab {
         }
         out.stages = tracker.report();
         out.listening = tracker.listening.clone();
+        out.in_parallel = tracker.in_parallel.clone();
         out.daemons = tracker
             .daemons
             .iter()

@@ -45,6 +45,8 @@ pub struct BootOutcome {
     pub listening: Vec<String>,
     /// Every process but the init, with its account and capabilities, once healthy.
     pub daemons: Vec<super::exposure::DaemonIdentity>,
+    /// What ran alongside the stages, as the init's last summary said (`in parallel:`).
+    pub in_parallel: Vec<String>,
 }
 
 /// One check of the scenario's expectation.

@@ -1,11 +1,15 @@
 //! Stage `bgp`: BIRD under the supervisor with the generated config (checked with `bird -p`),
 //! every prefix withdrawn at start, and the health loop on its own thread deciding what is
 //! announced; passes once every session is established and the specifics are announced.
+//! BIRD itself is started early, right after the network stage ([`start_early`]), so its
+//! sessions come up while the clock, zone and dns stages run; this stage starts it when that
+//! did not happen.
 //!
 //! Safety: only the five IMRS prefixes exist in BIRD's config (the site validation and the
-//! generated export filter see to that, [`crate::bgp`]); a failure in any stage before this
-//! one means BIRD never starts; a DNS daemon that stops answering withdraws the specifics
-//! within two probes.
+//! generated export filter see to that, [`crate::bgp`]); they stay withdrawn until the health
+//! loop, started only here, enables them, so a failure in any stage before this one means
+//! nothing is announced (BIRD may hold established, empty sessions); a DNS daemon that stops
+//! answering withdraws the specifics within two probes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,22 +30,19 @@ use crate::{command, log};
 /// How long the BGP sessions and the first announcement of the specifics may take.
 pub const BGP_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// BGP: BIRD with the generated config (checked with `bird -p`) and the health loop; passes
-/// once every session is established and the specifics are announced.
-pub async fn run(ctx: &mut Context) -> Outcome {
+/// Starts BIRD with the generated config (checked with `bird -p`) under the supervisor, every
+/// prefix withdrawn; its state is kept in the context.
+async fn start_bird(ctx: &mut Context) -> Result<(), String> {
     let Some(site) = ctx.site.clone() else {
-        return Outcome::Failed("no site config".into());
+        return Err("no site config".into());
     };
-    if let Err(why) = super::network::wait_for_dad(ctx).await {
-        return Outcome::Failed(format!("management address not usable: {why}"));
-    }
     let mut bird = BirdDaemon::new(ctx.run_dir("bird"));
     if crate::privilege::enabled(ctx.role) {
         bird.account = Some(imrs_config::accounts::BIRD);
     }
     let text = match bgp::render(&site, &BirdOptions::default()) {
         Ok(t) => t,
-        Err(e) => return Outcome::Failed(log::chain(&e)),
+        Err(e) => return Err(log::chain(&e)),
     };
     let (b, reaper, handle) = (
         bird.clone(),
@@ -63,8 +64,8 @@ pub async fn run(ctx: &mut Context) -> Outcome {
     .await;
     match written {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Outcome::Failed(log::chain(&e)),
-        Err(e) => return Outcome::Failed(format!("writing bird.conf crashed: {e}")),
+        Ok(Err(e)) => return Err(log::chain(&e)),
+        Err(e) => return Err(format!("writing bird.conf crashed: {e}")),
     }
     let (program, args) = bird.command();
     let mut spec = Spec::new("bird", program);
@@ -78,8 +79,55 @@ pub async fn run(ctx: &mut Context) -> Outcome {
                 .unwrap_or(false)
         })
     }));
-    let mut state = ctx.supervisor.start(spec);
-    ctx.serving.bird = Some(bird.clone());
+    ctx.serving.bird_state = Some(ctx.supervisor.start(spec));
+    ctx.serving.bird = Some(bird);
+    Ok(())
+}
+
+/// Starts BIRD as soon as the network is up (called by the pipeline after the network stage
+/// when the boot goes on to `bgp`): its sessions come up, announcing nothing (every prefix is
+/// withdrawn until the health loop, started by the bgp stage, enables them), while the clock,
+/// zone and dns stages run. A failure here is only logged: the bgp stage starts BIRD itself
+/// and fails with the reason.
+pub async fn start_early(ctx: &mut Context) {
+    if ctx.serving.bird.is_some() || ctx.site.is_none() {
+        return;
+    }
+    let t = Instant::now();
+    match start_bird(ctx).await {
+        Ok(()) => {
+            let msg = format!(
+                "BIRD started after the network stage ({:.3} s): sessions come up while the \
+                 next stages run; nothing is announced before the bgp stage's health loop",
+                t.elapsed().as_secs_f64()
+            );
+            log::info(format!("bgp: {msg}"));
+            ctx.serving.in_parallel.push(msg);
+        }
+        Err(why) => log::warn(format!(
+            "bgp: BIRD not started early ({why}); the bgp stage tries"
+        )),
+    }
+}
+
+/// BGP: BIRD (started early, or now) and the health loop; passes once every session is
+/// established and the specifics are announced.
+pub async fn run(ctx: &mut Context) -> Outcome {
+    let Some(site) = ctx.site.clone() else {
+        return Outcome::Failed("no site config".into());
+    };
+    if let Err(why) = super::network::wait_for_dad(ctx).await {
+        return Outcome::Failed(format!("management address not usable: {why}"));
+    }
+    if ctx.serving.bird_state.is_none()
+        && let Err(why) = start_bird(ctx).await
+    {
+        return Outcome::Failed(why);
+    }
+    let (Some(bird), Some(mut state)) = (ctx.serving.bird.clone(), ctx.serving.bird_state.clone())
+    else {
+        return Outcome::Failed("BIRD did not start".into());
+    };
     // The health loop talks to BIRD: start it once BIRD's control socket answers.
     let ready = tokio::time::timeout(
         Duration::from_secs(30),
@@ -97,6 +145,7 @@ pub async fn run(ctx: &mut Context) -> Outcome {
 
     let deadline = Instant::now() + BGP_UP_TIMEOUT;
     let birdc = bird.birdc();
+    let mut wanted = desired.clone();
     loop {
         let b = birdc.clone();
         let sessions = tokio::task::spawn_blocking(move || b.protocols()).await;
@@ -117,7 +166,7 @@ pub async fn run(ctx: &mut Context) -> Outcome {
             Ok(Err(e)) => (Vec::new(), vec![log::chain(&e)]),
             Err(e) => (Vec::new(), vec![format!("birdc crashed: {e}")]),
         };
-        let d = *desired.borrow();
+        let d = *wanted.borrow_and_update();
         if down.is_empty() && d.specifics {
             let msg = format!(
                 "BGP sessions established ({}), announcing the covering and specific prefixes",
@@ -139,7 +188,13 @@ pub async fn run(ctx: &mut Context) -> Outcome {
                 }
             ));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The sessions are usually up already (BIRD started early): the stage ends as soon as
+        // the health loop's first good probe enables the specifics (or 200 ms later).
+        let poll = Duration::from_millis(200);
+        if let Ok(Err(_)) = tokio::time::timeout(poll, wanted.changed()).await {
+            // The health loop is gone (its thread could not start): poll at the same pace.
+            tokio::time::sleep(poll).await;
+        }
     }
 }
 
@@ -206,6 +261,7 @@ pub async fn reset(ctx: &mut Context) {
     ctx.serving.desired = None;
     ctx.supervisor.stop("bird", super::RESET_GRACE).await;
     ctx.serving.bird = None;
+    ctx.serving.bird_state = None;
 }
 
 /// The BGP part of the report: every session's state and what is announced.

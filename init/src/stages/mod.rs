@@ -7,7 +7,7 @@
 //! | platform | [`platform`] | kernel filesystems mounted, the image describes itself (modules are loaded before the pipeline by [`platform::load_modules`]) |
 //! | site | [`site`] | a signed site config for this appliance was found and verified |
 //! | hardware | [`hardware`] | the machine matches the image's profile (first boot only) |
-//! | network | [`network`] | interfaces, addresses, routes and service addresses applied; DAD done |
+//! | network | [`network`] | interfaces, addresses, routes and service addresses applied; every IPv6 address usable (service addresses without DAD, management ones optimistic) |
 //! | clock | [`clock`] | the clock is trustworthy (NTP, or the RTC on a lab site) |
 //! | zone | [`zone`] | a root zone verified now (ZONEMD + DNSSEC) is ready to serve |
 //! | dns | [`dns`] | NSD or Knot answers the verified serial with AA and NSID, UDP and TCP, v4 and v6 |
