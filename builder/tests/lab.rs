@@ -195,6 +195,21 @@ fn assert_passed(scenario: &str, v: &Value) {
     );
 }
 
+/// Each of `whats` is one of the run's checks, and it held.
+fn assert_checks_passed(v: &Value, whats: &[&str]) {
+    for what in whats {
+        assert!(
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["what"] == *what && c["ok"] == true),
+            "no passed check {what:?}:\n{}",
+            pretty(v)
+        );
+    }
+}
+
 fn assert_serving(v: &Value) {
     assert!(v["boot_to_serving_s"].as_f64().is_some(), "{}", pretty(v));
     assert_eq!(v["soa_serial"], 2026073102, "{}", pretty(v));
@@ -241,21 +256,14 @@ fn normal_first_boot_serves_and_reports() {
     assert_eq!(v["report_verified"], true);
     assert_eq!(v["report_event"], "install-passed");
     assert!(v["boot_to_report_s"].as_f64().is_some());
-    for what in [
-        "boot 1: the host's webhook got one signed notice per report (install-passed) that verifies",
-        "boot 1: the host's mailbox got one e-mail per address and report (install-passed) with the signed notice attached, verified",
-        "boot 1: the operators' pages show the device live on serial 2026073102",
-    ] {
-        assert!(
-            v["checks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["what"] == what && c["ok"] == true),
-            "no passed check {what:?}:\n{}",
-            pretty(&v)
-        );
-    }
+    assert_checks_passed(
+        &v,
+        &[
+            "boot 1: the host's webhook got one signed notice per report (install-passed) that verifies",
+            "boot 1: the host's mailbox got one e-mail per address and report (install-passed) with the signed notice attached, verified",
+            "boot 1: the operators' pages show the device live on serial 2026073102",
+        ],
+    );
     let work = work_dir("normal", RouterKind::Frr, "kernel");
     let o = run(bin()
         .args(["home", "verify-notice"])
@@ -583,21 +591,14 @@ fn tampered_zone_is_refused_reported_then_the_good_one_serves() {
     );
     assert_serving(&v);
     // The host was told both, in order, and the operators see the box live.
-    for what in [
-        "boot 1: the host's webhook got one signed notice per report (install-failed then install-passed) that verifies",
-        "boot 1: the host's mailbox got one e-mail per address and report (install-failed then install-passed) with the signed notice attached, verified",
-        "boot 1: the operators' pages show the device live on serial 2026073102",
-    ] {
-        assert!(
-            v["checks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c["what"] == what && c["ok"] == true),
-            "no passed check {what:?}:\n{}",
-            pretty(&v)
-        );
-    }
+    assert_checks_passed(
+        &v,
+        &[
+            "boot 1: the host's webhook got one signed notice per report (install-failed then install-passed) that verifies",
+            "boot 1: the host's mailbox got one e-mail per address and report (install-failed then install-passed) with the signed notice attached, verified",
+            "boot 1: the operators' pages show the device live on serial 2026073102",
+        ],
+    );
 }
 
 #[test]

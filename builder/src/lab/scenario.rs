@@ -1677,22 +1677,10 @@ fn install_checks(
     lab: &Lab,
 ) {
     let serial = lab.zone.serial;
-    // Every stage up to phone-home (steady follows on its own).
-    let must = imrs_config::stage::Stage::ALL.map(imrs_config::stage::Stage::name);
-    let bad: Vec<String> = must[..must.len() - 1]
-        .iter()
-        .filter(|s| !t.status(s).is_some_and(Status::goes_on))
-        .map(|s| format!("{s} {}", stage_detail(t, s)))
-        .collect();
-    check(
+    stages_pass(
         checks,
         &format!("{}: stages platform..phone-home pass", b.label),
-        bad.is_empty(),
-        if bad.is_empty() {
-            "all passed".to_string()
-        } else {
-            bad.join("; ")
-        },
+        t,
     );
     serving_checks(checks, b, fin, serial);
     exposure_checks(checks, b, fin, lab);
@@ -1772,6 +1760,17 @@ fn tampered_checks(checks: &mut Vec<Check>, b: &BootOutcome, t: &Tracker, fin: &
             stage_detail(t, "zone")
         ),
     );
+    stages_pass(
+        checks,
+        "boot 1: stages platform..phone-home pass in the end",
+        t,
+    );
+    serving_checks(checks, b, fin, lab.zone.serial);
+    exposure_checks(checks, b, fin, lab);
+}
+
+/// Every stage up to phone-home passed or was done earlier (steady follows on its own).
+fn stages_pass(checks: &mut Vec<Check>, what: &str, t: &Tracker) {
     let must = imrs_config::stage::Stage::ALL.map(imrs_config::stage::Stage::name);
     let bad: Vec<String> = must[..must.len() - 1]
         .iter()
@@ -1780,7 +1779,7 @@ fn tampered_checks(checks: &mut Vec<Check>, b: &BootOutcome, t: &Tracker, fin: &
         .collect();
     check(
         checks,
-        "boot 1: stages platform..phone-home pass in the end",
+        what,
         bad.is_empty(),
         if bad.is_empty() {
             "all passed".to_string()
@@ -1788,7 +1787,6 @@ fn tampered_checks(checks: &mut Vec<Check>, b: &BootOutcome, t: &Tracker, fin: &
             bad.join("; ")
         },
     );
-    serving_checks(checks, b, fin, lab.zone.serial);
 }
 
 /// The sockets the box accepts traffic on are exactly DNS on the site's addresses and BGP;
