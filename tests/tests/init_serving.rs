@@ -19,6 +19,9 @@
 //!   the stored zone expires, transfer server down) serves again from the stored zone without a
 //!   new install report, withdraws nothing while the zone is valid, and once it expires
 //!   withdraws the specifics (covering kept) and stops serving `.`.
+//! - `absent_bgp_neighbour_is_waited_for`: the host's router drops BGP for 20 s: the bgp stage
+//!   waits (DNS healthy, nothing announced, no failure), and passes announcing the five
+//!   prefixes once the router answers.
 //! - `knot_first_boot_serves_and_announces`: the same boot with Knot as the DNS daemon; knotd
 //!   is killed while the dns stage waits for it: the supervisor starts it again and the stage
 //!   passes.
@@ -37,7 +40,7 @@
 //!   the init gives the boot up at the deadline, records the failed trial in `slots.json`, and
 //!   nothing was announced.
 //!
-//! Needs root, unshare, ip, FRR, NSD, Knot, BIRD, dig and the shared root zone; skips without them (fails
+//! Needs root, unshare, ip, nft, FRR, NSD, Knot, BIRD, dig and the shared root zone; skips without them (fails
 //! under `CI=true`).
 
 use imrs_tests::appliance;
@@ -739,6 +742,66 @@ fn a_slot_on_trial_that_misses_its_deadline_gives_up() {
         "announced: {:?}",
         learned(&h.router)
     );
+    h.receiver.stop();
+}
+
+/// Runs `nft` with `args` in `ns`, failing the test with its stderr.
+fn nft(ns: &NetNs, args: &[&str]) {
+    let out = ns.exec("nft", args).unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn absent_bgp_neighbour_is_waited_for() {
+    if !prerequisites("init_serving") || !require("init_serving (nft)", true, &["/usr/sbin/nft"]) {
+        return;
+    }
+    let (d, root, state, pki) = setup("inb", &zone_file());
+    let mut h = host("inb", d.path(), &zone_file(), &pki);
+    // The host's router does not answer BGP at first: every TCP segment to or from port 179
+    // is dropped on its side (the box's connections and the router's own time out).
+    nft(&h.rtr, &["add", "table", "inet", "absent"]);
+    nft(
+        &h.rtr,
+        &[
+            "add", "chain", "inet", "absent", "input", "{", "type", "filter", "hook", "input",
+            "priority", "-10", ";", "}",
+        ],
+    );
+    for port in ["dport", "sport"] {
+        nft(
+            &h.rtr,
+            &[
+                "add", "rule", "inet", "absent", "input", "tcp", port, "179", "drop",
+            ],
+        );
+    }
+    let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
+    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    init.wait_for("stage bgp: running", Duration::from_secs(120));
+    // 20 s without a neighbour (the stage waits up to 120 s): DNS is healthy, nothing is
+    // announced, the stage has not passed.
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(init.count("stage dns: PASSED"), 1, "{:#?}", init.console());
+    assert_eq!(init.count("stage bgp: PASSED"), 0, "{:#?}", init.console());
+    assert_eq!(init.count("stage bgp: FAILED"), 0);
+    assert!(learned(&h.router).is_empty(), "{:?}", learned(&h.router));
+    // The neighbour appears: the sessions come up and the stage passes, announcing the five.
+    nft(&h.rtr, &["delete", "table", "inet", "absent"]);
+    init.wait_for("stage bgp: PASSED", Duration::from_secs(90));
+    wait_learned(
+        &h.router,
+        &imrs_prefixes(),
+        Duration::from_secs(30),
+        "after the neighbour appeared",
+    );
+    init.signal(libc::SIGTERM);
+    init.wait(Duration::from_secs(30));
+    h.xfr.kill();
     h.receiver.stop();
 }
 
