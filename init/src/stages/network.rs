@@ -3,9 +3,10 @@
 //! usable, so nothing talks from a tentative address. The service addresses skip duplicate
 //! address detection (anycast: other instances have them too); the management addresses and
 //! the link-local ones use optimistic detection (RFC 4429: usable at once,
-//! [`net::sysctl::optimistic_dad`]), whose end is watched in the background: a duplicate is
-//! logged as an error naming the address. Where the kernel does not take the optimistic
-//! settings the stage waits for detection to end, as before.
+//! [`net::sysctl::optimistic_dad`]), whose end is watched in the background while the next
+//! stages run: a duplicate is logged as an error naming the address and fails the bgp stage
+//! (the address stays unusable in the kernel, so until a reboot). Where the kernel does not
+//! take the optimistic settings the stage waits for detection to end, as before.
 //!
 //! As the machine's init it also sets the kernel's network settings for a host that is not a
 //! router ([`net::sysctl`]) and loads the packet filter ([`net::filter`]); a filter that does
