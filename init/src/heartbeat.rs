@@ -25,9 +25,7 @@ pub const MAX_WAITING: usize = 288;
 
 /// `period` moved by up to a tenth either way, from `random` (uniform in 0..=u32::MAX).
 pub fn jittered(period: Duration, random: u32) -> Duration {
-    let tenth = period.as_secs_f64() / 10.0;
-    let offset = (f64::from(random) / f64::from(u32::MAX) * 2.0 - 1.0) * tenth;
-    Duration::from_secs_f64((period.as_secs_f64() + offset).max(1.0))
+    crate::jitter::spread(period, 0.1, random).max(Duration::from_secs(1))
 }
 
 /// The heartbeat event from the health inputs at `now` and the collector's `telemetry` counts.
@@ -127,9 +125,7 @@ pub async fn run(
     let mut backlog = Backlog::default();
     let mut first = true;
     loop {
-        let mut r = [0u8; 4];
-        let random = getrandom::fill(&mut r).map_or(u32::MAX / 2, |()| u32::from_le_bytes(r));
-        let due = Instant::now() + jittered(period, random);
+        let due = Instant::now() + jittered(period, crate::jitter::random());
         loop {
             let left = due.saturating_duration_since(Instant::now());
             if left.is_zero() {

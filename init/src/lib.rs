@@ -8,7 +8,7 @@
 //!   and the loop that decides it), [`phonehome`] (device key, outbox, delivery); and the PID 1
 //!   core: `log`, `reaper` (the only `waitpid`), `command` (helper programs), `supervisor`,
 //!   `signals`, `pid1`, `shutdown`, `cmdline`, `clock`, `modules`, `site`, `data_grow`, `hardware`,
-//!   `rootzone`, `control`.
+//!   `rootzone`, `control`, `jitter` (timers spread across a fleet).
 //! - **The boot's vocabulary**: stages and statuses come from [`imrs_config::stage`]; `outcome`
 //!   (how a stage ended, with its reason) and `context` (what the boot knows, shared by the
 //!   stages); `state` (saved outcomes).
@@ -45,6 +45,7 @@ mod hardware;
 pub mod health;
 mod heartbeat;
 mod installation;
+mod jitter;
 mod log;
 mod modules;
 pub mod net;

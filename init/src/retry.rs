@@ -51,16 +51,12 @@ impl RetryPolicy {
             .checked_mul(1u32 << doublings)
             .unwrap_or(self.max)
             .min(self.max);
-        let quarter = base.as_secs_f64() / 4.0;
-        let offset = (f64::from(random) / f64::from(u32::MAX) * 2.0 - 1.0) * quarter;
-        Duration::from_secs_f64((base.as_secs_f64() + offset).max(0.0))
+        crate::jitter::spread(base, 0.25, random)
     }
 
-    /// [`RetryPolicy::delay`] with fresh randomness (the middle when the kernel has none).
+    /// [`RetryPolicy::delay`] with fresh randomness ([`crate::jitter::random`]).
     pub fn next_delay(&self, attempt: u32) -> Duration {
-        let mut r = [0u8; 4];
-        let random = getrandom::fill(&mut r).map_or(u32::MAX / 2, |()| u32::from_le_bytes(r));
-        self.delay(attempt, random)
+        self.delay(attempt, crate::jitter::random())
     }
 }
 

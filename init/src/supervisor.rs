@@ -220,25 +220,27 @@ impl Supervisor {
         let (mine, others): (Vec<Daemon>, Vec<Daemon>) =
             self.daemons.drain(..).partition(|d| d.name == name);
         self.daemons = others;
-        for mut d in mine.into_iter().rev() {
-            if let Some(stop) = d.stop.take() {
-                let _ = stop.send(grace);
-            }
-            if let Err(e) = (&mut d.task).await {
-                log::error(format!("supervisor of {}: {e}", d.name));
-            }
+        for d in mine.into_iter().rev() {
+            d.stop(grace).await;
         }
     }
 
     /// Stops every daemon, last started first, each with `grace` between SIGTERM and SIGKILL.
     pub async fn stop_all(&mut self, grace: Duration) {
-        while let Some(mut d) = self.daemons.pop() {
-            if let Some(stop) = d.stop.take() {
-                let _ = stop.send(grace);
-            }
-            if let Err(e) = (&mut d.task).await {
-                log::error(format!("supervisor of {}: {e}", d.name));
-            }
+        while let Some(d) = self.daemons.pop() {
+            d.stop(grace).await;
+        }
+    }
+}
+
+impl Daemon {
+    /// Tells its supervising task to stop it and waits until it has.
+    async fn stop(mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(grace);
+        }
+        if let Err(e) = (&mut self.task).await {
+            log::error(format!("supervisor of {}: {e}", self.name));
         }
     }
 }

@@ -346,18 +346,9 @@ fn first_boot_passes_serves_announces_and_reports() {
     assert_eq!(ctl("undrain"), "ok undrained");
     wait_learned(&h.router, &all, Duration::from_secs(40), "undrained");
 
-    // Faults under the init's supervisor. The daemons' pidfiles hold pids of the init's PID
-    // namespace: find the init's direct child by name instead, with its host pid.
+    // Faults under the init's supervisor.
     let init_pid = init.init_pid();
-    let try_kill = |name: &str| -> bool {
-        let child = appliance::processes().into_iter().find(|p| {
-            p.ppid == init_pid
-                && std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
-                    .is_ok_and(|c| c.trim().starts_with(name))
-        });
-        // SAFETY: kill has no memory-safety preconditions.
-        child.is_some_and(|c| unsafe { libc::kill(c.pid, libc::SIGKILL) } == 0)
-    };
+    let try_kill = |name: &str| kill_child(init_pid, name);
     // NSD crashing: killed whenever it is up for 8 s (one kill alone is repaired by the
     // supervisor within a probe). The specifics are withdrawn at the peer, covering kept;
     // once it stays up, the specifics come back after the rise and the hold-down.
@@ -542,18 +533,35 @@ fn tampered_zone_host(tag: &str) -> (tempfile::TempDir, PathBuf, PathBuf, Host) 
     (d, root, state, h)
 }
 
-/// The end of a boot that must stay off the air: nothing was announced; the init, the transfer
-/// server and the receiver are stopped.
-fn stop_off_the_air(mut init: Init, mut h: Host) {
+/// The end of a test's boot: the init, the transfer server and the receiver are stopped.
+fn shut_down(mut init: Init, mut h: Host) {
+    init.signal(libc::SIGTERM);
+    init.wait(Duration::from_secs(30));
+    h.xfr.kill();
+    h.receiver.stop();
+}
+
+/// The end of a boot that must stay off the air: nothing was announced; then [`shut_down`].
+fn stop_off_the_air(init: Init, h: Host) {
     assert!(
         learned(&h.router).is_empty(),
         "announced: {:?}",
         learned(&h.router)
     );
-    init.signal(libc::SIGTERM);
-    init.wait(Duration::from_secs(30));
-    h.xfr.kill();
-    h.receiver.stop();
+    shut_down(init, h);
+}
+
+/// SIGKILLs the init's direct child whose command name starts with `name` (the daemons'
+/// pidfiles hold pids of the init's PID namespace: found by name, with its host pid); whether
+/// there was one to kill.
+fn kill_child(init_pid: i32, name: &str) -> bool {
+    let child = appliance::processes().into_iter().find(|p| {
+        p.ppid == init_pid
+            && std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                .is_ok_and(|c| c.trim().starts_with(name))
+    });
+    // SAFETY: kill has no memory-safety preconditions.
+    child.is_some_and(|c| unsafe { libc::kill(c.pid, libc::SIGKILL) } == 0)
 }
 
 #[test]
@@ -563,7 +571,7 @@ fn tampered_zone_is_refused_reported_then_the_good_one_passes() {
     }
     let (d, root, state, mut h) = tampered_zone_host("itz");
     let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
-    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    let init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
     init.wait_for("boot summary", Duration::from_secs(240));
     assert_eq!(init.count("stage zone: FAILED"), 1, "{:#?}", init.console());
     assert!(init.count("ZONEMD") >= 1, "{:#?}", init.console());
@@ -620,10 +628,7 @@ fn tampered_zone_is_refused_reported_then_the_good_one_passes() {
         let out = dig(&h.rtr, "198.51.100.42", tcp);
         assert!(out.contains(&SERIAL.to_string()), "tcp={tcp}: {out}");
     }
-    init.signal(libc::SIGTERM);
-    init.wait(Duration::from_secs(30));
-    h.xfr.kill();
-    h.receiver.stop();
+    shut_down(init, h);
 }
 
 #[test]
@@ -761,7 +766,7 @@ fn absent_bgp_neighbour_is_waited_for() {
         return;
     }
     let (d, root, state, pki) = setup("inb", &zone_file());
-    let mut h = host("inb", d.path(), &zone_file(), &pki);
+    let h = host("inb", d.path(), &zone_file(), &pki);
     // The host's router does not answer BGP at first: every TCP segment to or from port 179
     // is dropped on its side (the box's connections and the router's own time out).
     nft(&h.rtr, &["add", "table", "inet", "absent"]);
@@ -781,7 +786,7 @@ fn absent_bgp_neighbour_is_waited_for() {
         );
     }
     let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
-    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    let init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
     init.wait_for("stage bgp: running", Duration::from_secs(120));
     // 20 s without a neighbour (the stage waits up to 120 s): DNS is healthy, nothing is
     // announced, the stage has not passed.
@@ -799,10 +804,7 @@ fn absent_bgp_neighbour_is_waited_for() {
         Duration::from_secs(30),
         "after the neighbour appeared",
     );
-    init.signal(libc::SIGTERM);
-    init.wait(Duration::from_secs(30));
-    h.xfr.kill();
-    h.receiver.stop();
+    shut_down(init, h);
 }
 
 #[test]
@@ -817,21 +819,15 @@ fn knot_first_boot_serves_and_announces() {
         serde_json::from_slice(&std::fs::read(&info).unwrap()).unwrap();
     image["dns"] = "knot".into();
     std::fs::write(&info, serde_json::to_vec_pretty(&image).unwrap()).unwrap();
-    let mut h = host("isk", d.path(), &zone_file(), &pki);
+    let h = host("isk", d.path(), &zone_file(), &pki);
     let cmdline = format!("imrs.fake_time={FAKE_TIME} imrs.grace=2");
-    let mut init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
+    let init = Init::start_in(Some(h.appl.name()), &root, &state, &cmdline);
     // The daemon crashes while the dns stage waits for it (killed as it loads the zone): the
     // supervisor starts it again and the stage passes.
     init.wait_for("dns: knot started", Duration::from_secs(120));
     let init_pid = init.init_pid();
     let killed = wait_for(Duration::from_secs(10), Duration::from_millis(20), || {
-        let knotd = appliance::processes().into_iter().find(|p| {
-            p.ppid == init_pid
-                && std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
-                    .is_ok_and(|c| c.trim() == "knotd")
-        })?;
-        // SAFETY: kill has no memory-safety preconditions.
-        (unsafe { libc::kill(knotd.pid, libc::SIGKILL) } == 0).then_some(())
+        kill_child(init_pid, "knotd").then_some(())
     });
     assert!(killed.is_some(), "no knotd under the init to kill");
     assert_eq!(
@@ -871,8 +867,5 @@ fn knot_first_boot_serves_and_announces() {
         Duration::from_secs(30),
         "knot first boot",
     );
-    init.signal(libc::SIGTERM);
-    init.wait(Duration::from_secs(30));
-    h.xfr.kill();
-    h.receiver.stop();
+    shut_down(init, h);
 }
