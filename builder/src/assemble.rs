@@ -25,6 +25,10 @@ use crate::{cpio, elf};
 /// zstd level of the initramfs: measured in BENCHMARKS.md (size vs warm rebuild time).
 pub const ZSTD_LEVEL: i32 = 9;
 
+/// `/etc/nsswitch.conf`: every database from the image's own files (`/etc/passwd`,
+/// `/etc/group`, `/etc/hosts`); glibc's default would ask DNS first for host names.
+pub const NSSWITCH: &str = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n";
+
 /// Builder identification recorded in images.
 pub const BUILDER: &str = concat!("imrs-build ", env!("CARGO_PKG_VERSION"));
 
@@ -202,6 +206,12 @@ pub fn build_image(
         Node::file(accounts::group().into_bytes(), 0o644),
     )?;
     img.insert("etc/hostname", Node::file(b"imrs\n".to_vec(), 0o644))?;
+    // No resolver on the box: names come from /etc/hosts only (the init writes the site's NTS
+    // servers there), never from DNS.
+    img.insert(
+        "etc/nsswitch.conf",
+        Node::file(NSSWITCH.as_bytes().to_vec(), 0o644),
+    )?;
     // Executables and their libraries.
     let mut binaries: Vec<String> = Vec::new();
     for b in &r.recipe.userland.binaries {

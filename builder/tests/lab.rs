@@ -408,6 +408,26 @@ fn telemetry_report_becomes_rssac002_documents() {
     }
 }
 
+/// An NTS site (issue #15's decision: authenticated time for the DNSSEC clock): the lab's NTS
+/// server (chronyd with this run's certificate for nts.lab.test, an hour ahead of the guest's
+/// RTC) sets the box's clock in the clock stage, through the image's chronyd under its own
+/// account and system call filter, the name from the `/etc/hosts` the init wrote, the CA from
+/// the signed site; then the normal pass.
+#[test]
+fn an_nts_site_sets_the_clock_through_nts_then_serves() {
+    let Some(v) = lab("nts") else { return };
+    assert_passed("nts", &v);
+    assert_serving(&v);
+    assert_eq!(v["report_event"], "install-passed");
+    assert_checks_passed(
+        &v,
+        &[
+            "the clock stage asked the lab's NTS server",
+            "NTS moved the guest's clock by the hour the server is ahead",
+        ],
+    );
+}
+
 /// The normal pass with the appliance disk booted as on Calypso and Pandora: OVMF, systemd-boot,
 /// slot A (blessed on the disk: nothing to bless once healthy).
 #[test]

@@ -5,7 +5,8 @@
 //! `/sbin`, `/lib`, `/lib64` are links into `/usr`), the daemons and their libraries from the
 //! locked packages, the kernel modules under `/usr/lib/modules`, what the init reads under
 //! `/etc/imrs` (image info, site-signing key, embedded site config), `/etc/passwd`, `/etc/group`,
-//! `/etc/hostname`, the device nodes in `/dev`, and the mount points the init uses. A recipe file
+//! `/etc/hostname`, `/etc/nsswitch.conf` (and `/etc/hosts`, which the init writes), the device
+//! nodes in `/dev`, and the mount points the init uses. A recipe file
 //! over any of these would replace the init, a daemon, a library or a key the image's signature
 //! vouches for, so [`owner`] names them; the recipe check refuses such a destination.
 //!
@@ -88,6 +89,14 @@ pub const OWNED: &[Owned] = &[
     exact("/etc/passwd", "the image's user database"),
     exact("/etc/group", "the image's group database"),
     exact("/etc/hostname", "the image's host name"),
+    exact(
+        "/etc/nsswitch.conf",
+        "the image's name service switch (files only)",
+    ),
+    exact(
+        "/etc/hosts",
+        "written by the init at boot (the site's NTS servers)",
+    ),
     tree("/usr/lib/modules", "the kernel modules"),
     tree(
         "/usr/lib/x86_64-linux-gnu",

@@ -223,16 +223,58 @@ pub struct Neighbor {
     pub prepend: u8,
 }
 
-/// Time sources.
+/// Time sources: NTS servers (authenticated, preferred), or plain NTP servers, or (labs) the
+/// RTC. NTS and plain servers are never mixed: an unauthenticated source next to NTS ones would
+/// let an on-path attacker move the clock the DNSSEC checks read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ntp {
-    /// NTP servers (addresses; the appliance resolves no names before it has a clock).
+    /// Plain NTP servers (addresses; the appliance resolves no names before it has a clock).
     #[serde(default)]
     pub servers: Vec<IpAddr>,
+    /// NTS servers (RFC 8915): the name their certificate carries and where they are.
+    #[serde(default)]
+    pub nts: Vec<NtsServer>,
+    /// PEM CA certificate(s) the NTS servers' certificates must chain to (required with `nts`;
+    /// no system trust store).
+    #[serde(default)]
+    pub nts_ca_pem: String,
     /// Trust the RTC instead (labs only; shown on the console and recorded).
     #[serde(default)]
     pub trust_rtc: bool,
+}
+
+/// One NTS server. The box has no resolver: the init maps `name` to `address` in `/etc/hosts`
+/// for chronyd, which checks the server's certificate against `name` (so `name` may also be
+/// an address, for a certificate with that IP address in its subject alternative names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NtsServer {
+    /// The DNS name in the server's certificate (or its address).
+    pub name: String,
+    /// Its address.
+    pub address: IpAddr,
+    /// Its NTS key-establishment port (TCP; default 4460).
+    #[serde(default = "default_nts_ke_port")]
+    pub port: u16,
+}
+
+/// NTS-KE's port (RFC 8915).
+pub const NTS_KE_PORT: u16 = 4460;
+
+fn default_nts_ke_port() -> u16 {
+    NTS_KE_PORT
+}
+
+impl Ntp {
+    /// Every server's address, NTS or plain, as the console and reports show them.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.nts
+            .iter()
+            .map(|n| n.address)
+            .chain(self.servers.iter().copied())
+            .collect()
+    }
 }
 
 /// Where the installation report goes.

@@ -4,10 +4,18 @@
 //! 1. The clock is never earlier than the image's build epoch (`source_date_epoch`). If it is
 //!    (a flat RTC battery), it is set to the epoch as a floor, which only makes later checks
 //!    sane: the stage still fails unless a real source then confirms the time.
-//! 2. Site `ntp.servers` given: `chronyd -q` sets the clock once from them
+//! 2. Site `ntp.nts` or `ntp.servers` given: `chronyd -q` sets the clock once from them
 //!    (`/usr/sbin/chronyd` in the image; missing is a failure that says so). As the machine's
 //!    init it runs as `_chrony` (chronyd keeps `CAP_SYS_TIME` only) under its own system call
-//!    filter (`-F 1`: a call outside chronyd's list kills it).
+//!    filter (`-F 1`: a call outside chronyd's list kills it). NTS servers (RFC 8915) are
+//!    authenticated: their certificate must chain to the site's `nts_ca_pem` (chronyd's
+//!    `ntstrustedcerts`, with `nosystemcert`) and carry the server's name, which the init maps
+//!    to the site's address in `/etc/hosts` (the box has no resolver; the image's
+//!    `nsswitch.conf` says `hosts: files`); `authselectmode require` lets no unauthenticated
+//!    source set the clock. The certificates' validity is checked against the clock, except
+//!    when it was behind the build time and got the floor (a flat RTC battery: the clock is
+//!    known wrong, so `nocerttimecheck 1` skips the check for the first update only, as
+//!    chrony documents for machines without a working RTC).
 //! 3. No servers but `ntp.trust_rtc = true` (labs): the RTC time is accepted, shown on the
 //!    console and recorded in the state file. Not if the RTC is behind the epoch.
 //! 4. Neither: failure, no time source.
@@ -42,7 +50,7 @@ pub enum ClockError {
     #[error("no time source: the site config has no ntp.servers and trust_rtc is false")]
     NoSource,
     /// NTP servers configured but no client in the image.
-    #[error("site lists NTP servers but the image has no /{CHRONYD}")]
+    #[error("site lists NTP or NTS servers but the image has no /{CHRONYD}")]
     NoChronyd,
     /// chronyd could not be started.
     #[error("/{CHRONYD}: cannot start: {0}")]
@@ -85,11 +93,38 @@ pub enum Plan {
         program: PathBuf,
         /// Its arguments.
         args: Vec<String>,
+        /// With NTS servers: the files to write before chronyd starts.
+        nts: Option<NtsFiles>,
     },
     /// Accept the RTC.
     TrustRtc,
     /// Fail.
     Fail(ClockError),
+}
+
+/// What chronyd needs on disk for NTS: the site's CA and the servers' names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NtsFiles {
+    /// The CA file (`ntstrustedcerts`), in chronyd's own directory.
+    pub ca_path: PathBuf,
+    /// The site's `nts_ca_pem`.
+    pub ca_pem: String,
+    /// `/etc/hosts`: localhost and each NTS server's name at its address.
+    pub hosts: String,
+}
+
+/// The CA file's name in chronyd's directory.
+pub const NTS_CA_FILE: &str = "nts-ca.pem";
+
+/// `/etc/hosts` for these NTS servers (the box resolves no names otherwise).
+pub fn hosts_file(nts: &[imrs_config::site::NtsServer]) -> String {
+    let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+    for n in nts {
+        if n.name.parse::<IpAddr>().is_err() {
+            text.push_str(&format!("{} {}\n", n.address, n.name));
+        }
+    }
+    text
 }
 
 /// The decision, from facts alone. `run_dir`: chronyd's own directory (its pidfile);
@@ -103,7 +138,7 @@ pub fn plan(
     run_dir: &Path,
     account: Option<Account>,
 ) -> Plan {
-    if !ntp.servers.is_empty() {
+    if !ntp.servers.is_empty() || !ntp.nts.is_empty() {
         let Some(program) = chronyd else {
             return Plan::Fail(ClockError::NoChronyd);
         };
@@ -122,9 +157,34 @@ pub fn plan(
             "cmdport 0".into(),
         ]);
         args.extend(ntp.servers.iter().map(|s| format!("server {s} iburst")));
+        let mut nts = None;
+        if !ntp.nts.is_empty() {
+            let ca_path = run_dir.join(NTS_CA_FILE);
+            args.extend([
+                format!("ntstrustedcerts {}", ca_path.display()),
+                "nosystemcert".into(),
+                "authselectmode require".into(),
+            ]);
+            if now < epoch {
+                args.push("nocerttimecheck 1".into());
+            }
+            for n in &ntp.nts {
+                let mut line = format!("server {} iburst nts", n.name);
+                if n.port != imrs_config::site::NTS_KE_PORT {
+                    line.push_str(&format!(" ntsport {}", n.port));
+                }
+                args.push(line);
+            }
+            nts = Some(NtsFiles {
+                ca_path,
+                ca_pem: ntp.nts_ca_pem.clone(),
+                hosts: hosts_file(&ntp.nts),
+            });
+        }
         return Plan::Ntp {
             program: program.to_path_buf(),
             args,
+            nts,
         };
     }
     if ntp.trust_rtc {
@@ -185,20 +245,33 @@ pub fn set_floor(epoch: i64) -> Result<(), ClockError> {
         .map_err(|source| ClockError::SetFloor { epoch, source })
 }
 
-/// Runs chronyd through the reaper; Ok when it exited 0.
+/// The site's time servers as the console, the errors and the reports name them:
+/// `NTS nts1.example.net (192.0.2.123), ...` or plain addresses.
+pub fn describe(ntp: &imrs_config::site::Ntp) -> String {
+    let nts = ntp.nts.iter().map(|n| {
+        if n.name.parse::<IpAddr>().is_ok() {
+            format!("NTS {}", n.name)
+        } else {
+            format!("NTS {} ({})", n.name, n.address)
+        }
+    });
+    let plain = ntp.servers.iter().map(|a| a.to_string());
+    nts.chain(plain).collect::<Vec<_>>().join(", ")
+}
+
+/// Runs chronyd through the reaper; Ok when it exited 0. `servers`: [`describe`]'s text.
 pub async fn run_ntp(
     reaper: &Reaper,
     program: &Path,
     args: &[String],
-    servers: &[IpAddr],
+    servers: &str,
     timeout: Duration,
 ) -> Result<(), ClockError> {
-    let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
     match crate::command::run_checked(reaper, program, args, timeout).await {
         Ok(_) => Ok(()),
         Err(Failure::Start(e)) => Err(ClockError::Start(e)),
         Err(Failure::Ended { how, tail }) => Err(ClockError::Ntp {
-            servers: list.join(", "),
+            servers: servers.to_string(),
             how,
             output: if tail.is_empty() {
                 String::new()
@@ -213,7 +286,7 @@ pub async fn run_ntp(
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use imrs_config::site::Ntp;
+    use imrs_config::site::{Ntp, NtsServer};
 
     use super::*;
     use crate::reaper::tests::with_reaper;
@@ -224,6 +297,7 @@ mod tests {
         Ntp {
             servers: servers.iter().map(|s| s.parse().unwrap()).collect(),
             trust_rtc,
+            ..Ntp::default()
         }
     }
 
@@ -268,7 +342,7 @@ mod tests {
             assert_eq!(plan(now, EPOCH, &n, c, run, None), want, "{what}");
         }
         // Servers win over trust_rtc, even when behind (the floor is set first).
-        let Plan::Ntp { program, args } = plan(
+        let Plan::Ntp { program, args, nts } = plan(
             EPOCH - 5,
             EPOCH,
             &ntp(&["192.0.2.123", "2001:db8::123"], true),
@@ -283,6 +357,12 @@ mod tests {
         assert!(!args.contains(&"-F".to_string()));
         assert!(args.contains(&"server 192.0.2.123 iburst".to_string()));
         assert!(args.contains(&"server 2001:db8::123 iburst".to_string()));
+        assert_eq!(nts, None);
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.contains("nts") || a.contains("authselect"))
+        );
         // As the machine's init: _chrony and the system call filter.
         let Plan::Ntp { args, .. } = plan(
             EPOCH + 5,
@@ -298,6 +378,80 @@ mod tests {
         assert!(args.contains(&"pidfile /run/imrs/chronyd.pid".to_string()));
     }
 
+    fn with_nts() -> Ntp {
+        Ntp {
+            nts: vec![
+                NtsServer {
+                    name: "nts1.example.net".into(),
+                    address: "192.0.2.123".parse().unwrap(),
+                    port: imrs_config::site::NTS_KE_PORT,
+                },
+                NtsServer {
+                    name: "2001:db8::123".into(),
+                    address: "2001:db8::123".parse().unwrap(),
+                    port: 4461,
+                },
+            ],
+            nts_ca_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+            ..Ntp::default()
+        }
+    }
+
+    #[test]
+    fn nts_servers_are_authenticated_by_the_sites_ca_only() {
+        let chrony = Path::new("/usr/sbin/chronyd");
+        let run = Path::new("/run/imrs/chrony");
+        let Plan::Ntp { args, nts, .. } = plan(
+            EPOCH + 5,
+            EPOCH,
+            &with_nts(),
+            Some(chrony),
+            run,
+            Some(imrs_config::accounts::CHRONY),
+        ) else {
+            panic!("expected NTP");
+        };
+        let nts = nts.expect("NTS files");
+        assert_eq!(nts.ca_path, run.join(NTS_CA_FILE));
+        assert_eq!(nts.ca_pem, with_nts().nts_ca_pem);
+        assert_eq!(
+            nts.hosts, "127.0.0.1 localhost\n::1 localhost\n192.0.2.123 nts1.example.net\n",
+            "a name given as an address needs no line"
+        );
+        let tail: Vec<&str> = args[args.len() - 5..].iter().map(|a| a.as_str()).collect();
+        assert_eq!(
+            tail,
+            [
+                "ntstrustedcerts /run/imrs/chrony/nts-ca.pem",
+                "nosystemcert",
+                "authselectmode require",
+                "server nts1.example.net iburst nts",
+                "server 2001:db8::123 iburst nts ntsport 4461",
+            ]
+        );
+        assert!(!args.iter().any(|a| a.starts_with("nocerttimecheck")));
+        // A clock behind the build time (got the floor): the first update skips the
+        // certificates' time check, and only the first.
+        let Plan::Ntp { args, .. } = plan(EPOCH - 5, EPOCH, &with_nts(), Some(chrony), run, None)
+        else {
+            panic!("expected NTP");
+        };
+        assert!(args.contains(&"nocerttimecheck 1".to_string()));
+        assert_eq!(
+            describe(&with_nts()),
+            "NTS nts1.example.net (192.0.2.123), NTS 2001:db8::123"
+        );
+        assert_eq!(
+            describe(&ntp(&["192.0.2.1", "2001:db8::1"], false)),
+            "192.0.2.1, 2001:db8::1"
+        );
+        // NTS and no chronyd: the same named failure.
+        assert_eq!(
+            plan(EPOCH + 5, EPOCH, &with_nts(), None, run, None),
+            Plan::Fail(ClockError::NoChronyd)
+        );
+    }
+
     fn fake(dir: &Path, script: &str) -> PathBuf {
         let p = dir.join("chronyd");
         std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
@@ -309,17 +463,17 @@ mod tests {
     fn chronyd_outcomes_come_through_the_reaper() {
         let d = tempfile::tempdir().unwrap();
         with_reaper(|reaper| async move {
-            let servers: Vec<IpAddr> = vec!["192.0.2.123".parse().unwrap()];
+            let servers = "192.0.2.123";
             let ok = fake(d.path(), "exit 0");
             assert_eq!(
-                run_ntp(&reaper, &ok, &[], &servers, Duration::from_secs(10)).await,
+                run_ntp(&reaper, &ok, &[], servers, Duration::from_secs(10)).await,
                 Ok(())
             );
             let bad = fake(
                 d.path(),
                 "echo 'No suitable source for synchronisation' >&2; exit 1",
             );
-            let e = run_ntp(&reaper, &bad, &[], &servers, Duration::from_secs(10))
+            let e = run_ntp(&reaper, &bad, &[], servers, Duration::from_secs(10))
                 .await
                 .unwrap_err();
             assert_eq!(
@@ -327,7 +481,7 @@ mod tests {
                 "chronyd -q against 192.0.2.123: exit code 1 (No suitable source for synchronisation)"
             );
             let hang = fake(d.path(), "exec sleep 100");
-            let e = run_ntp(&reaper, &hang, &[], &servers, Duration::from_millis(300))
+            let e = run_ntp(&reaper, &hang, &[], servers, Duration::from_millis(300))
                 .await
                 .unwrap_err();
             assert!(e.to_string().contains("no answer within"), "{e}");

@@ -236,7 +236,7 @@ fn setup_with_site(extra: &str) -> (tempfile::TempDir, PathBuf, PathBuf, Tls) {
     let d = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let pki = make_tls(d.path(), "192.0.2.80".parse().unwrap()).unwrap();
+    let pki = make_tls(d.path(), "192.0.2.80".parse().unwrap(), &[]).unwrap();
     let (root, state) = (d.path().join("root"), d.path().join("state"));
     let mut site = site_text(&pki.ca_pem);
     site.extend_from_slice(extra.as_bytes());

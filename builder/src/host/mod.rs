@@ -1,8 +1,8 @@
 //! The host organisation's side of the appliance's cable: what the lab and the tests start
 //! around an appliance. Network namespaces with their links ([`netns`]), child processes in their
 //! own process groups ([`process`]), the router that peers with the appliance, FRR or GoBGP
-//! ([`router`]), the root zone transfer server ([`xfr`]), and the host organisation's inboxes
-//! for the receiver's notices ([`inbox`]). `imrs-build lab` and the
+//! ([`router`]), the root zone transfer server ([`xfr`]), an NTS server ([`nts`]), and the host
+//! organisation's inboxes for the receiver's notices ([`inbox`]). `imrs-build lab` and the
 //! integration tests (`tests/`) both build on these; what differs between them (the lab's plan,
 //! the tests' fixed addresses and prerequisite rule) stays with each.
 //!
@@ -12,6 +12,7 @@
 
 pub mod inbox;
 pub mod netns;
+pub mod nts;
 pub mod process;
 pub mod router;
 pub mod signal;

@@ -6,6 +6,8 @@
 //! - the receiver listens on the host and port of `phone_home.url`;
 //! - the host organisation's inboxes (`[host]`) are on the receiver's address: the webhook on
 //!   the port of `host.webhook`, the SMTP relay for `host.email` on port 587;
+//! - the NTS server (chronyd) listens on every `ntp.nts` address, its certificate for their
+//!   names;
 //! - the lab reaches `service.ipv4`/`ipv6` through the guest's interface addresses.
 //!
 //! Every address the lab uses or routes to must be in a documentation range: the lab never sends
@@ -46,6 +48,8 @@ pub struct Plan {
     /// The SMTP relay that takes the host's e-mail (`host.email`): the receiver's address,
     /// port 587.
     pub smtp: Option<SocketAddr>,
+    /// NTS servers (`ntp.nts`): the name in the certificate and the NTS-KE address.
+    pub nts: Vec<(String, SocketAddr)>,
     /// Appliance service addresses.
     pub service_v4: Ipv4Addr,
     /// Appliance service IPv6 address.
@@ -190,6 +194,12 @@ impl Plan {
             receiver,
             webhook,
             smtp,
+            nts: site
+                .ntp
+                .nts
+                .iter()
+                .map(|n| (n.name.clone(), SocketAddr::new(n.address, n.port)))
+                .collect(),
             service_v4: site.service.ipv4,
             service_v6: site.service.ipv6,
         };
@@ -210,6 +220,13 @@ impl Plan {
             let net = self.subnet(x.ip());
             if !net.contains(&x.ip()) {
                 bail!("site zone.servers {x}: not on the guest's subnet {net}");
+            }
+        }
+        for (name, n) in &self.nts {
+            doc("ntp.nts", n.ip())?;
+            let net = self.subnet(n.ip());
+            if !net.contains(&n.ip()) {
+                bail!("site ntp.nts {name} at {n}: not on the guest's subnet {net}");
             }
         }
         doc("phone_home.url host", self.receiver.ip())?;
@@ -235,11 +252,12 @@ impl Plan {
     }
 
     /// The addresses the lab puts on its tap, each with the guest's prefix length, deduplicated:
-    /// router, neighbours, transfer servers, receiver.
+    /// router, neighbours, transfer servers, NTS servers, receiver.
     pub fn tap_addresses(&self) -> Vec<IpNet> {
         let mut ips: Vec<IpAddr> = vec![self.router_v4.into(), self.router_v6.into()];
         ips.extend(&self.neighbors);
         ips.extend(self.xfr.iter().map(SocketAddr::ip));
+        ips.extend(self.nts.iter().map(|(_, a)| a.ip()));
         ips.push(self.receiver.ip());
         let mut out: Vec<IpNet> = Vec::new();
         for ip in ips {

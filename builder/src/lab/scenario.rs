@@ -5,6 +5,7 @@
 //! | `normal` | everything up | every stage passes, serving, one `install-passed` report |
 //! | `tampered-zone` | the transfer server serves the zone with one glue A record changed; once the box has reported and refused it twice, the good zone | zone stage fails and fails again when tried again, an `install-failed` report names stage `zone`, nothing is announced; then the zone passes, the box serves and reports `install-passed` (the host told both) |
 //! | `xfr-down` | transfer server started ~30 s after QEMU | passes once the server is there |
+//! | `nts` | everything up; the site's time from the lab's NTS server (chronyd with this run's certificate for `nts.lab.test`, an hour ahead of the guest's RTC) | the clock stage sets the clock through NTS (moved by about an hour), every stage passes, serving, one `install-passed` report |
 //! | `receiver-down` | receiver started ~30 s after the box reaches phone-home | passes; the report arrives after the receiver starts |
 //! | `power-cut` | QEMU killed when the zone stage starts, then booted again on the same disk | resumes (hardware done earlier), passes, exactly one install report |
 //! | `second-boot` | a normal pass, QEMU stopped, booted again on the same disk | serving again, no new install report, a heartbeat with the zone's serial |
@@ -35,6 +36,7 @@ use super::vm::{Vm, VmConfig};
 use super::xfr::XfrServer;
 use super::zone::LabZone;
 use crate::host::netns::NetNs;
+use crate::host::nts::{Nts, NtsConfig};
 use crate::host::router::{self, Neighbor, Route, Router, RouterKind};
 use crate::host::signal;
 use crate::qemu::Accel;
@@ -49,6 +51,8 @@ pub const TAP: &str = "imrs-tap0";
 pub enum Scenario {
     /// Everything works: the full first boot.
     Normal,
+    /// The full first boot with the site's time from the lab's NTS server.
+    Nts,
     /// The transfer server serves a zone with one glue A record changed.
     TamperedZone,
     /// The transfer server comes up only ~30 s after boot.
@@ -78,8 +82,9 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::Normal,
+        Scenario::Nts,
         Scenario::TamperedZone,
         Scenario::XfrDown,
         Scenario::ReceiverDown,
@@ -108,6 +113,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Normal => "normal",
+            Scenario::Nts => "nts",
             Scenario::TamperedZone => "tampered-zone",
             Scenario::XfrDown => "xfr-down",
             Scenario::ReceiverDown => "receiver-down",
@@ -127,6 +133,9 @@ impl Scenario {
         match self {
             Scenario::Normal => {
                 "every stage passes, the box serves (specifics at the router, . SOA answered) and one verified install-passed report arrives"
+            }
+            Scenario::Nts => {
+                "with the site's time from the lab's NTS server (an hour ahead of the guest's RTC), the clock stage sets the clock through NTS, every stage passes, the box serves and one verified install-passed report arrives"
             }
             Scenario::TamperedZone => {
                 "the box refuses the zone: stage zone fails (and again when tried again), nothing is announced, an install-failed report names stage zone; once the transfer server hands out the good zone the box passes, serves and reports install-passed"
@@ -236,11 +245,12 @@ impl Lab {
 }
 
 /// The host side, stopped in field order when dropped: the host's inboxes, receiver, transfer
-/// server, router, then the namespace with the tap.
+/// server, NTS server, router, then the namespace with the tap.
 struct Services {
     inbox: Option<super::notices::Inbox>,
     receiver: Option<Receiver>,
     xfr: Option<XfrServer>,
+    nts: Option<Nts>,
     router: Router,
     ns: NetNs,
 }
@@ -1644,6 +1654,86 @@ fn update_result_checks(
     );
 }
 
+/// How far the lab's NTS server is ahead of the guest's RTC: a clock set through NTS shows.
+pub const NTS_AHEAD: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+
+/// The lab's NTS server on the site's `ntp.nts` addresses (on the tap), serving the guest's
+/// clock plus [`NTS_AHEAD`] with this run's certificate for their names.
+fn start_nts(lab: &Lab, ns: &NetNs) -> Result<Nts> {
+    let Some((cert, key)) = lab.tls.nts.clone() else {
+        anyhow::bail!("the site has NTS servers but this run made no certificate for them");
+    };
+    let mut ports: Vec<u16> = lab.plan.nts.iter().map(|(_, a)| a.port()).collect();
+    ports.dedup();
+    let [port] = ports[..] else {
+        anyhow::bail!(
+            "site ntp.nts: NTS-KE ports {ports:?}; the lab's one NTS server has one port"
+        );
+    };
+    let base = match lab.zone.clock {
+        super::zone::GuestClock::Fixed(t) => t,
+        super::zone::GuestClock::Host => jiff::Timestamp::now(),
+    };
+    let time = base
+        .checked_add(NTS_AHEAD)
+        .context("the NTS server's time")?;
+    let nts = Nts::start(
+        ns,
+        &lab.workdir.join("nts"),
+        &NtsConfig {
+            cert,
+            key,
+            port,
+            time: Some(time),
+        },
+    )?;
+    lab.progress(format!(
+        "lab: NTS server (chronyd) for {} on port {port}, serving {time} (the guest's clock + {})",
+        lab.plan
+            .nts
+            .iter()
+            .map(|(n, a)| format!("{n} at {}", a.ip()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "1 h"
+    ));
+    Ok(nts)
+}
+
+/// `nts`: the clock stage set the clock through the lab's NTS server, which moved it by
+/// [`NTS_AHEAD`] plus the time between the server's start and QEMU's (the transfer server and
+/// the receiver start in between), which the check allows up to ten minutes of.
+fn nts_checks(checks: &mut Vec<Check>, console: &str, plan: &Plan) {
+    let servers: Vec<String> = plan
+        .nts
+        .iter()
+        .map(|(n, a)| format!("NTS {n} ({})", a.ip()))
+        .collect();
+    let asked = format!("setting the clock from NTS ({})", servers.join(", "));
+    check(
+        checks,
+        "the clock stage asked the lab's NTS server",
+        console.contains(&asked),
+        format!("console line {asked:?}"),
+    );
+    let moved = console.lines().find_map(|l| {
+        let rest = l.split("clock set by nts: ").nth(1)?;
+        let n = rest.split("(moved ").nth(1)?.split(' ').next()?;
+        n.parse::<i64>().ok()
+    });
+    let want = NTS_AHEAD.as_secs();
+    check(
+        checks,
+        "NTS moved the guest's clock by the hour the server is ahead",
+        moved.is_some_and(|m| (want - 5..=want + 600).contains(&m)),
+        format!("moved {} s (want about {want} s)", opt_i(moved)),
+    );
+}
+
+fn opt_i(v: Option<i64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:+}"))
+}
+
 fn check(checks: &mut Vec<Check>, what: &str, ok: bool, detail: impl Into<String>) {
     checks.push(Check {
         what: what.into(),
@@ -1966,10 +2056,16 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         }
         None => None,
     };
+    let nts = if lab.plan.nts.is_empty() {
+        None
+    } else {
+        Some(start_nts(lab, &ns)?)
+    };
     let mut svc = Services {
         inbox,
         receiver: None,
         xfr: None,
+        nts,
         router,
         ns,
     };
@@ -2008,10 +2104,14 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
     let mut boots = Vec::new();
     let mut second_serving = None;
     let (install_boot, fin) = match scenario {
-        Scenario::Normal | Scenario::XfrDown | Scenario::ReceiverDown => {
+        Scenario::Normal | Scenario::Nts | Scenario::XfrDown | Scenario::ReceiverDown => {
             let (b, t, fin) = lab.boot(&mut svc, &one(Goal::Install), 0)?;
             install_checks(&mut checks, &b, &t, &fin, 0, lab);
             checks.extend(lab.told_checks(&svc, &fin, "boot 1")?);
+            if let Some(nts) = svc.nts.as_mut() {
+                nts.ensure_running()?;
+                nts_checks(&mut checks, &lab.console_of("boot 1"), &lab.plan);
+            }
             if scenario == Scenario::XfrDown {
                 let zone_end = t.get("zone").and_then(|s| s.ended_at_s);
                 check(

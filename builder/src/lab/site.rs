@@ -1,7 +1,9 @@
 //! The lab's site config and its TLS: a fresh CA and receiver certificate per run (rcgen,
-//! ECDSA P-256, the receiver's certificate for its IP address), and a copy of the site config
-//! whose `phone_home.ca_pem` is that CA, validated and signed with the image's site-signing key
-//! exactly like `imrs-build site sign`.
+//! ECDSA P-256, the receiver's certificate for its IP address; with NTS servers in the site,
+//! also their certificate for their names), and a copy of the site config whose
+//! `phone_home.ca_pem` (and `ntp.nts_ca_pem`) is that CA, validated and signed with the image's
+//! site-signing key exactly like `imrs-build site sign`. The `nts` scenario's site is the lab
+//! site with its `[ntp]` replaced by one NTS server ([`nts_site`]).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -20,11 +22,19 @@ pub struct Tls {
     pub cert: PathBuf,
     /// The receiver's private key.
     pub key: PathBuf,
+    /// The NTS server's certificate and key, when names were given.
+    pub nts: Option<(PathBuf, PathBuf)>,
 }
 
+/// The `nts` scenario's NTS server: its name (in its certificate and the site) and address.
+pub const NTS_NAME: &str = "nts.lab.test";
+/// The `nts` scenario's NTS server address (on the lab's tap).
+pub const NTS_ADDR: &str = "192.0.2.123";
+
 /// Generates a CA and a server certificate for `ip` into `dir` (`ca.pem`, `receiver.pem`,
-/// `receiver.key`).
-pub fn make_tls(dir: &Path, ip: IpAddr) -> Result<Tls> {
+/// `receiver.key`) and, when `nts_names` is not empty, a certificate for those names
+/// (`nts.pem`, `nts.key`).
+pub fn make_tls(dir: &Path, ip: IpAddr, nts_names: &[String]) -> Result<Tls> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose, SanType,
@@ -57,10 +67,60 @@ pub fn make_tls(dir: &Path, ip: IpAddr) -> Result<Tls> {
     write(&dir.join("ca.pem"), &ca_pem)?;
     write(&cert, &srv_cert.pem())?;
     write(&key, &srv_key.serialize_pem())?;
-    Ok(Tls { ca_pem, cert, key })
+    let nts = if nts_names.is_empty() {
+        None
+    } else {
+        let nts_key = KeyPair::generate().context("cannot generate the NTS server key")?;
+        let mut p = CertificateParams::new(nts_names.to_vec())
+            .with_context(|| format!("NTS server names {nts_names:?}"))?;
+        p.distinguished_name
+            .push(DnType::CommonName, format!("IMRS lab NTS {}", nts_names[0]));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let nts_cert = p
+            .signed_by(&nts_key, &issuer)
+            .context("cannot sign the NTS server certificate")?;
+        let (c, k) = (dir.join("nts.pem"), dir.join("nts.key"));
+        write(&c, &nts_cert.pem())?;
+        write(&k, &nts_key.serialize_pem())?;
+        Some((c, k))
+    };
+    Ok(Tls {
+        ca_pem,
+        cert,
+        key,
+        nts,
+    })
 }
 
-/// Writes `out` (a copy of the site config `src` with `phone_home.ca_pem` = `ca_pem` and the
+/// Writes `out`: the site config `src` with its `[ntp]` replaced by the `nts` scenario's NTS
+/// server ([`NTS_NAME`] at [`NTS_ADDR`]) and `ca_pem` as the CA its certificate chains to.
+pub fn nts_site(src: &Path, out: &Path, ca_pem: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(src).with_context(|| format!("{}: cannot read", src.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: not TOML", src.display()))?;
+    let mut server = toml::Table::new();
+    server.insert("name".into(), NTS_NAME.into());
+    server.insert("address".into(), NTS_ADDR.into());
+    let mut ntp = toml::Table::new();
+    ntp.insert(
+        "nts".into(),
+        toml::Value::Array(vec![toml::Value::Table(server)]),
+    );
+    ntp.insert("nts_ca_pem".into(), ca_pem.into());
+    table.insert("ntp".into(), toml::Value::Table(ntp));
+    let header = format!(
+        "# Written by `imrs-build lab` from {} for the nts scenario: its time from the lab's NTS \
+         server.\n",
+        src.display()
+    );
+    let body = toml::to_string(&table).context("cannot write the NTS site as TOML")?;
+    std::fs::write(out, format!("{header}{body}"))
+        .with_context(|| format!("{}: cannot write", out.display()))
+}
+
+/// Writes `out` (a copy of the site config `src` with `phone_home.ca_pem` = `ca_pem` (and
+/// `ntp.nts_ca_pem`, with NTS servers) and the
 /// lab's operations key `ops` as `fleet.ops_public_keys`), checks it like `imrs-build site
 /// check`, and signs it (`out.sig`) with `key`. Returns the parsed site.
 pub fn write_signed_site(
@@ -84,6 +144,15 @@ pub fn write_signed_site(
         );
     };
     ph.insert("ca_pem".into(), toml::Value::String(ca_pem.to_string()));
+    // NTS servers are the lab's too: their certificate comes from this run's CA.
+    if let Some(ntp) = table.get_mut("ntp").and_then(toml::Value::as_table_mut)
+        && ntp
+            .get("nts")
+            .and_then(toml::Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    {
+        ntp.insert("nts_ca_pem".into(), toml::Value::String(ca_pem.to_string()));
+    }
     let fleet = table
         .entry("fleet")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -152,7 +221,7 @@ mod tests {
     #[test]
     fn lab_site_gets_the_new_ca_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
-        let tls = make_tls(dir.path(), "192.0.2.80".parse().unwrap()).unwrap();
+        let tls = make_tls(dir.path(), "192.0.2.80".parse().unwrap(), &[]).unwrap();
         assert!(tls.ca_pem.contains("BEGIN CERTIFICATE"));
         let key = keys::generate().unwrap();
         let src = crate::workspace::this_checkout().join("images/sites/lab.toml");
@@ -166,12 +235,65 @@ mod tests {
         assert_eq!(verified.site_id, "lab-01");
     }
 
+    /// The `nts` scenario's site: one NTS server, this run's CA as its trust, signed; the
+    /// plan puts the server on the tap; the certificate names it.
+    #[test]
+    fn the_nts_site_trusts_this_runs_ca_for_its_one_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = make_tls(
+            dir.path(),
+            "192.0.2.80".parse().unwrap(),
+            &[NTS_NAME.to_string()],
+        )
+        .unwrap();
+        let (cert, key_file) = tls.nts.clone().expect("an NTS certificate");
+        assert!(
+            std::fs::read_to_string(&cert)
+                .unwrap()
+                .contains("BEGIN CERTIFICATE")
+        );
+        assert!(
+            std::fs::read_to_string(&key_file)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+        let src = crate::workspace::this_checkout().join("images/sites/lab.toml");
+        let derived = dir.path().join("nts-source.toml");
+        nts_site(&src, &derived, &tls.ca_pem).unwrap();
+        let key = keys::generate().unwrap();
+        let ops = keys::generate().unwrap().verifying_key();
+        let out = dir.path().join("site.toml");
+        let s = write_signed_site(&derived, &out, &tls.ca_pem, &ops, &key).unwrap();
+        assert_eq!(s.ntp.nts.len(), 1);
+        assert_eq!(s.ntp.nts[0].name, NTS_NAME);
+        assert_eq!(s.ntp.nts[0].address.to_string(), NTS_ADDR);
+        assert_eq!(s.ntp.nts_ca_pem, tls.ca_pem);
+        assert!(s.ntp.servers.is_empty() && !s.ntp.trust_rtc);
+        let plan = super::super::plan::Plan::from_site(&s).unwrap();
+        assert_eq!(
+            plan.nts,
+            [(NTS_NAME.to_string(), "192.0.2.123:4460".parse().unwrap())]
+        );
+        assert!(
+            plan.tap_addresses()
+                .iter()
+                .any(|a| a.to_string() == "192.0.2.123/24")
+        );
+        // Without names, no NTS certificate.
+        assert!(
+            make_tls(dir.path(), "192.0.2.80".parse().unwrap(), &[])
+                .unwrap()
+                .nts
+                .is_none()
+        );
+    }
+
     #[test]
     fn non_lab_sites_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let key = keys::generate().unwrap();
         let src = crate::workspace::this_checkout().join("images/sites/example.toml");
-        let tls = make_tls(dir.path(), "192.0.2.80".parse().unwrap()).unwrap();
+        let tls = make_tls(dir.path(), "192.0.2.80".parse().unwrap(), &[]).unwrap();
         let ops = key.verifying_key();
         let e = write_signed_site(&src, &dir.path().join("s.toml"), &tls.ca_pem, &ops, &key)
             .unwrap_err()

@@ -82,6 +82,32 @@ fn phone_home(url: &str, ca: &str) -> String {
     format!("{}[phone_home]\nurl = {url}\nca_pem = {ca}\n", &text[..at])
 }
 
+/// The lab site with its `[ntp]` section holding `lines` instead.
+fn with_ntp(lines: &str) -> String {
+    let text = lab_text();
+    let start = text.find("\n[ntp]\n").expect("the lab site has an [ntp]") + 1;
+    let end = text[start + 1..]
+        .find("\n[")
+        .map_or(text.len(), |i| start + 1 + i + 1);
+    format!("{}[ntp]\n{lines}\n\n{}", &text[..start], &text[end..])
+}
+
+/// A usable PEM CA certificate as a TOML string (the lab's phone-home CA).
+fn a_ca() -> String {
+    let text = lab_text();
+    let start = text.find("ca_pem = \"\"\"").unwrap() + "ca_pem = ".len();
+    let end = start + 3 + text[start + 3..].find("\"\"\"").unwrap() + 3;
+    text[start..end].to_string()
+}
+
+/// An `[ntp]` with one NTS server `name` at `address` and the CA.
+fn nts(name: &str, address: &str) -> String {
+    with_ntp(&format!(
+        "nts = [{{ name = \"{name}\", address = \"{address}\" }}]\nnts_ca_pem = {}",
+        a_ca()
+    ))
+}
+
 /// The lab site with a `[dns.rrl]` section of `lines`.
 fn rrl(lines: &str) -> String {
     format!("{}\n[dns.rrl]\n{lines}\n", lab_text())
@@ -448,6 +474,75 @@ fn refused_cases() -> Vec<(&'static str, String, String)> {
             lab_text().replace("trust_rtc = true", "trust_rtc = true\nservers = [\"224.0.1.1\"]"),
             s("ntp.servers[0] = 224.0.1.1: a multicast address"),
         ),
+        (
+            "NTS next to plain NTP servers",
+            nts("nts.example.net", "192.0.2.123").replace(
+                "nts = [",
+                "servers = [\"192.0.2.124\"]\nnts = [",
+            ),
+            s("ntp.servers = (1 entries next to 1 in ntp.nts): NTS servers or plain NTP servers, not both"),
+        ),
+        (
+            "NTS without a CA",
+            with_ntp("nts = [{ name = \"nts.example.net\", address = \"192.0.2.123\" }]"),
+            s("ntp.nts_ca_pem = ...: the PEM CA certificate(s) the NTS servers' certificates chain to: at least one PEM CA certificate"),
+        ),
+        (
+            "an NTS CA that is a key",
+            with_ntp(
+                "nts = [{ name = \"nts.example.net\", address = \"192.0.2.123\" }]\n\
+                 nts_ca_pem = \"-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\\n\"",
+            ),
+            s("ntp.nts_ca_pem = -----BEGIN PRIVATE KEY-----...: the PEM CA certificate(s)"),
+        ),
+        (
+            "an NTS CA with no NTS server",
+            with_ntp(&format!("servers = [\"192.0.2.123\"]\nnts_ca_pem = {}", a_ca())),
+            s("ntp.nts_ca_pem = -----BEGIN CERTIFICATE-----...: only with NTS servers (ntp.nts)"),
+        ),
+        (
+            "an NTS name with a space",
+            nts("nts example.net", "192.0.2.123"),
+            s("ntp.nts[0].name = nts example.net: the DNS name in the server's certificate"),
+        ),
+        (
+            "an NTS name with a final dot",
+            nts("nts.example.net.", "192.0.2.123"),
+            s("ntp.nts[0].name = nts.example.net.: the DNS name"),
+        ),
+        (
+            "an NTS name that is another address",
+            nts("192.0.2.99", "192.0.2.123"),
+            s("ntp.nts[0].name = 192.0.2.99: an address as the name must be the server's address 192.0.2.123"),
+        ),
+        (
+            "an NTS server named localhost",
+            nts("LocalHost", "192.0.2.123"),
+            s("ntp.nts[0].name = LocalHost: a remote server's name"),
+        ),
+        (
+            "one NTS name at two addresses",
+            nts("nts.example.net", "192.0.2.123").replace(
+                "\" }]",
+                "\" }, { name = \"NTS.example.net\", address = \"192.0.2.124\" }]",
+            ),
+            s("ntp.nts[1].name = NTS.example.net: each NTS server once"),
+        ),
+        (
+            "an NTS server on the box itself",
+            nts("nts.example.net", "192.0.2.10"),
+            s("ntp.nts[0].address = 192.0.2.10: is the appliance's own address"),
+        ),
+        (
+            "an NTS server on port 0",
+            nts("nts.example.net", "192.0.2.123").replace("\" }]", "\", port = 0 }]"),
+            s("ntp.nts[0].port = 0: port 0 is no port"),
+        ),
+        (
+            "an unknown NTS key",
+            nts("nts.example.net", "192.0.2.123").replace("\" }]", "\", key = 1 }]"),
+            s("unknown field `key`"),
+        ),
         // Strings: lengths, characters, escaping.
         (
             "a 1 MB site_id",
@@ -667,6 +762,11 @@ fn what_the_box_accepts_passes() {
             "a host name URL",
             lab_text().replace("https://192.0.2.80:8443/", "https://home.example.net/"),
         ),
+        ("an NTS server", nts("nts.example.net", "192.0.2.123")),
+        (
+            "an NTS server named by its address (an IP address SAN)",
+            nts("2001:db8:1::123", "2001:db8:1:0::123"),
+        ),
     ];
     for (what, text) in cases {
         parse(p, &text).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -688,6 +788,16 @@ fn what_the_box_accepts_passes() {
     .unwrap();
     assert_eq!(s.device, DeviceBinding::Key("0123456789abcdef".into()));
     assert_eq!(lab().dns.rrl, None, "off unless set");
+    let s = parse(p, &nts("nts.example.net", "192.0.2.123")).unwrap();
+    assert_eq!(
+        s.ntp.nts,
+        vec![NtsServer {
+            name: "nts.example.net".into(),
+            address: "192.0.2.123".parse().unwrap(),
+            port: NTS_KE_PORT,
+        }]
+    );
+    assert_eq!(s.ntp.addresses(), [s.ntp.nts[0].address]);
 }
 
 fn lab() -> Site {

@@ -530,16 +530,7 @@ fn neighbor_address(
 }
 
 fn time_and_zone(c: &Checker<'_>, s: &Site, own: &Own) -> Result<(), ConfigError> {
-    c.ensure(
-        !s.ntp.servers.is_empty() || s.ntp.trust_rtc,
-        "ntp.servers",
-        "[]",
-        "give NTP servers, or trust_rtc = true (labs)",
-    )?;
-    c.count("ntp.servers", &s.ntp.servers, SERVERS_MAX)?;
-    for (i, a) in s.ntp.servers.iter().enumerate() {
-        remote(c, own, &format!("ntp.servers[{i}]"), *a)?;
-    }
+    ntp(c, s, own)?;
     c.ensure(
         !s.ntp.trust_rtc || s.lab,
         "ntp.trust_rtc",
@@ -561,6 +552,93 @@ fn time_and_zone(c: &Checker<'_>, s: &Site, own: &Own) -> Result<(), ConfigError
             c.ensure(sa.port() != 0, &key, srv, "port 0 is no port; 1-65535")?;
             remote(c, own, &key, sa.ip())?;
         }
+    }
+    Ok(())
+}
+
+/// The time sources: NTS servers or plain ones (never both), or a lab's RTC.
+fn ntp(c: &Checker<'_>, s: &Site, own: &Own) -> Result<(), ConfigError> {
+    let ntp = &s.ntp;
+    c.ensure(
+        !ntp.servers.is_empty() || !ntp.nts.is_empty() || ntp.trust_rtc,
+        "ntp.servers",
+        "[]",
+        "give NTS servers (ntp.nts), NTP servers (ntp.servers), or trust_rtc = true (labs)",
+    )?;
+    c.ensure(
+        ntp.servers.is_empty() || ntp.nts.is_empty(),
+        "ntp.servers",
+        format!(
+            "({} entries next to {} in ntp.nts)",
+            ntp.servers.len(),
+            ntp.nts.len()
+        ),
+        "NTS servers or plain NTP servers, not both: an unauthenticated source next to NTS \
+         ones lets an on-path attacker move the clock",
+    )?;
+    c.count("ntp.servers", &ntp.servers, SERVERS_MAX)?;
+    for (i, a) in ntp.servers.iter().enumerate() {
+        remote(c, own, &format!("ntp.servers[{i}]"), *a)?;
+    }
+    c.count("ntp.nts", &ntp.nts, SERVERS_MAX)?;
+    for (i, n) in ntp.nts.iter().enumerate() {
+        let key = format!("ntp.nts[{i}].name");
+        let as_address = n.name.parse::<IpAddr>().ok();
+        c.ensure(
+            as_address.is_some() || (is_dns_name(&n.name) && !n.name.ends_with('.')),
+            &key,
+            &n.name,
+            "the DNS name in the server's certificate (letters, digits, hyphens, dots; no \
+             final dot), or its IP address",
+        )?;
+        if let Some(a) = as_address {
+            c.ensure(
+                canonical(a) == canonical(n.address),
+                &key,
+                &n.name,
+                format!(
+                    "an address as the name must be the server's address {}",
+                    n.address
+                ),
+            )?;
+        }
+        c.ensure(
+            !n.name.eq_ignore_ascii_case("localhost"),
+            &key,
+            &n.name,
+            "a remote server's name (localhost is this box)",
+        )?;
+        c.ensure(
+            !ntp.nts[..i]
+                .iter()
+                .any(|o| o.name.eq_ignore_ascii_case(&n.name)),
+            &key,
+            &n.name,
+            "each NTS server once (a name maps to one address)",
+        )?;
+        remote(c, own, &format!("ntp.nts[{i}].address"), n.address)?;
+        c.ensure(
+            n.port != 0,
+            format!("ntp.nts[{i}].port"),
+            n.port,
+            "port 0 is no port; 1-65535 (NTS-KE's is 4460)",
+        )?;
+    }
+    let first = ntp.nts_ca_pem.lines().next().unwrap_or("");
+    if ntp.nts.is_empty() {
+        c.ensure(
+            ntp.nts_ca_pem.is_empty(),
+            "ntp.nts_ca_pem",
+            format!("{first}..."),
+            "only with NTS servers (ntp.nts)",
+        )?;
+    } else if let Some(why) = ca_problem(&ntp.nts_ca_pem) {
+        c.ensure(
+            false,
+            "ntp.nts_ca_pem",
+            format!("{first}..."),
+            format!("the PEM CA certificate(s) the NTS servers' certificates chain to: {why}"),
+        )?;
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Stage `clock`: a trustworthy clock before anything checks a signature window. The image's
-//! build time is a floor; then NTP (`chronyd -q` against the site's servers) or, on a lab site
+//! build time is a floor; then NTS or NTP (`chronyd -q` against the site's servers) or, on a lab site
 //! with `trust_rtc = true`, the RTC ([`crate::clock`]).
 
 use crate::clock;
@@ -46,12 +46,19 @@ pub async fn run(ctx: &mut Context) -> Outcome {
             ctx.clock_source = "rtc (trust_rtc = true, lab)".into();
             Outcome::Passed
         }
-        clock::Plan::Ntp { program, args } => {
-            let servers = site.ntp.servers.clone();
+        clock::Plan::Ntp { program, args, nts } => {
+            let servers = clock::describe(&site.ntp);
+            if let Some(files) = &nts
+                && let Err(e) = write_nts_files(ctx, files)
+            {
+                return Outcome::Failed(e);
+            }
             log::info(format!(
-                "setting the clock from NTP ({} servers)",
-                servers.len()
+                "setting the clock from {} ({servers})",
+                if nts.is_some() { "NTS" } else { "NTP" }
             ));
+            let before = clock::unix_now();
+            let started = std::time::Instant::now();
             match clock::run_ntp(&ctx.reaper, &program, &args, &servers, clock::NTP_TIMEOUT).await {
                 Err(e) => Outcome::Failed(e.to_string()),
                 Ok(()) => {
@@ -61,12 +68,34 @@ pub async fn run(ctx: &mut Context) -> Outcome {
                             clock::ClockError::StillBehind { now: after, epoch }.to_string(),
                         );
                     }
-                    ctx.notes.push(format!("clock set by NTP: {after}"));
-                    let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
-                    ctx.clock_source = format!("ntp ({})", list.join(", "));
+                    let how = if nts.is_some() { "nts" } else { "ntp" };
+                    // How far chronyd moved the clock (its own run time taken out).
+                    let moved = after - before - started.elapsed().as_secs() as i64;
+                    log::info(format!(
+                        "clock set by {how}: {} (moved {moved:+} s)",
+                        clock::timestamp_now()
+                    ));
+                    ctx.notes.push(format!("clock set by {how}: {after}"));
+                    ctx.clock_source = format!("{how} ({servers})");
                     Outcome::Passed
                 }
             }
         }
     }
+}
+
+/// The site's CA where chronyd reads it (a public certificate: mode 0644) and, on the machine,
+/// the NTS servers' names in `/etc/hosts`. Outside the machine role the host's `/etc/hosts` is not
+/// ours to write: the names must resolve there already.
+fn write_nts_files(ctx: &Context, files: &clock::NtsFiles) -> Result<(), String> {
+    imrs_config::fsutil::write_atomic(&files.ca_path, files.ca_pem.as_bytes(), 0o644)
+        .map_err(|e| format!("{}: {e}", files.ca_path.display()))?;
+    if ctx.role == Role::Machine {
+        let hosts = ctx.root.join("etc/hosts");
+        imrs_config::fsutil::write_atomic(&hosts, files.hosts.as_bytes(), 0o644)
+            .map_err(|e| format!("{}: {e}", hosts.display()))?;
+    } else {
+        log::warn("NTS server names: /etc/hosts not written outside the machine role");
+    }
+    Ok(())
 }

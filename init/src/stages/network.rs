@@ -138,9 +138,7 @@ pub async fn run(ctx: &mut Context) -> Outcome {
         }
     }
     let management: Vec<String> = report.links.iter().map(|(_, k)| k.clone()).collect();
-    ctx.serving.dad_failure = None;
-    ctx.serving.dad = Some(tokio::spawn(watch_dad(handle.clone(), management.clone())));
-    let mut names = management;
+    let mut names = management.clone();
     names.push(report.service_iface.clone());
     ctx.serving.interfaces.clear();
     for name in names {
@@ -153,6 +151,10 @@ pub async fn run(ctx: &mut Context) -> Outcome {
             });
         }
     }
+    // Started last: the kernel refuses a second address dump on one netlink socket while
+    // another runs (EBUSY), and the watcher shares the stage's socket.
+    ctx.serving.dad_failure = None;
+    ctx.serving.dad = Some(tokio::spawn(watch_dad(handle.clone(), management)));
     Outcome::Passed
 }
 
@@ -191,8 +193,16 @@ async fn watch_dad(handle: rtnetlink::Handle, links: Vec<String>) -> Result<(), 
                     ));
                     break;
                 }
+                // A dump refused or cut short: asked again until the deadline, so one bad
+                // answer cannot end the watch before a duplicate shows.
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
                 Err(e) => {
-                    log::warn(format!("network: {link}: {}", log::chain(&e)));
+                    log::warn(format!(
+                        "network: {link}: duplicate address detection not followed to its end: {}",
+                        log::chain(&e)
+                    ));
                     break;
                 }
             }
