@@ -643,6 +643,13 @@ fn power_cut_during_zone_resumes() {
     assert_passed("power-cut", &v);
     assert_eq!(v["boots"].as_array().unwrap().len(), 2);
     assert_eq!(v["boots"][0]["killed_at"], "zone");
+    assert_checks_passed(
+        &v,
+        &[
+            "boot 1: BIRD ran in parallel with the zone stage when the power went",
+            "boot 2: BIRD started again in parallel after the network stage",
+        ],
+    );
     let installs = v["reports"]
         .as_array()
         .unwrap()

@@ -7,7 +7,7 @@
 //! | `xfr-down` | transfer server started ~30 s after QEMU | passes once the server is there |
 //! | `nts` | everything up; the site's time from the lab's NTS server (chronyd with this run's certificate for `nts.lab.test`, an hour ahead of the guest's RTC) | the clock stage sets the clock through NTS (moved by about an hour), every stage passes, serving, one `install-passed` report |
 //! | `receiver-down` | receiver started ~30 s after the box reaches phone-home | passes; the report arrives after the receiver starts |
-//! | `power-cut` | QEMU killed when the zone stage starts, then booted again on the same disk | resumes (hardware done earlier), passes, exactly one install report |
+//! | `power-cut` | QEMU killed when the zone stage starts (BIRD already runs in parallel), then booted again on the same disk | resumes (hardware done earlier, BIRD started again), passes, exactly one install report |
 //! | `second-boot` | a normal pass, QEMU stopped, booted again on the same disk | serving again, no new install report, a heartbeat with the zone's serial |
 //! | `update` (`--boot disk`) | a normal pass from slot A, the image written into slot B with a boot counter, booted again | B is tried, serves, is blessed; a `slot-changed` report names A as before |
 //! | `rollback` (`--boot disk`) | a normal pass from slot A, slot B written with one try and an image that cannot become healthy (`imrs.stop_after=zone` on its entry: it never brings BGP up), booted until it is back on A | B is tried once, gives up, is not blessed; the box boots A again, serves, and a `slot-changed` report names B and why it fell back |
@@ -2267,6 +2267,16 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                     |k| format!("killed as {k} started"),
                 ),
             );
+            // The cut falls while stages run in parallel: BIRD was started right after the
+            // network stage and holds its (empty) sessions while the zone stage runs.
+            let bird_early = "bgp: BIRD started after the network stage";
+            let boot1 = lab.console_of("boot 1");
+            check(
+                &mut checks,
+                "boot 1: BIRD ran in parallel with the zone stage when the power went",
+                boot1.contains(bird_early),
+                format!("console line {bird_early:?} before the cut"),
+            );
             let cut_ok = b1.killed_at.is_some();
             boots.push(b1);
             let base = fin1.reports.len();
@@ -2278,6 +2288,12 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
                     "boot 2: resumes (hardware done in boot 1)",
                     t2.status("hardware") == Some(Status::DoneEarlier),
                     format!("hardware {}", stage_detail(&t2, "hardware")),
+                );
+                check(
+                    &mut checks,
+                    "boot 2: BIRD started again in parallel after the network stage",
+                    lab.console_of("boot 2").contains(bird_early),
+                    format!("console line {bird_early:?}"),
                 );
                 install_checks(&mut checks, &b2, &t2, &fin2, base, lab);
                 let installs = fin2.reports.iter().filter(|r| r.is_install()).count();
