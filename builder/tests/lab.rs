@@ -412,7 +412,8 @@ fn telemetry_report_becomes_rssac002_documents() {
 /// server (chronyd with this run's certificate for nts.lab.test, an hour ahead of the guest's
 /// RTC) sets the box's clock in the clock stage, through the image's chronyd under its own
 /// account and system call filter, the name from the `/etc/hosts` the init wrote, the CA from
-/// the signed site; then the normal pass.
+/// the signed site; then the normal pass, and the clock set again while it serves
+/// (`imrs.clock_resync=20`).
 #[test]
 fn an_nts_site_sets_the_clock_through_nts_then_serves() {
     let Some(v) = lab("nts") else { return };
@@ -424,6 +425,7 @@ fn an_nts_site_sets_the_clock_through_nts_then_serves() {
         &[
             "the clock stage asked the lab's NTS server",
             "NTS moved the guest's clock by the hour the server is ahead",
+            "NTS set the clock again while the box served",
         ],
     );
 }

@@ -240,6 +240,7 @@ async fn event_loop(
         supervisor: Supervisor::new(reaper.clone()),
         serving: Serving::default(),
         clock_source: String::new(),
+        clock_resync: settings.clock_resync,
         phone: None,
         manifest_sha256: settings.manifest.clone(),
         boot_entry: crate::slots::BootEntry::Unknown("not read yet".into()),

@@ -208,6 +208,67 @@ pub fn plan(
     Plan::Fail(ClockError::NoSource)
 }
 
+/// How often the clock is set again once the box serves (each wait moved by up to a tenth):
+/// without it a box's clock drifts for as long as it runs (tens of ppm: minutes a year), and
+/// the DNSSEC checks of every refreshed zone, signed commands' expiry and RSSAC002's UTC days
+/// all read it.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// What it takes to set the clock again later as the clock stage did: the site's servers,
+/// chronyd, its folder (the NTS CA is already there) and account.
+#[derive(Debug, Clone)]
+pub struct Keeper {
+    /// The image's chronyd.
+    pub chronyd: PathBuf,
+    /// The site's time sources.
+    pub ntp: imrs_config::site::Ntp,
+    /// The image's build time (the floor).
+    pub epoch: i64,
+    /// chronyd's folder.
+    pub run_dir: PathBuf,
+    /// chronyd's account, when it drops to one.
+    pub account: Option<Account>,
+}
+
+impl Keeper {
+    /// Sets the clock again every `every` (spread by a tenth), for as long as the init runs,
+    /// planned afresh each time (the first update's certificate-time exception never comes
+    /// back once the clock is past the floor). A failure is logged and left to the next round:
+    /// the box keeps the clock it has, which one missed update barely moves.
+    pub async fn keep(self, reaper: Reaper, every: Duration) {
+        let servers = describe(&self.ntp);
+        loop {
+            tokio::time::sleep(crate::jitter::spread(every, 0.1, crate::jitter::random())).await;
+            let now = unix_now();
+            let Plan::Ntp { program, args, nts } = plan(
+                now,
+                self.epoch,
+                &self.ntp,
+                Some(&self.chronyd),
+                &self.run_dir,
+                self.account,
+            ) else {
+                return;
+            };
+            let how = if nts.is_some() { "nts" } else { "ntp" };
+            let started = std::time::Instant::now();
+            match run_ntp(&reaper, &program, &args, &servers, NTP_TIMEOUT).await {
+                Ok(()) => {
+                    let moved = unix_now() - now - started.elapsed().as_secs() as i64;
+                    crate::log::info(format!(
+                        "clock set again by {how} (moved {moved:+} s); next in about {} s",
+                        every.as_secs()
+                    ));
+                }
+                Err(e) => crate::log::warn(format!(
+                    "clock not set again ({e}); the box keeps its clock and tries at the next \
+                     round"
+                )),
+            }
+        }
+    }
+}
+
 /// Seconds added to the system clock by the test hook `imrs.fake_time` (0 otherwise).
 static FAKE_OFFSET: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
@@ -469,6 +530,47 @@ mod tests {
         std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
+    }
+
+    /// The keeper runs chronyd again each round, planned afresh: no certificate-time
+    /// exception once the clock is past the floor, and a failed round does not end it.
+    #[test]
+    fn the_keeper_sets_the_clock_again_each_round() {
+        let d = tempfile::tempdir().unwrap();
+        let calls = d.path().join("calls");
+        let fails = d.path().join("fails");
+        let chronyd = fake(
+            d.path(),
+            &format!(
+                "echo \"$*\" >> {}\n[ -e {} ] && exit 1\nexit 0",
+                calls.display(),
+                fails.display()
+            ),
+        );
+        std::fs::write(&fails, "").unwrap();
+        let keeper = Keeper {
+            chronyd,
+            ntp: with_nts(),
+            epoch: EPOCH,
+            run_dir: d.path().to_path_buf(),
+            account: None,
+        };
+        with_reaper(|reaper| async move {
+            let task = tokio::spawn(keeper.keep(reaper, Duration::from_millis(100)));
+            // The first rounds fail (the servers are away): the keeper goes on.
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            std::fs::remove_file(&fails).unwrap();
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            task.abort();
+        });
+        let text = std::fs::read_to_string(&calls).unwrap();
+        let rounds: Vec<&str> = text.lines().collect();
+        assert!(rounds.len() >= 4, "{text}");
+        for r in &rounds {
+            assert!(r.starts_with("-q -u root"), "{r}");
+            assert!(r.contains("server nts1.example.net iburst"), "{r}");
+            assert!(!r.contains("nocerttimecheck"), "{r}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | `imrs.slot=a\|b` | the disk slot the boot loader started this image from (its entry's `options`, written by `imrs_disk`); absent when the kernel was booted directly (`imrs-build boot`/`lab`) |
 //! | `imrs.fake_time=UNIX` | test hook, ignored (with a warning) as the machine's init: the init's clock reads start at this Unix time (the real zone's signatures need a time inside their window; a network namespace cannot have its own clock) |
 //! | `imrs.grace=SECONDS` | grace between SIGTERM and SIGKILL at shutdown (default 5) |
+//! | `imrs.clock_resync=SECONDS` | how often the clock is set again from the site's NTS or NTP servers once the box serves (10 to 86400; default 21600, each wait moved by up to a tenth); the lab's NTS runs use 20 |
 //!
 //! Unknown or malformed `imrs.*` parameters are reported on the console, never ignored silently.
 //!
@@ -74,6 +75,8 @@ pub struct Settings {
     pub fake_time: Option<i64>,
     /// `imrs.slot=a|b`.
     pub slot: Option<imrs_disk::Slot>,
+    /// `imrs.clock_resync=SECONDS`.
+    pub clock_resync: Duration,
     /// Parameters that could not be used.
     pub problems: Vec<CmdlineError>,
 }
@@ -91,6 +94,7 @@ impl Default for Settings {
             stop_after: None,
             fake_time: None,
             slot: None,
+            clock_resync: crate::clock::RESYNC_EVERY,
             problems: Vec::new(),
         }
     }
@@ -185,6 +189,12 @@ pub fn parse(text: &str) -> Settings {
                 .filter(|t| *t > 0)
                 .map(|t| s.fake_time = Some(t))
                 .ok_or(bad("Unix seconds")),
+            "clock_resync" => value
+                .parse::<u64>()
+                .ok()
+                .filter(|t| (10..=86_400).contains(t))
+                .map(|t| s.clock_resync = Duration::from_secs(t))
+                .ok_or(bad("seconds, 10 to 86400")),
             "grace" => value
                 .parse::<f64>()
                 .ok()
@@ -233,7 +243,8 @@ mod tests {
         fn damaged_command_lines_never_panic(bytes in crate::fuzzing::damaged(
             b"console=ttyS0 imrs.state=/var/lib/imrs imrs.hold=zone imrs.stop_after=hardware \
               imrs.manifest=0123abcd imrs.fake_time=1785542400 imrs.grace=5 \
-              imrs.poweroff_after_boot=1 imrs.supervise=/bin/x imrs.slot=a".to_vec()
+              imrs.poweroff_after_boot=1 imrs.supervise=/bin/x imrs.slot=a \
+              imrs.clock_resync=60".to_vec()
         )) {
             let _ = parse(&String::from_utf8_lossy(&bytes));
         }
@@ -244,8 +255,10 @@ mod tests {
         let s = parse(
             "console=ttyS0 imrs.poweroff_after_boot=1 imrs.state=/x imrs.colour=red quiet \
              imrs.root=/fx imrs.supervise=/a imrs.supervise=/b imrs.hold=clock imrs.grace=0.5 \
-             imrs.state=relative imrs.hold=lunch imrs.slot=b imrs.slot=ab",
+             imrs.state=relative imrs.hold=lunch imrs.slot=b imrs.slot=ab imrs.clock_resync=20 \
+             imrs.clock_resync=5",
         );
+        assert_eq!(s.clock_resync, Duration::from_secs(20));
         assert!(s.poweroff_after_boot);
         assert_eq!(s.state_dir, Some(PathBuf::from("/x")));
         assert_eq!(s.root, PathBuf::from("/fx"));
@@ -271,6 +284,10 @@ mod tests {
                     word: "imrs.slot=ab".into(),
                     expected: "a or b"
                 },
+                CmdlineError::BadValue {
+                    word: "imrs.clock_resync=5".into(),
+                    expected: "seconds, 10 to 86400"
+                },
             ]
         );
     }
@@ -290,5 +307,6 @@ mod tests {
         let d = parse("ro quiet");
         assert_eq!(d, Settings::default());
         assert_eq!(d.grace, DEFAULT_GRACE);
+        assert_eq!(d.clock_resync, crate::clock::RESYNC_EVERY);
     }
 }

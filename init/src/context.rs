@@ -52,6 +52,8 @@ pub struct Context {
     pub serving: Serving,
     /// How the clock was set (for the report).
     pub clock_source: String,
+    /// How often the clock is set again once serving (`imrs.clock_resync`).
+    pub clock_resync: std::time::Duration,
     /// The phone-home service, once started.
     pub phone: Option<PhoneHome>,
     /// The image manifest's sha256 when the boot loader passed it (`imrs.manifest=`).
@@ -99,6 +101,9 @@ pub struct Serving {
     pub dad: Option<tokio::task::JoinHandle<Result<(), String>>>,
     /// A duplicate the detection found (kept: the bgp stage fails on it every time).
     pub dad_failure: Option<String>,
+    /// What sets the clock again while the box runs, when the clock stage set it from NTS or
+    /// NTP (the steady stage starts it).
+    pub clock_keeper: Option<crate::clock::Keeper>,
 }
 
 impl Context {

@@ -5,7 +5,7 @@
 //! | `normal` | everything up | every stage passes, serving, one `install-passed` report |
 //! | `tampered-zone` | the transfer server serves the zone with one glue A record changed; once the box has reported and refused it twice, the good zone | zone stage fails and fails again when tried again, an `install-failed` report names stage `zone`, nothing is announced; then the zone passes, the box serves and reports `install-passed` (the host told both) |
 //! | `xfr-down` | transfer server started ~30 s after QEMU | passes once the server is there |
-//! | `nts` | everything up; the site's time from the lab's NTS server (chronyd with this run's certificate for `nts.lab.test`, an hour ahead of the guest's RTC) | the clock stage sets the clock through NTS (moved by about an hour), every stage passes, serving, one `install-passed` report |
+//! | `nts` | everything up; the site's time from the lab's NTS server (chronyd with this run's certificate for `nts.lab.test`, an hour ahead of the guest's RTC); `imrs.clock_resync=20` | the clock stage sets the clock through NTS (moved by about an hour), every stage passes, serving, one `install-passed` report; the clock set again while serving (moved by no more than 2 s) |
 //! | `receiver-down` | receiver started ~30 s after the box reaches phone-home | passes; the report arrives after the receiver starts |
 //! | `power-cut` | QEMU killed when the zone stage starts (BIRD already runs in parallel), then booted again on the same disk | resumes (hardware done earlier, BIRD started again), passes, exactly one install report |
 //! | `second-boot` | a normal pass, QEMU stopped, booted again on the same disk | serving again, no new install report, a heartbeat with the zone's serial |
@@ -371,6 +371,8 @@ struct BootPlan {
     /// Once the `install-failed` report is stored and the zone stage has failed this many
     /// times, the transfer server hands out the good zone instead (`tampered-zone`).
     good_zone_after: Option<usize>,
+    /// An install goal also waits for this console text (`nts`: the clock set again).
+    until_console: Option<&'static str>,
 }
 
 impl BootPlan {
@@ -383,6 +385,7 @@ impl BootPlan {
             xfr_at: None,
             receiver_after_phone_home: None,
             good_zone_after: None,
+            until_console: None,
         }
     }
 }
@@ -430,7 +433,12 @@ impl Lab {
             memory_mib: self.memory_mib,
             serial: format!("IMRS-LAB-{}", std::process::id()),
             rtc: self.zone.clock.qemu_base(),
-            append: Vec::new(),
+            // An NTS site's box sets its clock again while the lab watches.
+            append: if self.plan.nts.is_empty() {
+                Vec::new()
+            } else {
+                vec![format!("imrs.clock_resync={NTS_RESYNC_S}")]
+            },
             uefi_vars: (self.boot == super::LabBoot::Disk)
                 .then(|| self.workdir.join("OVMF_VARS_4M.fd")),
         }
@@ -1210,6 +1218,9 @@ impl Lab {
                         if install_passed_s.is_some()
                             && ((phone_home_ended(&tracker) && tracker.summary_seen)
                                 || now >= passed + 10.0)
+                            && plan
+                                .until_console
+                                .is_none_or(|t| self.console_of(&plan.label).contains(t))
                         {
                             Some(now + 2.0)
                         } else {
@@ -1663,6 +1674,13 @@ fn update_result_checks(
 /// How far the lab's NTS server is ahead of the guest's RTC: a clock set through NTS shows.
 pub const NTS_AHEAD: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
+/// How often a box with NTS servers sets its clock again in the lab (`imrs.clock_resync`;
+/// hours on a real site).
+pub const NTS_RESYNC_S: u64 = 20;
+
+/// The console line of the clock set again while serving.
+const NTS_AGAIN: &str = "clock set again by nts";
+
 /// The lab's NTS server on the site's `ntp.nts` addresses (on the tap), serving the guest's
 /// clock plus [`NTS_AHEAD`] with this run's certificate for their names.
 fn start_nts(lab: &Lab, ns: &NetNs) -> Result<Nts> {
@@ -1733,6 +1751,21 @@ fn nts_checks(checks: &mut Vec<Check>, console: &str, plan: &Plan) {
         "NTS moved the guest's clock by the hour the server is ahead",
         moved.is_some_and(|m| (want - 5..=want + 600).contains(&m)),
         format!("moved {} s (want about {want} s)", opt_i(moved)),
+    );
+    // Once serving, the keeper sets it again: the server and the box agree by then.
+    let again = console.lines().find_map(|l| {
+        let rest = l.split(NTS_AGAIN).nth(1)?;
+        let n = rest.split("(moved ").nth(1)?.split(' ').next()?;
+        n.parse::<i64>().ok()
+    });
+    check(
+        checks,
+        "NTS set the clock again while the box served",
+        again.is_some_and(|m| m.abs() <= 2),
+        format!(
+            "{NTS_AGAIN:?} (every {NTS_RESYNC_S} s in the lab): moved {} s",
+            opt_i(again)
+        ),
     );
 }
 
@@ -2105,6 +2138,9 @@ pub fn run(lab: &mut Lab, scenario: Scenario) -> Result<Summary> {
         receiver_after_phone_home: (scenario == Scenario::ReceiverDown).then_some(late),
         // Refused twice (reported once), then the transfer server hands out the good zone.
         good_zone_after: (scenario == Scenario::TamperedZone).then_some(2),
+        // With NTS servers the box sets its clock again while it serves (every
+        // NTS_RESYNC_S in the lab): seen before the boot ends.
+        until_console: (!lab.plan.nts.is_empty()).then_some(NTS_AGAIN),
     };
     let mut checks = Vec::new();
     let mut boots = Vec::new();

@@ -77,6 +77,13 @@ pub async fn run(ctx: &mut Context) -> Outcome {
                     ));
                     ctx.notes.push(format!("clock set by {how}: {after}"));
                     ctx.clock_source = format!("{how} ({servers})");
+                    ctx.serving.clock_keeper = Some(clock::Keeper {
+                        chronyd: program,
+                        ntp: site.ntp.clone(),
+                        epoch,
+                        run_dir,
+                        account,
+                    });
                     Outcome::Passed
                 }
             }

@@ -1,7 +1,7 @@
 //! Stage `steady`: the zone refresh loop runs from here on ([`crate::rootzone::refresh_loop`]),
-//! loading newer verified zones into the running daemon without dropping queries, and the DNS
+//! loading newer verified zones into the running daemon without dropping queries, the DNS
 //! daemon follows the health loop's decision to serve the zone or not (an expired zone is no
-//! longer served).
+//! longer served), and the clock is set again every few hours ([`crate::clock::Keeper`]).
 
 use std::time::Duration;
 
@@ -50,6 +50,11 @@ pub async fn run(ctx: &mut Context) -> Outcome {
     }
     let inputs = ctx.serving.inputs.clone();
     tokio::spawn(rootzone::refresh_loop(setup, zone, inputs, reload));
+    // The clock, set once by the clock stage, is set again from the same servers every few
+    // hours (no second keeper when this stage runs again).
+    if let Some(keeper) = ctx.serving.clock_keeper.take() {
+        tokio::spawn(keeper.keep(ctx.reaper.clone(), ctx.clock_resync));
+    }
     let rss = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
