@@ -47,7 +47,9 @@ pub enum ClockError {
         epoch: i64,
     },
     /// No time source configured.
-    #[error("no time source: the site config has no ntp.servers and trust_rtc is false")]
+    #[error(
+        "no time source: the site config has no ntp.nts, no ntp.servers and trust_rtc is false"
+    )]
     NoSource,
     /// NTP servers configured but no client in the image.
     #[error("site lists NTP or NTS servers but the image has no /{CHRONYD}")]
@@ -251,12 +253,12 @@ impl Keeper {
                 return;
             };
             let how = if nts.is_some() { "nts" } else { "ntp" };
-            let started = std::time::Instant::now();
+            let (before, started) = (wall_now(), std::time::Instant::now());
             match run_ntp(&reaper, &program, &args, &servers, NTP_TIMEOUT).await {
                 Ok(()) => {
-                    let moved = unix_now() - now - started.elapsed().as_secs() as i64;
+                    let moved = moved_since(before, started);
                     crate::log::info(format!(
-                        "clock set again by {how} (moved {moved:+} s); next in about {} s",
+                        "clock set again by {how} (moved {moved:+.3} s); next in about {} s",
                         every.as_secs()
                     ));
                 }
@@ -301,6 +303,17 @@ pub fn wall_now() -> std::time::SystemTime {
 /// [`wall_now`] as a `jiff` timestamp.
 pub fn timestamp_now() -> jiff::Timestamp {
     jiff::Timestamp::try_from(wall_now()).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// How far the wall clock moved while a step ran: the wall clock's advance since `before`
+/// (a [`wall_now`] reading) less the time that passed on the monotonic clock since `started`,
+/// in seconds.
+pub fn moved_since(before: std::time::SystemTime, started: std::time::Instant) -> f64 {
+    let wall = match wall_now().duration_since(before) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    };
+    wall - started.elapsed().as_secs_f64()
 }
 
 /// Current Unix time ([`wall_now`]).
@@ -530,6 +543,16 @@ mod tests {
         std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
+    }
+
+    #[test]
+    fn an_unstepped_clock_moved_nothing() {
+        let (before, started) = (wall_now(), std::time::Instant::now());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(moved_since(before, started).abs() < 0.02);
+        // A wall clock reading from an hour ago: moved by an hour.
+        let hour_ago = wall_now() - Duration::from_secs(3600);
+        assert!((moved_since(hour_ago, std::time::Instant::now()) - 3600.0).abs() < 0.02);
     }
 
     /// The keeper runs chronyd again each round, planned afresh: no certificate-time

@@ -1740,37 +1740,34 @@ fn nts_checks(checks: &mut Vec<Check>, console: &str, plan: &Plan) {
         console.contains(&asked),
         format!("console line {asked:?}"),
     );
-    let moved = console.lines().find_map(|l| {
-        let rest = l.split("clock set by nts: ").nth(1)?;
-        let n = rest.split("(moved ").nth(1)?.split(' ').next()?;
-        n.parse::<i64>().ok()
-    });
-    let want = NTS_AHEAD.as_secs();
+    // "... (moved +3600.123 s)" after `marker` on a console line.
+    let moved_after = |marker: &str| {
+        console.lines().find_map(|l| {
+            let rest = l.split(marker).nth(1)?;
+            let n = rest.split("(moved ").nth(1)?.split(' ').next()?;
+            n.parse::<f64>().ok()
+        })
+    };
+    let shown = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:+.3}"));
+    let moved = moved_after("clock set by nts: ");
+    let want = NTS_AHEAD.as_secs_f64();
     check(
         checks,
         "NTS moved the guest's clock by the hour the server is ahead",
-        moved.is_some_and(|m| (want - 5..=want + 600).contains(&m)),
-        format!("moved {} s (want about {want} s)", opt_i(moved)),
+        moved.is_some_and(|m| (want - 5.0..=want + 600.0).contains(&m)),
+        format!("moved {} s (want about {want} s)", shown(moved)),
     );
     // Once serving, the keeper sets it again: the server and the box agree by then.
-    let again = console.lines().find_map(|l| {
-        let rest = l.split(NTS_AGAIN).nth(1)?;
-        let n = rest.split("(moved ").nth(1)?.split(' ').next()?;
-        n.parse::<i64>().ok()
-    });
+    let again = moved_after(NTS_AGAIN);
     check(
         checks,
         "NTS set the clock again while the box served",
-        again.is_some_and(|m| m.abs() <= 2),
+        again.is_some_and(|m| m.abs() <= 2.0),
         format!(
             "{NTS_AGAIN:?} (every {NTS_RESYNC_S} s in the lab): moved {} s",
-            opt_i(again)
+            shown(again)
         ),
     );
-}
-
-fn opt_i(v: Option<i64>) -> String {
-    v.map_or_else(|| "-".into(), |v| format!("{v:+}"))
 }
 
 fn check(checks: &mut Vec<Check>, what: &str, ok: bool, detail: impl Into<String>) {

@@ -1,6 +1,7 @@
 //! Stage `clock`: a trustworthy clock before anything checks a signature window. The image's
-//! build time is a floor; then NTS or NTP (`chronyd -q` against the site's servers) or, on a lab site
-//! with `trust_rtc = true`, the RTC ([`crate::clock`]).
+//! build time is a floor; then NTS or NTP (`chronyd -q` against the site's servers) or, on a
+//! lab site with `trust_rtc = true`, the RTC ([`crate::clock`]). Set from servers, the clock is
+//! kept: the steady stage starts the [`clock::Keeper`] this stage leaves.
 
 use crate::clock;
 use crate::context::Context;
@@ -57,8 +58,7 @@ pub async fn run(ctx: &mut Context) -> Outcome {
                 "setting the clock from {} ({servers})",
                 if nts.is_some() { "NTS" } else { "NTP" }
             ));
-            let before = clock::unix_now();
-            let started = std::time::Instant::now();
+            let (before, started) = (clock::wall_now(), std::time::Instant::now());
             match clock::run_ntp(&ctx.reaper, &program, &args, &servers, clock::NTP_TIMEOUT).await {
                 Err(e) => Outcome::Failed(e.to_string()),
                 Ok(()) => {
@@ -70,9 +70,9 @@ pub async fn run(ctx: &mut Context) -> Outcome {
                     }
                     let how = if nts.is_some() { "nts" } else { "ntp" };
                     // How far chronyd moved the clock (its own run time taken out).
-                    let moved = after - before - started.elapsed().as_secs() as i64;
+                    let moved = clock::moved_since(before, started);
                     log::info(format!(
-                        "clock set by {how}: {} (moved {moved:+} s)",
+                        "clock set by {how}: {} (moved {moved:+.3} s)",
                         clock::timestamp_now()
                     ));
                     ctx.notes.push(format!("clock set by {how}: {after}"));
@@ -92,8 +92,8 @@ pub async fn run(ctx: &mut Context) -> Outcome {
 }
 
 /// The site's CA where chronyd reads it (a public certificate: mode 0644) and, on the machine,
-/// the NTS servers' names in `/etc/hosts`. Outside the machine role the host's `/etc/hosts` is not
-/// ours to write: the names must resolve there already.
+/// the NTS servers' names in `/etc/hosts`. Outside the machine role the host's `/etc/hosts` is
+/// not ours to write: the names must resolve there already.
 fn write_nts_files(ctx: &Context, files: &clock::NtsFiles) -> Result<(), String> {
     imrs_config::fsutil::write_atomic(&files.ca_path, files.ca_pem.as_bytes(), 0o644)
         .map_err(|e| format!("{}: {e}", files.ca_path.display()))?;
