@@ -16,7 +16,7 @@
 
 use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use imrs_build::host::nts::{Nts, NtsConfig};
@@ -27,14 +27,21 @@ use imrs_tests::netns::{NetNs, host_account, nets, require, veth};
 
 const CHRONYD: &str = "/usr/sbin/chronyd";
 
-#[test]
-fn chronyd_under_its_account_and_filter_reads_a_real_server() {
-    if !require("clock_chrony", true, &[CHRONYD, "/usr/bin/ip"]) {
-        return;
-    }
+/// A server namespace (192.0.2.123) and a client one (192.0.2.10) over a veth pair, a folder
+/// chronyd's account can read, chronyd's own folder in it (`chrony`, the account's), and this
+/// host's `_chrony` as that account (its ids differ from the image's fixed ones).
+struct Setup {
+    server_ns: NetNs,
+    client_ns: NetNs,
+    dir: tempfile::TempDir,
+    run: PathBuf,
+    account: Account,
+}
+
+fn setup(tag: &str) -> Setup {
     let (uid, gid) = host_account("_chrony").expect("the chrony package creates _chrony");
-    let server_ns = NetNs::create("ntps").unwrap();
-    let client_ns = NetNs::create("ntpc").unwrap();
+    let server_ns = NetNs::create(&format!("{tag}s")).unwrap();
+    let client_ns = NetNs::create(&format!("{tag}c")).unwrap();
     veth(&server_ns, "eth0", &client_ns, "eth0").unwrap();
     server_ns.addr("eth0", &nets(&["192.0.2.123/24"])).unwrap();
     client_ns.addr("eth0", &nets(&["192.0.2.10/24"])).unwrap();
@@ -44,6 +51,36 @@ fn chronyd_under_its_account_and_filter_reads_a_real_server() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    let run = dir.path().join("chrony");
+    std::fs::create_dir(&run).unwrap();
+    std::os::unix::fs::chown(&run, Some(uid), Some(gid)).unwrap();
+    let account = Account {
+        name: "_chrony",
+        id: uid,
+        home: "/nonexistent",
+        what: "chrony",
+    };
+    Setup {
+        server_ns,
+        client_ns,
+        dir,
+        run,
+        account,
+    }
+}
+
+#[test]
+fn chronyd_under_its_account_and_filter_reads_a_real_server() {
+    if !require("clock_chrony", true, &[CHRONYD, "/usr/bin/ip"]) {
+        return;
+    }
+    let Setup {
+        server_ns,
+        client_ns,
+        dir,
+        run,
+        account,
+    } = setup("ntp");
 
     // The server: the host's clock at stratum 1, not touching it (-x).
     let conf = dir.path().join("server.conf");
@@ -65,15 +102,6 @@ fn chronyd_under_its_account_and_filter_reads_a_real_server() {
     .unwrap();
 
     // The client as the init plans it for the machine, with this host's _chrony ids.
-    let run = dir.path().join("chrony");
-    std::fs::create_dir(&run).unwrap();
-    std::os::unix::fs::chown(&run, Some(uid), Some(gid)).unwrap();
-    let account = Account {
-        name: "_chrony",
-        id: uid,
-        home: "/nonexistent",
-        what: "chrony",
-    };
     let ntp = Ntp {
         servers: vec!["192.0.2.123".parse::<IpAddr>().unwrap()],
         ..Ntp::default()
@@ -197,15 +225,14 @@ fn chronyd_reads_an_nts_server_only_through_the_sites_ca_and_name() {
     if !require("clock_chrony", true, &[CHRONYD, "/usr/bin/ip"]) {
         return;
     }
-    let (uid, gid) = host_account("_chrony").expect("the chrony package creates _chrony");
-    let server_ns = NetNs::create("ntss").unwrap();
-    let client_ns = NetNs::create("ntsc").unwrap();
-    veth(&server_ns, "eth0", &client_ns, "eth0").unwrap();
-    server_ns.addr("eth0", &nets(&["192.0.2.123/24"])).unwrap();
-    client_ns.addr("eth0", &nets(&["192.0.2.10/24"])).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let Setup {
+        server_ns,
+        client_ns,
+        dir,
+        run,
+        account,
+    } = setup("nts");
     let d = dir.path();
-    std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
     // The NTS server: a certificate for nts.lab.test from the site's CA.
     let (site_ca, cert, key) = pki("site NTS CA", &["nts.lab.test"]);
@@ -224,15 +251,6 @@ fn chronyd_reads_an_nts_server_only_through_the_sites_ca_and_name() {
     )
     .unwrap();
 
-    let run = d.join("chrony");
-    std::fs::create_dir(&run).unwrap();
-    std::os::unix::fs::chown(&run, Some(uid), Some(gid)).unwrap();
-    let account = Account {
-        name: "_chrony",
-        id: uid,
-        home: "/nonexistent",
-        what: "chrony",
-    };
     let now = 1_800_000_000;
     // The client as the init plans it: the files it writes, then chronyd; `-Q`, and `-t` as
     // given (at most `limit` seconds for the runs that must fail).
