@@ -38,7 +38,11 @@ struct Setup {
     account: Account,
 }
 
-fn setup(tag: &str) -> Setup {
+/// `None` (the test skips, or fails under CI) without root, chronyd or `ip`.
+fn setup(tag: &str) -> Option<Setup> {
+    if !require("clock_chrony", true, &[CHRONYD, "/usr/bin/ip"]) {
+        return None;
+    }
     let (uid, gid) = host_account("_chrony").expect("the chrony package creates _chrony");
     let server_ns = NetNs::create(&format!("{tag}s")).unwrap();
     let client_ns = NetNs::create(&format!("{tag}c")).unwrap();
@@ -60,27 +64,27 @@ fn setup(tag: &str) -> Setup {
         home: "/nonexistent",
         what: "chrony",
     };
-    Setup {
+    Some(Setup {
         server_ns,
         client_ns,
         dir,
         run,
         account,
-    }
+    })
 }
 
 #[test]
 fn chronyd_under_its_account_and_filter_reads_a_real_server() {
-    if !require("clock_chrony", true, &[CHRONYD, "/usr/bin/ip"]) {
-        return;
-    }
-    let Setup {
+    let Some(Setup {
         server_ns,
         client_ns,
         dir,
         run,
         account,
-    } = setup("ntp");
+    }) = setup("ntp")
+    else {
+        return;
+    };
 
     // The server: the host's clock at stratum 1, not touching it (-x).
     let conf = dir.path().join("server.conf");
@@ -222,16 +226,16 @@ fn run_with_hosts(ns: &NetNs, program: &Path, args: &[String], hosts: &Path) -> 
 
 #[test]
 fn chronyd_reads_an_nts_server_only_through_the_sites_ca_and_name() {
-    if !require("clock_chrony", true, &[CHRONYD, "/usr/bin/ip"]) {
-        return;
-    }
-    let Setup {
+    let Some(Setup {
         server_ns,
         client_ns,
         dir,
         run,
         account,
-    } = setup("nts");
+    }) = setup("nts")
+    else {
+        return;
+    };
     let d = dir.path();
 
     // The NTS server: a certificate for nts.lab.test from the site's CA.
