@@ -1688,6 +1688,7 @@ fn start_nts(lab: &Lab, ns: &NetNs) -> Result<Nts> {
         anyhow::bail!("the site has NTS servers but this run made no certificate for them");
     };
     let mut ports: Vec<u16> = lab.plan.nts.iter().map(|(_, a)| a.port()).collect();
+    ports.sort_unstable();
     ports.dedup();
     let [port] = ports[..] else {
         anyhow::bail!(
@@ -1712,14 +1713,14 @@ fn start_nts(lab: &Lab, ns: &NetNs) -> Result<Nts> {
         },
     )?;
     lab.progress(format!(
-        "lab: NTS server (chronyd) for {} on port {port}, serving {time} (the guest's clock + {})",
+        "lab: NTS server (chronyd) for {} on port {port}, serving {time} (the guest's clock + {} s)",
         lab.plan
             .nts
             .iter()
             .map(|(n, a)| format!("{n} at {}", a.ip()))
             .collect::<Vec<_>>()
             .join(", "),
-        "1 h"
+        NTS_AHEAD.as_secs()
     ));
     Ok(nts)
 }
