@@ -321,23 +321,6 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
     };
     let parsed = imrs_config::site::load(&site_src)?;
     let plan = plan::Plan::from_site(&parsed)?;
-    // This run's CA and certificates (receiver, NTS server); the `nts` scenario's site is the
-    // given one with its time from the lab's NTS server.
-    let nts_names: Vec<String> = if args.scenario == Scenario::Nts {
-        vec![site::NTS_NAME.to_string()]
-    } else {
-        plan.nts.iter().map(|(name, _)| name.clone()).collect()
-    };
-    let tls = site::make_tls(work, plan.receiver.ip(), &nts_names)?;
-    let (site_src, parsed, plan) = if args.scenario == Scenario::Nts {
-        let derived = work.join("site-nts-source.toml");
-        site::nts_site(&site_src, &derived, &tls.ca_pem)?;
-        let parsed = imrs_config::site::load(&derived)?;
-        let plan = plan::Plan::from_site(&parsed)?;
-        (derived, parsed, plan)
-    } else {
-        (site_src, parsed, plan)
-    };
     if let Some(m) = notices::missing(&plan) {
         bail!("the lab needs {m} (scripts/install-deps.sh installs it)");
     }
@@ -373,6 +356,24 @@ fn run_in(args: &LabArgs, ui: &Ui, work: &Path) -> Result<summary::Summary> {
         "lab: zone serial {} verified at {} (ZONEMD + DNSSEC, the image's anchors); guest clock {}",
         served.serial, served.verified_at, served.clock
     ));
+    // This run's CA and certificates (receiver, NTS server), written only once every input
+    // is there (a failure before leaves the work folder empty, so it goes); the `nts`
+    // scenario's site is the given one with its time from the lab's NTS server.
+    let nts_names: Vec<String> = if args.scenario == Scenario::Nts {
+        vec![site::NTS_NAME.to_string()]
+    } else {
+        plan.nts.iter().map(|(name, _)| name.clone()).collect()
+    };
+    let tls = site::make_tls(work, plan.receiver.ip(), &nts_names)?;
+    let (site_src, parsed, plan) = if args.scenario == Scenario::Nts {
+        let derived = work.join("site-nts-source.toml");
+        site::nts_site(&site_src, &derived, &tls.ca_pem)?;
+        let parsed = imrs_config::site::load(&derived)?;
+        let plan = plan::Plan::from_site(&parsed)?;
+        (derived, parsed, plan)
+    } else {
+        (site_src, parsed, plan)
+    };
     let site_path = work.join("site.toml");
     // The operations key of this run: fleet commands to the box (`fleet command --ops-key`).
     let ops = keys::generate()?;
