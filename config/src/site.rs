@@ -266,17 +266,6 @@ fn default_nts_ke_port() -> u16 {
     NTS_KE_PORT
 }
 
-impl Ntp {
-    /// Every server's address, NTS or plain, as the console and reports show them.
-    pub fn addresses(&self) -> Vec<IpAddr> {
-        self.nts
-            .iter()
-            .map(|n| n.address)
-            .chain(self.servers.iter().copied())
-            .collect()
-    }
-}
-
 /// Where the installation report goes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
