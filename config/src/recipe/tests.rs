@@ -401,7 +401,8 @@ fn unsafe_recipes_are_refused() {
         (
             "a control character in the command line",
             Box::new(|t| t.replace("panic=-1", "panic=-1\\u001b[2J")),
-            "kernel.cmdline = console=ttyS0 panic=-1\\u{1b}[2J loglevel=4: one line",
+            "kernel.cmdline = console=ttyS0 panic=-1\\u{1b}[2J loglevel=4 module.sig_enforce=1 \
+             cryptomgr.notests: one line",
         ),
         (
             "a huge image name",
