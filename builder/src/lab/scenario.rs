@@ -1039,8 +1039,12 @@ impl Lab {
                 self.progress(format!("[{t:7.1} s] {label}: receiver started"));
             }
 
-            // Observations, once a second (four times while a command is on its way).
-            let every = if remote.as_ref().is_some_and(Remote::busy) {
+            // Observations, once a second; four times a second while a command is on its way,
+            // and from the dns stage until the box is first seen serving (boot-to-serving is
+            // measured to a quarter second, not to the second).
+            let awaiting_serving = out.serving_s.is_none()
+                && tracker.get("dns").is_some_and(|s| s.started_at_s.is_some());
+            let every = if awaiting_serving || remote.as_ref().is_some_and(Remote::busy) {
                 0.25
             } else {
                 1.0
