@@ -185,6 +185,11 @@ pub enum Command {
         /// Fail unless this text appears on the console.
         #[arg(long)]
         expect: Vec<String>,
+        /// Count instructions (TCG only, for benchmarks): the guest's clock advances 1 ns per
+        /// guest instruction and skips idle time, so the times the guest prints measure the
+        /// work it did, the same on an idle and on a loaded machine.
+        #[arg(long)]
+        icount: bool,
     },
     /// Boot an image in a simulated host network (router, transfer server, phone-home
     /// receiver) and report what the host sees: stages, routes, DNS answers, the report.

@@ -203,7 +203,15 @@ pub fn run(cli: Cli) -> Result<u8> {
             memory,
             timeout,
             expect,
+            icount,
         } => {
+            if icount && accel != crate::qemu::Accel::Tcg {
+                return Err(Failure::new(
+                    crate::EXIT_USAGE,
+                    "--icount counts emulated instructions: it needs --accel tcg",
+                )
+                .into());
+            }
             // A file is an appliance disk (`imrs-build disk`), booted through UEFI.
             let vars_dir = tempfile::tempdir().context("a temporary folder for UEFI variables")?;
             let mut opts = if dir.is_file() {
@@ -215,6 +223,10 @@ pub fn run(cli: Cli) -> Result<u8> {
             opts.accel = accel;
             opts.memory_mib = memory;
             opts.timeout = std::time::Duration::from_secs(timeout);
+            if icount {
+                opts.extra
+                    .extend(["-icount".to_string(), "shift=0,sleep=off".to_string()]);
+            }
             let quiet = ui.quiet || ui.json;
             let res = crate::qemu::boot(&opts, |line| {
                 if !quiet {

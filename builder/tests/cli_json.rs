@@ -363,6 +363,11 @@ fn json_failures_are_one_object_with_the_error_and_the_exit_code() {
         (vec!["zone", "verify", "x", "--bogus"], 2, "--bogus"),
         (vec!["completions", "tcsh"], 2, "tcsh"),
         (vec!["manpage"], 2, "needs --out"),
+        (
+            vec!["boot", s(&dir), "--accel", "kvm", "--icount"],
+            2,
+            "it needs --accel tcg",
+        ),
     ] {
         let v = assert_failure(&args, code, needle);
         if code != 2 || args[0] == "manpage" {

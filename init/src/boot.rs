@@ -117,6 +117,9 @@ fn banner(image: &Result<imrs_config::image::ImageInfo, String>) -> String {
 
 fn run() -> ! {
     let start = Instant::now();
+    // The kernel's share of the boot: CLOCK_BOOTTIME counts from the kernel's start.
+    let kernel_s = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| Duration::from(t).as_secs_f64());
     // Signals first: nothing may be lost or interrupt the steps below.
     let blocked = signals::block();
     let role = Role::detect();
@@ -149,6 +152,13 @@ fn run() -> ! {
     match settings.slot {
         Some(slot) => log::info(format!("started from disk slot {}", slot.letter())),
         None => log::info("started directly (no disk slot on the command line)"),
+    }
+    if role == Role::Machine
+        && let Ok(k) = kernel_s
+    {
+        log::info(format!(
+            "the kernel ran {k:.2} s before starting the init (CLOCK_BOOTTIME)"
+        ));
     }
     if let Err(e) = blocked {
         log::error(log::chain(&e));

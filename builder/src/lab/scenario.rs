@@ -1040,11 +1040,15 @@ impl Lab {
             }
 
             // Observations, once a second; four times a second while a command is on its way,
-            // and from the dns stage until the box is first seen serving (boot-to-serving is
-            // measured to a quarter second, not to the second).
-            let awaiting_serving = out.serving_s.is_none()
-                && tracker.get("dns").is_some_and(|s| s.started_at_s.is_some());
-            let every = if awaiting_serving || remote.as_ref().is_some_and(Remote::busy) {
+            // and from the dns stage until the box is first seen serving and its first report
+            // has arrived (for at most 15 s): boot-to-serving and boot-to-report are measured
+            // to a quarter second, not to the next poll.
+            let awaiting_first = (out.serving_s.is_none() || out.report_s.is_none())
+                && tracker
+                    .get("dns")
+                    .and_then(|s| s.started_at_s)
+                    .is_some_and(|t| now < t + 15.0);
+            let every = if awaiting_first || remote.as_ref().is_some_and(Remote::busy) {
                 0.25
             } else {
                 1.0
