@@ -65,6 +65,24 @@ print(f"| boot to report (normal) | {stat([r['boot_to_report_s'] for r in normal
 print(f"| boot to serving (second-boot, first boot) | {stat([r['boot_to_serving_s'] for r in second])} |")
 print(f"| second boot to serving | {stat([r['second_boot_to_serving_s'] for r in second])} |")
 print(f"| runs passed | normal {sum(r['passed'] for r in normal)}/{runs}, second-boot {sum(r['passed'] for r in second)}/{runs} |")
+# The kernel's share and the modules', as each boot's init says on the console.
+import re
+def console(s, pattern):
+    per_boot = []
+    for i in range(1, runs + 1):
+        try:
+            text = open(f"{w}/run-{s}-{i}/console.log", errors="replace").read()
+        except OSError:
+            continue
+        per_boot.append([float(x) for x in re.findall(pattern, text)])
+    return per_boot
+kernel = r"the kernel ran ([0-9.]+) s before starting the init"
+modules = r"kernel modules loaded in ([0-9.]+) s"
+for what, pattern in (("kernel start to /init", kernel), ("kernel modules loaded by the init", modules)):
+    first = [b[0] for b in console("normal", pattern) if b]
+    again = [b[1] for b in console("second-boot", pattern) if len(b) > 1]
+    print(f"| {what} (normal) | {stat(first)} |")
+    print(f"| {what} (second boot) | {stat(again)} |")
 # Stage shares of boot-to-serving (first boot of the normal runs): median seconds per stage.
 print("\n| stage | seconds (median) | share of boot to serving |\n|---|---|---|")
 serving = statistics.median([r["boot_to_serving_s"] for r in normal if r["boot_to_serving_s"]] or [0])
